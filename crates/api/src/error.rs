@@ -1,0 +1,67 @@
+//! API errors and their one mapping to HTTP statuses.
+//!
+//! Bodies are `{"error": {"code": "...", "message": "..."}}`: a stable code
+//! for programs, a message a person can act on.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flick_platform::PlatformError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("request body is over the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such endpoint")]
+    NoRoute,
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use PlatformError as P;
+        match self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            Self::Platform(e) => match e {
+                P::FunctionNotFound(_) | P::RevisionNotFound { .. } | P::ActivationNotFound(_) => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                P::Name(_) | P::Package(_) | P::Manifest(_) | P::BadRequest(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
+                P::Dependencies { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "dependencies_failed"),
+                P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+                P::Store(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = Json(serde_json::json!({ "error": { "code": code, "message": self.to_string() } }));
+        let mut resp = (status, body).into_response();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,66 @@
+//! `ANY /fn/{name}[/{rest}]`: synchronous invocation over HTTP.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flick_platform::InvokeRequest;
+
+use crate::{ApiError, AppState};
+
+pub(crate) async fn invoke_root(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    invoke(state, name, "/".to_string(), req).await
+}
+
+pub(crate) async fn invoke_path(
+    State(state): State<AppState>,
+    Path((name, rest)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    invoke(state, name, format!("/{rest}"), req).await
+}
+
+async fn invoke(state: AppState, name: String, path: String, req: Request<Body>) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    // Check the key before revealing whether a private function exists.
+    let public = state.platform.route(&name).is_some_and(|r| r.revision.manifest.public);
+    if !public {
+        state.key.check(&parts.headers)?;
+    }
+    let limit = state.limits.max_body_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit })?;
+    let headers = parts
+        .headers
+        .iter()
+        // The admin key is flick's, never the function's.
+        .filter(|(n, v)| {
+            !(*n == axum::http::header::AUTHORIZATION && v.to_str().is_ok_and(|v| state.key.matches_header(v)))
+        })
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let request = InvokeRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+    };
+    let done = state.platform.invoke(&name, request).await?;
+    let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, done.response.body).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in &done.response.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            h.append(n, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::try_from(done.activation.id.as_str()) {
+        h.insert("x-flick-activation-id", v);
+    }
+    h.insert("x-flick-status", HeaderValue::from_static(done.activation.status.as_str()));
+    Ok(resp)
+}

@@ -1,0 +1,112 @@
+//! `/v1/…`: the management API (functions, revisions, activations, instances).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
+use flick_store::ActivationQuery;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+type ApiResult = Result<axum::response::Response, ApiError>;
+
+pub(crate) async fn list_functions(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+    s.key.check(&headers)?;
+    let functions = s.platform.functions().await?;
+    Ok(Json(json!({ "functions": functions })).into_response())
+}
+
+/// `POST /v1/functions` with a `.tar.gz` package as the body.
+pub(crate) async fn deploy(State(s): State<AppState>, req: Request<Body>) -> ApiResult {
+    s.key.check(req.headers())?;
+    let limit = s.limits.max_archive_bytes;
+    let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::TooLarge { limit })?;
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("empty body: send the function package (.tar.gz)".into()));
+    }
+    let outcome = s.platform.deploy(body).await?;
+    let status = if outcome.unchanged { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(outcome)).into_response())
+}
+
+pub(crate) async fn get_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    let (info, revision) = s.platform.function(&name).await?;
+    let mut value = serde_json::to_value(&info).unwrap_or(Value::Null);
+    value["manifest"] = serde_json::to_value(&revision.manifest).unwrap_or(Value::Null);
+    value["url"] = json!(format!("/fn/{name}"));
+    Ok(Json(value).into_response())
+}
+
+pub(crate) async fn delete_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    s.platform.delete(&name).await?;
+    Ok(Json(json!({ "deleted": name })).into_response())
+}
+
+pub(crate) async fn list_revisions(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    let revisions = s.platform.revisions(&name).await?;
+    let (info, _) = s.platform.function(&name).await?;
+    Ok(Json(json!({ "current_revision": info.current_revision, "revisions": revisions })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RollbackBody {
+    revision: Option<u32>,
+}
+
+pub(crate) async fn rollback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    s.key.check(&headers)?;
+    let parsed: RollbackBody = if body.is_empty() {
+        RollbackBody { revision: None }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("rollback body must be {{\"revision\": N}}: {e}")))?
+    };
+    let rev = s.platform.rollback(&name, parsed.revision).await?;
+    Ok(Json(json!({ "function": name, "revision": rev.number, "hash": rev.hash })).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ActivationParams {
+    function: Option<String>,
+    limit: Option<u32>,
+    after_seq: Option<i64>,
+}
+
+pub(crate) async fn list_activations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<ActivationParams>,
+) -> ApiResult {
+    s.key.check(&headers)?;
+    let query = ActivationQuery { function: p.function, after_seq: p.after_seq, limit: p.limit.unwrap_or(0) };
+    let activations = s.platform.activations(&query).await?;
+    Ok(Json(json!({ "activations": activations })).into_response())
+}
+
+pub(crate) async fn get_activation(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    Ok(Json(s.platform.activation(&id).await?).into_response())
+}
+
+pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+    s.key.check(&headers)?;
+    let instances: Vec<Value> = s
+        .platform
+        .scheduler()
+        .instance_counts()
+        .into_iter()
+        .map(|(function, revision, count)| json!({ "function": function, "revision": revision, "instances": count }))
+        .collect();
+    Ok(Json(json!({ "instances": instances })).into_response())
+}

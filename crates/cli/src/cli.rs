@@ -1,0 +1,178 @@
+//! The command line: every subcommand, its flags and its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "flick — functions as a service on your own machine.
+
+Hand flick a function (Python, Node.js, any executable, any HTTP server) and get
+an endpoint. Instances start when called, stay warm while busy and stop when idle;
+every invocation is recorded with its result, logs, timing and cold/warm start.";
+
+const EXAMPLES: &str = "Examples:
+  flick up --examples                  run the platform with example functions
+  flick new hello --runtime python3    scaffold a function in ./hello
+  flick deploy ./hello                 deploy it (prints the revision)
+  flick invoke hello -d '{\"name\":\"Ada\"}'
+  curl -H \"Authorization: Bearer $(cat .flick/admin.key)\" localhost:8080/fn/hello
+  flick activations hello              recent invocations
+  flick logs hello -f                  follow its logs";
+
+#[derive(Debug, Parser)]
+#[command(name = "flick", version, about = ABOUT, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Data directory of the platform (holds its database, code and admin.key).
+    #[arg(long, global = true, env = "FLICK_DATA_DIR", default_value = ".flick")]
+    pub data_dir: PathBuf,
+    /// URL of a running flick (default: the address `flick up` recorded in the data dir).
+    #[arg(long, global = true, env = "FLICK_URL")]
+    pub url: Option<String>,
+    /// API key (default: <data-dir>/admin.key).
+    #[arg(long, global = true, env = "FLICK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform in the foreground (API and invoker on one port).
+    #[command(after_help = "Examples:
+  flick up                                   on 127.0.0.1:8080, data in ./.flick
+  flick up --examples                        also deploy the bundled examples
+  flick up --listen 0.0.0.0:9000 --data-dir /var/lib/flick
+  FLICK_LOG=debug flick up                   see every scheduling decision
+
+Settings come from flags, then FLICK_* environment variables, then
+<data-dir>/config.toml (or --config FILE), then defaults. See README.")]
+    Up(UpArgs),
+    /// Deploy a function directory (one with a flick.toml) as a new revision.
+    #[command(after_help = "Examples:
+  flick deploy ./hello
+  flick deploy .            # from inside the function directory
+
+Files listed in .flickignore (gitignore syntax) are left out. A requirements.txt
+or package.json is installed at deploy time. Deploying unchanged code and config
+changes nothing and says so.")]
+    Deploy {
+        /// The function directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Invoke a function and print its response body.
+    #[command(after_help = "Examples:
+  flick invoke hello
+  flick invoke hello -d '{\"name\": \"Ada\"}'
+  flick invoke sha512 -d @README.md
+  echo hi | flick invoke sha512 -d @-
+  flick invoke api -X GET --path /users/7 --query 'verbose=1'
+
+Exits 1 when the invocation did not succeed (the error is still printed).")]
+    Invoke(InvokeArgs),
+    /// List functions.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show a function: its current revision and full manifest.
+    Show { name: String },
+    /// List a function's revisions.
+    Revisions { name: String },
+    /// Point a function back at an earlier revision.
+    #[command(after_help = "Examples:
+  flick rollback hello      # to the revision before the current one
+  flick rollback hello 3")]
+    Rollback { name: String, revision: Option<u32> },
+    /// Delete a function, its revisions and its activation records.
+    Delete { name: String },
+    /// List recent activations (invocation records), newest first.
+    #[command(after_help = "Examples:
+  flick activations
+  flick activations hello --limit 5")]
+    Activations {
+        name: Option<String>,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one activation: status, timing, response and logs.
+    Activation {
+        id: String,
+        /// Print the raw JSON record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a function's log lines (from its recent activations).
+    #[command(after_help = "Examples:
+  flick logs hello
+  flick logs hello -f       # keep printing new lines")]
+    Logs {
+        name: String,
+        /// Follow: print new lines as invocations finish.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many recent activations to read.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u32,
+    },
+    /// Scaffold a working function in a new directory.
+    #[command(after_help = "Examples:
+  flick new hello --runtime python3
+  flick new api --runtime http
+  flick new hasher --runtime exec")]
+    New {
+        name: String,
+        #[arg(long, short = 'r', default_value = "python3", value_parser = ["python3", "node", "exec", "http"])]
+        runtime: String,
+        /// Parent directory (default: current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLICK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Config file (default: <data-dir>/config.toml, if present).
+    #[arg(long, env = "FLICK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest invocation request body, e.g. 6MiB.
+    #[arg(long, env = "FLICK_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Log filter, e.g. info, debug, flick_scheduler=debug.
+    #[arg(long, env = "FLICK_LOG")]
+    pub log: Option<String>,
+    /// Also deploy the bundled example functions.
+    #[arg(long)]
+    pub examples: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// Request body: text, @FILE, or @- for stdin.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "POST")]
+    pub method: String,
+    /// Extra header, `Name: value` (repeatable).
+    #[arg(long, short = 'H')]
+    pub header: Vec<String>,
+    /// Sub-path passed to the function.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Query string passed to the function.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Also print status, activation id and headers to stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}

@@ -1,0 +1,39 @@
+//! The subcommands: `up` starts the platform, the rest talk to it over the
+//! same `/v1` API any client uses.
+
+mod activations;
+mod functions;
+mod invoke;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Up(args) => {
+            let config = crate::config::Config::load(&args, &g.data_dir)?;
+            crate::server::up(config, args.examples).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::New { name, runtime, dir } => functions::new(&name, &runtime, &dir),
+        command => {
+            let client = Client::from_global(g)?;
+            match command {
+                Command::Deploy { dir } => functions::deploy(&client, &dir).await,
+                Command::Invoke(args) => invoke::invoke(&client, args).await,
+                Command::List => functions::list(&client).await,
+                Command::Show { name } => functions::show(&client, &name).await,
+                Command::Revisions { name } => functions::revisions(&client, &name).await,
+                Command::Rollback { name, revision } => functions::rollback(&client, &name, revision).await,
+                Command::Delete { name } => functions::delete(&client, &name).await,
+                Command::Activations { name, limit } => activations::list(&client, name.as_deref(), limit).await,
+                Command::Activation { id, json } => activations::show(&client, &id, json).await,
+                Command::Logs { name, follow, limit } => activations::logs(&client, &name, follow, limit).await,
+                Command::Up(_) | Command::New { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `flick up`'s settings: one typed struct, resolved once at start-up from
+//! flags, then `FLICK_*` environment variables (clap reads both), then the
+//! config file, then defaults. Nothing after start-up reads env or files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flick_core::units::{parse_duration, parse_size};
+use serde::Deserialize;
+
+use crate::cli::UpArgs;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_archive_bytes: usize,
+    pub max_unpacked_bytes: u64,
+    pub max_response_bytes: usize,
+    pub response_capture_bytes: usize,
+    pub activation_max_age: Duration,
+    pub activations_per_function: u32,
+    pub shutdown_grace: Duration,
+    pub install_timeout: Duration,
+    /// `None`: find the real interpreter behind `python3` on PATH.
+    pub python: Option<PathBuf>,
+    pub node: PathBuf,
+    pub npm: PathBuf,
+    pub log: String,
+}
+
+/// The config file: the same settings, human units as strings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    max_body: Option<String>,
+    max_archive: Option<String>,
+    max_unpacked: Option<String>,
+    max_response: Option<String>,
+    response_capture: Option<String>,
+    activation_max_age: Option<String>,
+    activations_per_function: Option<u32>,
+    shutdown_grace: Option<String>,
+    install_timeout: Option<String>,
+    python: Option<PathBuf>,
+    node: Option<PathBuf>,
+    npm: Option<PathBuf>,
+    log: Option<String>,
+}
+
+impl Config {
+    pub fn load(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => {
+                let default = data_dir.join("config.toml");
+                if default.is_file() { read_file(&default)? } else { FileConfig::default() }
+            }
+        };
+        let size = |key: &str, flag: Option<&String>, file: &Option<String>, default: u64| -> anyhow::Result<u64> {
+            match flag.or(file.as_ref()) {
+                Some(text) => parse_size(text).map_err(|e| anyhow::anyhow!("`{key}`: {e}")),
+                None => Ok(default),
+            }
+        };
+        let duration = |key: &str, file: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            match file {
+                Some(text) => parse_duration(text).map_err(|e| anyhow::anyhow!("`{key}`: {e}")),
+                None => Ok(default),
+            }
+        };
+        let config = Config {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: data_dir.to_path_buf(),
+            // Lambda's synchronous payload limit.
+            max_body_bytes: size("max_body", args.max_body.as_ref(), &file.max_body, 6 << 20)? as usize,
+            max_archive_bytes: size("max_archive", None, &file.max_archive, 50 << 20)? as usize,
+            max_unpacked_bytes: size("max_unpacked", None, &file.max_unpacked, 250 << 20)?,
+            max_response_bytes: size("max_response", None, &file.max_response, 6 << 20)? as usize,
+            response_capture_bytes: size("response_capture", None, &file.response_capture, 64 << 10)? as usize,
+            activation_max_age: duration("activation_max_age", &file.activation_max_age, Duration::from_secs(7 * 86_400))?,
+            activations_per_function: file.activations_per_function.unwrap_or(1000),
+            shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, Duration::from_secs(30))?,
+            install_timeout: duration("install_timeout", &file.install_timeout, Duration::from_secs(300))?,
+            python: file.python,
+            node: file.node.unwrap_or_else(|| "node".into()),
+            npm: file.npm.unwrap_or_else(|| "npm".into()),
+            log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+        };
+        if config.activations_per_function == 0 {
+            bail!("`activations_per_function` must be at least 1");
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> UpArgs {
+        UpArgs { listen: None, config: None, max_body: None, log: None, examples: false }
+    }
+
+    #[test]
+    fn defaults_file_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.max_body_bytes, 6 << 20);
+
+        std::fs::write(dir.path().join("config.toml"), "max_body = \"1MiB\"\nlisten = \"127.0.0.1:9999\"\nactivation_max_age = \"1d\"\n").unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.activation_max_age, Duration::from_secs(86_400));
+
+        let mut a = args();
+        a.max_body = Some("2MiB".into());
+        let c = Config::load(&a, dir.path()).unwrap();
+        assert_eq!(c.max_body_bytes, 2 << 20, "a flag beats the file");
+    }
+
+    #[test]
+    fn bad_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "max_bodee = \"1MiB\"\n").unwrap();
+        let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("max_bodee"), "{err}");
+        std::fs::write(dir.path().join("config.toml"), "max_body = \"lots\"\n").unwrap();
+        let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("max_body"), "{err}");
+    }
+}

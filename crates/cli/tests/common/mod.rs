@@ -1,0 +1,242 @@
+//! Test harness: starts a real `flick up` on a free port with its own data
+//! dir, and talks to it the way users do — over HTTP and through the CLI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flick");
+
+pub struct Flick {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub key: String,
+    child: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+/// An HTTP answer, read fully.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    pub fn activation_id(&self) -> String {
+        self.header("x-flick-activation-id").expect("an x-flick-activation-id header")
+    }
+}
+
+impl Flick {
+    /// Starts `flick up` with extra arguments and an optional config file.
+    pub fn start_with(args: &[&str], config: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = config {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        }
+        let child = Command::new(BIN)
+            .arg("up")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("FLICK_LOG", "warn")
+            .env_remove("FLICK_URL")
+            .env_remove("FLICK_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting flick up");
+        let addr_file = dir.path().join("flick.addr");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if !a.is_empty() {
+                    break a;
+                }
+            }
+            assert!(Instant::now() < deadline, "flick up did not start within 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_string();
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let flick = Flick { dir, base: format!("http://{}", addr.trim()), key, child: Some(child), http };
+        let health = flick.get_anon("/healthz");
+        assert_eq!(health.status, 200, "{}", health.text());
+        flick
+    }
+
+    pub fn start() -> Self {
+        Self::start_with(&[], None)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the `flick` CLI against this server, as a user with this data dir would.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("FLICK_DATA_DIR", self.dir.path())
+            .env_remove("FLICK_URL")
+            .env_remove("FLICK_TOKEN")
+            .output()
+            .expect("running the flick CLI")
+    }
+
+    /// Runs the CLI and insists it succeeded; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "flick {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: impl Into<Vec<u8>>, auth: bool) -> Reply {
+        let mut rb = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.base))
+            .body(body.into());
+        if auth {
+            rb = rb.bearer_auth(&self.key);
+        }
+        let resp = rb.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.bytes().unwrap().to_vec() }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, Vec::new(), true)
+    }
+
+    pub fn get_anon(&self, path: &str) -> Reply {
+        self.request("GET", path, Vec::new(), false)
+    }
+
+    /// `POST /fn/{name}` with the admin key.
+    pub fn invoke(&self, name: &str, body: &str) -> Reply {
+        self.request("POST", &format!("/fn/{name}"), body.as_bytes().to_vec(), true)
+    }
+
+    /// Deploys a directory through the CLI; returns its stdout.
+    pub fn deploy(&self, dir: &Path) -> String {
+        self.cli_ok(&["deploy", dir.to_str().unwrap()])
+    }
+
+    /// Writes a function directory under this test's temp dir and deploys it.
+    pub fn deploy_files(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = write_function(self.dir.path(), name, files);
+        self.deploy(&dir);
+        dir
+    }
+
+    /// The activation record of `id`.
+    pub fn activation(&self, id: &str) -> serde_json::Value {
+        let r = self.get(&format!("/v1/activations/{id}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Polls `check` until it holds or `timeout` passes (for things that
+    /// happen in the background, like scale to zero).
+    pub fn wait_until(&self, timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        check()
+    }
+
+    /// Running instances of a function, from `/v1/instances`.
+    pub fn instances(&self, name: &str) -> u64 {
+        let v = self.get("/v1/instances").json();
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["function"] == name)
+            .map(|i| i["instances"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("flick is running");
+        unsafe_free_sigterm(child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("flick did not stop within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flick {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe_free_sigterm(child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+/// Writes `files` into `<parent>/<name>/` and returns that directory.
+pub fn write_function(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = parent.join("src").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in files {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    dir
+}
+
+/// A minimal manifest.
+pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}")
+}

@@ -1,0 +1,28 @@
+//! Domain types of flick, shared by every other crate: what a function is
+//! (its [`FunctionName`] and [`Manifest`]), what a deploy produces (a
+//! [`Revision`]) and what an invocation leaves behind (an [`Activation`]).
+//!
+//! This crate holds data and the rules that validate it, nothing that does
+//! I/O: parsing a manifest is pure, so it is cheap to test and the same rules
+//! apply in the CLI (early feedback) and on the server (the authority).
+
+pub mod activation;
+pub mod id;
+pub mod manifest;
+pub mod name;
+pub mod revision;
+pub mod units;
+
+pub use activation::{Activation, ActivationStatus, LogLine, LogStream};
+pub use id::ActivationId;
+pub use manifest::{Manifest, ManifestError, RuntimeKind, MANIFEST_FILE};
+pub use name::{FunctionName, NameError};
+pub use revision::{FunctionInfo, Revision};
+
+/// Milliseconds since the Unix epoch: the one timestamp format of records and the API.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,401 @@
+//! The function manifest (`flick.toml`): what users write, and the validated
+//! form the rest of flick works with.
+//!
+//! The file is parsed into [`RawManifest`] (mirrors the TOML, rejects unknown
+//! keys), then checked once into [`Manifest`] (typed durations and sizes,
+//! defaults filled in). Every error names the line and key it is about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::FunctionName;
+use crate::units::{format_duration, format_size, parse_duration, parse_size};
+
+/// The manifest's file name inside a function directory.
+pub const MANIFEST_FILE: &str = "flick.toml";
+
+/// Upper bound of `timeout`: a synchronous call held open longer than this is
+/// a job, not a request (Lambda's own limit is 15 minutes).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Python3,
+    Node,
+    Exec,
+    Http,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 4] = [Self::Python3, Self::Node, Self::Exec, Self::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python3 => "python3",
+            Self::Node => "node",
+            Self::Exec => "exec",
+            Self::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown runtime `{s}` (expected python3, node, exec or http)"))
+    }
+}
+
+/// `flick.toml` exactly as written. Unknown keys are an error, so a typo
+/// (`time_out = "5s"`) is reported instead of silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    runtime: String,
+    handler: String,
+    timeout: Option<String>,
+    memory: Option<String>,
+    concurrency: Option<i64>,
+    min_instances: Option<i64>,
+    max_instances: Option<i64>,
+    keep_alive: Option<String>,
+    public: Option<bool>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// A validated manifest with every default filled in. This is what a
+/// revision stores, so changing a default later does not change old revisions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: FunctionName,
+    pub runtime: RuntimeKind,
+    pub handler: String,
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Bytes.
+    pub memory: u64,
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    #[serde(with = "duration_text")]
+    pub keep_alive: Duration,
+    pub public: bool,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MEMORY: u64 = 256 << 20;
+    pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
+
+    /// Parses and validates the text of a `flick.toml`.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            line: e.span().map(|s| line_at(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        let invalid = |key: &str, message: String| ManifestError::Invalid {
+            line: line_of_key(text, key),
+            key: key.to_string(),
+            message,
+        };
+
+        let name = FunctionName::new(&raw.name).map_err(|e| invalid("name", e.to_string()))?;
+        let runtime: RuntimeKind = raw.runtime.parse().map_err(|e| invalid("runtime", e))?;
+        let handler = raw.handler.trim().to_string();
+        check_handler(runtime, &handler).map_err(|e| invalid("handler", e))?;
+
+        let duration = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => parse_duration(&t).map_err(|e| invalid(key, e)),
+        };
+        let timeout = duration("timeout", raw.timeout, Self::DEFAULT_TIMEOUT)?;
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(invalid("timeout", "must be between 1ms and 15m".into()));
+        }
+        let keep_alive = duration("keep_alive", raw.keep_alive, Self::DEFAULT_KEEP_ALIVE)?;
+        if keep_alive < Duration::from_millis(100) {
+            return Err(invalid("keep_alive", "must be at least 100ms".into()));
+        }
+        let memory = match raw.memory {
+            None => Self::DEFAULT_MEMORY,
+            Some(t) => parse_size(&t).map_err(|e| invalid("memory", e))?,
+        };
+        if !(16 << 20..=64u64 << 30).contains(&memory) {
+            return Err(invalid("memory", "must be between 16MiB and 64GiB".into()));
+        }
+
+        let count = |key: &str, v: Option<i64>, default: u32, min: i64, max: i64| match v {
+            None => Ok(default),
+            Some(n) if (min..=max).contains(&n) => Ok(n as u32),
+            Some(n) => Err(invalid(key, format!("{n} is out of range {min}..={max}"))),
+        };
+        let concurrency = count("concurrency", raw.concurrency, 1, 1, 1000)?;
+        let min_instances = count("min_instances", raw.min_instances, 0, 0, 1000)?;
+        let max_instances = count(
+            "max_instances",
+            raw.max_instances,
+            Self::DEFAULT_MAX_INSTANCES.max(min_instances),
+            1,
+            1000,
+        )?;
+        if max_instances < min_instances {
+            return Err(invalid(
+                "max_instances",
+                format!("{max_instances} is below min_instances ({min_instances})"),
+            ));
+        }
+        for key in raw.env.keys() {
+            check_env_key(key).map_err(|e| invalid("env", e))?;
+        }
+
+        Ok(Manifest {
+            name,
+            runtime,
+            handler,
+            timeout,
+            memory,
+            concurrency,
+            min_instances,
+            max_instances,
+            keep_alive,
+            public: raw.public.unwrap_or(false),
+            env: raw.env,
+        })
+    }
+
+    /// The manifest as TOML, every default spelled out (what `flick` shows).
+    pub fn to_toml(&self) -> String {
+        let mut out = format!(
+            "name = {:?}\nruntime = {:?}\nhandler = {:?}\ntimeout = {:?}\nmemory = {:?}\n\
+             concurrency = {}\nmin_instances = {}\nmax_instances = {}\nkeep_alive = {:?}\npublic = {}\n",
+            self.name.as_str(),
+            self.runtime.as_str(),
+            self.handler,
+            format_duration(self.timeout),
+            format_size(self.memory),
+            self.concurrency,
+            self.min_instances,
+            self.max_instances,
+            format_duration(self.keep_alive),
+            self.public,
+        );
+        if !self.env.is_empty() {
+            out.push_str("\n[env]\n");
+            for (k, v) in &self.env {
+                out.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
+    if handler.is_empty() {
+        return Err("must not be empty".into());
+    }
+    match runtime {
+        RuntimeKind::Python3 | RuntimeKind::Node => {
+            let example = if runtime == RuntimeKind::Python3 { "main.handler" } else { "index.handler" };
+            let (module, func) = handler
+                .rsplit_once('.')
+                .ok_or_else(|| format!("`{handler}` must be `module.function`, e.g. `{example}`"))?;
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && !s.starts_with(|c: char| c.is_ascii_digit())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+            };
+            let module_ok = !module.is_empty()
+                && module
+                    .split(['/', '.'])
+                    .all(|p| !p.is_empty() && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+            if !module_ok || !ident(func) {
+                return Err(format!("`{handler}` must be `module.function`, e.g. `{example}`"));
+            }
+            Ok(())
+        }
+        RuntimeKind::Exec | RuntimeKind::Http => shell_split_ok(handler),
+    }
+}
+
+/// Exec and http handlers are command lines split like a shell would split
+/// them (quotes, no expansion); an unbalanced quote is a manifest error.
+fn shell_split_ok(handler: &str) -> Result<(), String> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in handler.chars() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (Some('"'), '"') => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            _ => {}
+        }
+    }
+    match quote {
+        Some(q) => Err(format!("`{handler}` has an unclosed {q} quote")),
+        None => Ok(()),
+    }
+}
+
+fn check_env_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!("`{key}` is not a valid environment variable name"));
+    }
+    if key.starts_with("FLICK_") || key == "PORT" {
+        return Err(format!("`{key}` is reserved by flick"));
+    }
+    Ok(())
+}
+
+/// 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// 1-based line where `key = …` (or the `[key]` table) is written, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let l = l.trim_start();
+        l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+            || l.starts_with(&format!("[{key}]"))
+    })
+    .map(|i| i + 1)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("{MANIFEST_FILE}{}: {message}", at_line(*line))]
+    Syntax { line: Option<usize>, message: String },
+    #[error("{MANIFEST_FILE}{}: `{key}`: {message}", at_line(*line))]
+    Invalid { line: Option<usize>, key: String, message: String },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::units::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::units::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"hello\"\nruntime = \"python3\"\nhandler = \"main.handler\"\n";
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        assert_eq!(m.name.as_str(), "hello");
+        assert_eq!(m.runtime, RuntimeKind::Python3);
+        assert_eq!(m.timeout, Duration::from_secs(30));
+        assert_eq!(m.memory, 256 << 20);
+        assert_eq!(m.concurrency, 1);
+        assert_eq!(m.min_instances, 0);
+        assert_eq!(m.max_instances, 10);
+        assert_eq!(m.keep_alive, Duration::from_secs(600));
+        assert!(!m.public);
+    }
+
+    #[test]
+    fn every_key_parses_and_round_trips() {
+        let text = "name = \"sha\"\nruntime = \"exec\"\nhandler = \"sha512sum\"\ntimeout = \"5s\"\n\
+                    memory = \"128MiB\"\nconcurrency = 4\nmin_instances = 1\nmax_instances = 3\n\
+                    keep_alive = \"2m\"\npublic = true\n[env]\nGREETING = \"hi\"\n";
+        let m = Manifest::parse(text).unwrap();
+        assert_eq!(m.timeout, Duration::from_secs(5));
+        assert_eq!(m.memory, 128 << 20);
+        assert_eq!((m.concurrency, m.min_instances, m.max_instances), (4, 1, 3));
+        assert_eq!(m.keep_alive, Duration::from_secs(120));
+        assert!(m.public);
+        assert_eq!(m.env["GREETING"], "hi");
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Manifest::parse(&format!("{MINIMAL}time_out = \"5s\"\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("time_out"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = Manifest::parse("name = \"a\"\nruntime = \n").unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax { line: Some(2), .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let err = Manifest::parse("name = \"a\"\nruntime = \"exec\"\n").unwrap_err();
+        assert!(err.to_string().contains("handler"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let cases = [
+            ("name = \"Bad_Name\"\nruntime = \"exec\"\nhandler = \"cat\"\n", "name", 1),
+            ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"x\"\n", "runtime", 2),
+            ("name = \"a\"\nruntime = \"python3\"\nhandler = \"nodot\"\n", "handler", 3),
+            ("name = \"a\"\nruntime = \"exec\"\nhandler = \"echo 'x\"\n", "handler", 3),
+            (&format!("{MINIMAL}timeout = \"soon\"\n"), "timeout", 4),
+            (&format!("{MINIMAL}timeout = \"1h\"\n"), "timeout", 4),
+            (&format!("{MINIMAL}memory = \"1KiB\"\n"), "memory", 4),
+            (&format!("{MINIMAL}concurrency = 0\n"), "concurrency", 4),
+            (&format!("{MINIMAL}min_instances = 5\nmax_instances = 2\n"), "max_instances", 5),
+            (&format!("{MINIMAL}[env]\nFLICK_X = \"1\"\n"), "env", 4),
+            (&format!("{MINIMAL}[env]\n\"A B\" = \"1\"\n"), "env", 4),
+        ];
+        for (text, key, line) in cases {
+            match Manifest::parse(text) {
+                Err(ManifestError::Invalid { key: k, line: l, .. }) => {
+                    assert_eq!((k.as_str(), l), (key, Some(line)), "{text}")
+                }
+                other => panic!("{text}: expected invalid `{key}`, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_a_clear_error() {
+        let err = Manifest::parse(&format!("{MINIMAL}concurrency = \"many\"\n")).unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax { line: Some(4), .. }), "{err}");
+    }
+}

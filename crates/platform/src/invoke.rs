@@ -1,0 +1,156 @@
+//! The invocation path: route → scheduler lease → instance → activation record.
+//!
+//! Each invocation runs in its own task, so a caller that hangs up does not
+//! cancel it half-way: it finishes, frees its slot and leaves its record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flick_core::{Activation, ActivationId, ActivationStatus, now_ms};
+use flick_runtime::{Captured, Failure, FunctionError, Request, Response, StartError};
+use flick_scheduler::AcquireError;
+use tokio::time::Instant;
+
+use crate::{Platform, PlatformError, Route};
+
+/// An HTTP request for a function, as the API parsed it.
+#[derive(Debug)]
+pub struct InvokeRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// What the caller gets back, and the record it left.
+#[derive(Debug)]
+pub struct InvokeResponse {
+    pub activation: Activation,
+    pub response: Response,
+}
+
+impl Platform {
+    pub async fn invoke(self: &Arc<Self>, name: &str, req: InvokeRequest) -> Result<InvokeResponse, PlatformError> {
+        let route = self.route(name).ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
+        let this = self.clone();
+        tokio::spawn(async move { this.run(route, req).await })
+            .await
+            .map_err(|e| PlatformError::Internal(format!("invocation task: {e}")))?
+    }
+
+    async fn run(&self, route: Arc<Route>, req: InvokeRequest) -> Result<InvokeResponse, PlatformError> {
+        let manifest = &route.revision.manifest;
+        let id = ActivationId::generate();
+        let start_ms = now_ms();
+        let started = Instant::now();
+        let deadline = started + manifest.timeout;
+        let request = Request {
+            id: id.to_string(),
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            body: req.body,
+            deadline,
+            deadline_ms: start_ms + manifest.timeout.as_millis() as i64,
+        };
+
+        let mut record = Record { cold: false, init: Duration::ZERO, wait: Duration::ZERO };
+        let (outcome, logs) = match route.pool.acquire(deadline).await {
+            Ok(mut lease) => {
+                record = Record { cold: lease.cold, init: lease.init, wait: lease.wait };
+                let invoked = lease.instance().invoke(request).await;
+                if !invoked.reusable {
+                    lease.discard();
+                }
+                (invoked.outcome, invoked.logs)
+            }
+            Err(AcquireError::Overloaded { max }) => {
+                return Err(PlatformError::Overloaded { function: route.revision.function.clone(), max });
+            }
+            Err(AcquireError::Start(e)) => {
+                record.cold = true;
+                record.init = started.elapsed();
+                match e {
+                    StartError::Init { error, logs } => (Err(Failure::Function(error)), logs),
+                    StartError::Timeout { logs } => (Err(Failure::Timeout), logs),
+                    StartError::Platform(m) => (Err(Failure::Platform(m)), Captured::default()),
+                }
+            }
+        };
+
+        let (status, response) = self.respond(&route, &id, outcome);
+        let cap = self.config.response_capture_bytes;
+        let activation = Activation {
+            id,
+            seq: 0,
+            function: route.revision.function.clone(),
+            revision: route.revision.number,
+            start_ms,
+            end_ms: now_ms(),
+            duration_ms: ms(started.elapsed()),
+            init_ms: ms(record.init),
+            wait_ms: ms(record.wait),
+            cold: record.cold,
+            status,
+            http_status: response.status,
+            response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
+            response_truncated: response.body.len() > cap,
+            logs: logs.lines,
+            logs_truncated: logs.truncated,
+        };
+        // Stored before answering, so a client can read its record at once.
+        let mut activation = activation;
+        match self.store.insert_activation(&activation).await {
+            Ok(seq) => activation.seq = seq,
+            Err(e) => tracing::error!(error = %e, id = %activation.id, "could not store activation"),
+        }
+        Ok(InvokeResponse { activation, response })
+    }
+
+    /// The HTTP answer for an outcome: the function's own response, or an
+    /// error body in the shape Lambda clients parse.
+    fn respond(&self, route: &Route, id: &ActivationId, outcome: Result<Response, Failure>) -> (ActivationStatus, Response) {
+        let function = &route.revision.function;
+        let error = |status: u16, kind: &str, message: String, trace: Vec<String>| Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from(
+                serde_json::json!({
+                    "errorType": kind,
+                    "errorMessage": message,
+                    "stackTrace": trace,
+                    "activationId": id.as_str(),
+                })
+                .to_string(),
+            ),
+        };
+        match outcome {
+            Ok(resp) => (ActivationStatus::Success, resp),
+            Err(Failure::Function(FunctionError { kind, message, trace })) => {
+                (ActivationStatus::Error, error(500, &kind, message, trace))
+            }
+            Err(Failure::Timeout) => {
+                let t = flick_core::units::format_duration(route.revision.manifest.timeout);
+                let message = format!("function `{function}` timed out after {t}");
+                (ActivationStatus::Timeout, error(504, "Function.Timeout", message, vec![]))
+            }
+            Err(Failure::Platform(m)) => {
+                tracing::warn!(function = %function, error = %m, "platform error");
+                (ActivationStatus::PlatformError, error(502, "Platform.Error", m, vec![]))
+            }
+        }
+    }
+}
+
+struct Record {
+    cold: bool,
+    init: Duration,
+    wait: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

@@ -1,0 +1,515 @@
+// flick's Node.js bootstrap: the process behind one warm instance of a Node
+// function. flick embeds this file, writes it to disk and starts it as
+// `node node.js` in the function's code directory, with the protocol socket
+// on fd 3 and stdout/stderr read as the function's logs. It loads the user's
+// handler once, then serves invocations framed as one JSON header line plus
+// `len` raw body bytes (see crates/runtime/src/protocol.rs).
+//
+// Built-in modules only, and it must keep working on Node 18.
+'use strict';
+
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+
+const env = process.env;
+const CODE_DIR = env.FLICK_CODE_DIR || process.cwd();
+const CONCURRENCY = Math.max(1, parseInt(env.FLICK_CONCURRENCY, 10) || 1);
+const NAME = env.FLICK_FUNCTION_NAME || '';
+const REVISION = env.FLICK_FUNCTION_REVISION || '';
+const MEMORY = env.FLICK_MEMORY_MB || '';
+const ARN = 'arn:aws:lambda:local:000000000000:function:' + NAME;
+const LOG_GROUP = '/aws/lambda/' + NAME;
+const LOG_STREAM = `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${REVISION}]${require('crypto')
+  .randomBytes(16)
+  .toString('hex')}`;
+
+const TEXT = 'text/plain; charset=utf-8';
+const JSON_CT = [['content-type', 'application/json']];
+const OCTET_CT = [['content-type', 'application/octet-stream']];
+const EMPTY = Buffer.alloc(0);
+const OPENWHISK_WEB_KEYS = new Set(['statusCode', 'headers', 'body']);
+
+// Taken before user code loads: a logger that wraps process.stdout.write must
+// not be able to prefix or swallow the end markers.
+const stdout = process.stdout;
+const stderr = process.stderr;
+const stdoutWrite = stdout.write;
+const stderrWrite = stderr.write;
+
+function logError(text) {
+  try {
+    stderrWrite.call(stderr, text.endsWith('\n') ? text : text + '\n');
+  } catch (_) {
+    // stderr is gone: flick is going away too.
+  }
+}
+
+// --- the channel -------------------------------------------------------------
+
+const chan = new net.Socket({ fd: 3, readable: true, writable: true });
+// Both mean flick closed its end: nobody is left to answer.
+chan.on('end', () => process.exit(0));
+chan.on('error', () => process.exit(0));
+
+function send(head, body) {
+  const line = JSON.stringify(head) + '\n';
+  if (body && body.length) {
+    // One writev for header and body.
+    chan.cork();
+    chan.write(line);
+    chan.write(body);
+    chan.uncork();
+  } else {
+    chan.write(line);
+  }
+}
+
+// Writes to pipes are synchronous on Linux and in order on the same stream,
+// so the marker follows everything the invocation wrote.
+function endOfOutput(id) {
+  const marker = '\x1eflick-end ' + id + '\n';
+  try {
+    stdoutWrite.call(stdout, marker);
+  } catch (_) {}
+  try {
+    stderrWrite.call(stderr, marker);
+  } catch (_) {}
+}
+
+// --- errors ------------------------------------------------------------------
+
+function describe(err) {
+  if (err !== null && typeof err === 'object') {
+    let type = typeof err.name === 'string' && err.name ? err.name : '';
+    const ctor = err.constructor && err.constructor.name;
+    // `class NotFound extends Error {}` keeps name "Error"; its class says more.
+    if ((!type || type === 'Error') && ctor && ctor !== 'Object') type = ctor;
+    type = type || 'Error';
+    let message;
+    try {
+      message = err.message === undefined ? '' : String(err.message);
+    } catch (_) {
+      message = '';
+    }
+    const stack = typeof err.stack === 'string' && err.stack ? err.stack : `${type}: ${message}`;
+    return { type, message, text: stack, trace: stack.split('\n') };
+  }
+  const message = String(err);
+  return { type: 'Error', message, text: 'Error: ' + message, trace: ['Error: ' + message] };
+}
+
+class InitError extends Error {
+  constructor(kind, message, cause) {
+    super(message);
+    this.kind = kind;
+    this.cause = cause;
+  }
+}
+
+// --- responses ---------------------------------------------------------------
+
+function isBytes(v) {
+  return v instanceof Uint8Array || v instanceof ArrayBuffer;
+}
+
+function toBuffer(v) {
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof ArrayBuffer) return Buffer.from(v);
+  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+function pushHeader(out, name, v) {
+  if (Array.isArray(v)) {
+    for (const x of v) out.push([name, String(x)]);
+  } else {
+    out.push([name, String(v)]);
+  }
+}
+
+function httpResponse(d) {
+  let status = d.statusCode === undefined || d.statusCode === null ? 200 : Number(d.statusCode);
+  if (!Number.isInteger(status) || status < 100 || status > 599) {
+    throw new TypeError(`statusCode ${JSON.stringify(d.statusCode)} is not an HTTP status`);
+  }
+  const headers = [];
+  const multi = d.multiValueHeaders || {};
+  const multiNames = new Set(Object.keys(multi).map((k) => k.toLowerCase()));
+  const single = d.headers || {};
+  // As API Gateway: a name in multiValueHeaders takes its values from there.
+  for (const k of Object.keys(single)) {
+    const name = k.toLowerCase();
+    if (!multiNames.has(name)) pushHeader(headers, name, single[k]);
+  }
+  for (const k of Object.keys(multi)) pushHeader(headers, k.toLowerCase(), multi[k]);
+  if (Array.isArray(d.cookies)) for (const c of d.cookies) headers.push(['set-cookie', String(c)]);
+
+  const body = d.body;
+  let out, ctype;
+  if (body === undefined || body === null) {
+    out = EMPTY;
+    ctype = TEXT;
+  } else if (typeof body === 'string') {
+    if (d.isBase64Encoded) {
+      out = Buffer.from(body, 'base64');
+      ctype = 'application/octet-stream';
+    } else {
+      out = Buffer.from(body);
+      ctype = TEXT;
+    }
+  } else if (isBytes(body)) {
+    out = toBuffer(body);
+    ctype = 'application/octet-stream';
+  } else {
+    out = Buffer.from(jsonText(body));
+    ctype = 'application/json';
+  }
+  if (!headers.some((h) => h[0] === 'content-type')) headers.push(['content-type', ctype]);
+  return [status, headers, out];
+}
+
+function jsonText(v) {
+  const s = JSON.stringify(v);
+  return s === undefined ? 'null' : s;
+}
+
+function jsonResponse(v) {
+  if (isBytes(v)) return [200, OCTET_CT, toBuffer(v)];
+  return [200, JSON_CT, Buffer.from(jsonText(v))];
+}
+
+function isPlainObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && !isBytes(v);
+}
+
+function lambdaResponse(v) {
+  if (isPlainObject(v) && 'statusCode' in v) return httpResponse(v);
+  return jsonResponse(v);
+}
+
+function openwhiskResponse(v) {
+  if (isPlainObject(v)) {
+    const keys = Object.keys(v);
+    if (keys.length && keys.every((k) => OPENWHISK_WEB_KEYS.has(k))) return httpResponse(v);
+  }
+  return jsonResponse(v);
+}
+
+// --- calling the handler -----------------------------------------------------
+
+function parseEvent(body) {
+  if (body.length === 0) return {};
+  const s = body.toString('utf8');
+  try {
+    return JSON.parse(s);
+  } catch (_) {
+    return s;
+  }
+}
+
+function headerObject(h) {
+  return Object.fromEntries(Array.isArray(h.headers) ? h.headers : []);
+}
+
+const kDeadline = Symbol('deadline');
+
+// What AWS Lambda passes as `context`, plus flick's `http`.
+class Context {
+  constructor(h) {
+    this.callbackWaitsForEmptyEventLoop = true;
+    this.functionName = NAME;
+    this.functionVersion = REVISION;
+    this.invokedFunctionArn = ARN;
+    this.memoryLimitInMB = MEMORY;
+    this.awsRequestId = h.id;
+    this.logGroupName = LOG_GROUP;
+    this.logStreamName = LOG_STREAM;
+    this.http = { method: h.method, path: h.path, query: h.query, headers: headerObject(h) };
+    this[kDeadline] = Number(h.deadline_ms) || 0;
+  }
+
+  getRemainingTimeInMillis() {
+    return Math.max(0, this[kDeadline] - Date.now());
+  }
+}
+
+function makeCaller(fn, exportName) {
+  if (exportName === 'main') {
+    const call = (h, body) => {
+      // fromEntries, not assignment: a "__proto__" key stays a plain key.
+      const entries = [];
+      if (h.query) for (const kv of new URLSearchParams(h.query)) entries.push(kv);
+      if (body.length) {
+        const s = body.toString('utf8');
+        let parsed;
+        try {
+          parsed = JSON.parse(s);
+        } catch (_) {
+          parsed = undefined;
+        }
+        if (isPlainObject(parsed)) {
+          for (const kv of Object.entries(parsed)) entries.push(kv);
+        } else {
+          entries.push(['__ow_body', s]);
+        }
+      }
+      entries.push(['__ow_method', String(h.method || '').toLowerCase()]);
+      entries.push(['__ow_headers', headerObject(h)]);
+      entries.push(['__ow_path', h.path === undefined ? '/' : h.path]);
+      return fn(Object.fromEntries(entries));
+    };
+    return [call, openwhiskResponse];
+  }
+  if (fn.length >= 3) {
+    const call = (h, body) => {
+      const event = parseEvent(body);
+      const context = new Context(h);
+      return new Promise((resolve, reject) => {
+        const callback = (err, result) => {
+          if (err !== undefined && err !== null) reject(err);
+          else resolve(result);
+        };
+        // The pre-callback Lambda API, still found in old code.
+        context.done = callback;
+        context.succeed = (result) => callback(null, result);
+        context.fail = (err) => callback(err === undefined || err === null ? new Error('failed') : err);
+        // Lambda settles on whichever comes first: the callback or a returned promise.
+        const r = fn(event, context, callback);
+        if (r !== null && typeof r === 'object' && typeof r.then === 'function') r.then(resolve, reject);
+      });
+    };
+    return [call, lambdaResponse];
+  }
+  const call = (h, body) => fn(parseEvent(body), new Context(h));
+  return [call, lambdaResponse];
+}
+
+function isFile(p) {
+  try {
+    return fs.statSync(p).isFile();
+  } catch (_) {
+    return false;
+  }
+}
+
+function importFile(file) {
+  const { pathToFileURL } = require('url');
+  return import(pathToFileURL(file).href);
+}
+
+async function loadHandler() {
+  const spec = env.FLICK_HANDLER || '';
+  const dot = spec.lastIndexOf('.');
+  const stem = dot > 0 ? spec.slice(0, dot) : '';
+  const exportName = dot > 0 ? spec.slice(dot + 1) : '';
+  if (!stem || !exportName || exportName.includes('/')) {
+    throw new InitError(
+      'Runtime.MalformedHandlerName',
+      `Bad handler '${spec}': expected 'file.export', e.g. 'index.handler'`,
+    );
+  }
+  const base = path.resolve(CODE_DIR, stem);
+  let file = ['.js', '.mjs', '.cjs'].map((ext) => base + ext).find(isFile);
+  if (!file) {
+    try {
+      // A directory with an index.js or package.json "main", or a file named exactly.
+      file = require.resolve(base);
+    } catch (_) {
+      throw new InitError(
+        'Runtime.ImportModuleError',
+        `Unable to import module '${stem}': no ${stem}.js, ${stem}.mjs or ${stem}.cjs in ${CODE_DIR}`,
+      );
+    }
+  }
+
+  let mod;
+  try {
+    if (file.endsWith('.mjs')) {
+      mod = await importFile(file);
+    } else {
+      try {
+        mod = require(file);
+      } catch (e) {
+        // An ES module in a .js file ("type": "module"), or one with top-level await.
+        if (e && (e.code === 'ERR_REQUIRE_ESM' || e.code === 'ERR_REQUIRE_ASYNC_MODULE')) {
+          mod = await importFile(file);
+        } else {
+          throw e;
+        }
+      }
+    }
+  } catch (e) {
+    if (e instanceof SyntaxError) {
+      throw new InitError('Runtime.UserCodeSyntaxError', `Syntax error in module '${stem}': ${describe(e).message}`, e);
+    }
+    throw new InitError('Runtime.ImportModuleError', `Unable to import module '${stem}': ${describe(e).message}`, e);
+  }
+
+  let fn = mod === null || mod === undefined ? undefined : mod[exportName];
+  // An ES module with `export default { handler }`, or CommonJS seen through import().
+  if (fn === undefined && mod && mod.default !== null && typeof mod.default === 'object') {
+    fn = mod.default[exportName];
+  }
+  if (fn === undefined) {
+    throw new InitError('Runtime.HandlerNotFound', `${stem}.${exportName} is undefined or not exported`);
+  }
+  if (typeof fn !== 'function') {
+    throw new InitError('Runtime.HandlerNotFound', `${stem}.${exportName} is not a function`);
+  }
+  return makeCaller(fn, exportName);
+}
+
+// --- serving -----------------------------------------------------------------
+
+// Invocations not yet answered. With concurrency 1 a stray rejection or
+// exception can only belong to the one in flight; with more, the async
+// context (AsyncLocalStorage) tells which. It is only paid for when needed:
+// it hooks every promise the process creates.
+const inflight = new Set();
+const als = CONCURRENCY > 1 ? new (require('async_hooks').AsyncLocalStorage)() : null;
+let call = null;
+let toResponse = null;
+
+function settle(inv) {
+  if (inv.done) return false;
+  inv.done = true;
+  inflight.delete(inv);
+  return true;
+}
+
+function succeed(inv, value) {
+  if (inv.done) return;
+  let res;
+  try {
+    res = toResponse(value);
+  } catch (e) {
+    fail(inv, e, 'Runtime.MarshalError', 'Unable to marshal response: ' + describe(e).message);
+    return;
+  }
+  settle(inv);
+  endOfOutput(inv.id);
+  send({ type: 'result', id: inv.id, status: res[0], headers: res[1], len: res[2].length }, res[2]);
+}
+
+function fail(inv, err, kind, message) {
+  if (!settle(inv)) return;
+  const info = describe(err);
+  logError(info.text);
+  endOfOutput(inv.id);
+  send({
+    type: 'error',
+    id: inv.id,
+    error: { type: kind || info.type, message: message === undefined ? info.message : message, trace: info.trace },
+  });
+}
+
+function run(inv, h, body) {
+  let r;
+  try {
+    r = call(h, body);
+    if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
+      r.then(
+        (v) => succeed(inv, v),
+        (e) => fail(inv, e),
+      );
+      return;
+    }
+  } catch (e) {
+    fail(inv, e);
+    return;
+  }
+  succeed(inv, r);
+}
+
+function invoke(h, body) {
+  const inv = { id: h.id, done: false };
+  inflight.add(inv);
+  if (als !== null) als.run(inv, run, inv, h, body);
+  else run(inv, h, body);
+}
+
+function stray(what, err) {
+  let inv = als !== null ? als.getStore() : undefined;
+  if (inv === undefined && inflight.size === 1) inv = inflight.values().next().value;
+  if (inv !== undefined && !inv.done) {
+    fail(inv, err);
+  } else {
+    // Nothing to blame it on (init, or a call already answered): log and keep serving.
+    logError(`${what}: ${describe(err).text}`);
+  }
+}
+
+process.on('unhandledRejection', (reason) => stray('Unhandled promise rejection', reason));
+process.on('uncaughtException', (err) => stray('Uncaught exception', err));
+
+// Frame reader. Chunks are only joined once a whole header or body is in, so
+// a large body arriving in many reads is copied once.
+let chunks = [];
+let have = 0;
+let head = null;
+
+function protocolError(e) {
+  logError(`flick bootstrap: bad frame from flick: ${describe(e).text}`);
+  process.exit(1);
+}
+
+function onData(chunk) {
+  chunks.push(chunk);
+  have += chunk.length;
+  for (;;) {
+    if (head === null) {
+      if (chunks.length === 0) return;
+      // Earlier chunks were searched already: only the last can hold the newline.
+      const last = chunks[chunks.length - 1];
+      const nl = last.indexOf(10);
+      if (nl < 0) return;
+      const line =
+        chunks.length === 1
+          ? last.toString('utf8', 0, nl)
+          : Buffer.concat(chunks.slice(0, -1).concat([last.subarray(0, nl)])).toString('utf8');
+      const rest = last.subarray(nl + 1);
+      chunks = rest.length ? [rest] : [];
+      have = rest.length;
+      try {
+        head = JSON.parse(line);
+      } catch (e) {
+        protocolError(e);
+        return;
+      }
+      head.len = Number(head.len) || 0;
+    }
+    const need = head.len;
+    if (have < need) return;
+    let body = EMPTY;
+    if (need > 0) {
+      const all = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, have);
+      body = all.subarray(0, need);
+      const rest = all.subarray(need);
+      chunks = rest.length ? [rest] : [];
+      have = rest.length;
+    }
+    const h = head;
+    head = null;
+    if (h.type === 'invoke') invoke(h, body);
+    // Other frame types are from a newer flick; skip them.
+  }
+}
+
+function initFailed(e) {
+  const kind = e instanceof InitError ? e.kind : 'Runtime.ImportModuleError';
+  const message = e instanceof InitError ? e.message : describe(e).message;
+  const text = e instanceof InitError && e.cause !== undefined ? describe(e.cause).text : `${kind}: ${message}`;
+  logError(text);
+  const line = JSON.stringify({ type: 'init_error', error: { type: kind, message, trace: text.split('\n') } }) + '\n';
+  chan.write(line, () => process.exit(1));
+}
+
+loadHandler().then(
+  (caller) => {
+    call = caller[0];
+    toResponse = caller[1];
+    chan.on('data', onData);
+    send({ type: 'ready' });
+  },
+  initFailed,
+);

@@ -1,0 +1,596 @@
+# flick's Python bootstrap: the process behind one warm instance of a Python
+# function. flick embeds this file, writes it to disk and starts it as
+# `python3 -I python.py` in the function's code directory, with the protocol
+# socket on fd 3 and stdout/stderr read as the function's logs. It imports the
+# user's handler once, then serves invocations framed as one JSON header line
+# plus `len` raw body bytes (see crates/runtime/src/protocol.rs).
+#
+# Standard library only, and it must keep working on Python 3.8.
+
+import json
+import os
+import sys
+import time
+
+PROTOCOL_FD = 3
+# The code object's own name, to cut the bootstrap's frames out of tracebacks.
+_BOOTSTRAP_FILE = sys._getframe().f_code.co_filename
+
+_dumps = json.dumps
+_loads = json.loads
+_header_encoder = json.JSONEncoder(separators=(",", ":")).encode
+
+TEXT = "text/plain; charset=utf-8"
+JSON_CT = [["content-type", "application/json"]]
+OCTET_CT = [["content-type", "application/octet-stream"]]
+TEXT_CT = [["content-type", TEXT]]
+OPENWHISK_WEB_KEYS = frozenset(("statusCode", "headers", "body"))
+_BYTES = (bytes, bytearray, memoryview)
+
+
+class InitError(Exception):
+    def __init__(self, kind, message, cause=None):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.cause = cause
+
+
+class MarshalError(Exception):
+    pass
+
+
+# --- the channel -------------------------------------------------------------
+
+
+def _write_all(data):
+    # A blocking socket normally takes it all at once; a signal can cut it.
+    n = os.write(PROTOCOL_FD, data)
+    if n != len(data):
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(PROTOCOL_FD, view):]
+
+
+_send_lock = None
+
+
+def _send(header, body=b""):
+    data = _header_encoder(header).encode() + b"\n"
+    if body:
+        # Above this size, a second write is cheaper than copying the body.
+        if len(body) < 65536:
+            data += body
+            body = b""
+    try:
+        if _send_lock is None:
+            _write_all(data)
+            if body:
+                _write_all(body)
+        else:
+            with _send_lock:
+                _write_all(data)
+                if body:
+                    _write_all(body)
+    except OSError:
+        # flick is gone: nobody is left to answer.
+        _exit(0)
+
+
+def _exit(code):
+    # os._exit: worker threads still in a handler must not hold the exit up.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _end_of_output(rid):
+    # Everything the invocation wrote must reach the pipes before the marker,
+    # and the marker before the answer: flick stops collecting at the marker.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    marker = b"\x1eflick-end " + str(rid).encode() + b"\n"
+    for fd in (1, 2):
+        try:
+            os.write(fd, marker)
+        except OSError:
+            pass
+
+
+# --- errors ------------------------------------------------------------------
+
+
+def _format_exception(exc):
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == _BOOTSTRAP_FILE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _message(exc):
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable %s>" % type(exc).__name__
+
+
+def _log_trace(text):
+    try:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    except Exception:
+        pass
+
+
+def _send_error(rid, exc, kind=None, message=None):
+    text = _format_exception(exc)
+    _log_trace(text)
+    error = {
+        "type": kind or type(exc).__name__,
+        "message": _message(exc) if message is None else message,
+        "trace": text.splitlines(),
+    }
+    _end_of_output(rid)
+    _send({"type": "error", "id": rid, "error": error})
+
+
+# --- responses ---------------------------------------------------------------
+
+
+def _header_value(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    return v if isinstance(v, str) else str(v)
+
+
+def _http_response(d):
+    """A `{statusCode, headers, multiValueHeaders, body, isBase64Encoded}` dict."""
+    status = d.get("statusCode", 200)
+    status = 200 if status is None else int(status)
+    if not 100 <= status <= 599:
+        raise ValueError("statusCode %r is not an HTTP status" % (status,))
+    headers = []
+    multi = d.get("multiValueHeaders") or {}
+    multi_names = set(str(k).lower() for k in multi)
+    single = d.get("headers") or {}
+    # As API Gateway: a name in multiValueHeaders takes its values from there.
+    for k, v in single.items():
+        k = str(k).lower()
+        if k in multi_names:
+            continue
+        if isinstance(v, (list, tuple)):
+            headers.extend([k, _header_value(x)] for x in v)
+        else:
+            headers.append([k, _header_value(v)])
+    for k, vs in multi.items():
+        k = str(k).lower()
+        if not isinstance(vs, (list, tuple)):
+            vs = (vs,)
+        headers.extend([k, _header_value(x)] for x in vs)
+    cookies = d.get("cookies")
+    if cookies:
+        headers.extend(["set-cookie", _header_value(c)] for c in cookies)
+
+    body = d.get("body")
+    if body is None:
+        out, ctype = b"", TEXT
+    elif isinstance(body, str):
+        if d.get("isBase64Encoded"):
+            import binascii
+
+            out, ctype = binascii.a2b_base64(body), "application/octet-stream"
+        else:
+            out, ctype = body.encode("utf-8", "surrogateescape"), TEXT
+    elif isinstance(body, _BYTES):
+        out, ctype = bytes(body), "application/octet-stream"
+    else:
+        out, ctype = _dumps(body).encode(), "application/json"
+    for k, _ in headers:
+        if k == "content-type":
+            break
+    else:
+        headers.append(["content-type", ctype])
+    return status, headers, out
+
+
+def _json_response(value):
+    if isinstance(value, _BYTES):
+        return 200, OCTET_CT, bytes(value)
+    return 200, JSON_CT, _dumps(value).encode()
+
+
+def _lambda_response(value):
+    if isinstance(value, dict) and "statusCode" in value:
+        return _http_response(value)
+    return _json_response(value)
+
+
+def _openwhisk_response(value):
+    if isinstance(value, dict) and value and value.keys() <= OPENWHISK_WEB_KEYS:
+        return _http_response(value)
+    return _json_response(value)
+
+
+def _openfaas_response(value):
+    if isinstance(value, str):
+        return 200, TEXT_CT, value.encode("utf-8", "surrogateescape")
+    if value is None:
+        return 200, [], b""
+    return _json_response(value)
+
+
+# --- calling the handler -----------------------------------------------------
+
+
+def _parse_event(body):
+    if not body:
+        return {}
+    try:
+        return _loads(body)
+    except (ValueError, RecursionError):
+        return body.decode("utf-8", "replace")
+
+
+def _make_context_class():
+    name = os.environ.get("FLICK_FUNCTION_NAME", "")
+    version = os.environ.get("FLICK_FUNCTION_REVISION", "")
+    try:
+        memory = int(os.environ.get("FLICK_MEMORY_MB", "0"))
+    except ValueError:
+        memory = 0
+    stream = "%s/[%s]%s" % (time.strftime("%Y/%m/%d", time.gmtime()), version, os.urandom(16).hex())
+
+    class LambdaContext(object):
+        """What AWS Lambda passes as `context`, plus flick's `http`."""
+
+        function_name = name
+        function_version = version
+        memory_limit_in_mb = memory
+        invoked_function_arn = "arn:aws:lambda:local:000000000000:function:" + name
+        log_group_name = "/aws/lambda/" + name
+        log_stream_name = stream
+        identity = None
+        client_context = None
+
+        def __init__(self, rid, deadline_ms, http):
+            self.aws_request_id = rid
+            self.http = http
+            self._deadline_ms = deadline_ms
+
+        def get_remaining_time_in_millis(self):
+            left = self._deadline_ms - int(time.time() * 1000)
+            return left if left > 0 else 0
+
+        def __repr__(self):
+            return (
+                "LambdaContext(aws_request_id=%r, function_name=%r, function_version=%r, "
+                "memory_limit_in_mb=%r, invoked_function_arn=%r, log_group_name=%r, "
+                "log_stream_name=%r, http=%r)"
+                % (
+                    self.aws_request_id,
+                    self.function_name,
+                    self.function_version,
+                    self.memory_limit_in_mb,
+                    self.invoked_function_arn,
+                    self.log_group_name,
+                    self.log_stream_name,
+                    self.http,
+                )
+            )
+
+    return LambdaContext
+
+
+def _http_info(h):
+    return {
+        "method": h.get("method", ""),
+        "path": h.get("path", "/"),
+        "query": h.get("query", ""),
+        "headers": dict(h.get("headers") or ()),
+    }
+
+
+def _make_caller(fn, shape):
+    """The per-call function: header and body in, the handler's return out."""
+    if shape == "lambda":
+        Context = _make_context_class()
+
+        def call(h, body):
+            return fn(_parse_event(body), Context(h.get("id"), h.get("deadline_ms") or 0, _http_info(h)))
+
+        return call, _lambda_response
+
+    if shape == "openwhisk":
+        from urllib.parse import parse_qsl
+
+        def call(h, body):
+            q = h.get("query")
+            args = dict(parse_qsl(q, keep_blank_values=True)) if q else {}
+            if body:
+                try:
+                    parsed = _loads(body)
+                except (ValueError, RecursionError):
+                    parsed = None
+                if isinstance(parsed, dict):
+                    args.update(parsed)
+                else:
+                    args["__ow_body"] = body.decode("utf-8", "replace")
+            args["__ow_method"] = (h.get("method") or "").lower()
+            args["__ow_headers"] = dict(h.get("headers") or ())
+            args["__ow_path"] = h.get("path", "/")
+            return fn(args)
+
+        return call, _openwhisk_response
+
+    if shape == "openfaas":
+
+        def call(h, body):
+            return fn(body.decode("utf-8", "replace"))
+
+        return call, _openfaas_response
+
+    def call(h, body):
+        return fn()
+
+    return call, _openfaas_response
+
+
+def _signature(fn):
+    """(positional parameter count, is a coroutine function), without inspect
+    when the plain code object tells (inspect costs milliseconds to import)."""
+    target, drop = fn, 0
+    if getattr(fn, "__self__", None) is not None and hasattr(fn, "__func__"):
+        target, drop = fn.__func__, 1
+    code = getattr(target, "__code__", None)
+    if code is not None and not hasattr(target, "__wrapped__"):
+        if code.co_flags & 0x04:  # CO_VARARGS
+            count = 1 << 30
+        else:
+            count = code.co_argcount - drop
+        return count, bool(code.co_flags & 0x80)  # CO_COROUTINE
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2, False
+    count = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            count = 1 << 30
+            break
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            count += 1
+    is_coro = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return count, is_coro
+
+
+def _load_handler():
+    spec = os.environ.get("FLICK_HANDLER", "")
+    module_name, _, fn_name = spec.rpartition(".")
+    module_name = module_name.replace("/", ".").strip(".")
+    if not module_name or not fn_name or not fn_name.isidentifier():
+        raise InitError(
+            "Runtime.MalformedHandlerName",
+            "Bad handler '%s': expected 'module.function', e.g. 'main.handler'" % spec,
+        )
+    try:
+        __import__(module_name)
+        module = sys.modules[module_name]
+    except SyntaxError as e:
+        raise InitError("Runtime.UserCodeSyntaxError", "Syntax error in module '%s': %s" % (module_name, e), e)
+    except BaseException as e:
+        raise InitError(
+            "Runtime.ImportModuleError", "Unable to import module '%s': %s" % (module_name, _message(e)), e
+        )
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        raise InitError("Runtime.HandlerNotFound", "Handler '%s' missing on module '%s'" % (fn_name, module_name))
+    if not callable(fn):
+        raise InitError(
+            "Runtime.HandlerNotFound", "Handler '%s' on module '%s' is not callable" % (fn_name, module_name)
+        )
+    count, is_coro = _signature(fn)
+    if count >= 2:
+        shape = "lambda"
+    elif count == 1:
+        shape = "openwhisk" if fn_name == "main" else "openfaas"
+    else:
+        shape = "bare"
+    return fn, shape, is_coro
+
+
+# --- serving -----------------------------------------------------------------
+
+
+class _Loop(object):
+    """The one asyncio event loop of this instance, created on first need, so
+    loop-bound objects a handler keeps between calls (sessions, locks) stay
+    valid. Inline mode runs it per call; concurrent mode runs it in a thread."""
+
+    def __init__(self, threaded):
+        self.threaded = threaded
+        self.loop = None
+        self.lock = None
+
+    def get(self):
+        if self.loop is None:
+            import asyncio
+
+            if self.threaded:
+                import threading
+
+                with _start_lock:
+                    if self.loop is None:
+                        loop = asyncio.new_event_loop()
+                        threading.Thread(target=loop.run_forever, name="flick-asyncio", daemon=True).start()
+                        self.loop = loop
+            else:
+                self.loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(self.loop)
+        return self.loop
+
+    def wait(self, awaitable):
+        """Runs an awaitable a sync handler returned, from a non-loop thread."""
+        loop = self.get()
+        if not self.threaded:
+            return loop.run_until_complete(awaitable)
+        import asyncio
+
+        async def wrapper():
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), loop).result()
+
+
+_start_lock = None
+
+
+def _respond(rid, value, to_response):
+    try:
+        status, headers, out = to_response(value)
+    except Exception as e:
+        _send_error(rid, e, "Runtime.MarshalError", "Unable to marshal response: %s" % _message(e))
+        return
+    _end_of_output(rid)
+    _send({"type": "result", "id": rid, "status": status, "headers": headers, "len": len(out)}, out)
+
+
+def _serve(fn, shape, is_coro, concurrency):
+    global _send_lock, _start_lock
+
+    call, to_response = _make_caller(fn, shape)
+    if concurrency > 1:
+        import threading
+
+        _send_lock = threading.Lock()
+        _start_lock = threading.Lock()
+    loop = _Loop(threaded=concurrency > 1)
+
+    def invoke(h, body):
+        rid = h.get("id")
+        try:
+            value = call(h, body)
+            if hasattr(type(value), "__await__"):
+                value = loop.wait(value)
+        except BaseException as e:
+            _send_error(rid, e)
+            return
+        _respond(rid, value, to_response)
+
+    async def invoke_async(h, body):
+        rid = h.get("id")
+        try:
+            value = call(h, body)
+            if hasattr(type(value), "__await__"):
+                value = await value
+        except BaseException as e:
+            _send_error(rid, e)
+            return
+        _respond(rid, value, to_response)
+
+    if concurrency == 1:
+        dispatch = invoke
+    elif is_coro:
+        import asyncio
+
+        run_threadsafe = asyncio.run_coroutine_threadsafe
+        aloop = loop.get()
+
+        def dispatch(h, body):
+            run_threadsafe(invoke_async(h, body), aloop)
+
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        submit = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="flick-invoke").submit
+
+        def dispatch(h, body):
+            submit(invoke, h, body)
+
+    channel = open(PROTOCOL_FD, "rb", buffering=1 << 16, closefd=False)
+    readline = channel.readline
+    read = channel.read
+    while True:
+        line = readline()
+        if not line.endswith(b"\n"):
+            break  # EOF, possibly mid-frame: flick closed the channel
+        h = _loads(line)
+        n = h.get("len") or 0
+        body = read(n) if n else b""
+        if len(body) != n:
+            break
+        if h.get("type") == "invoke":
+            dispatch(h, body)
+        # Other frame types are from a newer flick; skip them.
+    _exit(0)
+
+
+def main():
+    # Logs reach flick as they are written, not when a block buffer fills.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except Exception:
+            pass
+    os.set_blocking(PROTOCOL_FD, True)
+
+    code_dir = os.environ.get("FLICK_CODE_DIR") or os.getcwd()
+    here = os.path.dirname(os.path.abspath(_BOOTSTRAP_FILE))
+    # -I keeps the script's directory off sys.path; make sure of it, since
+    # `import python` must not find this file.
+    sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
+    sys.path[:0] = [code_dir, os.path.join(code_dir, ".deps", "python")]
+
+    try:
+        concurrency = max(1, int(os.environ.get("FLICK_CONCURRENCY") or 1))
+    except ValueError:
+        concurrency = 1
+
+    try:
+        fn, shape, is_coro = _load_handler()
+    except InitError as e:
+        if e.cause is not None:
+            text = _format_exception(e.cause)
+        else:
+            text = "%s: %s\n" % (e.kind, e.message)
+        _log_trace(text)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        error = {"type": e.kind, "message": e.message, "trace": text.splitlines()}
+        try:
+            _write_all(_header_encoder({"type": "init_error", "error": error}).encode() + b"\n")
+        except OSError:
+            pass
+        _exit(1)
+
+    # Output of the import belongs to no invocation; flick keeps it for the first.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    _send({"type": "ready"})
+    _serve(fn, shape, is_coro, concurrency)
+
+
+if __name__ == "__main__":
+    main()

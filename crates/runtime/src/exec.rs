@@ -1,0 +1,162 @@
+//! exec instances: the classic watchdog contract. One process per request,
+//! the request body on stdin, stdout is the response, stderr the logs, a
+//! non-zero exit a function error.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flick_core::LogStream;
+use flick_sandbox::ProcessSpec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::handle::ProcessHandle;
+use crate::logs::LogCollector;
+use crate::{Failure, FunctionError, InstanceSpec, Invoked, Launcher, Response, StartError, command_line};
+
+pub struct ExecInstance {
+    launcher: Launcher,
+    spec: InstanceSpec,
+    program: PathBuf,
+    args: Vec<OsString>,
+    base_env: Vec<(String, String)>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl ExecInstance {
+    /// Nothing runs until a request arrives; the handler is checked now so
+    /// a bad command line fails the first call clearly.
+    pub fn new(launcher: &Launcher, spec: &InstanceSpec) -> Result<Self, StartError> {
+        let (program, args) = command_line(&spec.manifest.handler, &spec.code_dir)?;
+        Ok(Self {
+            launcher: launcher.clone(),
+            spec: spec.clone(),
+            program,
+            args,
+            base_env: launcher.env(spec),
+            stopped: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub async fn invoke(&self, req: crate::Request) -> Invoked {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Invoked {
+                outcome: Err(Failure::Platform("instance is stopped".into())),
+                logs: Default::default(),
+                reusable: false,
+            };
+        }
+        let mut env = self.base_env.clone();
+        // The request as of-watchdog presents it to a forked process.
+        env.push(("Http_Method".into(), req.method.clone()));
+        env.push(("Http_Path".into(), req.path.clone()));
+        env.push(("Http_Query".into(), req.query.clone()));
+        for (name, value) in &req.headers {
+            let key: String = name
+                .split('-')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("_");
+            env.push((format!("Http_{key}"), value.clone()));
+        }
+        let spawned = self.launcher.sandbox().spawn(ProcessSpec {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            env,
+            cwd: self.spec.code_dir.clone(),
+            protocol_fd: None,
+            stdin: true,
+        });
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                return Invoked {
+                    outcome: Err(Failure::Function(FunctionError {
+                        kind: "Runtime.ExecError".into(),
+                        message: e.to_string(),
+                        trace: vec![],
+                    })),
+                    logs: Default::default(),
+                    reusable: true,
+                };
+            }
+        };
+        let logs = LogCollector::new(self.launcher.config().log_limits);
+        logs.begin(&req.id);
+        if let Some(err) = child.stderr.take() {
+            logs.spawn_reader(LogStream::Stderr, err);
+        }
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take();
+        let max = self.launcher.config().max_response_bytes;
+        let body = req.body.clone();
+        let feed = async move {
+            if let Some(stdin) = stdin.as_mut() {
+                // A process that does not read its input is fine: ignore EPIPE.
+                let _ = stdin.write_all(&body).await;
+            }
+            drop(stdin);
+        };
+        let collect = async move {
+            let mut out = Vec::new();
+            if let Some(stdout) = stdout.as_mut() {
+                // Read one byte past the cap to know it was exceeded.
+                stdout.take(max as u64 + 1).read_to_end(&mut out).await?;
+            }
+            Ok::<_, std::io::Error>(out)
+        };
+        let process = ProcessHandle::new(child);
+        let run = async {
+            let (_, out) = tokio::join!(feed, collect);
+            out
+        };
+        let outcome = match tokio::time::timeout_at(req.deadline, run).await {
+            Err(_) => {
+                process.kill();
+                Err(Failure::Timeout)
+            }
+            Ok(Err(e)) => Err(Failure::Platform(format!("reading the function's stdout: {e}"))),
+            Ok(Ok(out)) if out.len() > max => {
+                process.kill();
+                Err(Failure::Function(FunctionError {
+                    kind: "Function.ResponseSizeTooLarge".into(),
+                    message: format!("the function wrote more than {max} bytes to stdout"),
+                    trace: vec![],
+                }))
+            }
+            Ok(Ok(out)) => {
+                // stdout closed; the exit follows at once unless the process
+                // closed it early and kept running, which the deadline bounds.
+                let wait = req.deadline.saturating_duration_since(tokio::time::Instant::now());
+                match process.exit(wait).await {
+                    None => {
+                        process.kill();
+                        Err(Failure::Timeout)
+                    }
+                    Some(exit) if exit.success() => Ok(Response {
+                        status: 200,
+                        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+                        body: Bytes::from(out),
+                    }),
+                    Some(exit) => Err(Failure::Function(FunctionError {
+                        kind: "Runtime.ExitError".into(),
+                        message: format!("`{}` {exit}", self.spec.manifest.handler),
+                        trace: vec![],
+                    })),
+                }
+            }
+        };
+        let captured = logs.finish(&req.id, true, Duration::from_millis(200)).await;
+        Invoked { outcome, logs: captured, reusable: true }
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}

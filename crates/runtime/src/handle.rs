@@ -1,0 +1,82 @@
+//! Ownership of one long-lived instance process: who waits for it, how it
+//! is killed, and how its exit is described.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::sync::watch;
+
+/// A running process; killing it kills its whole process group.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: u32,
+    exited: Arc<AtomicBool>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exited with status {code}"),
+            (None, Some(9)) => f.write_str("was killed (SIGKILL)"),
+            (None, Some(sig)) => write!(f, "was killed by signal {sig}"),
+            _ => f.write_str("exited"),
+        }
+    }
+}
+
+impl ProcessHandle {
+    /// Takes over `child` (whose stdio the caller has already taken): a task
+    /// reaps it, so it never lingers as a zombie.
+    pub fn new(mut child: Child) -> Self {
+        let pid = child.id().unwrap_or(0);
+        let exited = Arc::new(AtomicBool::new(false));
+        let (tx, exit) = watch::channel(None);
+        let flag = exited.clone();
+        tokio::spawn(async move {
+            use std::os::unix::process::ExitStatusExt;
+            let exit = match child.wait().await {
+                Ok(status) => Exit { code: status.code(), signal: status.signal() },
+                Err(_) => Exit { code: None, signal: None },
+            };
+            flag.store(true, Ordering::SeqCst);
+            let _ = tx.send(Some(exit));
+        });
+        Self { pid, exited, exit }
+    }
+
+    pub fn kill(&self) {
+        // Once reaped the pid may belong to someone else: never signal it then.
+        if self.pid != 0 && !self.exited.load(Ordering::SeqCst) {
+            flick_sandbox::kill_group(self.pid);
+        }
+    }
+
+    /// How the process exited, waiting at most `wait` for it to do so.
+    pub async fn exit(&self, wait: Duration) -> Option<Exit> {
+        let mut rx = self.exit.clone();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|s| s.is_some())).await;
+        *rx.borrow()
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

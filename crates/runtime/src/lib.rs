@@ -1,0 +1,247 @@
+//! Instances of functions: starting them, speaking to them, capturing their logs.
+//!
+//! # Layout
+//! - [`Launcher`] turns an [`InstanceSpec`] into a running, ready [`Instance`];
+//! - `process`: python3 and node instances, a bootstrap process that imports
+//!   the user's code once and serves many invocations over [`protocol`];
+//! - `exec`: one process per request, body on stdin, response on stdout;
+//! - `http`: a long-lived HTTP server on `$PORT`, requests proxied to it;
+//! - [`logs`]: stdout/stderr lines attributed to the invocation that wrote them;
+//! - `bootstrap`: the language bootstraps shipped inside the binary.
+//!
+//! An instance never decides how many requests it gets or when it stops:
+//! that is the scheduler's job. It only runs what it is handed and says
+//! whether it is still usable afterwards.
+
+mod bootstrap;
+mod exec;
+mod handle;
+mod http;
+pub mod logs;
+mod process;
+pub mod protocol;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flick_core::{Manifest, RuntimeKind};
+use flick_sandbox::Sandbox;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub use logs::{Captured, LogLimits};
+
+/// Settings of the runtime layer, from flick's config.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The real Python interpreter (not a pyenv shim: that costs ~200 ms a start).
+    pub python: PathBuf,
+    pub node: PathBuf,
+    /// Where the embedded bootstraps are written at start-up.
+    pub bootstrap_dir: PathBuf,
+    pub log_limits: LogLimits,
+    /// Largest response body an instance may return.
+    pub max_response_bytes: usize,
+}
+
+/// Everything needed to start an instance of one revision.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    pub function: String,
+    pub revision: u32,
+    pub manifest: Arc<Manifest>,
+    pub code_dir: PathBuf,
+}
+
+/// One invocation as an instance sees it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub id: String,
+    pub method: String,
+    /// The sub-path after `/fn/{name}`, always starting with `/`.
+    pub path: String,
+    pub query: String,
+    /// Lowercase names; repeated headers appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub deadline: Instant,
+    pub deadline_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// An error the function itself raised (an exception, a non-zero exit, a
+/// failed import), in the shape Lambda clients know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionError {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub trace: Vec<String>,
+}
+
+/// Why an invocation did not produce a function's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{}: {}", .0.kind, .0.message)]
+    Function(FunctionError),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Platform(String),
+}
+
+/// What an invocation returns: the outcome, its logs, and whether the
+/// instance can take more work (a timed-out or crashed one cannot).
+#[derive(Debug)]
+pub struct Invoked {
+    pub outcome: Result<Response, Failure>,
+    pub logs: Captured,
+    pub reusable: bool,
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The user's code failed while initialising (import error, server
+    /// exited): a function error, reported on the invocation that waited.
+    #[error("{}: {}", .error.kind, .error.message)]
+    Init { error: FunctionError, logs: Captured },
+    #[error("instance did not become ready before the deadline")]
+    Timeout { logs: Captured },
+    #[error("{0}")]
+    Platform(String),
+}
+
+/// A running instance of one revision.
+pub enum Instance {
+    Process(process::ProcessInstance),
+    Exec(exec::ExecInstance),
+    Http(http::HttpInstance),
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Process(_) => "Instance::Process",
+            Self::Exec(_) => "Instance::Exec",
+            Self::Http(_) => "Instance::Http",
+        })
+    }
+}
+
+impl Instance {
+    /// Runs one request. Concurrent calls are allowed up to the manifest's
+    /// `concurrency`; the scheduler enforces that bound.
+    pub async fn invoke(&self, req: Request) -> Invoked {
+        match self {
+            Self::Process(i) => i.invoke(req).await,
+            Self::Exec(i) => i.invoke(req).await,
+            Self::Http(i) => i.invoke(req).await,
+        }
+    }
+
+    /// Stops the instance and everything it started; idempotent.
+    pub fn stop(&self) {
+        match self {
+            Self::Process(i) => i.stop(),
+            Self::Exec(i) => i.stop(),
+            Self::Http(i) => i.stop(),
+        }
+    }
+}
+
+/// Starts instances. Shared by all pools.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    config: Arc<RuntimeConfig>,
+    sandbox: Sandbox,
+    http_client: reqwest::Client,
+}
+
+impl Launcher {
+    /// Writes the bootstraps to `config.bootstrap_dir`.
+    pub fn new(config: RuntimeConfig, sandbox: Sandbox) -> std::io::Result<Self> {
+        bootstrap::install(&config.bootstrap_dir)?;
+        let http_client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Self { config: Arc::new(config), sandbox, http_client })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Starts an instance and waits until it is ready to serve, at most until `deadline`.
+    pub async fn start(&self, spec: &InstanceSpec, deadline: Instant) -> Result<Instance, StartError> {
+        match spec.manifest.runtime {
+            RuntimeKind::Python3 | RuntimeKind::Node => {
+                process::ProcessInstance::start(self, spec, deadline).await.map(Instance::Process)
+            }
+            RuntimeKind::Exec => exec::ExecInstance::new(self, spec).map(Instance::Exec),
+            RuntimeKind::Http => http::HttpInstance::start(self, spec, deadline).await.map(Instance::Http),
+        }
+    }
+
+    /// The environment every instance of `spec` gets: the user's `[env]`,
+    /// then what flick defines (which the user cannot override), including
+    /// the Lambda variables that Lambda-style code reads.
+    fn env(&self, spec: &InstanceSpec) -> Vec<(String, String)> {
+        let m = &spec.manifest;
+        let mut env: Vec<(String, String)> = m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let code = spec.code_dir.display().to_string();
+        let memory_mb = (m.memory >> 20).to_string();
+        env.extend([
+            ("FLICK_FUNCTION_NAME".into(), spec.function.clone()),
+            ("FLICK_FUNCTION_REVISION".into(), spec.revision.to_string()),
+            ("FLICK_HANDLER".into(), m.handler.clone()),
+            ("FLICK_CODE_DIR".into(), code.clone()),
+            ("FLICK_MEMORY_MB".into(), memory_mb.clone()),
+            ("FLICK_CONCURRENCY".into(), m.concurrency.to_string()),
+            ("FLICK_TIMEOUT_MS".into(), m.timeout.as_millis().to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.function.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), spec.revision.to_string()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), memory_mb),
+            ("LAMBDA_TASK_ROOT".into(), code),
+            ("_HANDLER".into(), m.handler.clone()),
+        ]);
+        env
+    }
+
+    fn bootstrap_path(&self, runtime: RuntimeKind) -> PathBuf {
+        bootstrap::path(&self.config.bootstrap_dir, runtime)
+    }
+
+    fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+}
+
+/// Splits an exec/http handler into program and arguments, like a shell
+/// would split it (quotes), without a shell's expansions.
+fn command_line(handler: &str, code_dir: &Path) -> Result<(PathBuf, Vec<std::ffi::OsString>), StartError> {
+    let words = shell_words::split(handler)
+        .map_err(|e| StartError::Platform(format!("handler `{handler}`: {e}")))?;
+    let (program, args) = words
+        .split_first()
+        .ok_or_else(|| StartError::Platform("handler is empty".into()))?;
+    // `./run.sh` means the function's own file; a bare name is looked up on PATH.
+    let program = if program.contains('/') && !program.starts_with('/') {
+        code_dir.join(program)
+    } else {
+        PathBuf::from(program)
+    };
+    Ok((program, args.iter().map(Into::into).collect()))
+}

@@ -1,0 +1,31 @@
+//! Errors of the store.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("function `{0}` not found")]
+    FunctionNotFound(String),
+    #[error("function `{function}` has no revision {number}")]
+    RevisionNotFound { function: String, number: u32 },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("open database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("stored record is corrupt ({what}): {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: String, source: std::io::Error },
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// Refused before it could name a path: only `sha256:<64 lowercase hex>` is a hash.
+    #[error("invalid content hash `{0}` (expected sha256:<64 hex digits>)")]
+    InvalidHash(String),
+    /// Written by a newer flick: opening it would risk misreading or damaging it.
+    #[error("database {path} has schema version {found}, newer than the {supported} this flick understands")]
+    SchemaTooNew { path: String, found: i64, supported: i64 },
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io { action, path: path.display().to_string(), source }
+    }
+}

@@ -1,0 +1,90 @@
+//! Persistent state of flick behind one trait, [`Store`]: functions, their
+//! immutable revisions and activation records. [`SqliteStore`] is the
+//! embedded implementation `flick up` uses; a PostgreSQL one can be added
+//! later without touching callers, which only ever see `Arc<dyn Store>`.
+//!
+//! Code itself is not in the store: [`CodeStore`] keeps uploaded archives and
+//! unpacked code directories on disk, addressed by content hash.
+
+mod code;
+mod error;
+mod sqlite;
+
+use async_trait::async_trait;
+use flick_core::{Activation, ActivationId, FunctionInfo, Manifest, Revision};
+
+pub use code::CodeStore;
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+
+/// What a deploy hands the store: the validated manifest and content identity.
+#[derive(Clone, Debug)]
+pub struct NewRevision {
+    pub manifest: Manifest,
+    /// `sha256:<hex>` of the content.
+    pub hash: String,
+    pub code_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutOutcome {
+    /// A new revision was created and made current.
+    Created(Revision),
+    /// The current revision already has this hash: nothing changed.
+    Unchanged(Revision),
+}
+
+/// Which activation records to list. Results are newest first unless
+/// `after_seq` is set, in which case they are oldest first (a cursor for
+/// following logs).
+#[derive(Clone, Debug, Default)]
+pub struct ActivationQuery {
+    pub function: Option<String>,
+    /// Only records stored after this sequence number (see [`Activation::seq`]).
+    pub after_seq: Option<i64>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records a deploy. Creates the function on its first deploy; returns
+    /// `Unchanged` when the current revision has the same hash.
+    async fn put_revision(&self, new: NewRevision) -> Result<PutOutcome, StoreError>;
+
+    async fn function(&self, name: &str) -> Result<Option<FunctionInfo>, StoreError>;
+
+    /// All functions, by name.
+    async fn functions(&self) -> Result<Vec<FunctionInfo>, StoreError>;
+
+    /// The revision a function currently serves.
+    async fn current_revision(&self, name: &str) -> Result<Option<Revision>, StoreError>;
+
+    async fn revision(&self, name: &str, number: u32) -> Result<Option<Revision>, StoreError>;
+
+    /// All revisions of a function, newest first.
+    async fn revisions(&self, name: &str) -> Result<Vec<Revision>, StoreError>;
+
+    /// Points a function at one of its existing revisions (rollback).
+    async fn set_current(&self, name: &str, number: u32) -> Result<Revision, StoreError>;
+
+    /// Deletes a function with its revisions and activations; `false` if it did not exist.
+    async fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Content hashes still referenced by any revision (to sweep unused code).
+    async fn referenced_hashes(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a finished activation; returns its sequence number.
+    async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError>;
+
+    async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError>;
+
+    async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError>;
+
+    /// Retention: deletes activations that started before `older_than_ms`, and
+    /// all but the newest `keep_per_function` of each function. Returns how many went.
+    async fn prune_activations(
+        &self,
+        older_than_ms: i64,
+        keep_per_function: u32,
+    ) -> Result<u64, StoreError>;
+}

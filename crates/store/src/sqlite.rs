@@ -1,0 +1,826 @@
+//! [`SqliteStore`]: the embedded [`Store`], one SQLite file in the data directory.
+//!
+//! A single connection behind a mutex is enough for flick's write rate (one
+//! row per activation) and sidesteps SQLite's writer contention entirely;
+//! every call runs on tokio's blocking pool so the runtime threads never wait
+//! on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flick_core::{Activation, ActivationId, ActivationStatus, FunctionInfo, LogLine, Revision, now_ms};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::{ActivationQuery, NewRevision, PutOutcome, Store, StoreError};
+
+/// Schema migrations in order: entry `i` takes `user_version` from `i` to
+/// `i + 1`. Append only; never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: functions, revisions, activations.
+    "
+    CREATE TABLE functions (
+        name             TEXT PRIMARY KEY NOT NULL,
+        current_revision INTEGER NOT NULL,
+        created_ms       INTEGER NOT NULL,
+        updated_ms       INTEGER NOT NULL
+    );
+    CREATE TABLE revisions (
+        function      TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        number        INTEGER NOT NULL,
+        hash          TEXT NOT NULL,
+        manifest_json TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        code_size     INTEGER NOT NULL,
+        PRIMARY KEY (function, number)
+    );
+    -- No foreign key to functions: an invocation that finishes just after its
+    -- function was deleted must still be able to write its record.
+    CREATE TABLE activations (
+        seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                 TEXT NOT NULL UNIQUE,
+        function           TEXT NOT NULL,
+        revision           INTEGER NOT NULL,
+        start_ms           INTEGER NOT NULL,
+        end_ms             INTEGER NOT NULL,
+        duration_ms        REAL NOT NULL,
+        init_ms            REAL NOT NULL,
+        wait_ms            REAL NOT NULL,
+        cold               INTEGER NOT NULL,
+        status             TEXT NOT NULL,
+        http_status        INTEGER NOT NULL,
+        response           TEXT NOT NULL,
+        response_truncated INTEGER NOT NULL,
+        logs_json          TEXT NOT NULL,
+        logs_truncated     INTEGER NOT NULL
+    );
+    CREATE INDEX activations_function_seq ON activations(function, seq);
+    CREATE INDEX activations_start_ms ON activations(start_ms);
+    ",
+];
+
+/// How long a statement waits for another process holding the database
+/// (e.g. a backup or `sqlite3` shell) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its directory) and
+    /// bringing its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        }
+        let label = path.display().to_string();
+        let open_err = |source| StoreError::Open { path: label.clone(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // WAL lets readers (`sqlite3` on a live server, backups) work during
+        // writes; NORMAL sync in WAL mode can lose the last commits on power
+        // loss but never corrupts, a fair trade for activation logs.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %label, mode, "database did not switch to WAL journal mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        Self::init(conn, &label)
+    }
+
+    /// A private database that lives as long as the store (for tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        Self::init(conn, ":memory:")
+    }
+
+    fn init(mut conn: Connection, label: &str) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(|source| StoreError::Open { path: label.into(), source })?;
+        migrate(&mut conn, label).map_err(|e| match e {
+            StoreError::Sqlite(source) => StoreError::Open { path: label.into(), source },
+            e => e,
+        })?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic mid-call leaves the connection usable (an open
+            // transaction rolls back on drop), so poisoning is not fatal.
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { path: label.into(), found, supported });
+    }
+    for (done, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", done as i64 + 1)?;
+    }
+    if found < supported {
+        tracing::info!(path = label, from = found, to = supported, "migrated database schema");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn corrupt(what: String, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt { what, detail: detail.to_string() }
+}
+
+/// Row readers return the conversion result inside the rusqlite one, so a
+/// bad JSON column becomes `Corrupt` naming the record rather than a generic
+/// conversion error.
+type Decoded<T> = rusqlite::Result<Result<T, StoreError>>;
+
+fn flatten<T>(r: Decoded<T>) -> Result<T, StoreError> {
+    r?
+}
+
+const REVISION_COLUMNS: &str = "function, number, hash, manifest_json, created_ms, code_size";
+
+fn read_revision(row: &Row<'_>) -> Decoded<Revision> {
+    let function: String = row.get(0)?;
+    let number: u32 = row.get(1)?;
+    let json: String = row.get(3)?;
+    let manifest = match serde_json::from_str(&json) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(corrupt(format!("manifest of `{function}` revision {number}"), e))),
+    };
+    Ok(Ok(Revision {
+        function,
+        number,
+        hash: row.get(2)?,
+        manifest,
+        created_ms: row.get(4)?,
+        code_size: row.get(5)?,
+    }))
+}
+
+fn load_revision(conn: &Connection, name: &str, number: u32) -> Result<Option<Revision>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE function = ?1 AND number = ?2"),
+        params![name, number],
+        read_revision,
+    )
+    .optional()?
+    .transpose()
+}
+
+const FUNCTION_SELECT: &str = "
+    SELECT f.name, f.current_revision, f.created_ms, f.updated_ms,
+           (SELECT MAX(number) FROM revisions WHERE function = f.name),
+           r.hash, r.manifest_json
+    FROM functions f
+    LEFT JOIN revisions r ON r.function = f.name AND r.number = f.current_revision";
+
+fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
+    let name: String = row.get(0)?;
+    let current_revision: u32 = row.get(1)?;
+    let (latest, hash, json): (Option<u32>, Option<String>, Option<String>) =
+        (row.get(4)?, row.get(5)?, row.get(6)?);
+    let (Some(latest_revision), Some(hash), Some(json)) = (latest, hash, json) else {
+        let what = format!("function `{name}`");
+        return Ok(Err(corrupt(what, format!("current revision {current_revision} is missing"))));
+    };
+    let manifest: flick_core::Manifest = match serde_json::from_str(&json) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(corrupt(format!("manifest of `{name}` revision {current_revision}"), e))),
+    };
+    Ok(Ok(FunctionInfo {
+        runtime: manifest.runtime,
+        public: manifest.public,
+        current_revision,
+        latest_revision,
+        hash,
+        created_ms: row.get(2)?,
+        updated_ms: row.get(3)?,
+        name,
+    }))
+}
+
+const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
+     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated";
+
+fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
+    let seq: i64 = row.get(0)?;
+    let id: String = row.get(1)?;
+    let what = || format!("activation {id}");
+    let Some(parsed_id) = ActivationId::parse(&id) else {
+        return Ok(Err(corrupt(what(), "malformed id")));
+    };
+    let status: String = row.get(10)?;
+    let Some(status) = ActivationStatus::parse(&status) else {
+        return Ok(Err(corrupt(what(), format!("unknown status `{status}`"))));
+    };
+    let logs_json: String = row.get(14)?;
+    let logs: Vec<LogLine> = match serde_json::from_str(&logs_json) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(corrupt(what(), format!("logs: {e}")))),
+    };
+    Ok(Ok(Activation {
+        id: parsed_id,
+        seq,
+        function: row.get(2)?,
+        revision: row.get(3)?,
+        start_ms: row.get(4)?,
+        end_ms: row.get(5)?,
+        duration_ms: row.get(6)?,
+        init_ms: row.get(7)?,
+        wait_ms: row.get(8)?,
+        cold: row.get(9)?,
+        status,
+        http_status: row.get(11)?,
+        response: row.get(12)?,
+        response_truncated: row.get(13)?,
+        logs,
+        logs_truncated: row.get(15)?,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_revision(&self, new: NewRevision) -> Result<PutOutcome, StoreError> {
+        self.with_conn(move |conn| {
+            let name = new.manifest.name.as_str().to_string();
+            let manifest_json = serde_json::to_string(&new.manifest)
+                .map_err(|e| corrupt(format!("manifest of `{name}`"), e))?;
+            // IMMEDIATE takes the write lock up front: reading the current
+            // revision and then writing must not interleave with another writer.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<u32> = tx
+                .query_row("SELECT current_revision FROM functions WHERE name = ?1", [&name], |r| r.get(0))
+                .optional()?;
+            if let Some(number) = current {
+                let rev = load_revision(&tx, &name, number)?.ok_or_else(|| {
+                    corrupt(format!("function `{name}`"), format!("current revision {number} is missing"))
+                })?;
+                if rev.hash == new.hash {
+                    return Ok(PutOutcome::Unchanged(rev));
+                }
+            }
+            let number: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE function = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            let now = now_ms();
+            if current.is_some() {
+                tx.execute(
+                    "UPDATE functions SET current_revision = ?2, updated_ms = ?3 WHERE name = ?1",
+                    params![name, number, now],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO functions (name, current_revision, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)",
+                    params![name, number, now],
+                )?;
+            }
+            tx.execute(
+                &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![name, number, new.hash, manifest_json, now, new.code_size],
+            )?;
+            tx.commit()?;
+            Ok(PutOutcome::Created(Revision {
+                function: name,
+                number,
+                hash: new.hash,
+                manifest: new.manifest,
+                created_ms: now,
+                code_size: new.code_size,
+            }))
+        })
+        .await
+    }
+
+    async fn function(&self, name: &str) -> Result<Option<FunctionInfo>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            conn.query_row(&format!("{FUNCTION_SELECT} WHERE f.name = ?1"), [&name], read_function)
+                .optional()?
+                .transpose()
+        })
+        .await
+    }
+
+    async fn functions(&self) -> Result<Vec<FunctionInfo>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!("{FUNCTION_SELECT} ORDER BY f.name"))?;
+            stmt.query_map([], read_function)?.map(flatten).collect()
+        })
+        .await
+    }
+
+    async fn current_revision(&self, name: &str) -> Result<Option<Revision>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let current: Option<u32> = conn
+                .query_row("SELECT current_revision FROM functions WHERE name = ?1", [&name], |r| r.get(0))
+                .optional()?;
+            match current {
+                Some(number) => load_revision(conn, &name, number),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn revision(&self, name: &str, number: u32) -> Result<Option<Revision>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| load_revision(conn, &name, number)).await
+    }
+
+    async fn revisions(&self, name: &str) -> Result<Vec<Revision>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {REVISION_COLUMNS} FROM revisions WHERE function = ?1 ORDER BY number DESC"
+            ))?;
+            stmt.query_map([&name], read_revision)?.map(flatten).collect()
+        })
+        .await
+    }
+
+    async fn set_current(&self, name: &str, number: u32) -> Result<Revision, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists = tx
+                .query_row("SELECT 1 FROM functions WHERE name = ?1", [&name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(StoreError::FunctionNotFound(name));
+            }
+            let rev = load_revision(&tx, &name, number)?
+                .ok_or_else(|| StoreError::RevisionNotFound { function: name.clone(), number })?;
+            tx.execute(
+                "UPDATE functions SET current_revision = ?2, updated_ms = ?3 WHERE name = ?1",
+                params![name, number, now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(rev)
+        })
+        .await
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM activations WHERE function = ?1", [&name])?;
+            tx.execute("DELETE FROM revisions WHERE function = ?1", [&name])?;
+            let deleted = tx.execute("DELETE FROM functions WHERE name = ?1", [&name])?;
+            tx.commit()?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn referenced_hashes(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare("SELECT DISTINCT hash FROM revisions ORDER BY hash")?;
+            let hashes = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(hashes)
+        })
+        .await
+    }
+
+    async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError> {
+        let a = activation.clone();
+        self.with_conn(move |conn| {
+            let logs_json = serde_json::to_string(&a.logs)
+                .map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
+            // `seq` is left to SQLite: AUTOINCREMENT never reuses a number,
+            // even after pruning, so it stays a valid follow cursor.
+            conn.execute(
+                "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                params![
+                    a.id.as_str(),
+                    a.function,
+                    a.revision,
+                    a.start_ms,
+                    a.end_ms,
+                    a.duration_ms,
+                    a.init_ms,
+                    a.wait_ms,
+                    a.cold,
+                    a.status.as_str(),
+                    a.http_status,
+                    a.response,
+                    a.response_truncated,
+                    logs_json,
+                    a.logs_truncated,
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            conn.query_row(
+                &format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?1"),
+                [&id],
+                read_activation,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError> {
+        let query = query.clone();
+        self.with_conn(move |conn| {
+            // Built per query rather than `?1 IS NULL OR …`, which would keep
+            // SQLite from using the (function, seq) index.
+            let mut filters = Vec::new();
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(function) = query.function {
+                args.push(Value::Text(function));
+                filters.push(format!("function = ?{}", args.len()));
+            }
+            if let Some(seq) = query.after_seq {
+                args.push(Value::Integer(seq));
+                filters.push(format!("seq > ?{}", args.len()));
+            }
+            let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
+            let order = if query.after_seq.is_some() { "ASC" } else { "DESC" };
+            let limit = match query.limit {
+                0 => DEFAULT_LIMIT,
+                n => n.min(MAX_LIMIT),
+            };
+            args.push(Value::Integer(limit.into()));
+            let sql = format!(
+                "SELECT {ACTIVATION_COLUMNS} FROM activations {filter} ORDER BY seq {order} LIMIT ?{}",
+                args.len()
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            stmt.query_map(rusqlite::params_from_iter(args), read_activation)?.map(flatten).collect()
+        })
+        .await
+    }
+
+    async fn prune_activations(&self, older_than_ms: i64, keep_per_function: u32) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let old = tx.execute("DELETE FROM activations WHERE start_ms < ?1", [older_than_ms])?;
+            let surplus = tx.execute(
+                "DELETE FROM activations WHERE seq IN (
+                     SELECT seq FROM (
+                         SELECT seq, ROW_NUMBER() OVER (PARTITION BY function ORDER BY seq DESC) AS rank
+                         FROM activations
+                     ) WHERE rank > ?1
+                 )",
+                [keep_per_function],
+            )?;
+            tx.commit()?;
+            Ok((old + surplus) as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flick_core::{LogStream, Manifest, RuntimeKind};
+
+    use super::*;
+
+    fn manifest(name: &str, runtime: &str, public: bool) -> Manifest {
+        Manifest::parse(&format!(
+            "name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"main.handler\"\npublic = {public}\n"
+        ))
+        .unwrap()
+    }
+
+    fn hash(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn deploy(name: &str, runtime: &str, public: bool, hash_char: char) -> NewRevision {
+        NewRevision { manifest: manifest(name, runtime, public), hash: hash(hash_char), code_size: 1234 }
+    }
+
+    fn activation(function: &str, start_ms: i64) -> Activation {
+        Activation {
+            id: ActivationId::generate(),
+            seq: 0,
+            function: function.into(),
+            revision: 1,
+            start_ms,
+            end_ms: start_ms + 12,
+            duration_ms: 11.75,
+            init_ms: 0.0,
+            wait_ms: 0.25,
+            cold: false,
+            status: ActivationStatus::Success,
+            http_status: 200,
+            response: "ok".into(),
+            response_truncated: false,
+            logs: Vec::new(),
+            logs_truncated: false,
+        }
+    }
+
+    async fn insert(store: &SqliteStore, function: &str, start_ms: i64) -> i64 {
+        store.insert_activation(&activation(function, start_ms)).await.unwrap()
+    }
+
+    async fn seqs(store: &SqliteStore, query: ActivationQuery) -> Vec<i64> {
+        store.activations(&query).await.unwrap().iter().map(|a| a.seq).collect()
+    }
+
+    async fn all_seqs(store: &SqliteStore) -> Vec<i64> {
+        seqs(store, ActivationQuery { after_seq: Some(0), ..Default::default() }).await
+    }
+
+    fn created(outcome: PutOutcome) -> Revision {
+        match outcome {
+            PutOutcome::Created(rev) => rev,
+            other => panic!("expected a new revision, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_hash_is_unchanged() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let first = created(store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap());
+        assert_eq!((first.function.as_str(), first.number), ("hello", 1));
+        let again = store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap();
+        assert_eq!(again, PutOutcome::Unchanged(first.clone()));
+        assert_eq!(store.revisions("hello").await.unwrap(), vec![first]);
+    }
+
+    #[tokio::test]
+    async fn new_hash_creates_next_revision_and_rollback_keeps_latest() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let r1 = created(store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap());
+        let r2 = created(store.put_revision(deploy("hello", "exec", true, 'b')).await.unwrap());
+        assert_eq!(r2.number, 2);
+        assert_eq!(store.current_revision("hello").await.unwrap(), Some(r2.clone()));
+        assert_eq!(store.revision("hello", 1).await.unwrap(), Some(r1.clone()));
+        assert_eq!(store.revisions("hello").await.unwrap(), vec![r2.clone(), r1.clone()]);
+
+        let info = store.function("hello").await.unwrap().unwrap();
+        assert_eq!((info.current_revision, info.latest_revision), (2, 2));
+        assert_eq!((info.runtime, info.public, info.hash.as_str()), (RuntimeKind::Exec, true, r2.hash.as_str()));
+
+        assert_eq!(store.set_current("hello", 1).await.unwrap(), r1);
+        let info = store.function("hello").await.unwrap().unwrap();
+        assert_eq!((info.current_revision, info.latest_revision), (1, 2));
+        assert_eq!((info.runtime, info.public, info.hash.as_str()), (RuntimeKind::Python3, false, r1.hash.as_str()));
+        assert!(info.updated_ms >= info.created_ms);
+        assert_eq!(store.current_revision("hello").await.unwrap(), Some(r1));
+
+        // Compared with the current revision, not the latest: redeploying
+        // what revision 2 had is a new deploy after a rollback.
+        let r3 = created(store.put_revision(deploy("hello", "exec", true, 'b')).await.unwrap());
+        assert_eq!(r3.number, 3);
+        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('a'), hash('b')]);
+    }
+
+    #[tokio::test]
+    async fn set_current_errors() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap();
+        match store.set_current("nope", 1).await {
+            Err(StoreError::FunctionNotFound(name)) => assert_eq!(name, "nope"),
+            other => panic!("expected FunctionNotFound, got {other:?}"),
+        }
+        match store.set_current("hello", 7).await {
+            Err(StoreError::RevisionNotFound { function, number }) => assert_eq!((function.as_str(), number), ("hello", 7)),
+            other => panic!("expected RevisionNotFound, got {other:?}"),
+        }
+        assert_eq!(store.function("hello").await.unwrap().unwrap().current_revision, 1);
+        assert_eq!(store.function("nope").await.unwrap(), None);
+        assert_eq!(store.current_revision("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn functions_are_listed_by_name() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        for name in ["zeta", "alpha", "mid"] {
+            store.put_revision(deploy(name, "node", false, 'c')).await.unwrap();
+        }
+        let names: Vec<String> = store.functions().await.unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('c')]);
+    }
+
+    #[tokio::test]
+    async fn activation_round_trip() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut a = activation("hello", 1_000);
+        a.cold = true;
+        a.init_ms = 87.5;
+        a.status = ActivationStatus::Timeout;
+        a.http_status = 504;
+        a.response = "timed out after 5s".into();
+        a.response_truncated = true;
+        a.logs = vec![
+            LogLine { ts_ms: 1_001, stream: LogStream::Stdout, text: "starting".into() },
+            LogLine { ts_ms: 1_002, stream: LogStream::Stderr, text: "ünïcode \"quoted\"\n".into() },
+        ];
+        a.logs_truncated = true;
+        let seq = store.insert_activation(&a).await.unwrap();
+        assert!(seq > 0);
+
+        let stored = store.activation(&a.id).await.unwrap().unwrap();
+        assert_eq!(stored, Activation { seq, ..a.clone() });
+        assert_eq!(store.activation(&ActivationId::generate()).await.unwrap(), None);
+        assert!(store.insert_activation(&a).await.is_err(), "ids are unique");
+    }
+
+    #[tokio::test]
+    async fn listing_order_cursor_filter_and_limit() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut s = Vec::new();
+        for (i, f) in ["a", "b", "a", "b", "a"].into_iter().enumerate() {
+            s.push(insert(&store, f, 100 + i as i64).await);
+        }
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+
+        let all = ActivationQuery::default();
+        assert_eq!(seqs(&store, all.clone()).await, [s[4], s[3], s[2], s[1], s[0]]);
+        let after = ActivationQuery { after_seq: Some(s[1]), ..all.clone() };
+        assert_eq!(seqs(&store, after).await, [s[2], s[3], s[4]]);
+
+        let only_a = ActivationQuery { function: Some("a".into()), ..all.clone() };
+        assert_eq!(seqs(&store, only_a.clone()).await, [s[4], s[2], s[0]]);
+        let a_after = ActivationQuery { after_seq: Some(s[0]), ..only_a.clone() };
+        assert_eq!(seqs(&store, a_after).await, [s[2], s[4]]);
+        let none = ActivationQuery { function: Some("c".into()), ..all.clone() };
+        assert!(seqs(&store, none).await.is_empty());
+
+        let two = ActivationQuery { limit: 2, ..all.clone() };
+        assert_eq!(seqs(&store, two).await, [s[4], s[3]]);
+        let first_two = ActivationQuery { limit: 2, after_seq: Some(0), ..all };
+        assert_eq!(seqs(&store, first_two).await, [s[0], s[1]]);
+    }
+
+    #[tokio::test]
+    async fn limit_defaults_to_100_and_caps_at_1000() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        // Direct inserts: 1001 async round trips would only slow the test.
+        store
+            .with_conn(|conn| {
+                let tx = conn.transaction()?;
+                for i in 0..1001 {
+                    tx.execute(
+                        "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+                         wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated) \
+                         VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0)",
+                        params![format!("{i:032x}"), i],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let count = |limit| {
+            let store = store.clone();
+            async move { store.activations(&ActivationQuery { limit, ..Default::default() }).await.unwrap().len() }
+        };
+        assert_eq!(count(0).await, 100);
+        assert_eq!(count(5000).await, 1000);
+        assert_eq!(count(1000).await, 1000);
+    }
+
+    #[tokio::test]
+    async fn prune_by_age() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let _old_a = insert(&store, "a", 10).await;
+        let new_a = insert(&store, "a", 50).await;
+        let _old_b = insert(&store, "b", 49).await;
+        let edge_b = insert(&store, "b", 50).await;
+        assert_eq!(store.prune_activations(50, 100).await.unwrap(), 2);
+        assert_eq!(all_seqs(&store).await, [new_a, edge_b]);
+        assert_eq!(store.prune_activations(50, 100).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn prune_by_count_per_function() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..5 {
+            a.push(insert(&store, "a", 1_000 + i).await);
+            if i < 2 {
+                b.push(insert(&store, "b", 1_000 + i).await);
+            }
+        }
+        // Ranked by seq, not start time: the latest-starting record of `c`
+        // was stored first, so it is the one that goes.
+        let late_start_early_seq = store.insert_activation(&activation("c", 9_000)).await.unwrap();
+        let c2 = insert(&store, "c", 1_000).await;
+        let c3 = insert(&store, "c", 1_000).await;
+
+        assert_eq!(store.prune_activations(0, 2).await.unwrap(), 3 + 1);
+        let mut expected = vec![a[3], a[4], b[0], b[1], c2, c3];
+        expected.sort();
+        assert_eq!(all_seqs(&store).await, expected);
+        assert!(!all_seqs(&store).await.contains(&late_start_early_seq));
+
+        // Age and count together in one call.
+        assert_eq!(store.prune_activations(1_001, 1).await.unwrap(), 3 + 1);
+        assert_eq!(all_seqs(&store).await, [b[1], a[4]]);
+    }
+
+    #[tokio::test]
+    async fn delete_function_removes_revisions_and_activations() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap();
+        store.put_revision(deploy("gone", "python3", false, 'b')).await.unwrap();
+        store.put_revision(deploy("kept", "python3", false, 'c')).await.unwrap();
+        let gone = activation("gone", 1);
+        store.insert_activation(&gone).await.unwrap();
+        let kept = insert(&store, "kept", 2).await;
+
+        assert!(store.delete_function("gone").await.unwrap());
+        assert!(!store.delete_function("gone").await.unwrap());
+        assert_eq!(store.function("gone").await.unwrap(), None);
+        assert!(store.revisions("gone").await.unwrap().is_empty());
+        assert_eq!(store.activation(&gone.id).await.unwrap(), None);
+        assert_eq!(all_seqs(&store).await, [kept]);
+        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('c')]);
+
+        // A new function of the same name starts over at revision 1.
+        let again = created(store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap());
+        assert_eq!(again.number, 1);
+    }
+
+    #[tokio::test]
+    async fn file_store_survives_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("nested/flick.db");
+        let a = activation("hello", 5);
+        let (rev, seq) = {
+            let store = SqliteStore::open(&path).unwrap();
+            let rev = created(store.put_revision(deploy("hello", "node", true, 'a')).await.unwrap());
+            (rev, store.insert_activation(&a).await.unwrap())
+        };
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.current_revision("hello").await.unwrap(), Some(rev));
+        assert_eq!(store.activation(&a.id).await.unwrap(), Some(Activation { seq, ..a }));
+        // AUTOINCREMENT: numbers are not reused after a restart either.
+        assert!(insert(&store, "hello", 6).await > seq);
+        let (version, mode, fk) = store
+            .with_conn(|conn| {
+                let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+                let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+                Ok((version, mode, fk))
+            })
+            .await
+            .unwrap();
+        assert_eq!((version, mode.as_str(), fk), (1, "wal", true));
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        match SqliteStore::open(&path) {
+            Err(e @ StoreError::SchemaTooNew { found: 99, supported: 1, .. }) => {
+                assert!(e.to_string().contains("flick.db"), "{e}")
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
