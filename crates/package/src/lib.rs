@@ -17,6 +17,8 @@ mod hash;
 mod ignore;
 mod pack;
 mod paths;
+#[cfg(test)]
+mod testutil;
 mod unpack;
 
 use std::fs;

@@ -158,3 +158,319 @@ fn write_archive(dir: &Path, items: &[(String, Item)]) -> Result<Vec<u8>, Packag
     let finished = builder.into_inner().and_then(GzEncoder::finish);
     finished.map_err(PackageError::io(dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, SystemTime};
+
+    use flate2::Compression;
+
+    use super::*;
+    use crate::testutil::{MANIFEST, RawTar, function_dir, gzip, listing, write_mode};
+    use crate::{UnpackLimits, Unpacked, unpack};
+
+    fn unpack_fresh(archive: &[u8]) -> (tempfile::TempDir, Unpacked) {
+        let dest = tempfile::tempdir().unwrap();
+        let unpacked = unpack(archive, dest.path(), &UnpackLimits::default()).unwrap();
+        (dest, unpacked)
+    }
+
+    fn hash_of(dir: &Path) -> String {
+        unpack_fresh(&pack_dir(dir).unwrap()).1.hash
+    }
+
+    /// Paths in the archive, in archive order (directories without their
+    /// trailing `/`).
+    fn archive_paths(archive: &[u8]) -> Vec<String> {
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+        tar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn round_trip_keeps_content_exec_bits_and_symlinks() {
+        let src = function_dir();
+        let archive = pack_dir(src.path()).unwrap();
+        let (dest, unpacked) = unpack_fresh(&archive);
+        let out = dest.path();
+
+        assert_eq!(unpacked.manifest_text, MANIFEST);
+        assert_eq!(unpacked.files, 4);
+        assert!(unpacked.hash.starts_with("sha256:"));
+        for file in ["flick.toml", "main.py", "run.sh", "lib/util.py"] {
+            assert_eq!(fs::read(out.join(file)).unwrap(), fs::read(src.path().join(file)).unwrap(), "{file}");
+        }
+        let expected_bytes: u64 = ["flick.toml", "main.py", "run.sh", "lib/util.py"]
+            .iter()
+            .map(|f| fs::metadata(src.path().join(f)).unwrap().len())
+            .sum();
+        assert_eq!(unpacked.bytes, expected_bytes);
+
+        // Only the owner exec bit survives, widened to the fixed modes.
+        assert_eq!(mode_of(&out.join("run.sh")), 0o755);
+        assert_eq!(mode_of(&out.join("main.py")), 0o644);
+        assert_eq!(mode_of(&out.join("lib")), 0o755);
+
+        let link = out.join("util.py");
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("lib/util.py"));
+        assert_eq!(fs::read_to_string(&link).unwrap(), "X = 1\n");
+    }
+
+    #[test]
+    fn archive_is_sorted_with_fixed_metadata() {
+        let src = function_dir();
+        fs::create_dir(src.path().join("a-b")).unwrap();
+        fs::write(src.path().join("a-b/x"), "x").unwrap();
+        fs::create_dir(src.path().join("a")).unwrap();
+        fs::write(src.path().join("a/x"), "x").unwrap();
+        let archive = pack_dir(src.path()).unwrap();
+
+        assert_eq!(
+            archive_paths(&archive),
+            ["a", "a/x", "a-b", "a-b/x", "flick.toml", "lib", "lib/util.py", "main.py", "run.sh", "util.py"]
+        );
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive.as_slice()));
+        for entry in tar.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            assert_eq!(header.mtime().unwrap(), 0);
+            assert_eq!(header.uid().unwrap(), 0);
+            assert_eq!(header.gid().unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn packing_is_deterministic_and_ignores_mtimes() {
+        let src = function_dir();
+        let first = pack_dir(src.path()).unwrap();
+        assert_eq!(first, pack_dir(src.path()).unwrap());
+
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for file in ["flick.toml", "main.py", "lib/util.py"] {
+            fs::File::options().write(true).open(src.path().join(file)).unwrap().set_modified(old).unwrap();
+        }
+        let touched = pack_dir(src.path()).unwrap();
+        assert_eq!(first, touched);
+        assert_eq!(unpack_fresh(&first).1.hash, unpack_fresh(&touched).1.hash);
+    }
+
+    #[test]
+    fn hash_changes_with_any_byte_exec_bit_path_or_link() {
+        let src = function_dir();
+        let root = src.path();
+        let mut seen = vec![hash_of(root)];
+        let mut changed = |what: &str| {
+            let hash = hash_of(root);
+            assert!(!seen.contains(&hash), "hash did not change after: {what}");
+            seen.push(hash);
+        };
+
+        fs::write(root.join("main.py"), "def handler(event):\n    return event \n").unwrap();
+        changed("a byte");
+        fs::set_permissions(root.join("main.py"), fs::Permissions::from_mode(0o744)).unwrap();
+        changed("the exec bit");
+        fs::rename(root.join("lib/util.py"), root.join("lib/utils.py")).unwrap();
+        changed("a path");
+        fs::remove_file(root.join("util.py")).unwrap();
+        std::os::unix::fs::symlink("lib/utils.py", root.join("util.py")).unwrap();
+        changed("a link target");
+        fs::create_dir(root.join("empty")).unwrap();
+        changed("an empty directory");
+    }
+
+    #[test]
+    fn group_and_other_bits_do_not_change_the_hash() {
+        let src = function_dir();
+        let before = hash_of(src.path());
+        fs::set_permissions(src.path().join("main.py"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(src.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(before, hash_of(src.path()));
+    }
+
+    #[test]
+    fn another_tool_gets_the_same_hash() {
+        let src = function_dir();
+        let ours = hash_of(src.path());
+
+        // Reversed order, `./` prefixes, no directory entries, real mtimes
+        // and owners, a pax global header, other modes and compression.
+        let mut theirs = RawTar::new().entry(b"pax_global_header", tar::EntryType::XGlobalHeader, b"", b"", 0o644);
+        theirs = theirs
+            .symlink("./util.py", "./lib//util.py")
+            .entry(b"./run.sh", tar::EntryType::Regular, b"", b"#!/bin/sh\necho hi\n", 0o700)
+            .entry(b"./main.py", tar::EntryType::Regular, b"", b"def handler(event):\n    return event\n", 0o664)
+            .file("./lib/util.py", b"X = 1\n")
+            .file("flick.toml", MANIFEST.as_bytes())
+            .dir("./");
+        let mut raw = theirs.tar();
+        // Owners and mtimes differ per entry in real archives; the tar
+        // crate's own header setters keep the checksum right.
+        let mut tar = tar::Archive::new(raw.as_slice());
+        let mut rebuilt = tar::Builder::new(Vec::new());
+        for entry in tar.entries().unwrap().raw(true) {
+            let entry = entry.unwrap();
+            let mut header = entry.header().clone();
+            header.set_mtime(1_700_000_000);
+            header.set_uid(1000);
+            header.set_gid(100);
+            header.set_cksum();
+            rebuilt.append(&header, entry).unwrap();
+        }
+        raw = rebuilt.into_inner().unwrap();
+
+        let (_dest, unpacked) = unpack_fresh(&gzip(&raw, Compression::best()));
+        assert_eq!(unpacked.hash, ours);
+    }
+
+    #[test]
+    fn missing_manifest_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("main.py"), "").unwrap();
+        let err = pack_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, PackageError::NoManifest { .. }));
+        let message = err.to_string();
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        assert!(message.contains("try `flick new NAME`"), "{message}");
+
+        let err = pack_dir(&dir.path().join("nope")).unwrap_err();
+        assert!(matches!(err, PackageError::NoManifest { .. }), "{err}");
+    }
+
+    #[test]
+    fn manifest_must_be_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("real.toml"), MANIFEST).unwrap();
+        std::os::unix::fs::symlink("real.toml", dir.path().join("flick.toml")).unwrap();
+        let err = pack_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, PackageError::ManifestNotAFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn flickignore_rules_apply() {
+        let src = function_dir();
+        let root = src.path();
+        fs::write(
+            root.join(".flickignore"),
+            "# local junk\n*.log\n/build/\ntmp/\n!keep.log\ndocs/**\n!docs/index.md\n**/fixtures\nflick.toml\n",
+        )
+        .unwrap();
+        for dir in [".git", "build", "src/build", "src/tmp", "tmp", "docs/api", "a/b/fixtures", "__pycache__", "node_modules/.cache", "node_modules/x"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for file in [
+            ".git/HEAD",
+            "app.log",
+            "src/deep.log",
+            "keep.log",
+            "build/out.js",
+            "src/build/out.js",
+            "src/tmp/t",
+            "tmp",
+            "docs/api/x.md",
+            "docs/index.md",
+            "a/b/fixtures/f.json",
+            "__pycache__/m.pyc",
+            "mod.pyc",
+            "node_modules/.cache/c",
+            "node_modules/x/index.js",
+        ] {
+            // `tmp` exists as a directory; `tmp/` only ignores directories.
+            if file == "tmp" {
+                fs::write(root.join("src/tmp-file"), "").unwrap();
+                continue;
+            }
+            fs::write(root.join(file), "").unwrap();
+        }
+
+        let paths = archive_paths(&pack_dir(root).unwrap());
+        let expected = [
+            ".flickignore",
+            "a",
+            "a/b",
+            "docs",
+            "docs/index.md",
+            "flick.toml", // listed in .flickignore, packed anyway
+            "keep.log",
+            "lib",
+            "lib/util.py",
+            "main.py",
+            "node_modules",
+            "node_modules/x",
+            "node_modules/x/index.js",
+            "run.sh",
+            "src",
+            "src/build",
+            "src/build/out.js",
+            "src/tmp-file",
+            "util.py",
+        ];
+        assert_eq!(paths, expected);
+    }
+
+    #[test]
+    fn ignored_directories_are_not_descended() {
+        let src = function_dir();
+        fs::write(src.path().join(".flickignore"), "build\n!build/keep\n").unwrap();
+        fs::create_dir(src.path().join("build")).unwrap();
+        fs::write(src.path().join("build/keep"), "").unwrap();
+        let paths = archive_paths(&pack_dir(src.path()).unwrap());
+        assert!(!paths.iter().any(|p| p.starts_with("build")), "{paths:?}");
+    }
+
+    #[test]
+    fn bad_ignore_line_is_named() {
+        let src = function_dir();
+        fs::write(src.path().join(".flickignore"), "*.log\n!\n").unwrap();
+        let message = pack_dir(src.path()).unwrap_err().to_string();
+        assert!(message.contains(".flickignore, line 2"), "{message}");
+    }
+
+    #[test]
+    fn escaping_symlinks_are_refused_unless_ignored() {
+        let src = function_dir();
+        std::os::unix::fs::symlink("/usr/bin/python3", src.path().join("python")).unwrap();
+        let message = pack_dir(src.path()).unwrap_err().to_string();
+        assert!(message.contains("python") && message.contains("absolute"), "{message}");
+
+        fs::write(src.path().join(".flickignore"), "python\n").unwrap();
+        pack_dir(src.path()).unwrap();
+
+        std::os::unix::fs::symlink("../../outside", src.path().join("lib/up")).unwrap();
+        let message = pack_dir(src.path()).unwrap_err().to_string();
+        assert!(message.contains("lib/up") && message.contains("outside the package"), "{message}");
+    }
+
+    #[test]
+    fn sockets_are_skipped() {
+        let src = function_dir();
+        let _listener = std::os::unix::net::UnixListener::bind(src.path().join("app.sock")).unwrap();
+        let paths = archive_paths(&pack_dir(src.path()).unwrap());
+        assert!(!paths.iter().any(|p| p == "app.sock"), "{paths:?}");
+    }
+
+    #[test]
+    fn long_paths_and_link_targets_round_trip() {
+        let src = function_dir();
+        let deep = format!("{}/{}", "d".repeat(80), "e".repeat(80));
+        fs::create_dir_all(src.path().join(&deep)).unwrap();
+        let file = format!("{deep}/{}.txt", "f".repeat(120));
+        write_mode(&src.path().join(&file), b"deep", 0o755);
+        let target = format!("{}/{}.txt", "e".repeat(80), "f".repeat(120));
+        std::os::unix::fs::symlink(&target, src.path().join("d".repeat(80)).join("link")).unwrap();
+
+        let (dest, _) = unpack_fresh(&pack_dir(src.path()).unwrap());
+        assert_eq!(fs::read(dest.path().join(&file)).unwrap(), b"deep");
+        assert_eq!(mode_of(&dest.path().join(&file)), 0o755);
+        let link = dest.path().join("d".repeat(80)).join("link");
+        assert_eq!(fs::read_link(link).unwrap(), Path::new(&target));
+        assert_eq!(listing(dest.path()).len(), listing(src.path()).len());
+    }
+}
