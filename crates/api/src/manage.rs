@@ -41,13 +41,21 @@ pub(crate) async fn get_function(State(s): State<AppState>, headers: HeaderMap, 
     Ok(Json(value).into_response())
 }
 
-pub(crate) async fn delete_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn delete_function(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     s.key.check(&headers)?;
     s.platform.delete(&name).await?;
     Ok(Json(json!({ "deleted": name })).into_response())
 }
 
-pub(crate) async fn list_revisions(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn list_revisions(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
     s.key.check(&headers)?;
     let revisions = s.platform.revisions(&name).await?;
     let (info, _) = s.platform.function(&name).await?;

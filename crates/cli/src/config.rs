@@ -82,7 +82,11 @@ impl Config {
             max_unpacked_bytes: size("max_unpacked", None, &file.max_unpacked, 250 << 20)?,
             max_response_bytes: size("max_response", None, &file.max_response, 6 << 20)? as usize,
             response_capture_bytes: size("response_capture", None, &file.response_capture, 64 << 10)? as usize,
-            activation_max_age: duration("activation_max_age", &file.activation_max_age, Duration::from_secs(7 * 86_400))?,
+            activation_max_age: duration(
+                "activation_max_age",
+                &file.activation_max_age,
+                Duration::from_secs(7 * 86_400),
+            )?,
             activations_per_function: file.activations_per_function.unwrap_or(1000),
             shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, Duration::from_secs(30))?,
             install_timeout: duration("install_timeout", &file.install_timeout, Duration::from_secs(300))?,
@@ -118,7 +122,11 @@ mod tests {
         assert_eq!(c.listen.port(), 8080);
         assert_eq!(c.max_body_bytes, 6 << 20);
 
-        std::fs::write(dir.path().join("config.toml"), "max_body = \"1MiB\"\nlisten = \"127.0.0.1:9999\"\nactivation_max_age = \"1d\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "max_body = \"1MiB\"\nlisten = \"127.0.0.1:9999\"\nactivation_max_age = \"1d\"\n",
+        )
+        .unwrap();
         let c = Config::load(&args(), dir.path()).unwrap();
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.listen.port(), 9999);

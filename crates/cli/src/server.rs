@@ -51,10 +51,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 max_unpacked_bytes: config.max_unpacked_bytes,
                 ..UnpackLimits::default()
             },
-            retention: Retention {
-                max_age: config.activation_max_age,
-                per_function: config.activations_per_function,
-            },
+            retention: Retention { max_age: config.activation_max_age, per_function: config.activations_per_function },
             response_capture_bytes: config.response_capture_bytes,
             python,
             npm: config.npm.clone(),
@@ -111,10 +108,8 @@ async fn deploy_examples(platform: &Arc<Platform>, data: &Path, addr: std::net::
     for example in crate::templates::EXAMPLES {
         let path = crate::templates::write(example, example.0, &dir)?;
         let archive = flick_package::pack_dir(&path)?;
-        let outcome = platform
-            .deploy(archive.into())
-            .await
-            .with_context(|| format!("deploying example {}", example.0))?;
+        let outcome =
+            platform.deploy(archive.into()).await.with_context(|| format!("deploying example {}", example.0))?;
         println!("  {:<14} {:<8} http://{addr}/fn/{}", outcome.function, example.1, outcome.function);
     }
     println!("try:  curl -d '{{\"name\":\"Ada\"}}' http://{addr}/fn/hello-python");
@@ -154,9 +149,8 @@ fn random_key() -> String {
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
-    let targets: tracing_subscriber::filter::Targets = filter
-        .parse()
-        .map_err(|e| anyhow::anyhow!("log filter `{filter}`: {e}"))?;
+    let targets: tracing_subscriber::filter::Targets =
+        filter.parse().map_err(|e| anyhow::anyhow!("log filter `{filter}`: {e}"))?;
     use tracing_subscriber::prelude::*;
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))

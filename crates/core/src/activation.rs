@@ -29,9 +29,7 @@ impl ActivationStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Error, Self::Timeout, Self::PlatformError]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [Self::Success, Self::Error, Self::Timeout, Self::PlatformError].into_iter().find(|k| k.as_str() == s)
     }
 }
 

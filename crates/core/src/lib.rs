@@ -15,14 +15,11 @@ pub mod units;
 
 pub use activation::{Activation, ActivationStatus, LogLine, LogStream};
 pub use id::ActivationId;
-pub use manifest::{Manifest, ManifestError, RuntimeKind, MANIFEST_FILE};
+pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, RuntimeKind};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};
 
 /// Milliseconds since the Unix epoch: the one timestamp format of records and the API.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

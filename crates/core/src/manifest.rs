@@ -148,18 +148,10 @@ impl Manifest {
         };
         let concurrency = count("concurrency", raw.concurrency, 1, 1, 1000)?;
         let min_instances = count("min_instances", raw.min_instances, 0, 0, 1000)?;
-        let max_instances = count(
-            "max_instances",
-            raw.max_instances,
-            Self::DEFAULT_MAX_INSTANCES.max(min_instances),
-            1,
-            1000,
-        )?;
+        let max_instances =
+            count("max_instances", raw.max_instances, Self::DEFAULT_MAX_INSTANCES.max(min_instances), 1, 1000)?;
         if max_instances < min_instances {
-            return Err(invalid(
-                "max_instances",
-                format!("{max_instances} is below min_instances ({min_instances})"),
-            ));
+            return Err(invalid("max_instances", format!("{max_instances} is below min_instances ({min_instances})")));
         }
         for key in raw.env.keys() {
             check_env_key(key).map_err(|e| invalid("env", e))?;
@@ -222,9 +214,9 @@ fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
                     && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
             };
             let module_ok = !module.is_empty()
-                && module
-                    .split(['/', '.'])
-                    .all(|p| !p.is_empty() && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+                && module.split(['/', '.']).all(|p| {
+                    !p.is_empty() && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+                });
             if !module_ok || !ident(func) {
                 return Err(format!("`{handler}` must be `module.function`, e.g. `{example}`"));
             }
@@ -276,12 +268,13 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// 1-based line where `key = …` (or the `[key]` table) is written, if it is.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-            || l.starts_with(&format!("[{key}]"))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.starts_with(&format!("[{key}]"))
+        })
+        .map(|i| i + 1)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -31,10 +31,7 @@ impl FunctionName {
         if name.len() > 63 {
             return Err(NameError::TooLong(name.chars().take(80).collect()));
         }
-        if let Some(ch) = name
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
+        if let Some(ch) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(NameError::BadChar { name: name.to_string(), ch });
         }
         if name.starts_with('-') || name.ends_with('-') {
@@ -83,10 +80,7 @@ mod tests {
     fn rejects_the_rest_with_a_reason() {
         assert_eq!(FunctionName::new(""), Err(NameError::Empty));
         assert!(matches!(FunctionName::new(&"x".repeat(64)), Err(NameError::TooLong(_))));
-        assert_eq!(
-            FunctionName::new("Hello"),
-            Err(NameError::BadChar { name: "Hello".into(), ch: 'H' })
-        );
+        assert_eq!(FunctionName::new("Hello"), Err(NameError::BadChar { name: "Hello".into(), ch: 'H' }));
         assert!(matches!(FunctionName::new("a_b"), Err(NameError::BadChar { ch: '_', .. })));
         assert!(matches!(FunctionName::new("../x"), Err(NameError::BadChar { ch: '.', .. })));
         assert!(matches!(FunctionName::new("-a"), Err(NameError::BadEdge(_))));

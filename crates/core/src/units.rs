@@ -7,9 +7,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try \"30s\", \"500ms\", \"10m\")"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("`{text}` is not a duration (try \"30s\", \"500ms\", \"10m\")"))?;
     let secs = match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1000.0,
@@ -17,9 +16,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         "d" => value * 86400.0,
         other => {
-            return Err(format!(
-                "`{text}` has unknown duration unit `{other}` (use ms, s, m, h or d)"
-            ));
+            return Err(format!("`{text}` has unknown duration unit `{other}` (use ms, s, m, h or d)"));
         }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
@@ -34,9 +31,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try \"256MiB\" or \"1GiB\")"))?;
+    let value: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (try \"256MiB\" or \"1GiB\")"))?;
     let mult: u64 = match unit.trim() {
         "" | "MiB" | "Mi" | "M" | "MB" => 1 << 20,
         "B" => 1,

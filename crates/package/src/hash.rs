@@ -17,9 +17,17 @@ pub(crate) enum Node {
     /// `explicit`: the archive had an entry for it (otherwise it was implied
     /// by a deeper path). Both hash the same; it only matters for spotting
     /// duplicate entries.
-    Dir { explicit: bool },
-    File { exec: bool, size: u64, digest: [u8; 32] },
-    Symlink { target: String },
+    Dir {
+        explicit: bool,
+    },
+    File {
+        exec: bool,
+        size: u64,
+        digest: [u8; 32],
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// `"sha256:<hex>"` over the tree. Each node contributes a kind byte, its

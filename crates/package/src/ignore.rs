@@ -128,9 +128,7 @@ fn match_segments(segments: &[Segment], components: &[&str]) -> bool {
         // A trailing `**` (`docs/**`) means everything inside, not the
         // directory itself, as in gitignore.
         Some((Segment::AnyPath, [])) => !components.is_empty(),
-        Some((Segment::AnyPath, rest)) => {
-            (0..=components.len()).any(|skip| match_segments(rest, &components[skip..]))
-        }
+        Some((Segment::AnyPath, rest)) => (0..=components.len()).any(|skip| match_segments(rest, &components[skip..])),
         Some((Segment::Glob(tokens), rest)) => match components.split_first() {
             Some((first, others)) => match_glob(tokens, first) && match_segments(rest, others),
             None => false,

@@ -43,9 +43,7 @@ fn check_manifest(dir: &Path) -> Result<(), PackageError> {
     match fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_file() => Ok(()),
         Ok(_) => Err(PackageError::ManifestNotAFile { path }),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            Err(PackageError::NoManifest { dir: dir.to_path_buf() })
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(PackageError::NoManifest { dir: dir.to_path_buf() }),
         Err(e) => Err(PackageError::Io { path, source: e }),
     }
 }
@@ -54,9 +52,9 @@ fn load_ignore_rules(dir: &Path) -> Result<IgnoreRules, PackageError> {
     let mut rules = IgnoreRules::builtin();
     let path = dir.join(IGNORE_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => rules
-            .add_lines(&text)
-            .map_err(|(line, reason)| PackageError::IgnorePattern { path, line, reason })?,
+        Ok(text) => {
+            rules.add_lines(&text).map_err(|(line, reason)| PackageError::IgnorePattern { path, line, reason })?
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(PackageError::Io { path, source: e }),
     }
@@ -83,23 +81,21 @@ fn collect(dir: &Path, rules: &IgnoreRules) -> Result<Vec<(String, Item)>, Packa
             let rel = if rel_dir.is_empty() { name } else { format!("{rel_dir}/{name}") };
             let kind = entry.file_type().map_err(PackageError::io(&abs))?;
 
+            // The manifest is never ignored: a package without it would only
+            // be refused by the server.
+            let is_manifest = rel == MANIFEST_FILE && kind.is_file();
+            if !is_manifest && rules.is_ignored(&rel, kind.is_dir()) {
+                continue;
+            }
             if kind.is_dir() {
-                if !rules.is_ignored(&rel, true) {
-                    pending.push(rel.clone());
-                    items.push((rel, Item::Dir));
-                }
+                pending.push(rel.clone());
+                items.push((rel, Item::Dir));
             } else if kind.is_file() {
-                // The manifest is never ignored: a package without it would
-                // only be refused by the server.
-                if rel == MANIFEST_FILE || !rules.is_ignored(&rel, false) {
-                    let mode = entry.metadata().map_err(PackageError::io(&abs))?.permissions().mode();
-                    items.push((rel, Item::File { exec: mode & 0o100 != 0 }));
-                }
+                let mode = entry.metadata().map_err(PackageError::io(&abs))?.permissions().mode();
+                items.push((rel, Item::File { exec: mode & 0o100 != 0 }));
             } else if kind.is_symlink() {
-                if !rules.is_ignored(&rel, false) {
-                    let target = symlink_target(&abs, &rel)?;
-                    items.push((rel, Item::Symlink { target }));
-                }
+                let target = symlink_target(&abs, &rel)?;
+                items.push((rel, Item::Symlink { target }));
             }
             // Sockets, fifos and devices are never code: skipped.
         }
@@ -362,7 +358,18 @@ mod tests {
             "# local junk\n*.log\n/build/\ntmp/\n!keep.log\ndocs/**\n!docs/index.md\n**/fixtures\nflick.toml\n",
         )
         .unwrap();
-        for dir in [".git", "build", "src/build", "src/tmp", "tmp", "docs/api", "a/b/fixtures", "__pycache__", "node_modules/.cache", "node_modules/x"] {
+        for dir in [
+            ".git",
+            "build",
+            "src/build",
+            "src/tmp",
+            "tmp",
+            "docs/api",
+            "a/b/fixtures",
+            "__pycache__",
+            "node_modules/.cache",
+            "node_modules/x",
+        ] {
             fs::create_dir_all(root.join(dir)).unwrap();
         }
         for file in [

@@ -38,9 +38,7 @@ pub(crate) fn symlink_target(link_dir: &[&str], target: &str) -> Result<String, 
         return Err("the symlink has an empty target".to_string());
     }
     if target.starts_with('/') {
-        return Err(format!(
-            "the symlink target `{target}` is absolute; use a path relative to the link"
-        ));
+        return Err(format!("the symlink target `{target}` is absolute; use a path relative to the link"));
     }
 
     let mut depth = link_dir.len();

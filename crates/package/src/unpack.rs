@@ -94,15 +94,7 @@ pub fn unpack(archive: &[u8], dest: &Path, limits: &UnpackLimits) -> Result<Unpa
     // Multi-member gzip is valid gzip (`pigz`, concatenated streams).
     let mut archive = tar::Archive::new(MultiGzDecoder::new(archive));
     let entries = archive.entries().map_err(|e| PackageError::corrupt(e.to_string()))?.raw(true);
-    let mut unpacker = Unpacker {
-        dest,
-        limits,
-        tree: BTreeMap::new(),
-        entries: 0,
-        files: 0,
-        bytes: 0,
-        manifest: None,
-    };
+    let mut unpacker = Unpacker { dest, limits, tree: BTreeMap::new(), entries: 0, files: 0, bytes: 0, manifest: None };
     let mut extensions = Extensions::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| PackageError::corrupt(e.to_string()))?;
@@ -245,14 +237,9 @@ struct Unpacker<'a> {
 impl Unpacker<'_> {
     fn entry<R: Read>(&mut self, entry: &mut Entry<'_, R>, extensions: Extensions) -> Result<(), PackageError> {
         let header = entry.header();
-        let raw_path = extensions
-            .pax_path
-            .or(extensions.long_name)
-            .unwrap_or_else(|| header.path_bytes().into_owned());
-        let raw_target = extensions
-            .pax_link
-            .or(extensions.long_link)
-            .or_else(|| header.link_name_bytes().map(|b| b.into_owned()));
+        let raw_path = extensions.pax_path.or(extensions.long_name).unwrap_or_else(|| header.path_bytes().into_owned());
+        let raw_target =
+            extensions.pax_link.or(extensions.long_link).or_else(|| header.link_name_bytes().map(|b| b.into_owned()));
         let entry_type = header.entry_type();
         let mode = header.mode();
         let size = entry.size();
@@ -332,8 +319,8 @@ impl Unpacker<'_> {
             }
             Kind::Symlink => {
                 let raw_target = raw_target.unwrap_or_default();
-                let target = std::str::from_utf8(&raw_target)
-                    .map_err(|_| reject("the symlink target is not valid utf-8"))?;
+                let target =
+                    std::str::from_utf8(&raw_target).map_err(|_| reject("the symlink target is not valid utf-8"))?;
                 let target = paths::symlink_target(parents, target).map_err(|r| reject(&r))?;
                 std::os::unix::fs::symlink(&target, &full).map_err(PackageError::io(&full))?;
                 Node::Symlink { target }
@@ -353,7 +340,10 @@ impl Unpacker<'_> {
             }
             key.push_str(parent);
             let through_symlink = || {
-                PackageError::unsafe_entry(path, format!("its parent `{key}` is a symlink; nothing may be written through one"))
+                PackageError::unsafe_entry(
+                    path,
+                    format!("its parent `{key}` is a symlink; nothing may be written through one"),
+                )
             };
             let through_file = || PackageError::unsafe_entry(path, format!("its parent `{key}` is not a directory"));
             match self.tree.get(&key) {
@@ -394,12 +384,8 @@ impl Unpacker<'_> {
 
         let mode = if exec { 0o755 } else { 0o644 };
         // `create_new` (O_EXCL) never follows a symlink at the final path.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(full)
-            .map_err(PackageError::io(full))?;
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(mode).open(full).map_err(PackageError::io(full))?;
         let is_manifest = key == MANIFEST_FILE;
         let mut manifest = Vec::new();
         let mut hasher = Sha256::new();
@@ -453,4 +439,348 @@ fn create_dir(path: &Path) -> Result<(), PackageError> {
     DirBuilder::new().mode(0o755).create(path).map_err(PackageError::io(path))?;
     // The umask may have taken bits off.
     fs::set_permissions(path, Permissions::from_mode(0o755)).map_err(PackageError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use tar::Header;
+
+    use super::*;
+    use crate::testutil::{MANIFEST, RawTar, gzip, listing, unpack_in_new_dir};
+
+    /// Unpacks `archive`, expects a refusal whose message has every piece of
+    /// `expected`, and checks that nothing appeared next to the destination.
+    fn assert_rejected(archive: &[u8], limits: &UnpackLimits, expected: &[&str]) -> PackageError {
+        let (outer, result) = unpack_in_new_dir(archive, limits);
+        let err = result.expect_err("archive should have been rejected");
+        let message = err.to_string();
+        for piece in expected {
+            assert!(message.contains(piece), "`{piece}` missing from: {message}");
+        }
+        assert_eq!(listing(outer.path()), ["dest"], "something was written outside dest ({message})");
+        err
+    }
+
+    fn defaults() -> UnpackLimits {
+        UnpackLimits::default()
+    }
+
+    #[test]
+    fn default_limits_are_lambdas() {
+        let limits = UnpackLimits::default();
+        assert_eq!(limits.max_archive_bytes, 50 * 1024 * 1024);
+        assert_eq!(limits.max_unpacked_bytes, 250 * 1024 * 1024);
+        assert_eq!(limits.max_entries, 20_000);
+    }
+
+    #[test]
+    fn plain_archive_unpacks() {
+        let archive = RawTar::new().manifest().dir("src").file("src/a.py", b"a").file("./b.py", b"bb").gz();
+        let (outer, result) = unpack_in_new_dir(&archive, &defaults());
+        let unpacked = result.unwrap();
+        assert_eq!(unpacked.manifest_text, MANIFEST);
+        assert_eq!(unpacked.files, 3);
+        assert_eq!(unpacked.bytes, MANIFEST.len() as u64 + 3);
+        assert_eq!(listing(&outer.path().join("dest")), ["b.py", "flick.toml", "src"]);
+    }
+
+    #[test]
+    fn absolute_paths_are_rejected() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("escaped");
+        let name = target.to_str().unwrap();
+        let err = assert_rejected(&RawTar::new().manifest().file(name, b"x").gz(), &defaults(), &[name, "absolute"]);
+        assert!(matches!(err, PackageError::UnsafeEntry { .. }));
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn parent_components_are_rejected() {
+        for name in ["../escaped", "a/../../escaped", "./../escaped", "a/..", ".."] {
+            let archive = RawTar::new().manifest().file("a/ok", b"").file(name, b"x").gz();
+            assert_rejected(&archive, &defaults(), &[&format!("`{name}`"), "`..`"]);
+        }
+    }
+
+    #[test]
+    fn parent_components_in_long_names_and_pax_paths_are_rejected() {
+        let long = format!("{}/../../../escaped", "a/".repeat(60));
+        let archive = RawTar::new().manifest().long_name(&long).file("innocent", b"x").gz();
+        assert_rejected(&archive, &defaults(), &[&long, "`..`"]);
+
+        let archive = RawTar::new().manifest().pax(&[("path", "../escaped")]).file("innocent", b"x").gz();
+        assert_rejected(&archive, &defaults(), &["`../escaped`", "`..`"]);
+
+        let archive = RawTar::new().manifest().pax(&[("linkpath", "/etc/passwd")]).symlink("l", "ok").gz();
+        assert_rejected(&archive, &defaults(), &["`l`", "/etc/passwd"]);
+    }
+
+    #[test]
+    fn empty_paths_are_rejected() {
+        assert_rejected(&RawTar::new().manifest().file("", b"x").gz(), &defaults(), &["``", "empty"]);
+        assert_rejected(&RawTar::new().manifest().file("./", b"x").gz(), &defaults(), &["`./`", "root"]);
+        // A `./` directory entry is how `tar -C dir .` names the root: fine.
+        let (_, result) = unpack_in_new_dir(&RawTar::new().dir("./").manifest().gz(), &defaults());
+        result.unwrap();
+    }
+
+    #[test]
+    fn hard_links_are_rejected() {
+        let archive = RawTar::new().manifest().entry(b"hl", EntryType::Link, b"flick.toml", b"", 0o644).gz();
+        assert_rejected(&archive, &defaults(), &["`hl`", "hard links"]);
+        let archive = RawTar::new().manifest().entry(b"passwd", EntryType::Link, b"/etc/passwd", b"", 0o644).gz();
+        assert_rejected(&archive, &defaults(), &["`passwd`", "hard links"]);
+    }
+
+    #[test]
+    fn special_files_are_rejected() {
+        for (kind, reason) in [
+            (EntryType::Char, "device"),
+            (EntryType::Block, "device"),
+            (EntryType::Fifo, "fifo"),
+            (EntryType::GNUSparse, "sparse"),
+            (EntryType::new(b'Z'), "`Z`"),
+        ] {
+            let archive = RawTar::new().manifest().entry(b"special", kind, b"", b"", 0o644).gz();
+            assert_rejected(&archive, &defaults(), &["`special`", reason]);
+        }
+        let archive = RawTar::new().manifest().pax(&[("GNU.sparse.major", "1")]).file("s", b"").gz();
+        assert_rejected(&archive, &defaults(), &["sparse"]);
+    }
+
+    #[test]
+    fn escaping_symlinks_are_rejected() {
+        for (name, target) in
+            [("passwd", "/etc/passwd"), ("up", "../x"), ("sub/up", "../../x"), ("tricky", "a/../../x"), ("empty", "")]
+        {
+            let archive = RawTar::new().manifest().symlink(name, target).gz();
+            assert_rejected(&archive, &defaults(), &[&format!("`{name}`")]);
+        }
+        // Lexically inside, but `d` is itself a link to the root, so the
+        // kernel would resolve `d/..` to the root's parent.
+        let archive = RawTar::new().manifest().symlink("sub/d", "..").symlink("sub/e", "d/..").gz();
+        assert_rejected(&archive, &defaults(), &["`sub/e`", "after a name"]);
+    }
+
+    #[test]
+    fn inside_symlinks_are_fine() {
+        let archive = RawTar::new()
+            .manifest()
+            .file("lib/a.py", b"a")
+            .symlink("a.py", "lib/a.py")
+            .symlink("lib/root", "..")
+            .symlink("lib/self", ".")
+            .symlink("dangling", "not/there")
+            .gz();
+        let (outer, result) = unpack_in_new_dir(&archive, &defaults());
+        result.unwrap();
+        let dest = outer.path().join("dest");
+        assert_eq!(fs::read(dest.join("a.py")).unwrap(), b"a");
+        assert_eq!(fs::read_link(dest.join("lib/root")).unwrap(), Path::new(".."));
+    }
+
+    #[test]
+    fn writing_through_a_symlink_is_rejected() {
+        // The link stays inside the package; writing through it still is
+        // refused, so no later rule can be sidestepped by a link.
+        let archive = RawTar::new().manifest().dir("sub").symlink("link", "sub").file("link/file", b"x").gz();
+        let (outer, result) = unpack_in_new_dir(&archive, &defaults());
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("`link/file`") && message.contains("`link` is a symlink"), "{message}");
+        assert!(!outer.path().join("dest/sub/file").exists());
+
+        // The classic: a link out of the package, then a file through it.
+        let archive = RawTar::new().manifest().symlink("out", "../..").file("out/escaped", b"x").gz();
+        assert_rejected(&archive, &defaults(), &["`out`"]);
+
+        // A directory entry through a symlink, and a deeper implied parent.
+        let archive = RawTar::new().manifest().dir("sub").symlink("link", "sub").dir("link/d").gz();
+        assert_rejected(&archive, &defaults(), &["`link/d`", "symlink"]);
+        let archive = RawTar::new().manifest().dir("sub").symlink("link", "sub").file("link/a/b", b"").gz();
+        assert_rejected(&archive, &defaults(), &["`link/a/b`", "symlink"]);
+    }
+
+    #[test]
+    fn replacing_a_symlink_is_rejected() {
+        let archive = RawTar::new().manifest().dir("sub").symlink("link", "sub").file("link", b"x").gz();
+        assert_rejected(&archive, &defaults(), &["`link`", "symlink"]);
+        let archive = RawTar::new().manifest().symlink("link", "flick.toml").dir("link").gz();
+        assert_rejected(&archive, &defaults(), &["`link`", "symlink"]);
+    }
+
+    #[test]
+    fn writing_below_a_file_is_rejected() {
+        let archive = RawTar::new().manifest().file("flick.toml/x", b"x").gz();
+        assert_rejected(&archive, &defaults(), &["`flick.toml/x`", "not a directory"]);
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let archive = RawTar::new().manifest().file("a.py", b"1").file("a.py", b"2").gz();
+        assert_rejected(&archive, &defaults(), &["`a.py`", "duplicate"]);
+        let archive = RawTar::new().manifest().file("a.py", b"1").file("./a.py", b"2").gz();
+        assert_rejected(&archive, &defaults(), &["`./a.py`", "duplicate"]);
+        let archive = RawTar::new().manifest().dir("d").dir("d/").gz();
+        assert_rejected(&archive, &defaults(), &["`d/`", "duplicate"]);
+        let archive = RawTar::new().manifest().file("d/x", b"").file("d", b"").gz();
+        assert_rejected(&archive, &defaults(), &["`d`", "duplicate"]);
+        // A directory listed after its contents is not a duplicate.
+        let archive = RawTar::new().manifest().file("d/x", b"").dir("d").gz();
+        unpack_in_new_dir(&archive, &defaults()).1.unwrap();
+    }
+
+    #[test]
+    fn archive_size_limit() {
+        let archive = RawTar::new().manifest().gz();
+        let limits = UnpackLimits { max_archive_bytes: archive.len() as u64 - 1, ..defaults() };
+        let err = assert_rejected(&archive, &limits, &["over the limit"]);
+        assert!(matches!(err, PackageError::ArchiveTooLarge { .. }));
+    }
+
+    #[test]
+    fn entry_count_limit() {
+        let mut tar = RawTar::new().manifest();
+        for i in 0..10 {
+            tar = tar.file(&format!("f{i}"), b"");
+        }
+        let archive = tar.gz();
+        let limits = UnpackLimits { max_entries: 10, ..defaults() };
+        let err = assert_rejected(&archive, &limits, &["more than 10 entries"]);
+        assert!(matches!(err, PackageError::TooManyEntries { limit: 10 }));
+        unpack_in_new_dir(&archive, &UnpackLimits { max_entries: 11, ..defaults() }).1.unwrap();
+    }
+
+    #[test]
+    fn unpacked_size_limit_counts_all_files() {
+        let chunk = vec![7u8; 300 * 1024];
+        let mut tar = RawTar::new().manifest();
+        for i in 0..5 {
+            tar = tar.file(&format!("part{i}"), &chunk);
+        }
+        let limits = UnpackLimits { max_unpacked_bytes: 1 << 20, ..defaults() };
+        let err = assert_rejected(&tar.gz(), &limits, &["more than 1MiB", "`part3`"]);
+        assert!(matches!(err, PackageError::UnpackedTooLarge { .. }));
+    }
+
+    #[test]
+    fn gzip_bomb_is_stopped_quickly() {
+        // 64 MiB of zeros compresses to about 64 KiB.
+        let size = 64u64 << 20;
+        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(MANIFEST.len() as u64);
+        builder.append_data(&mut header, "flick.toml", MANIFEST.as_bytes()).unwrap();
+        header.set_size(size);
+        builder.append_data(&mut header, "zeros", std::io::repeat(0).take(size)).unwrap();
+        let archive = builder.into_inner().unwrap().finish().unwrap();
+        assert!(archive.len() < 1 << 20, "bomb is {} bytes", archive.len());
+
+        let limits = UnpackLimits { max_unpacked_bytes: 1 << 20, ..defaults() };
+        let started = Instant::now();
+        let (outer, result) = unpack_in_new_dir(&archive, &limits);
+        let err = result.unwrap_err();
+        assert!(matches!(err, PackageError::UnpackedTooLarge { ref path, .. } if path == "zeros"), "{err}");
+        assert!(started.elapsed().as_secs() < 5, "took {:?}", started.elapsed());
+        // Refused on the header: not a byte of it was written.
+        assert!(!outer.path().join("dest/zeros").exists());
+    }
+
+    #[test]
+    fn oversized_extension_headers_are_rejected() {
+        let huge = "x".repeat(MAX_EXTENSION_BYTES as usize + 1);
+        let archive = RawTar::new().manifest().long_name(&huge).file("f", b"").gz();
+        assert_rejected(&archive, &defaults(), &["extension header"]);
+        let archive = RawTar::new().manifest().pax(&[("comment", &huge)]).file("f", b"").gz();
+        assert_rejected(&archive, &defaults(), &["extension header"]);
+    }
+
+    #[test]
+    fn data_on_directories_and_symlinks_is_rejected() {
+        let archive = RawTar::new().manifest().entry(b"d", EntryType::Directory, b"", &[0; 600], 0o755).gz();
+        assert_rejected(&archive, &defaults(), &["`d`", "600 bytes"]);
+    }
+
+    #[test]
+    fn pax_size_must_agree_with_the_header() {
+        let archive = RawTar::new().manifest().pax(&[("size", "5")]).file("f", b"abc").gz();
+        assert_rejected(&archive, &defaults(), &["`f`", "pax size"]);
+    }
+
+    #[test]
+    fn manifest_must_be_at_the_root() {
+        let archive = RawTar::new().file("main.py", b"").gz();
+        let err = assert_rejected(&archive, &defaults(), &["archive has no flick.toml at its root"]);
+        assert!(matches!(err, PackageError::MissingManifest));
+        let archive = RawTar::new().file("sub/flick.toml", MANIFEST.as_bytes()).gz();
+        assert_rejected(&archive, &defaults(), &["no flick.toml"]);
+        let archive = RawTar::new().dir("flick.toml").gz();
+        assert_rejected(&archive, &defaults(), &["no flick.toml"]);
+        let archive = RawTar::new().file("real.toml", MANIFEST.as_bytes()).symlink("flick.toml", "real.toml").gz();
+        assert_rejected(&archive, &defaults(), &["no flick.toml"]);
+        assert_rejected(&RawTar::new().gz(), &defaults(), &["no flick.toml"]);
+    }
+
+    #[test]
+    fn manifest_must_be_utf8() {
+        let archive = RawTar::new().file("flick.toml", b"name = \"\xff\"").gz();
+        assert_rejected(&archive, &defaults(), &["utf-8", "offset 8"]);
+    }
+
+    #[test]
+    fn non_gzip_input_is_corrupt() {
+        let err = assert_rejected(&RawTar::new().manifest().tar(), &defaults(), &["not a valid tar.gz"]);
+        assert!(matches!(err, PackageError::Corrupt { .. }));
+        let mut truncated = RawTar::new().manifest().file("big", &[1; 5000]).gz();
+        truncated.truncate(truncated.len() / 2);
+        assert_rejected(&truncated, &defaults(), &["not a valid tar.gz"]);
+    }
+
+    #[test]
+    fn destination_must_be_an_empty_directory() {
+        let archive = RawTar::new().manifest().gz();
+        let dest = tempfile::tempdir().unwrap();
+        fs::write(dest.path().join("leftover"), "").unwrap();
+        let err = unpack(&archive, dest.path(), &defaults()).unwrap_err();
+        assert!(matches!(err, PackageError::DestNotEmpty { .. }), "{err}");
+
+        let missing = dest.path().join("missing");
+        let message = unpack(&archive, &missing, &defaults()).unwrap_err().to_string();
+        assert!(message.contains(&missing.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn modes_are_normalised() {
+        let archive = RawTar::new()
+            .manifest()
+            .entry(b"owner-exec", EntryType::Regular, b"", b"", 0o4700)
+            .entry(b"group-exec", EntryType::Regular, b"", b"", 0o670)
+            .entry(b"d", EntryType::Directory, b"", b"", 0o700)
+            .gz();
+        let (outer, result) = unpack_in_new_dir(&archive, &defaults());
+        result.unwrap();
+        let mode =
+            |name: &str| fs::metadata(outer.path().join("dest").join(name)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("owner-exec"), 0o755);
+        assert_eq!(mode("group-exec"), 0o644);
+        assert_eq!(mode("d"), 0o755);
+    }
+
+    #[test]
+    fn compression_and_gzip_members_do_not_change_the_hash() {
+        let tar = RawTar::new().manifest().file("a", b"hello").tar();
+        let hash = |archive: &[u8]| unpack_in_new_dir(archive, &defaults()).1.unwrap().hash;
+        let fast = hash(&gzip(&tar, Compression::fast()));
+        assert_eq!(fast, hash(&gzip(&tar, Compression::best())));
+        // Two gzip members, as concatenating tools write.
+        let (first, second) = tar.split_at(700);
+        let mut members = gzip(first, Compression::default());
+        members.extend(gzip(second, Compression::default()));
+        assert_eq!(fast, hash(&members));
+    }
 }

@@ -102,16 +102,10 @@ impl Platform {
     ) -> Result<(), PlatformError> {
         cmd.current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
         let output = tokio::time::timeout(self.config.install_timeout, cmd.output()).await;
-        let failed = |status: String, output: String| PlatformError::Dependencies {
-            tool: tool.to_string(),
-            status,
-            output,
-        };
+        let failed =
+            |status: String, output: String| PlatformError::Dependencies { tool: tool.to_string(), status, output };
         match output {
-            Err(_) => Err(failed(
-                format!("timed out after {}s", self.config.install_timeout.as_secs()),
-                String::new(),
-            )),
+            Err(_) => Err(failed(format!("timed out after {}s", self.config.install_timeout.as_secs()), String::new())),
             Ok(Err(e)) => Err(failed(format!("could not run `{tool}`: {e}"), String::new())),
             Ok(Ok(out)) if out.status.success() => Ok(()),
             Ok(Ok(out)) => {

@@ -112,7 +112,12 @@ impl Platform {
 
     /// The HTTP answer for an outcome: the function's own response, or an
     /// error body in the shape Lambda clients parse.
-    fn respond(&self, route: &Route, id: &ActivationId, outcome: Result<Response, Failure>) -> (ActivationStatus, Response) {
+    fn respond(
+        &self,
+        route: &Route,
+        id: &ActivationId,
+        outcome: Result<Response, Failure>,
+    ) -> (ActivationStatus, Response) {
         let function = &route.revision.function;
         let error = |status: u16, kind: &str, message: String, trace: Vec<String>| Response {
             status,

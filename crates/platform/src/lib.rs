@@ -115,11 +115,8 @@ impl Platform {
 
     pub async fn function(&self, name: &str) -> Result<(FunctionInfo, Revision), PlatformError> {
         let info = self.store.function(name).await?.ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
-        let rev = self
-            .store
-            .current_revision(name)
-            .await?
-            .ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
+        let rev =
+            self.store.current_revision(name).await?.ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
         Ok((info, rev))
     }
 

@@ -232,11 +232,8 @@ impl Launcher {
 /// Splits an exec/http handler into program and arguments, like a shell
 /// would split it (quotes), without a shell's expansions.
 fn command_line(handler: &str, code_dir: &Path) -> Result<(PathBuf, Vec<std::ffi::OsString>), StartError> {
-    let words = shell_words::split(handler)
-        .map_err(|e| StartError::Platform(format!("handler `{handler}`: {e}")))?;
-    let (program, args) = words
-        .split_first()
-        .ok_or_else(|| StartError::Platform("handler is empty".into()))?;
+    let words = shell_words::split(handler).map_err(|e| StartError::Platform(format!("handler `{handler}`: {e}")))?;
+    let (program, args) = words.split_first().ok_or_else(|| StartError::Platform("handler is empty".into()))?;
     // `./run.sh` means the function's own file; a bare name is looked up on PATH.
     let program = if program.contains('/') && !program.starts_with('/') {
         code_dir.join(program)

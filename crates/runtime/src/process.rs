@@ -38,8 +38,8 @@ pub struct ProcessInstance {
 impl ProcessInstance {
     pub async fn start(launcher: &Launcher, spec: &InstanceSpec, deadline: Instant) -> Result<Self, StartError> {
         let cfg = launcher.config();
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
         ours.set_nonblocking(true).map_err(|e| StartError::Platform(e.to_string()))?;
         let ours = UnixStream::from_std(ours).map_err(|e| StartError::Platform(e.to_string()))?;
 
@@ -96,10 +96,7 @@ impl ProcessInstance {
             }
             Ok(Ok(frame)) => {
                 process.kill();
-                return Err(StartError::Platform(format!(
-                    "bootstrap sent `{}` before `ready`",
-                    frame.header.kind
-                )));
+                return Err(StartError::Platform(format!("bootstrap sent `{}` before `ready`", frame.header.kind)));
             }
             Ok(Err(FrameError::Eof)) => {
                 let how = match process.exit(Duration::from_secs(1)).await {
@@ -130,13 +127,7 @@ impl ProcessInstance {
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let broken = Arc::new(Mutex::new(None));
-        tokio::spawn(read_responses(
-            reader,
-            cfg.max_response_bytes,
-            pending.clone(),
-            alive.clone(),
-            broken.clone(),
-        ));
+        tokio::spawn(read_responses(reader, cfg.max_response_bytes, pending.clone(), alive.clone(), broken.clone()));
         Ok(Self { process, to_instance, pending, logs, alive, broken })
     }
 

@@ -87,8 +87,8 @@ where
     if line.last() != Some(&b'\n') {
         return Err(FrameError::Malformed("header line too long or cut short".into()));
     }
-    let header: Header = serde_json::from_slice(&line)
-        .map_err(|e| FrameError::Malformed(format!("bad header: {e}")))?;
+    let header: Header =
+        serde_json::from_slice(&line).map_err(|e| FrameError::Malformed(format!("bad header: {e}")))?;
     if header.len > max_body {
         return Err(FrameError::TooLarge { len: header.len, max: max_body });
     }

@@ -92,10 +92,9 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            program: spec.program.display().to_string(),
-            source,
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| SandboxError::Spawn { program: spec.program.display().to_string(), source })?;
         // The child has its copy; ours must close so EOF is seen when it exits.
         drop(spec.protocol_fd);
         Ok(child)

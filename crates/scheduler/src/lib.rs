@@ -54,10 +54,7 @@ impl Scheduler {
             }
         }
         let key = (spec.function.clone(), spec.revision);
-        let pool = pools
-            .entry(key)
-            .or_insert_with(|| Arc::new(Pool::new(spec, self.launcher.clone())))
-            .clone();
+        let pool = pools.entry(key).or_insert_with(|| Arc::new(Pool::new(spec, self.launcher.clone()))).clone();
         pool.state.lock().unwrap().retired = false;
         pool
     }
@@ -74,10 +71,8 @@ impl Scheduler {
     /// Number of running instances per (function, revision), for status output and tests.
     pub fn instance_counts(&self) -> Vec<(String, u32, usize)> {
         let pools = self.pools.lock().unwrap();
-        let mut out: Vec<_> = pools
-            .iter()
-            .map(|((f, r), p)| (f.clone(), *r, p.state.lock().unwrap().slots.len()))
-            .collect();
+        let mut out: Vec<_> =
+            pools.iter().map(|((f, r), p)| (f.clone(), *r, p.state.lock().unwrap().slots.len())).collect();
         out.sort();
         out
     }
@@ -299,7 +294,8 @@ impl Pool {
         });
         if st.retired {
             // Anything idle in a retired pool goes, whatever its keep_alive.
-            let (idle, busy): (Vec<_>, Vec<_>) = std::mem::take(&mut st.slots).into_iter().partition(|s| s.inflight == 0);
+            let (idle, busy): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut st.slots).into_iter().partition(|s| s.inflight == 0);
             st.slots = busy;
             stopped.extend(idle.into_iter().map(|s| s.instance));
         }
@@ -334,7 +330,12 @@ impl Pool {
                     Ok(instance) => {
                         let id = st.next_id;
                         st.next_id += 1;
-                        st.slots.push(Slot { id, instance: Arc::new(instance), inflight: 0, last_used: Instant::now() });
+                        st.slots.push(Slot {
+                            id,
+                            instance: Arc::new(instance),
+                            inflight: 0,
+                            last_used: Instant::now(),
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(function = %pool.spec.function, error = %e, "could not prewarm an instance");

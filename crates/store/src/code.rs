@@ -164,11 +164,7 @@ impl CodeStore {
 
     /// Runs `create` on fresh names under `staging/` until one does not
     /// collide with an existing entry, and returns that name.
-    fn new_staging_path(
-        &self,
-        suffix: &str,
-        create: impl Fn(&Path) -> io::Result<()>,
-    ) -> Result<PathBuf, StoreError> {
+    fn new_staging_path(&self, suffix: &str, create: impl Fn(&Path) -> io::Result<()>) -> Result<PathBuf, StoreError> {
         loop {
             let n = NEXT_STAGING.fetch_add(1, Ordering::Relaxed);
             let path = self.staging().join(format!("{}-{n}{suffix}", std::process::id()));

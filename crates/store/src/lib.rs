@@ -82,9 +82,5 @@ pub trait Store: Send + Sync + 'static {
 
     /// Retention: deletes activations that started before `older_than_ms`, and
     /// all but the newest `keep_per_function` of each function. Returns how many went.
-    async fn prune_activations(
-        &self,
-        older_than_ms: i64,
-        keep_per_function: u32,
-    ) -> Result<u64, StoreError>;
+    async fn prune_activations(&self, older_than_ms: i64, keep_per_function: u32) -> Result<u64, StoreError>;
 }

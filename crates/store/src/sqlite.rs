@@ -87,9 +87,7 @@ impl SqliteStore {
         // WAL lets readers (`sqlite3` on a live server, backups) work during
         // writes; NORMAL sync in WAL mode can lose the last commits on power
         // loss but never corrupts, a fair trade for activation logs.
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(open_err)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %label, mode, "database did not switch to WAL journal mode");
         }
@@ -99,8 +97,8 @@ impl SqliteStore {
 
     /// A private database that lives as long as the store (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()
-            .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        let conn =
+            Connection::open_in_memory().map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
         Self::init(conn, ":memory:")
     }
 
@@ -173,14 +171,7 @@ fn read_revision(row: &Row<'_>) -> Decoded<Revision> {
         Ok(m) => m,
         Err(e) => return Ok(Err(corrupt(format!("manifest of `{function}` revision {number}"), e))),
     };
-    Ok(Ok(Revision {
-        function,
-        number,
-        hash: row.get(2)?,
-        manifest,
-        created_ms: row.get(4)?,
-        code_size: row.get(5)?,
-    }))
+    Ok(Ok(Revision { function, number, hash: row.get(2)?, manifest, created_ms: row.get(4)?, code_size: row.get(5)? }))
 }
 
 fn load_revision(conn: &Connection, name: &str, number: u32) -> Result<Option<Revision>, StoreError> {
@@ -203,8 +194,7 @@ const FUNCTION_SELECT: &str = "
 fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
     let name: String = row.get(0)?;
     let current_revision: u32 = row.get(1)?;
-    let (latest, hash, json): (Option<u32>, Option<String>, Option<String>) =
-        (row.get(4)?, row.get(5)?, row.get(6)?);
+    let (latest, hash, json): (Option<u32>, Option<String>, Option<String>) = (row.get(4)?, row.get(5)?, row.get(6)?);
     let (Some(latest_revision), Some(hash), Some(json)) = (latest, hash, json) else {
         let what = format!("function `{name}`");
         return Ok(Err(corrupt(what, format!("current revision {current_revision} is missing"))));
@@ -269,8 +259,8 @@ impl Store for SqliteStore {
     async fn put_revision(&self, new: NewRevision) -> Result<PutOutcome, StoreError> {
         self.with_conn(move |conn| {
             let name = new.manifest.name.as_str().to_string();
-            let manifest_json = serde_json::to_string(&new.manifest)
-                .map_err(|e| corrupt(format!("manifest of `{name}`"), e))?;
+            let manifest_json =
+                serde_json::to_string(&new.manifest).map_err(|e| corrupt(format!("manifest of `{name}`"), e))?;
             // IMMEDIATE takes the write lock up front: reading the current
             // revision and then writing must not interleave with another writer.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -285,11 +275,10 @@ impl Store for SqliteStore {
                     return Ok(PutOutcome::Unchanged(rev));
                 }
             }
-            let number: u32 = tx.query_row(
-                "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE function = ?1",
-                [&name],
-                |r| r.get(0),
-            )?;
+            let number: u32 =
+                tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE function = ?1", [&name], |r| {
+                    r.get(0)
+                })?;
             let now = now_ms();
             if current.is_some() {
                 tx.execute(
@@ -371,10 +360,8 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let exists = tx
-                .query_row("SELECT 1 FROM functions WHERE name = ?1", [&name], |_| Ok(()))
-                .optional()?
-                .is_some();
+            let exists =
+                tx.query_row("SELECT 1 FROM functions WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some();
             if !exists {
                 return Err(StoreError::FunctionNotFound(name));
             }
@@ -415,8 +402,8 @@ impl Store for SqliteStore {
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError> {
         let a = activation.clone();
         self.with_conn(move |conn| {
-            let logs_json = serde_json::to_string(&a.logs)
-                .map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
+            let logs_json =
+                serde_json::to_string(&a.logs).map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a number,
             // even after pruning, so it stays a valid follow cursor.
             conn.execute(
@@ -620,7 +607,9 @@ mod tests {
             other => panic!("expected FunctionNotFound, got {other:?}"),
         }
         match store.set_current("hello", 7).await {
-            Err(StoreError::RevisionNotFound { function, number }) => assert_eq!((function.as_str(), number), ("hello", 7)),
+            Err(StoreError::RevisionNotFound { function, number }) => {
+                assert_eq!((function.as_str(), number), ("hello", 7))
+            }
             other => panic!("expected RevisionNotFound, got {other:?}"),
         }
         assert_eq!(store.function("hello").await.unwrap().unwrap().current_revision, 1);

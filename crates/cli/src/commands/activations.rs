@@ -8,7 +8,12 @@ use flick_core::Activation;
 use crate::client::Client;
 use crate::timefmt::rfc3339;
 
-async fn fetch(client: &Client, function: Option<&str>, limit: u32, after_seq: Option<i64>) -> anyhow::Result<Vec<Activation>> {
+async fn fetch(
+    client: &Client,
+    function: Option<&str>,
+    limit: u32,
+    after_seq: Option<i64>,
+) -> anyhow::Result<Vec<Activation>> {
     let mut path = format!("/v1/activations?limit={limit}");
     if let Some(f) = function {
         path.push_str(&format!("&function={f}"));

@@ -13,14 +13,16 @@ pub async fn deploy(client: &Client, dir: &Path) -> anyhow::Result<ExitCode> {
     // Validate locally first: a manifest error is reported before any upload.
     let manifest_path = dir.join(flick_core::MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-        format!("no {} in {}: is this a function directory? (`flick new NAME` makes one)", flick_core::MANIFEST_FILE, dir.display())
+        format!(
+            "no {} in {}: is this a function directory? (`flick new NAME` makes one)",
+            flick_core::MANIFEST_FILE,
+            dir.display()
+        )
     })?;
     let manifest = flick_core::Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let archive = flick_package::pack_dir(dir)?;
-    let rb = client
-        .request(reqwest::Method::POST, "/v1/functions")
-        .header("content-type", "application/gzip")
-        .body(archive);
+    let rb =
+        client.request(reqwest::Method::POST, "/v1/functions").header("content-type", "application/gzip").body(archive);
     let out = client.json(rb).await.with_context(|| format!("deploying {}", manifest.name))?;
     let (name, rev, hash) = (&out["function"], &out["revision"], out["hash"].as_str().unwrap_or(""));
     let short = &hash[..hash.len().min(19)];

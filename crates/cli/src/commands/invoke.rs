@@ -33,11 +33,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<ExitCod
     }
     let resp = client.send(rb).await?;
     let status = resp.status();
-    let flick_status = resp
-        .headers()
-        .get("x-flick-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let flick_status = resp.headers().get("x-flick-status").and_then(|v| v.to_str().ok()).map(str::to_string);
     if args.verbose {
         eprintln!("HTTP {}", status.as_u16());
         for (k, v) in resp.headers() {
