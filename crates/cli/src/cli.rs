@@ -120,6 +120,11 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: u32,
     },
+    /// Check which isolation features this host gives instances.
+    #[command(after_help = "Starts a probe process in a full sandbox and reports what it can and cannot do.
+Exits 1 if the sandbox is incomplete (then `flick up` refuses to run functions
+unless started with --insecure-no-sandbox).")]
+    Doctor,
     /// Scaffold a working function in a new directory.
     #[command(after_help = "Examples:
   flick new hello --runtime python3
@@ -152,6 +157,10 @@ pub struct UpArgs {
     /// Also deploy the bundled example functions.
     #[arg(long)]
     pub examples: bool,
+    /// Run functions WITHOUT isolation (no namespaces, cgroups or seccomp):
+    /// only for hosts that cannot sandbox, and only for code you trust.
+    #[arg(long, env = "FLICK_INSECURE_NO_SANDBOX")]
+    pub insecure_no_sandbox: bool,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,13 @@ pub struct Config {
     pub node: PathBuf,
     pub npm: PathBuf,
     pub log: String,
+    /// Run functions without any isolation (hosts without namespaces).
+    pub insecure_no_sandbox: bool,
+    pub instance_uid: u32,
+    pub instance_gid: u32,
+    pub instance_pids: u32,
+    pub instance_cpus: f64,
+    pub instance_nofile: u64,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -50,6 +57,11 @@ struct FileConfig {
     node: Option<PathBuf>,
     npm: Option<PathBuf>,
     log: Option<String>,
+    instance_uid: Option<u32>,
+    instance_gid: Option<u32>,
+    instance_pids: Option<u32>,
+    instance_cpus: Option<f64>,
+    instance_nofile: Option<u64>,
 }
 
 impl Config {
@@ -94,7 +106,23 @@ impl Config {
             node: file.node.unwrap_or_else(|| "node".into()),
             npm: file.npm.unwrap_or_else(|| "npm".into()),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            insecure_no_sandbox: args.insecure_no_sandbox,
+            // 65534 is `nobody`: owns nothing on the host.
+            instance_uid: file.instance_uid.unwrap_or(65534),
+            instance_gid: file.instance_gid.unwrap_or(65534),
+            instance_pids: file.instance_pids.unwrap_or(256),
+            instance_cpus: file.instance_cpus.unwrap_or(1.0),
+            instance_nofile: file.instance_nofile.unwrap_or(1024),
         };
+        if config.instance_uid == 0 || config.instance_gid == 0 {
+            bail!("`instance_uid` and `instance_gid` must not be 0 (root)");
+        }
+        if !(config.instance_cpus > 0.0 && config.instance_cpus <= 1024.0) {
+            bail!("`instance_cpus` must be above 0");
+        }
+        if config.instance_pids < 8 {
+            bail!("`instance_pids` must be at least 8");
+        }
         if config.activations_per_function == 0 {
             bail!("`activations_per_function` must be at least 1");
         }
@@ -112,7 +140,7 @@ mod tests {
     use super::*;
 
     fn args() -> UpArgs {
-        UpArgs { listen: None, config: None, max_body: None, log: None, examples: false }
+        UpArgs { listen: None, config: None, max_body: None, log: None, examples: false, insecure_no_sandbox: false }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use flick_api::{AdminKey, ApiLimits};
 use flick_package::UnpackLimits;
 use flick_platform::{Platform, PlatformConfig, Retention};
 use flick_runtime::{Launcher, LogLimits, RuntimeConfig};
+use flick_sandbox::{Sandbox, SandboxConfig};
 use flick_scheduler::Scheduler;
 use flick_store::{CodeStore, SqliteStore};
 use tokio::sync::watch;
@@ -25,21 +26,21 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let (key, new_key) = AdminKey::load_or_create(&data, random_key).context("creating the admin key")?;
     let store = SqliteStore::open(&data.join("flick.db")).context("opening the store")?;
     let code = CodeStore::open(&data).context("opening the code store")?;
-    let python = match &config.python {
-        Some(p) => p.clone(),
-        None => find_python().await?,
-    };
+    let interpreters = Interpreters::resolve(&config).await?;
+    let runtime_dir = data.join("runtime");
+    let sandbox = build_sandbox(&config, &data, &interpreters).await?;
     let launcher = Launcher::new(
         RuntimeConfig {
-            python: python.clone(),
-            node: config.node.clone(),
-            bootstrap_dir: data.join("runtime"),
+            python: interpreters.python.clone(),
+            node: interpreters.node.clone(),
+            bootstrap_dir: runtime_dir,
             log_limits: LogLimits::default(),
             max_response_bytes: config.max_response_bytes,
         },
-        flick_sandbox::Sandbox::new(),
+        sandbox,
     )
     .context("installing the language bootstraps")?;
+    let python = interpreters.python.clone();
     let scheduler = Scheduler::new(launcher);
     let platform = Platform::new(
         Arc::new(store),
@@ -129,17 +130,77 @@ async fn shutdown_signal() {
     }
 }
 
-/// The interpreter behind `python3`, resolved once: a pyenv shim on PATH
-/// costs ~200 ms per start, the real binary a tenth of that.
-async fn find_python() -> anyhow::Result<PathBuf> {
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .await
-        .context("python3 not found on PATH (set `python` in config.toml to run python3 functions)")?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    anyhow::ensure!(out.status.success() && !path.is_empty(), "python3 did not report its executable");
-    Ok(PathBuf::from(path))
+/// The interpreters instances run, resolved once to real paths, and the
+/// host directories they need inside a sandbox.
+pub struct Interpreters {
+    pub python: PathBuf,
+    pub node: PathBuf,
+    pub extra_ro: Vec<PathBuf>,
+}
+
+impl Interpreters {
+    pub async fn resolve(config: &Config) -> anyhow::Result<Self> {
+        // A pyenv shim on PATH costs ~200 ms per start; the real binary a
+        // tenth of that. Its prefix must be visible inside the sandbox.
+        let python_cmd = config.python.clone().unwrap_or_else(|| "python3".into());
+        let out = tokio::process::Command::new(&python_cmd)
+            .args(["-c", "import sys; print(sys.executable); print(sys.prefix); print(sys.base_prefix)"])
+            .output()
+            .await
+            .with_context(|| format!("{} not found (set `python` in config.toml)", python_cmd.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        anyhow::ensure!(out.status.success() && lines.len() == 3, "{} did not report its executable", python_cmd.display());
+        let python = PathBuf::from(lines[0]);
+        let mut extra_ro: Vec<PathBuf> = lines[1..].iter().map(PathBuf::from).collect();
+        let node = which(&config.node).unwrap_or_else(|| config.node.clone());
+        if let Some(prefix) = node.parent().and_then(|p| p.parent()) {
+            extra_ro.push(prefix.to_path_buf());
+        }
+        // Only what the sandbox's fixed set (/usr, /bin, /lib…) lacks.
+        extra_ro.retain(|p| !["/usr", "/bin", "/lib", "/lib64", "/sbin", "/"].iter().any(|sys| p == Path::new(sys) || p.starts_with(sys) && *sys != "/"));
+        extra_ro.sort();
+        extra_ro.dedup();
+        Ok(Self { python, node, extra_ro })
+    }
+}
+
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// The sandbox of this data dir, checked by a real probe: `flick up`
+/// refuses to run functions unisolated unless told so loudly.
+pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpreters) -> anyhow::Result<Sandbox> {
+    let runtime_dir = data.join("runtime");
+    std::fs::create_dir_all(&runtime_dir)?;
+    if config.insecure_no_sandbox {
+        eprintln!("WARNING: --insecure-no-sandbox: functions run WITHOUT isolation, as {}; run only code you trust", whoami());
+        return Ok(Sandbox::unisolated(runtime_dir));
+    }
+    let sandbox_config = SandboxConfig {
+        scope: flick_sandbox::scope_for(data),
+        runtime_dir: runtime_dir.clone(),
+        rootfs_dir: data.join("rootfs"),
+        extra_ro: interpreters.extra_ro.clone(),
+        uid: config.instance_uid,
+        gid: config.instance_gid,
+        pids_max: config.instance_pids,
+        nofile: config.instance_nofile,
+        cpus: config.instance_cpus,
+    };
+    let hint = "run `flick doctor` for details, or start with --insecure-no-sandbox to run functions unisolated";
+    let sandbox = Sandbox::new(sandbox_config).map_err(|e| anyhow::anyhow!("{e}\n{hint}"))?;
+    let probe = flick_sandbox::doctor::probe(&sandbox, &runtime_dir).await;
+    anyhow::ensure!(probe.ok, "the sandbox is incomplete on this host: {}\n{hint}", probe.detail);
+    Ok(sandbox)
+}
+
+fn whoami() -> String {
+    format!("uid {}", std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0))
 }
 
 fn random_key() -> String {

@@ -13,6 +13,8 @@ pub enum ActivationStatus {
     Error,
     /// The function ran past its deadline and was stopped.
     Timeout,
+    /// The instance exceeded its memory limit and was killed.
+    OutOfMemory,
     /// flick could not run the function (instance crashed, could not start,
     /// answered something that is not the wire protocol).
     PlatformError,
@@ -24,12 +26,13 @@ impl ActivationStatus {
             Self::Success => "success",
             Self::Error => "error",
             Self::Timeout => "timeout",
+            Self::OutOfMemory => "out_of_memory",
             Self::PlatformError => "platform_error",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Error, Self::Timeout, Self::PlatformError].into_iter().find(|k| k.as_str() == s)
+        [Self::Success, Self::Error, Self::Timeout, Self::OutOfMemory, Self::PlatformError].into_iter().find(|k| k.as_str() == s)
     }
 }
 

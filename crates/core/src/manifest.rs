@@ -59,6 +59,26 @@ impl std::str::FromStr for RuntimeKind {
     }
 }
 
+/// Which network an instance is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A private network namespace with only loopback: the function can
+    /// reach nothing, and nothing can reach it.
+    None,
+    /// The host's network: outbound calls to APIs and databases work.
+    Host,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Host => "host",
+        }
+    }
+}
+
 /// `flick.toml` exactly as written. Unknown keys are an error, so a typo
 /// (`time_out = "5s"`) is reported instead of silently ignored.
 #[derive(Debug, Deserialize)]
@@ -74,6 +94,8 @@ struct RawManifest {
     max_instances: Option<i64>,
     keep_alive: Option<String>,
     public: Option<bool>,
+    network: Option<String>,
+    tmp_size: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
@@ -95,6 +117,9 @@ pub struct Manifest {
     #[serde(with = "duration_text")]
     pub keep_alive: Duration,
     pub public: bool,
+    pub network: Network,
+    /// Bytes of private `/tmp`.
+    pub tmp_size: u64,
     pub env: BTreeMap<String, String>,
 }
 
@@ -103,6 +128,7 @@ impl Manifest {
     pub const DEFAULT_MEMORY: u64 = 256 << 20;
     pub const DEFAULT_MAX_INSTANCES: u32 = 10;
     pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
+    pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 
     /// Parses and validates the text of a `flick.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
@@ -153,6 +179,27 @@ impl Manifest {
         if max_instances < min_instances {
             return Err(invalid("max_instances", format!("{max_instances} is below min_instances ({min_instances})")));
         }
+        // Closed by default: a function reaches the network only when its
+        // author says so. http instances are reached over host loopback.
+        let network = match raw.network.as_deref() {
+            None if runtime == RuntimeKind::Http => Network::Host,
+            None | Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => return Err(invalid("network", format!("`{other}` is not a network (use \"none\" or \"host\")"))),
+        };
+        if runtime == RuntimeKind::Http && network == Network::None {
+            return Err(invalid(
+                "network",
+                "the http runtime needs network = \"host\": flick reaches its server over loopback".into(),
+            ));
+        }
+        let tmp_size = match raw.tmp_size {
+            None => Self::DEFAULT_TMP_SIZE,
+            Some(t) => parse_size(&t).map_err(|e| invalid("tmp_size", e))?,
+        };
+        if !(1 << 20..=16u64 << 30).contains(&tmp_size) {
+            return Err(invalid("tmp_size", "must be between 1MiB and 16GiB".into()));
+        }
         for key in raw.env.keys() {
             check_env_key(key).map_err(|e| invalid("env", e))?;
         }
@@ -168,6 +215,8 @@ impl Manifest {
             max_instances,
             keep_alive,
             public: raw.public.unwrap_or(false),
+            network,
+            tmp_size,
             env: raw.env,
         })
     }
@@ -176,7 +225,8 @@ impl Manifest {
     pub fn to_toml(&self) -> String {
         let mut out = format!(
             "name = {:?}\nruntime = {:?}\nhandler = {:?}\ntimeout = {:?}\nmemory = {:?}\n\
-             concurrency = {}\nmin_instances = {}\nmax_instances = {}\nkeep_alive = {:?}\npublic = {}\n",
+             concurrency = {}\nmin_instances = {}\nmax_instances = {}\nkeep_alive = {:?}\npublic = {}\n\
+             network = {:?}\ntmp_size = {:?}\n",
             self.name.as_str(),
             self.runtime.as_str(),
             self.handler,
@@ -187,6 +237,8 @@ impl Manifest {
             self.max_instances,
             format_duration(self.keep_alive),
             self.public,
+            self.network.as_str(),
+            format_size(self.tmp_size),
         );
         if !self.env.is_empty() {
             out.push_str("\n[env]\n");
@@ -322,6 +374,19 @@ mod tests {
         assert_eq!(m.max_instances, 10);
         assert_eq!(m.keep_alive, Duration::from_secs(600));
         assert!(!m.public);
+        assert_eq!(m.network, Network::None);
+        assert_eq!(m.tmp_size, 64 << 20);
+    }
+
+    #[test]
+    fn network_defaults_and_rules() {
+        let http = "name = \"w\"\nruntime = \"http\"\nhandler = \"./server\"\n";
+        assert_eq!(Manifest::parse(http).unwrap().network, Network::Host);
+        let err = Manifest::parse(&format!("{http}network = \"none\"\n")).unwrap_err();
+        assert!(matches!(err, ManifestError::Invalid { ref key, line: Some(4), .. } if key == "network"), "{err}");
+        let m = Manifest::parse(&format!("{MINIMAL}network = \"host\"\ntmp_size = \"8MiB\"\n")).unwrap();
+        assert_eq!((m.network, m.tmp_size), (Network::Host, 8 << 20));
+        assert!(Manifest::parse(&format!("{MINIMAL}network = \"bridge\"\n")).is_err());
     }
 
     #[test]

@@ -142,6 +142,11 @@ impl Platform {
                 let message = format!("function `{function}` timed out after {t}");
                 (ActivationStatus::Timeout, error(504, "Function.Timeout", message, vec![]))
             }
+            Err(Failure::OutOfMemory) => {
+                let limit = flick_core::units::format_size(route.revision.manifest.memory);
+                let message = format!("function `{function}` ran out of memory (limit {limit}) and was stopped");
+                (ActivationStatus::OutOfMemory, error(500, "Runtime.OutOfMemory", message, vec![]))
+            }
             Err(Failure::Platform(m)) => {
                 tracing::warn!(function = %function, error = %m, "platform error");
                 (ActivationStatus::PlatformError, error(502, "Platform.Error", m, vec![]))

@@ -13,7 +13,8 @@ import sys
 import time
 
 PROTOCOL_FD = 3
-# The code object's own name, to cut the bootstrap's frames out of tracebacks.
+# Frames of this file are cut from the tracebacks users see: they are noise
+# there. Taken from the code object, which is how frames name their file.
 _BOOTSTRAP_FILE = sys._getframe().f_code.co_filename
 
 _dumps = json.dumps
@@ -159,7 +160,6 @@ def _header_value(v):
 
 
 def _http_response(d):
-    """A `{statusCode, headers, multiValueHeaders, body, isBase64Encoded}` dict."""
     status = d.get("statusCode", 200)
     status = 200 if status is None else int(status)
     if not 100 <= status <= 599:
@@ -306,7 +306,8 @@ def _http_info(h):
 
 
 def _make_caller(fn, shape):
-    """The per-call function: header and body in, the handler's return out."""
+    # Everything that depends only on the shape is settled here, once, so the
+    # per-call path is one closure call.
     if shape == "lambda":
         Context = _make_context_class()
 
@@ -446,7 +447,8 @@ class _Loop(object):
         return self.loop
 
     def wait(self, awaitable):
-        """Runs an awaitable a sync handler returned, from a non-loop thread."""
+        # For a sync handler that returned an awaitable (e.g. a decorator
+        # wrapping an async def): it must run on the instance's one loop.
         loop = self.get()
         if not self.threaded:
             return loop.run_until_complete(awaitable)
@@ -549,6 +551,8 @@ def main():
         except Exception:
             pass
     os.set_blocking(PROTOCOL_FD, True)
+    # Processes the handler starts must not hold the channel open after us.
+    os.set_inheritable(PROTOCOL_FD, False)
 
     code_dir = os.environ.get("FLICK_CODE_DIR") or os.getcwd()
     here = os.path.dirname(os.path.abspath(_BOOTSTRAP_FILE))

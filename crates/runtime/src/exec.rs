@@ -30,7 +30,7 @@ impl ExecInstance {
     /// Nothing runs until a request arrives; the handler is checked now so
     /// a bad command line fails the first call clearly.
     pub fn new(launcher: &Launcher, spec: &InstanceSpec) -> Result<Self, StartError> {
-        let (program, args) = command_line(&spec.manifest.handler, &spec.code_dir)?;
+        let (program, args) = command_line(&spec.manifest.handler, &launcher.sandbox().code_path(&spec.code_dir))?;
         Ok(Self {
             launcher: launcher.clone(),
             spec: spec.clone(),
@@ -69,7 +69,8 @@ impl ExecInstance {
             program: self.program.clone(),
             args: self.args.clone(),
             env,
-            cwd: self.spec.code_dir.clone(),
+            code_dir: self.spec.code_dir.clone(),
+            limits: self.launcher.limits(&self.spec),
             protocol_fd: None,
             stdin: true,
         });
@@ -89,11 +90,11 @@ impl ExecInstance {
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);
         logs.begin(&req.id);
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = child.child.stderr.take() {
             logs.spawn_reader(LogStream::Stderr, err);
         }
-        let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take();
+        let mut stdin = child.child.stdin.take();
+        let mut stdout = child.child.stdout.take();
         let max = self.launcher.config().max_response_bytes;
         let body = req.body.clone();
         let feed = async move {
@@ -139,6 +140,7 @@ impl ExecInstance {
                         process.kill();
                         Err(Failure::Timeout)
                     }
+                    Some(exit) if exit.oom => Err(Failure::OutOfMemory),
                     Some(exit) if exit.success() => Ok(Response {
                         status: 200,
                         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],

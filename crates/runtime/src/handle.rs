@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::process::Child;
+use flick_sandbox::{Cgroup, Spawned};
 use tokio::sync::watch;
 
 /// A running process; killing it kills its whole process group.
 #[derive(Debug)]
 pub struct ProcessHandle {
     pid: u32,
+    cgroup: Option<Arc<Cgroup>>,
     exited: Arc<AtomicBool>,
     exit: watch::Receiver<Option<Exit>>,
 }
@@ -21,6 +22,8 @@ pub struct ProcessHandle {
 pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The kernel killed it for exceeding its cgroup's memory limit.
+    pub oom: bool,
 }
 
 impl Exit {
@@ -31,6 +34,9 @@ impl Exit {
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oom {
+            return f.write_str("ran out of memory and was killed");
+        }
         match (self.code, self.signal) {
             (Some(code), _) => write!(f, "exited with status {code}"),
             (None, Some(9)) => f.write_str("was killed (SIGKILL)"),
@@ -41,28 +47,43 @@ impl std::fmt::Display for Exit {
 }
 
 impl ProcessHandle {
-    /// Takes over `child` (whose stdio the caller has already taken): a task
-    /// reaps it, so it never lingers as a zombie.
-    pub fn new(mut child: Child) -> Self {
+    /// Takes over a spawned process (whose stdio the caller has already
+    /// taken): a task reaps it, so it never lingers as a zombie, then reads
+    /// and removes its cgroup.
+    pub fn new(spawned: Spawned) -> Self {
+        let Spawned { mut child, cgroup } = spawned;
+        let cgroup = cgroup.map(Arc::new);
+        let reaped_cgroup = cgroup.clone();
         let pid = child.id().unwrap_or(0);
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let flag = exited.clone();
         tokio::spawn(async move {
             use std::os::unix::process::ExitStatusExt;
-            let exit = match child.wait().await {
-                Ok(status) => Exit { code: status.code(), signal: status.signal() },
-                Err(_) => Exit { code: None, signal: None },
+            let mut exit = match child.wait().await {
+                Ok(status) => Exit { code: status.code(), signal: status.signal(), oom: false },
+                Err(_) => Exit { code: None, signal: None, oom: false },
             };
+            if let Some(cg) = reaped_cgroup {
+                exit.oom = cg.oom_killed();
+                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
+            }
             flag.store(true, Ordering::SeqCst);
             let _ = tx.send(Some(exit));
         });
-        Self { pid, exited, exit }
+        Self { pid, cgroup, exited, exit }
     }
 
     pub fn kill(&self) {
         // Once reaped the pid may belong to someone else: never signal it then.
-        if self.pid != 0 && !self.exited.load(Ordering::SeqCst) {
+        if self.pid == 0 || self.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        // Sandboxed: kill the instance inside and let the outer process
+        // reap it and exit; otherwise (or if nothing else is there yet)
+        // the whole process group.
+        let killed = self.cgroup.as_ref().map_or(0, |cg| cg.kill_all_except(self.pid));
+        if killed == 0 {
             flick_sandbox::kill_group(self.pid);
         }
     }

@@ -37,22 +37,23 @@ pub struct HttpInstance {
 
 impl HttpInstance {
     pub async fn start(launcher: &Launcher, spec: &InstanceSpec, deadline: Instant) -> Result<Self, StartError> {
-        let (program, args) = command_line(&spec.manifest.handler, &spec.code_dir)?;
+        let (program, args) = command_line(&spec.manifest.handler, &launcher.sandbox().code_path(&spec.code_dir))?;
         let port = free_port().map_err(|e| StartError::Platform(format!("no free port: {e}")))?;
         let mut env = launcher.env(spec);
         env.push(("PORT".into(), port.to_string()));
         let mut child = launcher
             .sandbox()
-            .spawn(ProcessSpec { program, args, env, cwd: spec.code_dir.clone(), protocol_fd: None, stdin: false })
+            .spawn(ProcessSpec { program, args, env, code_dir: spec.code_dir.clone(),
+                limits: launcher.limits(spec), protocol_fd: None, stdin: false })
             .map_err(|e| StartError::Init {
                 error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },
                 logs: Default::default(),
             })?;
         let logs = LogCollector::new(launcher.config().log_limits);
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = child.child.stdout.take() {
             logs.spawn_reader(LogStream::Stdout, out);
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = child.child.stderr.take() {
             logs.spawn_reader(LogStream::Stderr, err);
         }
         let process = ProcessHandle::new(child);
@@ -136,6 +137,7 @@ impl HttpInstance {
                 true,
             ),
             Ok(Err(e)) => match self.process.exit(Duration::from_millis(200)).await {
+                Some(exit) if exit.oom => (Err(Failure::OutOfMemory), false),
                 Some(exit) => (
                     Err(Failure::Function(FunctionError {
                         kind: "Runtime.ExitError".into(),

@@ -96,6 +96,8 @@ pub enum Failure {
     Function(FunctionError),
     #[error("timed out")]
     Timeout,
+    #[error("ran out of memory")]
+    OutOfMemory,
     #[error("{0}")]
     Platform(String),
 }
@@ -201,7 +203,7 @@ impl Launcher {
     fn env(&self, spec: &InstanceSpec) -> Vec<(String, String)> {
         let m = &spec.manifest;
         let mut env: Vec<(String, String)> = m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let code = spec.code_dir.display().to_string();
+        let code = self.sandbox.code_path(&spec.code_dir).display().to_string();
         let memory_mb = (m.memory >> 20).to_string();
         env.extend([
             ("FLICK_FUNCTION_NAME".into(), spec.function.clone()),
@@ -220,8 +222,22 @@ impl Launcher {
         env
     }
 
+    /// The bootstrap of `runtime` as the instance sees it.
     fn bootstrap_path(&self, runtime: RuntimeKind) -> PathBuf {
-        bootstrap::path(&self.config.bootstrap_dir, runtime)
+        bootstrap::path(&self.sandbox.runtime_path(), runtime)
+    }
+
+    /// Resources and network of an instance of `spec`.
+    fn limits(&self, spec: &InstanceSpec) -> flick_sandbox::Limits {
+        let m = &spec.manifest;
+        flick_sandbox::Limits {
+            memory: m.memory,
+            tmp_size: m.tmp_size,
+            network: match m.network {
+                flick_core::Network::Host => flick_sandbox::Network::Host,
+                flick_core::Network::None => flick_sandbox::Network::None,
+            },
+        }
     }
 
     fn sandbox(&self) -> &Sandbox {

@@ -125,7 +125,13 @@ impl LogCollector {
         std::mem::take(&mut self.state.lock().unwrap().idle).into_captured()
     }
 
-    fn on_line(&self, stream: LogStream, text: String) {
+    fn on_line(&self, stream: LogStream, mut text: String) {
+        // Output without a final newline runs into the marker: split it off.
+        if let Some(at) = text.find(END_MARKER).filter(|at| *at > 0) {
+            let marker = text.split_off(at);
+            self.on_line(stream, text);
+            return self.on_line(stream, marker);
+        }
         let mut st = self.state.lock().unwrap();
         if let Some(id) = text.strip_prefix(END_MARKER) {
             if let Some((_, ends)) = st.inflight.get_mut(id.trim_end()) {
@@ -217,6 +223,19 @@ mod tests {
         let texts: Vec<_> = got.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["init", "hello", "later"]);
         assert!(!got.truncated);
+    }
+
+    #[tokio::test]
+    async fn a_marker_after_output_without_newline_still_ends_the_invocation() {
+        let logs = LogCollector::new(limits());
+        logs.begin("a");
+        logs.on_line(LogStream::Stdout, format!("partial{END_MARKER}a"));
+        logs.on_line(LogStream::Stderr, format!("{END_MARKER}a"));
+        let started = std::time::Instant::now();
+        let got = logs.finish("a", true, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "waited for a marker it had already seen");
+        let texts: Vec<_> = got.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["partial"]);
     }
 
     #[tokio::test]

@@ -56,17 +56,18 @@ impl ProcessInstance {
                 program,
                 args,
                 env: launcher.env(spec),
-                cwd: spec.code_dir.clone(),
+                code_dir: spec.code_dir.clone(),
+                limits: launcher.limits(spec),
                 protocol_fd: Some(OwnedFd::from(theirs)),
                 stdin: false,
             })
             .map_err(|e| StartError::Platform(e.to_string()))?;
 
         let logs = LogCollector::new(cfg.log_limits);
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = child.child.stdout.take() {
             logs.spawn_reader(LogStream::Stdout, out);
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = child.child.stderr.take() {
             logs.spawn_reader(LogStream::Stderr, err);
         }
         let process = ProcessHandle::new(child);
@@ -183,6 +184,7 @@ impl ProcessInstance {
                         trace: vec![],
                     })),
                     (Some(FrameError::Malformed(m)), _) => Err(Failure::Platform(m)),
+                    (_, Some(exit)) if exit.oom => Err(Failure::OutOfMemory),
                     (_, Some(how)) => Err(Failure::Function(FunctionError {
                         kind: "Runtime.ExitError".into(),
                         message: format!("instance {how} during the invocation"),

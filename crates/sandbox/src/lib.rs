@@ -1,22 +1,38 @@
-//! Starts instance processes inside their isolation boundary.
+//! Starts instance processes inside their sandbox.
 //!
-//! Every process flick runs on behalf of a function goes through
-//! [`Sandbox::spawn`], so isolation is decided in exactly one place. Today the
-//! boundary is process-level: a fresh environment, its own process group (so
-//! a whole tree can be killed at once), death with its parent (no orphans
-//! after flick is killed) and no core dumps. Namespaces, cgroups and seccomp
-//! slot in here without changing callers.
+//! Every process flick runs for a function goes through [`Sandbox::spawn`],
+//! so isolation is decided in exactly one place. A sandboxed instance gets:
+//! - its own mount, pid, ipc and uts namespaces, and a network namespace
+//!   with only loopback unless its manifest says `network = "host"`;
+//! - a fresh root: host runtimes read-only, its code read-only at
+//!   `/var/task`, a private size-capped `/tmp`, its own `/proc` ([`mounts`]);
+//! - a cgroup with memory, pids and CPU limits ([`cgroup`]);
+//! - an unprivileged uid/gid, no capabilities, `no_new_privs`, a seccomp
+//!   filter ([`seccomp`]), no core dumps, a bounded number of open files;
+//! - death with flick (`PR_SET_PDEATHSIG`), and a process group so the
+//!   whole tree can be killed at once.
 //!
 //! This is the only crate allowed `unsafe`: the code between `fork` and
-//! `exec` has to call the kernel directly.
+//! `exec` ([`child`]) has to call the kernel directly.
 #![allow(unsafe_code)]
 
-use std::ffi::OsString;
+mod cgroup;
+mod child;
+pub mod doctor;
+pub mod mounts;
+pub mod seccomp;
+
+use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::process::{Child, Command};
+
+pub use cgroup::{Cgroup, CgroupLimits, Hierarchy};
 
 /// The file descriptor number the protocol channel gets in the child.
 pub const PROTOCOL_FD: i32 = 3;
@@ -25,40 +41,143 @@ pub const PROTOCOL_FD: i32 = 3;
 pub enum SandboxError {
     #[error("cannot start `{program}`: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("cannot create the instance cgroup: {0}")]
+    Cgroup(std::io::Error),
+    #[error("sandbox unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How isolated instances are; from flick's config, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Names this flick's cgroups (`flick-<scope>`); unique per data dir.
+    pub scope: String,
+    /// Host dir with the language bootstraps, mounted at `/var/runtime`.
+    pub runtime_dir: PathBuf,
+    /// An empty host dir used as the mount point of each instance's root.
+    pub rootfs_dir: PathBuf,
+    /// Extra host paths shared read-only (e.g. the Python prefix).
+    pub extra_ro: Vec<PathBuf>,
+    pub uid: u32,
+    pub gid: u32,
+    pub pids_max: u32,
+    pub nofile: u64,
+    pub cpus: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (and loopback).
+    Host,
+    /// A private namespace with only its own loopback.
+    None,
+}
+
+/// Per-instance resources.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub memory: u64,
+    pub tmp_size: u64,
+    pub network: Network,
 }
 
 /// What to run. The environment is exactly `env` plus a minimal base
-/// (`PATH`, `HOME`, `LANG`): nothing of flick's own environment (tokens,
-/// database URLs) leaks into functions.
+/// (`PATH`, `HOME`, `LANG`, `TMPDIR`): nothing of flick's own environment
+/// (tokens, database URLs) leaks into functions.
 #[derive(Debug)]
 pub struct ProcessSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
-    pub cwd: PathBuf,
+    /// Host path of the function's code: the working directory, mounted
+    /// read-only at [`mounts::CODE`] when isolated.
+    pub code_dir: PathBuf,
     /// Becomes fd 3 in the child (the bootstrap protocol channel).
     pub protocol_fd: Option<OwnedFd>,
     pub stdin: bool,
+    pub limits: Limits,
 }
 
-/// Spawns processes with the isolation this host supports.
-#[derive(Clone, Debug, Default)]
-pub struct Sandbox {}
+/// A started process and the cgroup it runs in (to inspect and remove
+/// once it has exited).
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub cgroup: Option<Cgroup>,
+}
+
+#[derive(Debug)]
+struct Isolated {
+    config: SandboxConfig,
+    cgroups: Hierarchy,
+    filter: Vec<libc::sock_filter>,
+    next: AtomicU64,
+}
+
+/// Spawns processes, isolated or (only when asked for explicitly) not.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    isolated: Option<Arc<Isolated>>,
+    runtime_dir: PathBuf,
+}
 
 impl Sandbox {
-    pub fn new() -> Self {
-        Self {}
+    /// A sandbox with every isolation feature; fails if the host lacks one
+    /// (see [`doctor`]). Sweeps cgroups a previous run of this scope left.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        if !seccomp::supported() {
+            return Err(SandboxError::Unavailable("no seccomp filter for this CPU architecture".into()));
+        }
+        std::fs::create_dir_all(&config.rootfs_dir)
+            .map_err(|e| SandboxError::Unavailable(format!("creating {}: {e}", config.rootfs_dir.display())))?;
+        let cgroups = Hierarchy::detect(&config.scope).map_err(SandboxError::Unavailable)?;
+        let swept = cgroups.sweep();
+        if swept > 0 {
+            tracing::info!(swept, "removed instance cgroups left by a previous run");
+        }
+        let runtime_dir = config.runtime_dir.clone();
+        let isolated = Isolated { config, cgroups, filter: seccomp::program(), next: AtomicU64::new(0) };
+        Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir })
+    }
+
+    /// No isolation at all: processes run as flick's user on the host.
+    /// Only for hosts without namespaces, behind a loudly named flag.
+    pub fn unisolated(runtime_dir: PathBuf) -> Self {
+        Self { isolated: None, runtime_dir }
+    }
+
+    /// Removes every cgroup of this sandbox's scope, including the scope
+    /// itself (for one-off sandboxes such as `flick doctor`'s).
+    pub fn remove_scope(&self) {
+        if let Some(iso) = &self.isolated {
+            iso.cgroups.sweep();
+            iso.cgroups.remove_scope();
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.is_some()
+    }
+
+    /// Where an instance sees its code.
+    pub fn code_path(&self, host: &Path) -> PathBuf {
+        if self.is_isolated() { PathBuf::from(mounts::CODE) } else { host.to_path_buf() }
+    }
+
+    /// Where an instance sees the bootstraps.
+    pub fn runtime_path(&self) -> PathBuf {
+        if self.is_isolated() { PathBuf::from(mounts::RUNTIME) } else { self.runtime_dir.clone() }
     }
 
     /// Starts `spec` with stdout and stderr piped (they are the function's
     /// logs or response) and stdin piped only if asked.
-    pub fn spawn(&self, spec: ProcessSpec) -> Result<Child, SandboxError> {
+    pub fn spawn(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
-            .current_dir(&spec.cwd)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
+            .env("TMPDIR", "/tmp")
             .env("LANG", "C.UTF-8")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
@@ -66,38 +185,68 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let protocol_fd = spec.protocol_fd.as_ref().map(|fd| fd.as_raw_fd());
-        // SAFETY: the closure runs in the child between fork and exec, where
-        // only async-signal-safe calls are allowed; prctl, setrlimit, dup2 and
-        // getppid are, and the closure allocates nothing.
+        let mut cgroup = None;
+        let mut procs_fds = Vec::new();
+        let setup = match &self.isolated {
+            None => {
+                cmd.current_dir(&spec.code_dir);
+                child::Setup {
+                    parent_pid: std::process::id() as libc::pid_t,
+                    cgroup_procs: vec![],
+                    protocol_fd: spec.protocol_fd.as_ref().map(|fd| fd.as_raw_fd()),
+                    nofile: 4096,
+                    isolate: None,
+                }
+            }
+            Some(iso) => {
+                let cfg = &iso.config;
+                let name = format!("i{}-{}", std::process::id(), iso.next.fetch_add(1, Ordering::Relaxed));
+                let limits = CgroupLimits { memory: spec.limits.memory, pids: cfg.pids_max, cpus: cfg.cpus };
+                let (cg, fds) = iso.cgroups.create(&name, limits).map_err(SandboxError::Cgroup)?;
+                cgroup = Some(cg);
+                procs_fds = fds;
+                let plan = mounts::plan(&mounts::Inputs {
+                    root: &cfg.rootfs_dir,
+                    code: &spec.code_dir,
+                    runtime: &cfg.runtime_dir,
+                    extra_ro: &cfg.extra_ro,
+                    tmp_size: spec.limits.tmp_size,
+                });
+                child::Setup {
+                    parent_pid: std::process::id() as libc::pid_t,
+                    cgroup_procs: procs_fds.iter().map(|fd| fd.as_raw_fd()).collect(),
+                    protocol_fd: spec.protocol_fd.as_ref().map(|fd| fd.as_raw_fd()),
+                    nofile: cfg.nofile,
+                    isolate: Some(child::Isolation {
+                        plan,
+                        hostname: b"flick",
+                        new_net: spec.limits.network == Network::None,
+                        uid: cfg.uid,
+                        gid: cfg.gid,
+                        code_dir: CString::new(mounts::CODE).unwrap_or_default(),
+                        filter: iso.filter.clone(),
+                    }),
+                }
+            }
+        };
+        // SAFETY: `child::run` only makes async-signal-safe system calls on
+        // data prepared above, as required between fork and exec.
         unsafe {
-            cmd.pre_exec(move || {
-                // Die with flick, so a SIGKILLed flick leaves no instances behind.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() == 1 {
-                    return Err(std::io::Error::other("parent exited"));
-                }
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-                if let Some(fd) = protocol_fd {
-                    // dup2 clears FD_CLOEXEC on the new descriptor, so fd 3
-                    // survives exec while the original is closed by it.
-                    if libc::dup2(fd, PROTOCOL_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || child::run(&setup));
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| SandboxError::Spawn { program: spec.program.display().to_string(), source })?;
-        // The child has its copy; ours must close so EOF is seen when it exits.
+        let spawned = cmd.spawn();
+        // The child has its copies; ours must close so EOF is seen when it exits.
+        drop(procs_fds);
         drop(spec.protocol_fd);
-        Ok(child)
+        match spawned {
+            Ok(child) => Ok(Spawned { child, cgroup }),
+            Err(source) => {
+                if let Some(cg) = cgroup {
+                    cg.destroy();
+                }
+                Err(SandboxError::Spawn { program: spec.program.display().to_string(), source })
+            }
+        }
     }
 }
 
@@ -109,4 +258,22 @@ pub fn kill_group(pid: u32) {
     unsafe {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }
+}
+
+fn kill_pid(pid: i32) {
+    // SAFETY: as above, for one process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// A short, stable name for a data dir, to scope cgroups by.
+pub fn scope_for(data_dir: &Path) -> String {
+    // FNV-1a: stable across builds and runs, no dependency.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }

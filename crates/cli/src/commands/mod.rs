@@ -2,6 +2,7 @@
 //! same `/v1` API any client uses.
 
 mod activations;
+mod doctor;
 mod functions;
 mod invoke;
 
@@ -19,6 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::New { name, runtime, dir } => functions::new(&name, &runtime, &dir),
+        Command::Doctor => doctor::doctor().await,
         command => {
             let client = Client::from_global(g)?;
             match command {
@@ -32,7 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Activations { name, limit } => activations::list(&client, name.as_deref(), limit).await,
                 Command::Activation { id, json } => activations::show(&client, &id, json).await,
                 Command::Logs { name, follow, limit } => activations::logs(&client, &name, follow, limit).await,
-                Command::Up(_) | Command::New { .. } => unreachable!("handled above"),
+                Command::Up(_) | Command::New { .. } | Command::Doctor => unreachable!("handled above"),
             }
         }
     }

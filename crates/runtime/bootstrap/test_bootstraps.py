@@ -1,0 +1,1160 @@
+"""Tests of flick's language bootstraps (python.py, node.js).
+
+Each test starts a bootstrap the way flick does (code directory as cwd, a
+cleared environment with the FLICK_* variables, the protocol socket on fd 3,
+stdout/stderr piped) and speaks the frame protocol to it.
+
+    python3 -m unittest discover -s crates/runtime/bootstrap -p 'test_*.py'
+
+FLICK_TEST_PYTHON / FLICK_TEST_NODE pick the interpreters under test.
+"""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = os.environ.get("FLICK_TEST_PYTHON") or sys.executable
+NODE = os.environ.get("FLICK_TEST_NODE") or shutil.which("node") or "/usr/bin/node"
+# Every wait in these tests is bounded by this; a hung bootstrap fails, not blocks.
+TIMEOUT = 10.0
+MARKER = b"\x1eflick-end "
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class Instance(object):
+    """One bootstrap process and our end of its protocol socket."""
+
+    def __init__(self, runtime, files, handler, concurrency=1, env=None, name="echo-fn"):
+        self.dir = tempfile.mkdtemp(prefix="flick-bootstrap-test-")
+        for rel, text in files.items():
+            path = os.path.join(self.dir, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(text).lstrip("\n"))
+        if runtime == "python":
+            argv = [PYTHON, "-I", os.path.join(HERE, "python.py")]
+        else:
+            argv = [NODE, os.path.join(HERE, "node.js")]
+        environ = {
+            # What flick's sandbox gives every process, then what flick defines.
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "FLICK_CODE_DIR": self.dir,
+            "FLICK_HANDLER": handler,
+            "FLICK_FUNCTION_NAME": name,
+            "FLICK_FUNCTION_REVISION": "3",
+            "FLICK_MEMORY_MB": "256",
+            "FLICK_CONCURRENCY": str(concurrency),
+            "FLICK_TIMEOUT_MS": "10000",
+        }
+        environ.update(env or {})
+
+        ours, theirs = socket.socketpair()
+        child_fd = theirs.fileno()
+
+        def protocol_on_fd3():
+            # Runs in the child before exec. dup2 leaves fd 3 inheritable;
+            # our own descriptors are close-on-exec (PEP 446) and vanish.
+            if child_fd == 3:
+                os.set_inheritable(3, True)
+            else:
+                os.dup2(child_fd, 3)
+
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=self.dir,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=protocol_on_fd3,
+        )
+        theirs.close()
+        self.sock = ours
+        self.buf = b""
+        self.early = {}  # frames that arrived before they were asked for, by id
+        self.cond = threading.Condition()
+        self.lines = {"stdout": [], "stderr": []}
+        self.readers = [
+            threading.Thread(target=self._drain, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
+        ]
+        for t in self.readers:
+            t.start()
+
+    def _drain(self, name, stream):
+        for line in iter(stream.readline, b""):
+            with self.cond:
+                self.lines[name].append(line)
+                self.cond.notify_all()
+
+    # --- protocol ---
+
+    def _recv(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out waiting for a frame; stderr:\n" + self.stderr_text())
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(1 << 16)
+        except socket.timeout:
+            raise AssertionError("timed out waiting for a frame; stderr:\n" + self.stderr_text())
+        if not data:
+            raise EOFError("bootstrap closed the channel; stderr:\n" + self.stderr_text())
+        self.buf += data
+
+    def read_frame(self, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            self._recv(deadline)
+        line, self.buf = self.buf.split(b"\n", 1)
+        header = json.loads(line)
+        n = header.get("len") or 0
+        while len(self.buf) < n:
+            self._recv(deadline)
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return header, body
+
+    def frame_for(self, rid, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while rid not in self.early:
+            header, body = self.read_frame(max(0.0, deadline - time.monotonic()))
+            self.early[header.get("id")] = (header, body)
+        return self.early.pop(rid)
+
+    @staticmethod
+    def invoke_frame(rid, body=b"", method="POST", path="/", query="", headers=None, deadline_ms=None):
+        if isinstance(body, str):
+            body = body.encode()
+        header = {
+            "type": "invoke",
+            "id": rid,
+            "deadline_ms": now_ms() + 5000 if deadline_ms is None else deadline_ms,
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": headers if headers is not None else [["content-type", "application/json"]],
+            "len": len(body),
+        }
+        return json.dumps(header).encode() + b"\n" + body
+
+    def send(self, data):
+        self.sock.settimeout(TIMEOUT)
+        self.sock.sendall(data)
+
+    def invoke(self, rid, body=b"", **kw):
+        self.send(self.invoke_frame(rid, body, **kw))
+
+    def call(self, rid, body=b"", **kw):
+        self.invoke(rid, body, **kw)
+        return self.frame_for(rid)
+
+    # --- process and logs ---
+
+    def wait_exit(self, timeout=TIMEOUT):
+        return self.proc.wait(timeout=timeout)
+
+    def wait_lines(self, stream, pred, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not pred(self.lines[stream]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("timed out waiting on %s: %r" % (stream, self.lines[stream]))
+                self.cond.wait(left)
+            return list(self.lines[stream])
+
+    def wait_marker(self, rid, stream):
+        marker = MARKER + rid.encode() + b"\n"
+        lines = self.wait_lines(stream, lambda ls: marker in ls)
+        return lines[: lines.index(marker)]
+
+    def stderr_text(self):
+        with self.cond:
+            return b"".join(self.lines["stderr"]).decode("utf-8", "replace")
+
+    def wait_streams_closed(self):
+        for t in self.readers:
+            t.join(TIMEOUT)
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.wait_streams_closed()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Handler sources, per runtime, by the behaviour a test needs. Each entry is
+# (files, FLICK_HANDLER).
+
+PY = {
+    "echo": (
+        {
+            "main.py": """
+                def handler(event, context):
+                    return {
+                        "event": event,
+                        "request_id": context.aws_request_id,
+                        "function_name": context.function_name,
+                        "function_version": context.function_version,
+                        "memory": context.memory_limit_in_mb,
+                        "arn": context.invoked_function_arn,
+                        "log_group": context.log_group_name,
+                        "log_stream": context.log_stream_name,
+                        "remaining": context.get_remaining_time_in_millis(),
+                        "http": context.http,
+                    }
+            """
+        },
+        "main.handler",
+    ),
+    "http": (
+        {
+            "main.py": """
+                import base64
+
+                def handler(event, context):
+                    case = event["case"]
+                    if case == "full":
+                        return {
+                            "statusCode": 201,
+                            "headers": {"X-Custom": "a", "Content-Type": "text/html", "X-Both": "single"},
+                            "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"], "X-Both": ["m1", "m2"]},
+                            "body": "<b>hi</b>",
+                        }
+                    if case == "b64":
+                        return {
+                            "statusCode": 200,
+                            "headers": {"content-type": "image/png"},
+                            "isBase64Encoded": True,
+                            "body": base64.b64encode(b"\\x00\\x01\\xffPNG").decode(),
+                        }
+                    if case == "json_body":
+                        return {"statusCode": "202", "body": {"ok": True}}
+                    if case == "text":
+                        return {"statusCode": 404, "body": "nope"}
+                    if case == "no_body":
+                        return {"statusCode": 204}
+                    if case == "bytes":
+                        return b"\\x00raw\\xff"
+                    if case == "none":
+                        return None
+                    if case == "list":
+                        return [1, "two"]
+                    if case == "bad_status":
+                        return {"statusCode": 99999}
+                    if case == "unserializable":
+                        return {"x": object()}
+                    if case == "big":
+                        return {"statusCode": 200, "body": "y" * event["n"]}
+            """
+        },
+        "main.handler",
+    ),
+    "raw_event": (
+        {
+            "main.py": """
+                def handler(event, context):
+                    return {"event": event, "kind": type(event).__name__}
+            """
+        },
+        "main.handler",
+    ),
+    "big_echo": (
+        {
+            "main.py": """
+                def handler(event, context):
+                    return {"statusCode": 200, "headers": {"content-type": "text/plain"}, "body": event}
+            """
+        },
+        "main.handler",
+    ),
+    "openwhisk": (
+        {
+            "actions.py": """
+                def main(args):
+                    if args.get("web") == "1":
+                        return {"statusCode": 302, "headers": {"location": "/elsewhere"}, "body": "moved"}
+                    if args.get("empty") == "1":
+                        return {}
+                    return {"args": args}
+            """
+        },
+        "actions.main",
+    ),
+    "async": (
+        {
+            "main.py": """
+                import asyncio
+
+                LOCK = None
+
+                async def handler(event, context):
+                    global LOCK
+                    # A loop-bound object kept across calls must stay usable.
+                    if LOCK is None:
+                        LOCK = asyncio.Lock()
+                    async with LOCK:
+                        await asyncio.sleep(0.01)
+                    return {"async": True, "n": event["n"], "id": context.aws_request_id}
+            """
+        },
+        "main.handler",
+    ),
+    "fails": (
+        {
+            "main.py": """
+                import sys
+
+                def helper():
+                    return 1 / 0
+
+                def handler(event, context):
+                    if event.get("fail"):
+                        print("about to fail", file=sys.stderr)
+                        return helper()
+                    return {"ok": True}
+            """
+        },
+        "main.handler",
+    ),
+    "import_missing": ({"main.py": "import does_not_exist_anywhere\n\ndef handler(e, c):\n    return 1\n"}, "main.handler"),
+    "import_raises": ({"main.py": "raise RuntimeError('boom at import')\n"}, "main.handler"),
+    "syntax_error": ({"main.py": "def handler(event, context)\n    return 1\n"}, "main.handler"),
+    "no_module_file": ({"other.py": "x = 1\n"}, "main.handler"),
+    "handler_missing": ({"main.py": "def other(e, c):\n    return 1\n"}, "main.handler"),
+    "handler_not_callable": ({"main.py": "handler = 42\n"}, "main.handler"),
+    "malformed": ({"main.py": "def handler(e, c):\n    return 1\n"}, "handler"),
+    "logs": (
+        {
+            "main.py": """
+                import sys
+
+                def handler(event, context):
+                    print("line one")
+                    print("line two", event["n"])
+                    sys.stderr.write("to stderr\\n")
+                    return {"n": event["n"]}
+            """
+        },
+        "main.handler",
+    ),
+    "sleep": (
+        {
+            "main.py": """
+                import time
+
+                def handler(event, context):
+                    time.sleep(0.3)
+                    return {"id": context.aws_request_id}
+            """
+        },
+        "main.handler",
+    ),
+    "counter": (
+        {
+            "main.py": """
+                COUNT = 0
+
+                def handler(event, context):
+                    global COUNT
+                    COUNT += 1
+                    return {"count": COUNT}
+            """
+        },
+        "main.handler",
+    ),
+}
+
+NODE_SRC = {
+    "echo": (
+        {
+            "index.js": """
+                exports.handler = (event, context) => ({
+                  event,
+                  request_id: context.awsRequestId,
+                  function_name: context.functionName,
+                  function_version: context.functionVersion,
+                  memory: context.memoryLimitInMB,
+                  arn: context.invokedFunctionArn,
+                  log_group: context.logGroupName,
+                  log_stream: context.logStreamName,
+                  remaining: context.getRemainingTimeInMillis(),
+                  waits: context.callbackWaitsForEmptyEventLoop,
+                  http: context.http,
+                });
+            """
+        },
+        "index.handler",
+    ),
+    "http": (
+        {
+            "index.js": """
+                exports.handler = async (event) => {
+                  switch (event.case) {
+                    case 'full':
+                      return {
+                        statusCode: 201,
+                        headers: { 'X-Custom': 'a', 'Content-Type': 'text/html', 'X-Both': 'single' },
+                        multiValueHeaders: { 'Set-Cookie': ['a=1', 'b=2'], 'X-Both': ['m1', 'm2'] },
+                        body: '<b>hi</b>',
+                      };
+                    case 'b64':
+                      return {
+                        statusCode: 200,
+                        headers: { 'content-type': 'image/png' },
+                        isBase64Encoded: true,
+                        body: Buffer.from([0, 1, 255, 80, 78, 71]).toString('base64'),
+                      };
+                    case 'json_body': return { statusCode: '202', body: { ok: true } };
+                    case 'text': return { statusCode: 404, body: 'nope' };
+                    case 'no_body': return { statusCode: 204 };
+                    case 'bytes': return Buffer.from([0, 114, 97, 119, 255]);
+                    case 'none': return undefined;
+                    case 'list': return [1, 'two'];
+                    case 'bad_status': return { statusCode: 99999 };
+                    case 'unserializable': return { x: 10n };
+                    case 'big': return { statusCode: 200, body: 'y'.repeat(event.n) };
+                  }
+                };
+            """
+        },
+        "index.handler",
+    ),
+    "raw_event": (
+        {"index.js": "exports.handler = async (event) => ({ event, kind: typeof event });\n"},
+        "index.handler",
+    ),
+    "big_echo": (
+        {
+            "index.js": """
+                exports.handler = async (event) => ({ statusCode: 200, headers: { 'content-type': 'text/plain' }, body: event });
+            """
+        },
+        "index.handler",
+    ),
+    "openwhisk": (
+        {
+            "actions.js": """
+                exports.main = (args) => {
+                  if (args.web === '1') return { statusCode: 302, headers: { location: '/elsewhere' }, body: 'moved' };
+                  if (args.empty === '1') return Promise.resolve({});
+                  return Promise.resolve({ args });
+                };
+            """
+        },
+        "actions.main",
+    ),
+    "async": (
+        {
+            "index.js": """
+                const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+                exports.handler = async (event, context) => {
+                  await sleep(10);
+                  return { async: true, n: event.n, id: context.awsRequestId };
+                };
+            """
+        },
+        "index.handler",
+    ),
+    "fails": (
+        {
+            "index.js": """
+                function helper() {
+                  const o = null;
+                  return o.x;
+                }
+                exports.handler = async (event) => {
+                  if (event.fail) {
+                    console.error('about to fail');
+                    return helper();
+                  }
+                  return { ok: true };
+                };
+            """
+        },
+        "index.handler",
+    ),
+    "import_missing": (
+        {"index.js": "require('does-not-exist-anywhere');\nexports.handler = async () => 1;\n"},
+        "index.handler",
+    ),
+    "import_raises": ({"index.js": "throw new RangeError('boom at import');\n"}, "index.handler"),
+    "syntax_error": ({"index.js": "exports.handler = async (event => {\n  return 1;\n};\n"}, "index.handler"),
+    "no_module_file": ({"other.js": "module.exports = {};\n"}, "index.handler"),
+    "handler_missing": ({"index.js": "exports.other = async () => 1;\n"}, "index.handler"),
+    "handler_not_callable": ({"index.js": "exports.handler = 42;\n"}, "index.handler"),
+    "malformed": ({"index.js": "exports.handler = async () => 1;\n"}, "handler"),
+    "logs": (
+        {
+            "index.js": """
+                exports.handler = async (event) => {
+                  console.log('line one');
+                  console.log('line two', event.n);
+                  process.stderr.write('to stderr\\n');
+                  return { n: event.n };
+                };
+            """
+        },
+        "index.handler",
+    ),
+    "sleep": (
+        {
+            "index.js": """
+                exports.handler = async (event, context) => {
+                  await new Promise((r) => setTimeout(r, 300));
+                  return { id: context.awsRequestId };
+                };
+            """
+        },
+        "index.handler",
+    ),
+    "counter": (
+        {
+            "index.js": """
+                let count = 0;
+                exports.handler = async () => ({ count: ++count });
+            """
+        },
+        "index.handler",
+    ),
+}
+
+
+class BootstrapContract(object):
+    """The behaviour both bootstraps share; subclasses pick the runtime."""
+
+    runtime = None
+    SOURCES = None
+    memory_value = None  # how the runtime's context reports FLICK_MEMORY_MB
+    error_type = None  # what the "fails" handler raises
+    code_file = None  # the file that appears in its trace
+
+    def start(self, key=None, files=None, handler=None, **kw):
+        if key is not None:
+            files, handler = self.SOURCES[key]
+        inst = Instance(self.runtime, files, handler, **kw)
+        self.addCleanup(inst.stop)
+        return inst
+
+    def start_ready(self, key=None, **kw):
+        inst = self.start(key, **kw)
+        header, body = inst.read_frame()
+        self.assertEqual(header, {"type": "ready"}, inst.stderr_text())
+        self.assertEqual(body, b"")
+        return inst
+
+    def result(self, inst, rid, body=b"", **kw):
+        header, out = inst.call(rid, body, **kw)
+        self.assertEqual(header["type"], "result", "%r\nstderr:\n%s" % (header, inst.stderr_text()))
+        self.assertEqual(header["id"], rid)
+        return header, out
+
+    def json_result(self, inst, rid, event=None, **kw):
+        body = b"" if event is None else json.dumps(event).encode()
+        header, out = self.result(inst, rid, body, **kw)
+        self.assertEqual(header["status"], 200)
+        self.assertIn(["content-type", "application/json"], header["headers"])
+        return json.loads(out)
+
+    def init_error(self, key):
+        inst = self.start(key)
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertEqual(inst.wait_exit(), 1)
+        inst.wait_streams_closed()
+        return header["error"], inst.stderr_text()
+
+    # --- start-up ---
+
+    def test_ready(self):
+        self.start_ready("echo")
+
+    def test_import_error_sends_init_error_and_exits_1(self):
+        error, stderr = self.init_error("import_missing")
+        self.assertEqual(error["type"], "Runtime.ImportModuleError")
+        self.assertIn("does", error["message"])
+        self.assertTrue(error["trace"], error)
+        self.assertIn("does", stderr)
+        self.assertIn(self.import_trace_hint, stderr)
+
+    def test_module_raising_on_import_is_an_import_error(self):
+        error, stderr = self.init_error("import_raises")
+        self.assertEqual(error["type"], "Runtime.ImportModuleError")
+        self.assertIn("boom at import", error["message"])
+        self.assertIn("boom at import", stderr)
+        self.assertTrue(any("boom at import" in line for line in error["trace"]), error)
+
+    def test_syntax_error_is_reported_as_such(self):
+        error, stderr = self.init_error("syntax_error")
+        self.assertEqual(error["type"], "Runtime.UserCodeSyntaxError")
+        self.assertIn("SyntaxError", stderr)
+
+    def test_missing_module_file(self):
+        error, _ = self.init_error("no_module_file")
+        self.assertEqual(error["type"], "Runtime.ImportModuleError")
+
+    def test_handler_not_found(self):
+        error, stderr = self.init_error("handler_missing")
+        self.assertEqual(error["type"], "Runtime.HandlerNotFound")
+        self.assertIn("handler", error["message"])
+        self.assertIn("Runtime.HandlerNotFound", stderr)
+
+    def test_handler_not_callable(self):
+        error, _ = self.init_error("handler_not_callable")
+        self.assertEqual(error["type"], "Runtime.HandlerNotFound")
+
+    def test_malformed_handler_name(self):
+        error, _ = self.init_error("malformed")
+        self.assertEqual(error["type"], "Runtime.MalformedHandlerName")
+
+    # --- Lambda shape ---
+
+    def test_lambda_json_event_and_context(self):
+        inst = self.start_ready("echo")
+        before = now_ms()
+        deadline = before + 5000
+        got = self.json_result(
+            inst,
+            "req-1",
+            {"a": 1, "b": [True, None]},
+            method="PUT",
+            path="/sub/path",
+            query="a=1&b=two",
+            headers=[["content-type", "application/json"], ["x-rep", "1"], ["x-rep", "2"]],
+            deadline_ms=deadline,
+        )
+        self.assertEqual(got["event"], {"a": 1, "b": [True, None]})
+        self.assertEqual(got["request_id"], "req-1")
+        self.assertEqual(got["function_name"], "echo-fn")
+        self.assertEqual(got["function_version"], "3")
+        self.assertEqual(got["memory"], self.memory_value)
+        self.assertEqual(got["arn"], "arn:aws:lambda:local:000000000000:function:echo-fn")
+        self.assertEqual(got["log_group"], "/aws/lambda/echo-fn")
+        self.assertTrue(got["log_stream"])
+        self.assertGreater(got["remaining"], 0)
+        self.assertLessEqual(got["remaining"], deadline - before)
+        self.assertEqual(
+            got["http"],
+            {
+                "method": "PUT",
+                "path": "/sub/path",
+                "query": "a=1&b=two",
+                "headers": {"content-type": "application/json", "x-rep": "2"},
+            },
+        )
+
+    def test_remaining_time_is_never_negative(self):
+        inst = self.start_ready("echo")
+        got = self.json_result(inst, "late", {}, deadline_ms=now_ms() - 1000)
+        self.assertEqual(got["remaining"], 0)
+
+    def test_empty_body_is_an_empty_object_event(self):
+        inst = self.start_ready("raw_event")
+        got = self.json_result(inst, "empty", None)
+        self.assertEqual(got["event"], {})
+
+    def test_non_json_body_is_a_string_event(self):
+        inst = self.start_ready("raw_event")
+        header, out = self.result(inst, "raw", b"hello \xff world", headers=[["content-type", "text/plain"]])
+        got = json.loads(out)
+        self.assertEqual(got["event"], "hello \ufffd world")
+        self.assertEqual(got["kind"], "str" if self.runtime == "python" else "string")
+        # Valid JSON that is not an object is still JSON.
+        got = self.json_result(inst, "scalar", 42)
+        self.assertEqual(got["event"], 42)
+
+    def test_status_code_response(self):
+        inst = self.start_ready("http")
+        header, out = self.result(inst, "full", json.dumps({"case": "full"}))
+        self.assertEqual(header["status"], 201)
+        self.assertEqual(out, b"<b>hi</b>")
+        hs = header["headers"]
+        self.assertIn(["x-custom", "a"], hs)
+        self.assertIn(["content-type", "text/html"], hs)
+        self.assertEqual([v for k, v in hs if k == "set-cookie"], ["a=1", "b=2"])
+        # multiValueHeaders wins over headers for the same name, as API Gateway.
+        self.assertEqual([v for k, v in hs if k == "x-both"], ["m1", "m2"])
+        self.assertEqual(len([k for k, _ in hs if k == "content-type"]), 1)
+
+    def test_base64_body(self):
+        inst = self.start_ready("http")
+        header, out = self.result(inst, "b64", json.dumps({"case": "b64"}))
+        self.assertEqual(header["status"], 200)
+        self.assertEqual(out, b"\x00\x01\xffPNG")
+        self.assertEqual(header["len"], 6)
+        self.assertIn(["content-type", "image/png"], header["headers"])
+
+    def test_response_defaults(self):
+        inst = self.start_ready("http")
+        header, out = self.result(inst, "j", json.dumps({"case": "json_body"}))
+        self.assertEqual(header["status"], 202)
+        self.assertEqual(json.loads(out), {"ok": True})
+        self.assertIn(["content-type", "application/json"], header["headers"])
+
+        header, out = self.result(inst, "t", json.dumps({"case": "text"}))
+        self.assertEqual(header["status"], 404)
+        self.assertEqual(out, b"nope")
+        self.assertIn(["content-type", "text/plain; charset=utf-8"], header["headers"])
+
+        header, out = self.result(inst, "nb", json.dumps({"case": "no_body"}))
+        self.assertEqual(header["status"], 204)
+        self.assertEqual(out, b"")
+        self.assertNotIn("len", {k: v for k, v in header.items() if v})
+
+    def test_plain_return_values(self):
+        inst = self.start_ready("http")
+        header, out = self.result(inst, "b", json.dumps({"case": "bytes"}))
+        self.assertEqual(out, b"\x00raw\xff")
+        self.assertIn(["content-type", "application/octet-stream"], header["headers"])
+        self.assertEqual(self.json_result(inst, "n", {"case": "none"}), None)
+        self.assertEqual(self.json_result(inst, "l", {"case": "list"}), [1, "two"])
+
+    def test_unmarshalable_result_is_a_marshal_error_and_instance_survives(self):
+        inst = self.start_ready("http")
+        for rid, case in (("bad1", "bad_status"), ("bad2", "unserializable")):
+            header, _ = inst.call(rid, json.dumps({"case": case}))
+            self.assertEqual(header["type"], "error", header)
+            self.assertEqual(header["error"]["type"], "Runtime.MarshalError")
+            inst.wait_marker(rid, "stdout")
+        self.assertEqual(self.json_result(inst, "after", {"case": "list"}), [1, "two"])
+
+    def test_large_bodies_both_ways(self):
+        inst = self.start_ready("big_echo")
+        payload = (b"0123456789abcdef" * 4096 * 32)[: (2 << 20) + 3]  # 2 MiB and change, not JSON
+        header, out = self.result(inst, "big", payload, headers=[["content-type", "text/plain"]])
+        self.assertEqual(header["len"], len(payload))
+        self.assertEqual(out, payload)
+
+    def test_frames_split_across_writes_and_pipelined(self):
+        inst = self.start_ready("raw_event")
+        frame = inst.invoke_frame("split", json.dumps({"x": "y" * 1000}))
+        for i in range(0, len(frame), 97):
+            inst.send(frame[i : i + 97])
+            time.sleep(0.001)
+        got = json.loads(inst.frame_for("split")[1])
+        self.assertEqual(got["event"], {"x": "y" * 1000})
+        # Several frames in one write, answered one by one.
+        inst.send(b"".join(inst.invoke_frame("p%d" % i, json.dumps(i)) for i in range(5)))
+        for i in range(5):
+            header, out = inst.frame_for("p%d" % i)
+            self.assertEqual(json.loads(out)["event"], i)
+
+    def test_unknown_frame_types_are_ignored(self):
+        inst = self.start_ready("raw_event")
+        inst.send(json.dumps({"type": "from-the-future", "len": 3}).encode() + b"\nabc")
+        self.assertEqual(self.json_result(inst, "after", {"k": 1})["event"], {"k": 1})
+
+    # --- OpenWhisk shape ---
+
+    def test_openwhisk_params(self):
+        inst = self.start_ready("openwhisk")
+        got = self.json_result(
+            inst,
+            "ow",
+            {"c": "from-body", "d": [1]},
+            method="POST",
+            path="/sub/path",
+            query="a=1&b=two&b=three&c=from-query",
+            headers=[["content-type", "application/json"], ["x-h", "v"]],
+        )
+        self.assertEqual(
+            got["args"],
+            {
+                "a": "1",
+                "b": "three",
+                "c": "from-body",
+                "d": [1],
+                "__ow_method": "post",
+                "__ow_headers": {"content-type": "application/json", "x-h": "v"},
+                "__ow_path": "/sub/path",
+            },
+        )
+
+    def test_openwhisk_raw_body(self):
+        inst = self.start_ready("openwhisk")
+        header, out = self.result(inst, "raw", b"plain text", method="GET", headers=[])
+        got = json.loads(out)["args"]
+        self.assertEqual(got["__ow_body"], "plain text")
+        self.assertEqual(got["__ow_method"], "get")
+        self.assertEqual(got["__ow_headers"], {})
+        # A JSON body that is not an object is raw too.
+        got = self.json_result(inst, "arr", [1, 2])["args"]
+        self.assertEqual(got["__ow_body"], "[1, 2]")
+
+    def test_openwhisk_web_response(self):
+        inst = self.start_ready("openwhisk")
+        header, out = self.result(inst, "web", query="web=1")
+        self.assertEqual(header["status"], 302)
+        self.assertIn(["location", "/elsewhere"], header["headers"])
+        self.assertIn(["content-type", "text/plain; charset=utf-8"], header["headers"])
+        self.assertEqual(out, b"moved")
+        # An empty dict is a JSON result, not an empty HTTP response.
+        self.assertEqual(self.json_result(inst, "empty", query="empty=1"), {})
+
+    # --- async, errors, logs ---
+
+    def test_async_handler(self):
+        inst = self.start_ready("async")
+        for i in range(3):
+            got = self.json_result(inst, "a%d" % i, {"n": i})
+            self.assertEqual(got, {"async": True, "n": i, "id": "a%d" % i})
+
+    def test_handler_exception_is_an_error_frame_and_instance_keeps_serving(self):
+        inst = self.start_ready("fails")
+        header, body = inst.call("boom", json.dumps({"fail": True}))
+        self.assertEqual(header["type"], "error", header)
+        self.assertEqual(header["id"], "boom")
+        self.assertEqual(body, b"")
+        error = header["error"]
+        self.assertEqual(error["type"], self.error_type)
+        self.assertTrue(error["message"])
+        self.assertTrue(any(self.code_file in line for line in error["trace"]), error)
+        self.assertTrue(any("helper" in line for line in error["trace"]), error)
+        # The trace is in the logs too, before the end marker.
+        before = b"".join(inst.wait_marker("boom", "stderr")).decode()
+        self.assertIn("about to fail", before)
+        self.assertIn(self.error_type, before)
+        self.assertIn("helper", before)
+        inst.wait_marker("boom", "stdout")
+
+        self.assertEqual(self.json_result(inst, "fine", {}), {"ok": True})
+
+    def test_output_comes_before_the_end_markers_on_both_streams(self):
+        inst = self.start_ready("logs")
+        for n in (1, 2):
+            rid = "log-%d" % n
+            self.assertEqual(self.json_result(inst, rid, {"n": n}), {"n": n})
+            out = inst.wait_marker(rid, "stdout")
+            err = inst.wait_marker(rid, "stderr")
+            self.assertEqual(out[-2:], [b"line one\n", b"line two %d\n" % n])
+            self.assertEqual(err[-1], b"to stderr\n")
+
+    # --- instance life ---
+
+    def test_concurrent_invocations_overlap(self):
+        inst = self.start_ready("sleep", concurrency=4)
+        ids = ["c%d" % i for i in range(4)]
+        started = time.monotonic()
+        inst.send(b"".join(inst.invoke_frame(rid, b"{}") for rid in ids))
+        for rid in ids:
+            header, out = inst.frame_for(rid)
+            self.assertEqual(header["type"], "result", header)
+            self.assertEqual(json.loads(out), {"id": rid})
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 4 * 0.3, "4 concurrent 0.3 s calls took %.2f s" % elapsed)
+
+    def test_concurrency_one_serves_pipelined_invokes_in_turn(self):
+        inst = self.start_ready("counter")
+        inst.send(b"".join(inst.invoke_frame("s%d" % i) for i in range(4)))
+        counts = [json.loads(inst.frame_for("s%d" % i)[1])["count"] for i in range(4)]
+        self.assertEqual(counts, [1, 2, 3, 4])
+
+    def test_eof_on_the_channel_exits_0(self):
+        inst = self.start_ready("echo")
+        self.json_result(inst, "once", {})
+        inst.sock.close()
+        self.assertEqual(inst.wait_exit(5), 0)
+
+    def test_eof_exits_promptly_even_with_calls_in_flight(self):
+        inst = self.start_ready("sleep", concurrency=2)
+        inst.invoke("inflight", b"{}")
+        time.sleep(0.05)
+        started = time.monotonic()
+        inst.sock.close()
+        self.assertEqual(inst.wait_exit(5), 0)
+        self.assertLess(time.monotonic() - started, 2.0)
+
+    def test_warm_instance_keeps_module_state(self):
+        inst = self.start_ready("counter")
+        self.assertEqual([self.json_result(inst, "w%d" % i, {})["count"] for i in range(5)], [1, 2, 3, 4, 5])
+
+
+class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
+    runtime = "python"
+    SOURCES = PY
+    memory_value = 256
+    error_type = "ZeroDivisionError"
+    code_file = "main.py"
+    import_trace_hint = "Traceback"
+
+    def test_openfaas_handle(self):
+        files = {
+            "handler.py": """
+                def handle(req):
+                    if req == "bytes":
+                        return b"\\x00raw"
+                    if req == "none":
+                        return None
+                    if req == "json":
+                        return {"a": 1}
+                    return "hello " + req
+            """
+        }
+        inst = self.start_ready(files=files, handler="handler.handle")
+        header, out = self.result(inst, "s", b"world \xe2\x82\xac", headers=[])
+        self.assertEqual(out, "hello world \u20ac".encode())
+        self.assertIn(["content-type", "text/plain; charset=utf-8"], header["headers"])
+        header, out = self.result(inst, "b", b"bytes")
+        self.assertEqual(out, b"\x00raw")
+        self.assertIn(["content-type", "application/octet-stream"], header["headers"])
+        header, out = self.result(inst, "n", b"none")
+        self.assertEqual((header["status"], out), (200, b""))
+        header, out = self.result(inst, "j", b"json")
+        self.assertEqual(json.loads(out), {"a": 1})
+        self.assertIn(["content-type", "application/json"], header["headers"])
+
+    def test_shapes_see_through_decorators_and_methods(self):
+        files = {
+            "main.py": """
+                import functools
+
+                def logged(fn):
+                    @functools.wraps(fn)
+                    def wrapper(*args, **kwargs):
+                        return fn(*args, **kwargs)
+                    return wrapper
+
+                @logged
+                def handle(req):
+                    return "wrapped " + req
+
+                class App:
+                    def handler(self, event, context):
+                        return {"method": event}
+
+                app_handler = App().handler
+            """
+        }
+        inst = self.start_ready(files=files, handler="main.handle")
+        self.assertEqual(self.result(inst, "d", b"x")[1], b"wrapped x")
+        inst = self.start_ready(files=files, handler="main.app_handler")
+        self.assertEqual(self.json_result(inst, "m", "e"), {"method": "e"})
+
+    def test_async_handler_concurrent(self):
+        files = {
+            "main.py": """
+                import asyncio
+
+                async def handler(event, context):
+                    await asyncio.sleep(0.3)
+                    return {"id": context.aws_request_id}
+            """
+        }
+        inst = self.start_ready(files=files, handler="main.handler", concurrency=4)
+        ids = ["ac%d" % i for i in range(4)]
+        started = time.monotonic()
+        inst.send(b"".join(inst.invoke_frame(rid, b"{}") for rid in ids))
+        for rid in ids:
+            self.assertEqual(json.loads(inst.frame_for(rid)[1]), {"id": rid})
+        self.assertLess(time.monotonic() - started, 4 * 0.3)
+
+    def test_sync_handler_returning_an_awaitable(self):
+        files = {
+            "main.py": """
+                import asyncio
+
+                async def work(n):
+                    await asyncio.sleep(0)
+                    return n * 2
+
+                def handler(event, context):
+                    return work(event)
+            """
+        }
+        for concurrency in (1, 3):
+            inst = self.start_ready(files=files, handler="main.handler", concurrency=concurrency)
+            self.assertEqual(self.json_result(inst, "aw", 21), 42)
+
+    def test_dependencies_and_code_dir_are_importable(self):
+        files = {
+            ".deps/python/depmod/__init__.py": "VALUE = 'from deps'\n",
+            "lib/helpers.py": "def twice(x):\n    return x * 2\n",
+            "lib/__init__.py": "",
+            "main.py": """
+                import sys
+                import depmod
+                from lib.helpers import twice
+
+                def handler(event, context):
+                    return {"dep": depmod.VALUE, "twice": twice(21), "path0": sys.path[0]}
+            """,
+        }
+        inst = self.start_ready(files=files, handler="main.handler")
+        got = self.json_result(inst, "deps", {})
+        self.assertEqual(got["dep"], "from deps")
+        self.assertEqual(got["twice"], 42)
+        self.assertEqual(got["path0"], inst.dir)
+
+    def test_handler_in_a_subdirectory(self):
+        files = {"src/app.py": "def handler(event, context):\n    return {'where': 'src/app'}\n"}
+        inst = self.start_ready(files=files, handler="src/app.handler")
+        self.assertEqual(self.json_result(inst, "sub", {}), {"where": "src/app"})
+
+    def test_system_exit_in_handler_is_an_error_not_an_exit(self):
+        files = {"main.py": "import sys\n\ndef handler(event, context):\n    sys.exit(3)\n"}
+        inst = self.start_ready(files=files, handler="main.handler")
+        header, _ = inst.call("exit", b"{}")
+        self.assertEqual(header["error"]["type"], "SystemExit")
+        header, _ = inst.call("again", b"{}")
+        self.assertEqual(header["type"], "error")
+
+
+class NodeBootstrapTest(BootstrapContract, unittest.TestCase):
+    runtime = "node"
+    SOURCES = NODE_SRC
+    memory_value = "256"
+    error_type = "TypeError"
+    code_file = "index.js"
+    import_trace_hint = "Cannot find module"
+
+    def test_callback_style_handler(self):
+        files = {
+            "index.js": """
+                exports.handler = function (event, context, callback) {
+                  if (event.fail) return setTimeout(() => callback(new RangeError('cb failed')), 5);
+                  if (event.legacy) return context.succeed({ legacy: true });
+                  setTimeout(() => callback(null, { cb: event.x, id: context.awsRequestId }), 5);
+                };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.handler")
+        self.assertEqual(self.json_result(inst, "cb", {"x": 7}), {"cb": 7, "id": "cb"})
+        header, _ = inst.call("cbf", json.dumps({"fail": True}))
+        self.assertEqual((header["type"], header["error"]["type"]), ("error", "RangeError"))
+        self.assertEqual(header["error"]["message"], "cb failed")
+        self.assertEqual(self.json_result(inst, "leg", {"legacy": True}), {"legacy": True})
+
+    def test_esm_handlers(self):
+        mjs = {"index.mjs": "export const handler = async (event) => ({ esm: 'mjs', event });\n"}
+        inst = self.start_ready(files=mjs, handler="index.handler")
+        self.assertEqual(self.json_result(inst, "m", {"k": 1}), {"esm": "mjs", "event": {"k": 1}})
+
+        typed = {
+            "package.json": '{"type": "module"}\n',
+            "index.js": """
+                const answer = await Promise.resolve(42);
+                export async function handler() { return { esm: 'type-module', answer }; }
+            """,
+        }
+        inst = self.start_ready(files=typed, handler="index.handler")
+        self.assertEqual(self.json_result(inst, "t", {}), {"esm": "type-module", "answer": 42})
+
+    def test_cjs_and_subdirectory_handlers(self):
+        files = {
+            "src/app.js": "exports.handler = async () => ({ where: 'src/app.js' });\n",
+            "lib.cjs": "exports.handler = async () => ({ where: 'lib.cjs' });\n",
+            "node_modules/dep/index.js": "module.exports = 'from node_modules';\n",
+            "withdep.js": "const dep = require('dep');\nexports.handler = async () => ({ dep });\n",
+        }
+        inst = self.start_ready(files=files, handler="src/app.handler")
+        self.assertEqual(self.json_result(inst, "s", {}), {"where": "src/app.js"})
+        inst = self.start_ready(files=files, handler="lib.handler")
+        self.assertEqual(self.json_result(inst, "c", {}), {"where": "lib.cjs"})
+        inst = self.start_ready(files=files, handler="withdep.handler")
+        self.assertEqual(self.json_result(inst, "d", {}), {"dep": "from node_modules"})
+
+    def test_custom_error_class_name(self):
+        files = {
+            "index.js": """
+                class NotFound extends Error {}
+                exports.handler = async () => { throw new NotFound('no such thing'); };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.handler")
+        header, _ = inst.call("nf", b"{}")
+        self.assertEqual(header["error"]["type"], "NotFound")
+        self.assertEqual(header["error"]["message"], "no such thing")
+
+    def test_unhandled_rejection_fails_only_its_invocation(self):
+        files = {
+            "index.js": """
+                exports.handler = (event) => {
+                  if (event.stray) {
+                    Promise.reject(new RangeError('stray rejection'));
+                    return new Promise(() => {});
+                  }
+                  if (event.throwLater) {
+                    setTimeout(() => { throw new EvalError('thrown in a timer'); }, 5);
+                    return new Promise(() => {});
+                  }
+                  return { ok: true };
+                };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.handler")
+        header, _ = inst.call("stray", json.dumps({"stray": True}))
+        self.assertEqual(header["type"], "error", header)
+        self.assertEqual(header["error"]["type"], "RangeError")
+        self.assertEqual(header["error"]["message"], "stray rejection")
+        header, _ = inst.call("timer", json.dumps({"throwLater": True}))
+        self.assertEqual(header["error"]["type"], "EvalError")
+        self.assertEqual(self.json_result(inst, "ok", {}), {"ok": True})
+        self.assertIsNone(inst.proc.poll())
+
+    def test_unhandled_rejection_is_attributed_among_concurrent_calls(self):
+        files = {
+            "index.js": """
+                const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+                exports.handler = async (event, context) => {
+                  if (event.stray) {
+                    await sleep(20);
+                    Promise.reject(new RangeError('stray ' + context.awsRequestId));
+                    await new Promise(() => {});
+                  }
+                  await sleep(100);
+                  return { ok: context.awsRequestId };
+                };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.handler", concurrency=4)
+        inst.send(
+            inst.invoke_frame("good1", b"{}")
+            + inst.invoke_frame("bad", json.dumps({"stray": True}))
+            + inst.invoke_frame("good2", b"{}")
+        )
+        header, _ = inst.frame_for("bad")
+        self.assertEqual(header["error"]["message"], "stray bad")
+        for rid in ("good1", "good2"):
+            header, out = inst.frame_for(rid)
+            self.assertEqual(json.loads(out), {"ok": rid})
+
+    def test_markers_survive_a_patched_stdout(self):
+        files = {
+            "index.js": """
+                const write = process.stdout.write.bind(process.stdout);
+                process.stdout.write = (chunk, ...rest) => write('[app] ' + chunk, ...rest);
+                exports.handler = async () => { console.log('hello'); return {}; };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.handler")
+        self.json_result(inst, "p", {})
+        self.assertEqual(inst.wait_marker("p", "stdout")[-1], b"[app] hello\n")
+
+
+if __name__ == "__main__":
+    unittest.main()

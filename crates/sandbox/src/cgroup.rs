@@ -1,0 +1,217 @@
+//! One cgroup per instance: memory, pids and CPU limits, out-of-memory
+//! detection, and removal. cgroup v1 (one hierarchy per controller) and v2
+//! (one unified hierarchy) are both supported.
+//!
+//! All of an instance's cgroups live under a per-data-dir parent,
+//! `flick-<scope>`, so a restarted flick can find and remove what a killed
+//! one left behind without touching another flick's instances.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Where this host keeps cgroups, resolved once.
+#[derive(Clone, Debug)]
+pub enum Hierarchy {
+    /// Parent dirs for the memory, pids and cpu controllers.
+    V1 { memory: PathBuf, pids: PathBuf, cpu: PathBuf },
+    V2 { parent: PathBuf },
+}
+
+/// Limits applied to one instance.
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupLimits {
+    pub memory: u64,
+    pub pids: u32,
+    /// CPUs the instance may use at most (1.0 = one core).
+    pub cpus: f64,
+}
+
+impl Hierarchy {
+    /// Finds the hierarchy and creates this scope's parent cgroup(s) under
+    /// the cgroup flick itself runs in.
+    pub fn detect(scope: &str) -> Result<Self, String> {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let own_path = |controller: &str| -> Option<String> {
+            own.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                ctrls.split(',').any(|c| c == controller).then(|| path.trim_start_matches('/').to_string())
+            })
+        };
+        let name = format!("flick-{scope}");
+        if Path::new(ROOT).join("memory/cgroup.procs").exists() {
+            let mut dirs = Vec::new();
+            for controller in ["memory", "pids", "cpu"] {
+                let base = Path::new(ROOT).join(controller);
+                if !base.join("cgroup.procs").exists() {
+                    return Err(format!("cgroup v1 controller `{controller}` is not mounted at {}", base.display()));
+                }
+                let dir = base.join(own_path(controller).unwrap_or_default()).join(&name);
+                fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                dirs.push(dir);
+            }
+            let cpu = dirs.pop().unwrap_or_default();
+            let pids = dirs.pop().unwrap_or_default();
+            let memory = dirs.pop().unwrap_or_default();
+            return Ok(Self::V1 { memory, pids, cpu });
+        }
+        if Path::new(ROOT).join("cgroup.controllers").exists() {
+            // v2 forbids processes in inner nodes, so instances go in a
+            // sibling tree at the root rather than under flick's own cgroup.
+            let parent = Path::new(ROOT).join(&name);
+            fs::create_dir_all(&parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            let enable = "+memory +pids +cpu";
+            let _ = fs::write(Path::new(ROOT).join("cgroup.subtree_control"), enable);
+            fs::write(parent.join("cgroup.subtree_control"), enable)
+                .map_err(|e| format!("enabling memory, pids and cpu in {}: {e}", parent.display()))?;
+            return Ok(Self::V2 { parent });
+        }
+        Err(format!("no cgroup hierarchy found under {ROOT}"))
+    }
+
+    /// Removes this scope's (empty) parent cgroups.
+    pub fn remove_scope(&self) {
+        for parent in self.parents() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+
+    fn parents(&self) -> Vec<&Path> {
+        match self {
+            Self::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
+            Self::V2 { parent } => vec![parent],
+        }
+    }
+
+    /// Creates the cgroup of one instance and opens its `cgroup.procs`
+    /// files, which the child writes itself into before it execs.
+    pub fn create(&self, name: &str, limits: CgroupLimits) -> std::io::Result<(Cgroup, Vec<OwnedFd>)> {
+        let dirs: Vec<PathBuf> = self.parents().iter().map(|p| p.join(name)).collect();
+        for dir in &dirs {
+            fs::create_dir_all(dir)?;
+        }
+        let cgroup = Cgroup { dirs, v2: matches!(self, Self::V2 { .. }) };
+        if let Err(e) = cgroup.apply(limits) {
+            cgroup.destroy();
+            return Err(e);
+        }
+        let mut fds = Vec::new();
+        for dir in &cgroup.dirs {
+            let file = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+            fds.push(OwnedFd::from(file));
+        }
+        Ok((cgroup, fds))
+    }
+
+    /// Removes every instance cgroup of this scope, killing what is still
+    /// in them (what a SIGKILLed flick left behind). Returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut names = std::collections::BTreeSet::new();
+        for parent in self.parents() {
+            if let Ok(entries) = fs::read_dir(parent) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        names.insert(e.file_name());
+                    }
+                }
+            }
+        }
+        for name in &names {
+            let dirs = self.parents().iter().map(|p| p.join(name)).collect();
+            Cgroup { dirs, v2: matches!(self, Self::V2 { .. }) }.destroy();
+        }
+        names.len()
+    }
+}
+
+/// The cgroup(s) of one instance.
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+impl Cgroup {
+    fn apply(&self, l: CgroupLimits) -> std::io::Result<()> {
+        let period: u64 = 100_000;
+        let quota = ((l.cpus * period as f64) as u64).max(1000);
+        // One share per MiB: under contention CPU follows memory, as on Lambda.
+        let shares = (l.memory >> 20).clamp(2, 262_144);
+        if self.v2 {
+            let d = &self.dirs[0];
+            write(d, "memory.max", l.memory)?;
+            let _ = write(d, "memory.swap.max", 0);
+            write(d, "pids.max", l.pids)?;
+            fs::write(d.join("cpu.max"), format!("{quota} {period}"))?;
+            let _ = write(d, "cpu.weight", (shares * 100 / 1024).clamp(1, 10_000));
+        } else {
+            let (memory, pids, cpu) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
+            write(memory, "memory.limit_in_bytes", l.memory)?;
+            // No swap either, where swap accounting exists.
+            let _ = write(memory, "memory.memsw.limit_in_bytes", l.memory);
+            write(pids, "pids.max", l.pids)?;
+            write(cpu, "cpu.cfs_period_us", period)?;
+            write(cpu, "cpu.cfs_quota_us", quota)?;
+            let _ = write(cpu, "cpu.shares", shares);
+        }
+        Ok(())
+    }
+
+    /// Did the kernel kill a process of this cgroup for exceeding its memory?
+    pub fn oom_killed(&self) -> bool {
+        let (dir, file) = if self.v2 { (&self.dirs[0], "memory.events") } else { (&self.dirs[0], "memory.oom_control") };
+        fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+            text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim().parse::<u64>().unwrap_or(0) > 0))
+        })
+    }
+
+    /// Kills every process in the cgroup but `spared`; returns how many.
+    /// Sparing the outer process lets it reap the inner one, so no zombie
+    /// is left for init.
+    pub fn kill_all_except(&self, spared: u32) -> usize {
+        let Ok(procs) = fs::read_to_string(self.dirs[0].join("cgroup.procs")) else { return 0 };
+        let mut killed = 0;
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            if pid as u32 != spared {
+                crate::kill_pid(pid);
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// Kills anything left in the cgroup and removes it.
+    pub fn destroy(&self) {
+        for _ in 0..50 {
+            let mut all_gone = true;
+            for dir in &self.dirs {
+                if !dir.exists() {
+                    continue;
+                }
+                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                        crate::kill_pid(pid);
+                    }
+                }
+                if fs::remove_dir(dir).is_err() {
+                    all_gone = false;
+                }
+            }
+            if all_gone {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!(cgroups = ?self.dirs, "could not remove instance cgroup");
+    }
+}
+
+fn write(dir: &Path, file: &str, value: impl std::fmt::Display) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(dir.join(file))?;
+    f.write_all(value.to_string().as_bytes())
+}

@@ -1,0 +1,251 @@
+//! What runs in the child between `fork` and `exec`: the linear set-up of
+//! one sandbox, in the order the kernel requires.
+//!
+//! Only async-signal-safe system calls are allowed here (the parent is
+//! multi-threaded): everything was allocated beforehand, nothing here
+//! allocates, locks or formats.
+//!
+//! ```text
+//! join cgroups → rlimits → fd 3 → unshare(mnt, pid, ipc, uts[, net])
+//!   → fork: the outer process waits and mirrors the inner's exit;
+//!           the inner is pid 1 of the new pid namespace and goes on:
+//!   → hostname → build root → pivot_root → lo up
+//!   → drop capabilities → unprivileged uid/gid → no_new_privs → seccomp → exec
+//! ```
+#![allow(unsafe_code)]
+
+use std::io::Error;
+use std::os::fd::RawFd;
+
+use crate::mounts::{Op, Plan};
+
+/// Everything the child needs, prepared by the parent.
+pub struct Setup {
+    /// flick's pid: if the child's parent is no longer it, flick died
+    /// before PDEATHSIG was armed.
+    pub parent_pid: libc::pid_t,
+    pub cgroup_procs: Vec<RawFd>,
+    pub protocol_fd: Option<RawFd>,
+    pub nofile: u64,
+    pub isolate: Option<Isolation>,
+}
+
+pub struct Isolation {
+    pub plan: Plan,
+    pub hostname: &'static [u8],
+    pub new_net: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub code_dir: std::ffi::CString,
+    pub filter: Vec<libc::sock_filter>,
+}
+
+fn check(ret: libc::c_int) -> Result<(), Error> {
+    if ret < 0 { Err(Error::last_os_error()) } else { Ok(()) }
+}
+
+/// # Safety
+/// Must only be called in a freshly forked child before exec.
+pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
+    // SAFETY (whole function): each call below is a plain system call on
+    // memory the parent prepared and that outlives the child's use of it.
+    unsafe {
+        // Die with flick, so a SIGKILLed flick leaves no instances behind.
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        if libc::getppid() != setup.parent_pid {
+            return Err(Error::other("parent exited"));
+        }
+        for fd in &setup.cgroup_procs {
+            // "0" means the writing process; children inherit the cgroup.
+            if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(Error::last_os_error());
+            }
+            libc::close(*fd);
+        }
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+        let nofile = libc::rlimit { rlim_cur: setup.nofile, rlim_max: setup.nofile };
+        check(libc::setrlimit(libc::RLIMIT_NOFILE, &nofile))?;
+        if let Some(fd) = setup.protocol_fd {
+            if fd == crate::PROTOCOL_FD {
+                // dup2 onto itself is a no-op that keeps FD_CLOEXEC: clear it.
+                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
+            } else {
+                // dup2 clears FD_CLOEXEC on the copy, so fd 3 survives exec.
+                check(libc::dup2(fd, crate::PROTOCOL_FD))?;
+            }
+        }
+        let Some(iso) = &setup.isolate else { return Ok(()) };
+
+        let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if iso.new_net {
+            flags |= libc::CLONE_NEWNET;
+        }
+        check(libc::unshare(flags))?;
+        // A new pid namespace applies to children only: fork once more.
+        let pid = libc::fork();
+        if pid < 0 {
+            return Err(Error::last_os_error());
+        }
+        if pid > 0 {
+            wait_and_mirror(pid);
+        }
+        check(libc::sethostname(iso.hostname.as_ptr().cast(), iso.hostname.len()))?;
+        build_root(&iso.plan)?;
+        check(libc::chdir(iso.code_dir.as_ptr()))?;
+        if iso.new_net {
+            loopback_up()?;
+        }
+        // Drop every capability from the bounding set while we still may.
+        for cap in 0..=63 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return Err(Error::last_os_error());
+            }
+        }
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(iso.gid, iso.gid, iso.gid))?;
+        // Leaving uid 0 clears the permitted, effective and ambient sets.
+        check(libc::setresuid(iso.uid, iso.uid, iso.uid))?;
+        // Changing credentials clears the parent-death signal: arm it now,
+        // so this process dies with the outer one (and that one with flick).
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        if !iso.filter.is_empty() {
+            let prog = libc::sock_fprog { len: iso.filter.len() as u16, filter: iso.filter.as_ptr() as *mut _ };
+            check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
+        }
+        Ok(())
+    }
+}
+
+/// The outer process: holds nothing open, waits for the inner one, exits
+/// the way it exited (so an OOM kill still reads as SIGKILL to flick).
+unsafe fn wait_and_mirror(pid: libc::pid_t) -> ! {
+    // SAFETY: plain system calls; this process never returns to Rust code.
+    unsafe {
+        // Shows in `ps` as what it is, not as a second `flick up`.
+        libc::prctl(libc::PR_SET_NAME, c"flick-sandbox".as_ptr());
+        // It never execs, so close-on-exec never fires here: close every
+        // descriptor by hand, or it would hold the instance's pipes (and
+        // flick's other files) open and the instance would never see EOF.
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) < 0 {
+            for fd in 0..65_536 {
+                libc::close(fd);
+            }
+        }
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 {
+            if Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 127 })
+    }
+}
+
+unsafe fn build_root(plan: &Plan) -> Result<(), Error> {
+    // SAFETY: every pointer is a NUL-terminated CString owned by `plan`.
+    unsafe {
+        let none = std::ptr::null::<libc::c_char>();
+        // Nothing we mount may propagate back to the host.
+        check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            plan.root.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"size=1m,mode=755".as_ptr().cast(),
+        ))?;
+        for op in &plan.ops {
+            match op {
+                Op::Mkdir(p) => {
+                    if libc::mkdir(p.as_ptr(), 0o755) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                        return Err(Error::last_os_error());
+                    }
+                }
+                Op::Touch(p) => {
+                    let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                    if fd < 0 {
+                        return Err(Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Op::Symlink { target, link } => check(libc::symlink(target.as_ptr(), link.as_ptr()))?,
+                Op::Bind { src, dst, readonly, dev } => {
+                    check(libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+                    if *readonly {
+                        flags |= libc::MS_RDONLY;
+                    }
+                    if !*dev {
+                        flags |= libc::MS_NODEV;
+                    }
+                    check(libc::mount(none, dst.as_ptr(), none, flags, std::ptr::null()))?;
+                }
+                Op::Tmpfs { dst, options } => check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    dst.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    options.as_ptr().cast(),
+                ))?,
+                Op::Proc { dst } => check(libc::mount(
+                    c"proc".as_ptr(),
+                    dst.as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))?,
+            }
+        }
+        // Make the new root the root, then let go of the old one entirely.
+        check(libc::chdir(plan.root.as_ptr()))?;
+        check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
+        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+        check(libc::chdir(c"/".as_ptr()))?;
+        // The skeleton itself is read-only; only /tmp and /dev/shm are writable.
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            std::ptr::null(),
+        ))?;
+        Ok(())
+    }
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// A new network namespace has only `lo`, and it is down: bring it up so
+/// functions can still talk to themselves over 127.0.0.1.
+unsafe fn loopback_up() -> Result<(), Error> {
+    const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+    const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+    // SAFETY: the ioctls read and write an ifreq we own.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(Error::last_os_error());
+        }
+        let mut req = IfReqFlags { name: [0; 16], flags: 0, _pad: [0; 22] };
+        req.name[..2].copy_from_slice(b"lo");
+        let ok = libc::ioctl(sock, SIOCGIFFLAGS, &mut req) >= 0 && {
+            req.flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock, SIOCSIFFLAGS, &req) >= 0
+        };
+        let err = Error::last_os_error();
+        libc::close(sock);
+        if ok { Ok(()) } else { Err(err) }
+    }
+}

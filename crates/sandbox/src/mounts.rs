@@ -1,0 +1,155 @@
+//! The filesystem an instance sees: a fresh root holding only what the
+//! runtimes need from the host (read-only), the function's code read-only
+//! at `/var/task`, the bootstraps at `/var/runtime`, a private size-capped
+//! `/tmp`, its own `/proc`, and a minimal `/dev`. Nothing else of the host
+//! — not the data dir, not other functions' code, not `/root`, not `/etc/shadow`.
+//!
+//! The plan is built in the parent (allocation is fine there); the child
+//! only walks it with raw system calls between fork and exec.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub const CODE: &str = "/var/task";
+pub const RUNTIME: &str = "/var/runtime";
+
+/// Host directories shared read-only (when they exist).
+const HOST_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+/// Host files and dirs under /etc that programs need to run, resolve names
+/// and verify TLS; deliberately not the whole of /etc (shadow, ssh keys, …).
+const HOST_ETC: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/localtime",
+    "/etc/os-release",
+    "/etc/mime.types",
+];
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+
+#[derive(Debug)]
+pub enum Op {
+    Mkdir(CString),
+    Touch(CString),
+    Symlink { target: CString, link: CString },
+    Bind { src: CString, dst: CString, readonly: bool, dev: bool },
+    Tmpfs { dst: CString, options: CString },
+    Proc { dst: CString },
+}
+
+/// Everything the child does to build its root, in order.
+#[derive(Debug)]
+pub struct Plan {
+    /// An empty host directory; each instance mounts its own tmpfs there in
+    /// its private mount namespace, so instances never see each other's.
+    pub root: CString,
+    pub ops: Vec<Op>,
+}
+
+fn c(path: impl AsRef<Path>) -> CString {
+    // Paths come from the host or from validated config: no NUL bytes.
+    CString::new(path.as_ref().as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// What to mount besides the fixed host set.
+pub struct Inputs<'a> {
+    pub root: &'a Path,
+    pub code: &'a Path,
+    pub runtime: &'a Path,
+    /// Extra host paths shared read-only at the same place (the Python
+    /// interpreter's prefix, say, when it lives under /root or /opt).
+    pub extra_ro: &'a [PathBuf],
+    pub tmp_size: u64,
+}
+
+pub fn plan(i: &Inputs<'_>) -> Plan {
+    let inside = |p: &str| i.root.join(p.trim_start_matches('/'));
+    let mut ops = Vec::new();
+    let mut made: Vec<PathBuf> = Vec::new();
+    let mut mkdir_all = |ops: &mut Vec<Op>, dir: &Path| {
+        let mut cur = i.root.to_path_buf();
+        for comp in dir.strip_prefix(i.root).unwrap_or(dir).components() {
+            cur.push(comp);
+            if !made.contains(&cur) {
+                made.push(cur.clone());
+                ops.push(Op::Mkdir(c(&cur)));
+            }
+        }
+    };
+    let mut share = |ops: &mut Vec<Op>, host: &Path, dev: bool| {
+        let dst = inside(&host.to_string_lossy());
+        match std::fs::symlink_metadata(host) {
+            Err(_) => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                // Merged-/usr hosts have /bin → usr/bin: keep it a link.
+                if let Ok(target) = std::fs::read_link(host) {
+                    mkdir_all(ops, dst.parent().unwrap_or(i.root));
+                    ops.push(Op::Symlink { target: c(target), link: c(&dst) });
+                }
+            }
+            Ok(m) => {
+                if m.is_dir() {
+                    mkdir_all(ops, &dst);
+                } else {
+                    mkdir_all(ops, dst.parent().unwrap_or(i.root));
+                    ops.push(Op::Touch(c(&dst)));
+                }
+                ops.push(Op::Bind { src: c(host), dst: c(&dst), readonly: true, dev });
+            }
+        }
+    };
+    for dir in HOST_DIRS.iter().chain(HOST_ETC) {
+        share(&mut ops, Path::new(dir), false);
+    }
+    for extra in i.extra_ro {
+        share(&mut ops, extra, false);
+    }
+
+    let code = inside(CODE);
+    mkdir_all(&mut ops, &code);
+    ops.push(Op::Bind { src: c(i.code), dst: c(&code), readonly: true, dev: false });
+    let runtime = inside(RUNTIME);
+    mkdir_all(&mut ops, &runtime);
+    ops.push(Op::Bind { src: c(i.runtime), dst: c(&runtime), readonly: true, dev: false });
+
+    let tmp = inside("/tmp");
+    mkdir_all(&mut ops, &tmp);
+    ops.push(Op::Tmpfs { dst: c(&tmp), options: c(format!("size={},mode=1777", i.tmp_size.max(4096))) });
+
+    let dev = inside("/dev");
+    mkdir_all(&mut ops, &dev);
+    ops.push(Op::Tmpfs { dst: c(&dev), options: c("size=64k,mode=755") });
+    for d in DEVICES {
+        if Path::new(d).exists() {
+            ops.push(Op::Touch(c(inside(d))));
+            ops.push(Op::Bind { src: c(d), dst: c(inside(d)), readonly: false, dev: true });
+        }
+    }
+    for (name, target) in
+        [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+    {
+        ops.push(Op::Symlink { target: c(target), link: c(dev.join(name)) });
+    }
+    let shm = inside("/dev/shm");
+    ops.push(Op::Mkdir(c(&shm)));
+    ops.push(Op::Tmpfs { dst: c(&shm), options: c("size=16m,mode=1777") });
+
+    let proc_dir = inside("/proc");
+    mkdir_all(&mut ops, &proc_dir);
+    ops.push(Op::Proc { dst: c(&proc_dir) });
+
+    Plan { root: c(i.root), ops }
+}
