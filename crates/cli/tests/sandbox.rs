@@ -1,0 +1,384 @@
+//! The hostile-function suite: functions that try to escape or starve the
+//! host. Each attack must be contained, its activation must say what
+//! happened, and an ordinary function must keep answering during and after.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Flick, manifest};
+
+/// An ordinary function, to prove the platform keeps serving.
+fn deploy_canary(flick: &Flick) {
+    flick.deploy_files(
+        "canary",
+        &[
+            ("flick.toml", &manifest("canary", "python3", "main.handler", "concurrency = 4\n")),
+            ("main.py", "def handler(event, context):\n    return {'ok': event.get('n', 0) * 2}\n"),
+        ],
+    );
+}
+
+fn assert_canary_answers(flick: &Flick) {
+    let r = flick.invoke("canary", r#"{"n": 21}"#);
+    assert_eq!(r.status, 200, "canary failed: {}", r.text());
+    assert_eq!(r.json()["ok"], 42);
+}
+
+/// Deploys a python3 function `name` with `code` as main.py and `extra` manifest lines.
+fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) {
+    flick.deploy_files(name, &[("flick.toml", &manifest(name, "python3", "main.handler", extra)), ("main.py", code)]);
+}
+
+/// Invokes `name` in a thread while checking the canary from this one.
+fn attack_while_canary_answers(flick: &Flick, name: &str, body: &str) -> common::Reply {
+    std::thread::scope(|s| {
+        let attack = s.spawn(|| flick.invoke(name, body));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_canary_answers(flick);
+        let r = attack.join().unwrap();
+        assert_canary_answers(flick);
+        r
+    })
+}
+
+#[test]
+fn an_instance_is_unprivileged_filtered_and_alone() {
+    let flick = Flick::start();
+    deploy_py(
+        &flick,
+        "introspect",
+        "",
+        r#"
+import ctypes, os, socket
+def handler(event, context):
+    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)
+    libc = ctypes.CDLL(None, use_errno=True)
+    mount = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
+    mount_errno = ctypes.get_errno()
+    unshare = libc.unshare(0x10000000)  # CLONE_NEWUSER
+    unshare_errno = ctypes.get_errno()
+    return {
+        'uid': os.getuid(), 'gid': os.getgid(), 'pid': os.getpid(),
+        'cap_eff': status['CapEff'].strip(), 'cap_bnd': status['CapBnd'].strip(),
+        'no_new_privs': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(),
+        'hostname': socket.gethostname(), 'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
+        'mount': [mount, mount_errno], 'unshare': [unshare, unshare_errno],
+        'root': sorted(os.listdir('/')), 'cwd': os.getcwd(),
+    }
+"#,
+    );
+    let r = flick.invoke("introspect", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_ne!(v["uid"], 0, "runs as root: {v}");
+    assert_ne!(v["gid"], 0);
+    assert_eq!(v["cap_eff"], "0000000000000000");
+    assert_eq!(v["cap_bnd"], "0000000000000000");
+    assert_eq!(v["no_new_privs"], "1");
+    assert_eq!(v["seccomp"], "2");
+    assert_eq!(v["hostname"], "flick");
+    assert_eq!(v["pid"], 1, "own pid namespace");
+    assert!(v["procs"].as_array().unwrap().len() <= 3, "sees other processes: {}", v["procs"]);
+    assert_eq!(v["mount"], serde_json::json!([-1, 1]), "mount must fail with EPERM");
+    assert_eq!(v["unshare"], serde_json::json!([-1, 1]), "unshare must fail with EPERM");
+    assert_eq!(v["cwd"], "/var/task");
+    let root: Vec<&str> = v["root"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    for hidden in ["home", "srv", "work", "mnt", "boot", "sys"] {
+        assert!(!root.contains(&hidden), "/{hidden} is visible: {root:?}");
+    }
+}
+
+#[test]
+fn secrets_other_code_and_the_host_are_out_of_reach() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(
+        &flick,
+        "snoop",
+        "",
+        r#"
+import os
+def attempt(path):
+    try:
+        with open(path, 'rb') as f:
+            return 'READ %d bytes' % len(f.read())
+    except OSError as e:
+        return type(e).__name__
+def handler(event, context):
+    return {p: attempt(p) for p in event['paths']}
+"#,
+    );
+    let data = flick.data_dir().canonicalize().unwrap();
+    let canary_code = std::fs::read_dir(data.join("code"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("main.py"))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("'ok'")))
+        .expect("canary code on disk");
+    let paths = [
+        data.join("admin.key").display().to_string(),
+        data.join("flick.db").display().to_string(),
+        canary_code.display().to_string(),
+        "/etc/shadow".into(),
+        "/root/.bash_history".into(),
+        "/proc/1/root/etc/shadow".into(),
+    ];
+    let body = serde_json::json!({ "paths": paths }).to_string();
+    let r = flick.invoke("snoop", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for p in &paths {
+        let outcome = v[p].as_str().unwrap();
+        assert!(!outcome.starts_with("READ"), "{p} was readable from inside the sandbox");
+    }
+    // The same kind of read works on the function's own code: the probe can succeed.
+    let own = flick.invoke("snoop", r#"{"paths": ["/var/task/main.py"]}"#).json();
+    assert!(own["/var/task/main.py"].as_str().unwrap().starts_with("READ"), "{own}");
+    assert!(!flick.invoke("snoop", &body).text().contains(&flick.key));
+}
+
+#[test]
+fn code_is_read_only_and_tmp_is_private_and_capped() {
+    let flick = Flick::start();
+    deploy_py(
+        &flick,
+        "writer",
+        "tmp_size = \"8MiB\"\n",
+        r#"
+import errno, os
+def try_write(path, size):
+    try:
+        with open(path, 'wb') as f:
+            chunk = b'x' * (1 << 20)
+            for _ in range(size):
+                f.write(chunk)
+        return 'wrote'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def handler(event, context):
+    out = {
+        'code': try_write('/var/task/evil.py', 1),
+        'root': try_write('/evil', 1),
+        'tmp_small': try_write('/tmp/small', 1),
+        'tmp_huge': try_write('/tmp/huge', 100),
+    }
+    if os.path.exists('/tmp/huge'):
+        os.remove('/tmp/huge')
+    return out
+"#,
+    );
+    let v = flick.invoke("writer", "{}").json();
+    assert_eq!(v["code"], "EROFS", "{v}");
+    assert_eq!(v["root"], "EROFS", "{v}");
+    assert_eq!(v["tmp_small"], "wrote", "{v}");
+    assert_eq!(v["tmp_huge"], "ENOSPC", "{v}");
+    // Nothing reached the host's copy of the code.
+    let data = flick.data_dir();
+    let leaked = std::fs::read_dir(data.join("code")).unwrap().any(|e| e.unwrap().path().join("evil.py").exists());
+    assert!(!leaked);
+}
+
+#[test]
+fn a_fork_bomb_is_contained() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(
+        &flick,
+        "forkbomb",
+        "timeout = \"3s\"\n",
+        r#"
+import os
+def handler(event, context):
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            pass
+"#,
+    );
+    let r = attack_while_canary_answers(&flick, "forkbomb", "{}");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(flick.activation(&r.activation_id())["status"], "timeout");
+    // Every forked process died with the instance.
+    assert!(flick.wait_until(Duration::from_secs(10), || flick.instances("forkbomb") == 0));
+}
+
+#[test]
+fn memory_over_the_limit_is_out_of_memory() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(
+        &flick,
+        "hog",
+        "memory = \"64MiB\"\n",
+        r#"
+def handler(event, context):
+    if event.get('hog'):
+        blocks = [bytearray(64 << 20) for _ in range(10)]
+        return {'allocated': len(blocks)}
+    return {'fine': True}
+"#,
+    );
+    let r = attack_while_canary_answers(&flick, "hog", r#"{"hog": true}"#);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "Runtime.OutOfMemory");
+    let a = flick.activation(&r.activation_id());
+    assert_eq!(a["status"], "out_of_memory");
+    // The function itself recovers on a fresh instance.
+    let r = flick.invoke("hog", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["fine"], true);
+}
+
+#[test]
+fn an_infinite_loop_times_out_and_the_host_keeps_serving() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(&flick, "spin", "timeout = \"2s\"\n", "def handler(event, context):\n    while True:\n        pass\n");
+    let r = attack_while_canary_answers(&flick, "spin", "{}");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(flick.activation(&r.activation_id())["status"], "timeout");
+}
+
+#[test]
+fn signals_cannot_reach_outside_the_sandbox() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(
+        &flick,
+        "killer",
+        "",
+        r#"
+import os, signal
+def handler(event, context):
+    out = {}
+    for pid in event['pids']:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            out[str(pid)] = 'killed'
+        except OSError as e:
+            out[str(pid)] = type(e).__name__
+    return out
+"#,
+    );
+    let pid = flick.pid();
+    let body = serde_json::json!({ "pids": [pid, std::process::id(), 2] }).to_string();
+    let r = flick.invoke("killer", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v[pid.to_string()], "ProcessLookupError", "{v}");
+    assert_eq!(v[std::process::id().to_string()], "ProcessLookupError", "{v}");
+    // kill(-1) only reaches its own namespace: the instance dies, flick does not.
+    deploy_py(&flick, "suicide", "", "import os\ndef handler(event, context):\n    os.kill(-1, 9)\n");
+    let r = flick.invoke("suicide", "{}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(flick.get_anon("/healthz").status, 200);
+    assert_canary_answers(&flick);
+}
+
+#[test]
+fn network_none_reaches_nothing_and_host_does() {
+    let flick = Flick::start();
+    let code = r#"
+import socket
+def handler(event, context):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(('127.0.0.1', event['port']))
+        return 'connected'
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+"#;
+    deploy_py(&flick, "offline", "", code);
+    deploy_py(&flick, "online", "network = \"host\"\n", code);
+    let port: u16 = flick.base.rsplit(':').next().unwrap().parse().unwrap();
+    let body = format!("{{\"port\": {port}}}");
+    assert_eq!(flick.invoke("offline", &body).json(), "ConnectionRefusedError");
+    assert_eq!(flick.invoke("online", &body).json(), "connected", "control: host network reaches flick");
+}
+
+#[test]
+fn gigabytes_of_output_are_capped() {
+    let flick = Flick::start();
+    deploy_canary(&flick);
+    deploy_py(
+        &flick,
+        "chatty",
+        "timeout = \"20s\"\n",
+        r#"
+import sys
+def handler(event, context):
+    line = 'x' * 1023 + '\n'
+    block = line * 1024
+    for _ in range(1024):
+        sys.stdout.write(block)
+    sys.stdout.flush()
+    return 'done'
+"#,
+    );
+    let r = attack_while_canary_answers(&flick, "chatty", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a = flick.activation(&r.activation_id());
+    assert_eq!(a["status"], "success");
+    assert_eq!(a["logs_truncated"], true);
+    assert!(a["logs"].as_array().unwrap().len() <= 1000);
+    // flick did not buffer the gigabyte.
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", flick.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().unwrap()))
+        .unwrap();
+    assert!(rss_kib < 300 * 1024, "flick RSS grew to {rss_kib} KiB");
+}
+
+/// Instance cgroups named after a flick pid, anywhere under the pids hierarchy.
+fn instance_cgroups(flick_pid: u32) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, prefix: &str, depth: usize, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                out.push(e.path());
+            } else if depth > 0 {
+                walk(&e.path(), prefix, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for root in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+        walk(std::path::Path::new(root), &format!("i{flick_pid}-"), 4, &mut out);
+    }
+    out
+}
+
+#[test]
+fn nothing_is_left_after_sigkill_and_restart() {
+    let flick = Flick::start();
+    deploy_py(&flick, "warm", "", "def handler(event, context):\n    return 'hi'\n");
+    assert_eq!(flick.invoke("warm", "{}").status, 200);
+    let pid = flick.pid();
+    let cgroups = instance_cgroups(pid);
+    assert!(!cgroups.is_empty(), "expected a cgroup for the warm instance");
+    let members: Vec<String> = cgroups
+        .iter()
+        .flat_map(|c| std::fs::read_to_string(c.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert!(!members.is_empty(), "the warm instance runs in its cgroup");
+
+    let dir = flick.kill9();
+    // The instance dies with flick (parent-death signal)...
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        members.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    });
+    assert!(gone, "instance processes outlived flick: {members:?}");
+    // ...and the restarted flick sweeps the cgroups the killed one left.
+    let flick = Flick::start_in(dir, &[]);
+    assert!(cgroups.iter().all(|c| !c.exists()), "cgroups left behind: {cgroups:?}");
+    assert_eq!(flick.invoke("warm", "{}").status, 200);
+}
