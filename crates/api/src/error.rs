@@ -39,6 +39,7 @@ impl ApiError {
                 }
                 P::Dependencies { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "dependencies_failed"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+                P::HostFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "host_full"),
                 P::Store(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
@@ -57,7 +58,7 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::TOO_MANY_REQUESTS => {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

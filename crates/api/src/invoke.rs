@@ -42,12 +42,17 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         })
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
+    let budget = match parts.headers.get("x-flick-deadline") {
+        None => None,
+        Some(v) => Some(parse_deadline(v.to_str().unwrap_or(""))?),
+    };
     let request = InvokeRequest {
         method: parts.method.as_str().to_string(),
         path,
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body,
+        budget,
     };
     let done = state.platform.invoke(&name, request).await?;
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -62,5 +67,24 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         h.insert("x-flick-activation-id", v);
     }
     h.insert("x-flick-status", HeaderValue::from_static(done.activation.status.as_str()));
+    let a = &done.activation;
+    let timing = format!(
+        "queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}, total;dur={:.3}",
+        a.wait_ms, a.init_ms, a.exec_ms, a.duration_ms
+    );
+    if let Ok(v) = HeaderValue::try_from(timing) {
+        h.insert("server-timing", v);
+    }
     Ok(resp)
+}
+
+/// `X-Flick-Deadline`: the caller's time budget in milliseconds, counted
+/// from when flick receives the request.
+fn parse_deadline(value: &str) -> Result<std::time::Duration, ApiError> {
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(ApiError::BadRequest(format!(
+            "X-Flick-Deadline must be a positive number of milliseconds, got `{value}`"
+        ))),
+    }
 }

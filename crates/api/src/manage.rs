@@ -109,12 +109,20 @@ pub(crate) async fn get_activation(State(s): State<AppState>, headers: HeaderMap
 
 pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
     s.key.check(&headers)?;
-    let instances: Vec<Value> = s
-        .platform
-        .scheduler()
-        .instance_counts()
+    let scheduler = s.platform.scheduler();
+    let instances: Vec<Value> = scheduler
+        .status()
         .into_iter()
-        .map(|(function, revision, count)| json!({ "function": function, "revision": revision, "instances": count }))
+        .map(|p| {
+            json!({ "function": p.function, "revision": p.revision, "instances": p.instances,
+                    "starting": p.starting, "inflight": p.inflight, "waiting": p.waiting })
+        })
         .collect();
-    Ok(Json(json!({ "instances": instances })).into_response())
+    let ((used, memory), limits) = scheduler.budget();
+    Ok(Json(json!({
+        "instances": instances,
+        "budget": { "instances": used, "memory": memory,
+                    "max_instances": limits.max_instances, "max_memory": limits.max_memory },
+    }))
+    .into_response())
 }

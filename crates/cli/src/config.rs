@@ -37,6 +37,14 @@ pub struct Config {
     pub instance_pids: u32,
     pub instance_cpus: f64,
     pub instance_nofile: u64,
+    /// Longest a request waits for a busy function before a 429.
+    pub queue_timeout: Duration,
+    /// Requests that may wait per function before new ones get a 429 at once.
+    pub max_queue: u32,
+    /// Host-wide bound on running instances.
+    pub max_instances_total: u32,
+    /// Host-wide bound on the sum of instances' `memory`.
+    pub max_instance_memory: u64,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -62,6 +70,10 @@ struct FileConfig {
     instance_pids: Option<u32>,
     instance_cpus: Option<f64>,
     instance_nofile: Option<u64>,
+    queue_timeout: Option<String>,
+    max_queue: Option<u32>,
+    max_instances_total: Option<u32>,
+    max_instance_memory: Option<String>,
 }
 
 impl Config {
@@ -113,6 +125,11 @@ impl Config {
             instance_pids: file.instance_pids.unwrap_or(256),
             instance_cpus: file.instance_cpus.unwrap_or(1.0),
             instance_nofile: file.instance_nofile.unwrap_or(1024),
+            queue_timeout: duration("queue_timeout", &file.queue_timeout, Duration::from_secs(10))?,
+            max_queue: file.max_queue.unwrap_or(100),
+            max_instances_total: file.max_instances_total.unwrap_or(1000),
+            // Most of the machine: instances rarely use their whole limit.
+            max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
         };
         if config.instance_uid == 0 || config.instance_gid == 0 {
             bail!("`instance_uid` and `instance_gid` must not be 0 (root)");
@@ -128,6 +145,16 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// Bytes of RAM on this host (MemTotal), or 4 GiB if unknown.
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix(" kB")?.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib << 10)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

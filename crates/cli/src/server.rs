@@ -10,7 +10,7 @@ use flick_package::UnpackLimits;
 use flick_platform::{Platform, PlatformConfig, Retention};
 use flick_runtime::{Launcher, LogLimits, RuntimeConfig};
 use flick_sandbox::{Sandbox, SandboxConfig};
-use flick_scheduler::Scheduler;
+use flick_scheduler::{BudgetLimits, QueuePolicy, Scheduler, SchedulerConfig};
 use flick_store::{CodeStore, SqliteStore};
 use tokio::sync::watch;
 
@@ -41,7 +41,13 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     )
     .context("installing the language bootstraps")?;
     let python = interpreters.python.clone();
-    let scheduler = Scheduler::new(launcher);
+    let scheduler = Scheduler::new(
+        launcher,
+        SchedulerConfig {
+            budget: BudgetLimits { max_instances: config.max_instances_total, max_memory: config.max_instance_memory },
+            queue: QueuePolicy { timeout: config.queue_timeout, max_waiting: config.max_queue },
+        },
+    );
     let platform = Platform::new(
         Arc::new(store),
         code,
@@ -150,7 +156,11 @@ impl Interpreters {
             .with_context(|| format!("{} not found (set `python` in config.toml)", python_cmd.display()))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let lines: Vec<&str> = text.lines().collect();
-        anyhow::ensure!(out.status.success() && lines.len() == 3, "{} did not report its executable", python_cmd.display());
+        anyhow::ensure!(
+            out.status.success() && lines.len() == 3,
+            "{} did not report its executable",
+            python_cmd.display()
+        );
         let python = PathBuf::from(lines[0]);
         let mut extra_ro: Vec<PathBuf> = lines[1..].iter().map(PathBuf::from).collect();
         let node = which(&config.node).unwrap_or_else(|| config.node.clone());
@@ -158,7 +168,11 @@ impl Interpreters {
             extra_ro.push(prefix.to_path_buf());
         }
         // Only what the sandbox's fixed set (/usr, /bin, /lib…) lacks.
-        extra_ro.retain(|p| !["/usr", "/bin", "/lib", "/lib64", "/sbin", "/"].iter().any(|sys| p == Path::new(sys) || p.starts_with(sys) && *sys != "/"));
+        extra_ro.retain(|p| {
+            !["/usr", "/bin", "/lib", "/lib64", "/sbin", "/"]
+                .iter()
+                .any(|sys| p == Path::new(sys) || p.starts_with(sys) && *sys != "/")
+        });
         extra_ro.sort();
         extra_ro.dedup();
         Ok(Self { python, node, extra_ro })
@@ -178,7 +192,10 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
     let runtime_dir = data.join("runtime");
     std::fs::create_dir_all(&runtime_dir)?;
     if config.insecure_no_sandbox {
-        eprintln!("WARNING: --insecure-no-sandbox: functions run WITHOUT isolation, as {}; run only code you trust", whoami());
+        eprintln!(
+            "WARNING: --insecure-no-sandbox: functions run WITHOUT isolation, as {}; run only code you trust",
+            whoami()
+        );
         return Ok(Sandbox::unisolated(runtime_dir));
     }
     let sandbox_config = SandboxConfig {

@@ -32,7 +32,9 @@ impl ActivationStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Error, Self::Timeout, Self::OutOfMemory, Self::PlatformError].into_iter().find(|k| k.as_str() == s)
+        [Self::Success, Self::Error, Self::Timeout, Self::OutOfMemory, Self::PlatformError]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -66,6 +68,9 @@ pub struct Activation {
     pub init_ms: f64,
     /// Time spent waiting for a free instance slot.
     pub wait_ms: f64,
+    /// Time the instance spent on the request itself.
+    #[serde(default)]
+    pub exec_ms: f64,
     pub cold: bool,
     pub status: ActivationStatus,
     /// The HTTP status the caller received.

@@ -185,7 +185,9 @@ impl Manifest {
             None if runtime == RuntimeKind::Http => Network::Host,
             None | Some("none") => Network::None,
             Some("host") => Network::Host,
-            Some(other) => return Err(invalid("network", format!("`{other}` is not a network (use \"none\" or \"host\")"))),
+            Some(other) => {
+                return Err(invalid("network", format!("`{other}` is not a network (use \"none\" or \"host\")")));
+            }
         };
         if runtime == RuntimeKind::Http && network == Network::None {
             return Err(invalid(

@@ -24,8 +24,10 @@ pub enum PlatformError {
     Dependencies { tool: String, status: String, output: String },
     #[error("{0}")]
     BadRequest(String),
-    #[error("function `{function}` is at capacity: all {max} instances are busy (retry later)")]
-    Overloaded { function: String, max: u32 },
+    #[error("function `{function}` is at capacity: {reason} (retry later)")]
+    Overloaded { function: String, reason: String },
+    #[error("the host is at its instance budget; `{function}` could not start an instance in time (retry later)")]
+    HostFull { function: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]

@@ -22,6 +22,9 @@ pub struct InvokeRequest {
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The caller's own time budget (`X-Flick-Deadline`), if shorter than
+    /// the function's `timeout`.
+    pub budget: Option<Duration>,
 }
 
 /// What the caller gets back, and the record it left.
@@ -45,7 +48,10 @@ impl Platform {
         let id = ActivationId::generate();
         let start_ms = now_ms();
         let started = Instant::now();
-        let deadline = started + manifest.timeout;
+        // One deadline for the whole request: queueing, cold start and
+        // execution all spend from it.
+        let budget = req.budget.map_or(manifest.timeout, |b| b.min(manifest.timeout));
+        let deadline = started + budget;
         let request = Request {
             id: id.to_string(),
             method: req.method,
@@ -54,22 +60,25 @@ impl Platform {
             headers: req.headers,
             body: req.body,
             deadline,
-            deadline_ms: start_ms + manifest.timeout.as_millis() as i64,
+            deadline_ms: start_ms + budget.as_millis() as i64,
         };
 
-        let mut record = Record { cold: false, init: Duration::ZERO, wait: Duration::ZERO };
+        let mut record = Record { cold: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
+        let function = || route.revision.function.clone();
         let (outcome, logs) = match route.pool.acquire(deadline).await {
             Ok(mut lease) => {
-                record = Record { cold: lease.cold, init: lease.init, wait: lease.wait };
+                let exec_started = Instant::now();
                 let invoked = lease.instance().invoke(request).await;
+                record = Record { cold: lease.cold, init: lease.init, wait: lease.wait, exec: exec_started.elapsed() };
                 if !invoked.reusable {
                     lease.discard();
                 }
                 (invoked.outcome, invoked.logs)
             }
-            Err(AcquireError::Overloaded { max }) => {
-                return Err(PlatformError::Overloaded { function: route.revision.function.clone(), max });
+            Err(e @ (AcquireError::Overloaded { .. } | AcquireError::QueueFull { .. })) => {
+                return Err(PlatformError::Overloaded { function: function(), reason: e.to_string() });
             }
+            Err(AcquireError::HostFull) => return Err(PlatformError::HostFull { function: function() }),
             Err(AcquireError::Start(e)) => {
                 record.cold = true;
                 record.init = started.elapsed();
@@ -93,6 +102,7 @@ impl Platform {
             duration_ms: ms(started.elapsed()),
             init_ms: ms(record.init),
             wait_ms: ms(record.wait),
+            exec_ms: ms(record.exec),
             cold: record.cold,
             status,
             http_status: response.status,
@@ -159,6 +169,7 @@ struct Record {
     cold: bool,
     init: Duration,
     wait: Duration,
+    exec: Duration,
 }
 
 fn ms(d: Duration) -> f64 {

@@ -54,7 +54,8 @@ const MIGRATIONS: &[&str] = &[
         response           TEXT NOT NULL,
         response_truncated INTEGER NOT NULL,
         logs_json          TEXT NOT NULL,
-        logs_truncated     INTEGER NOT NULL
+        logs_truncated     INTEGER NOT NULL,
+        exec_ms            REAL NOT NULL
     );
     CREATE INDEX activations_function_seq ON activations(function, seq);
     CREATE INDEX activations_start_ms ON activations(start_ms);
@@ -216,7 +217,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 }
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
-     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated";
+     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -251,6 +252,7 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         response_truncated: row.get(13)?,
         logs,
         logs_truncated: row.get(15)?,
+        exec_ms: row.get(16)?,
     }))
 }
 
@@ -408,8 +410,8 @@ impl Store for SqliteStore {
             // even after pruning, so it stays a valid follow cursor.
             conn.execute(
                 "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     a.id.as_str(),
                     a.function,
@@ -426,6 +428,7 @@ impl Store for SqliteStore {
                     a.response_truncated,
                     logs_json,
                     a.logs_truncated,
+                    a.exec_ms,
                 ],
             )?;
             Ok(conn.last_insert_rowid())
@@ -531,6 +534,7 @@ mod tests {
             duration_ms: 11.75,
             init_ms: 0.0,
             wait_ms: 0.25,
+            exec_ms: 11.5,
             cold: false,
             status: ActivationStatus::Success,
             http_status: 200,
@@ -689,8 +693,8 @@ mod tests {
                 for i in 0..1001 {
                     tx.execute(
                         "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                         wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated) \
-                         VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0)",
+                         wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
+                         exec_ms) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0, 0)",
                         params![format!("{i:032x}"), i],
                     )?;
                 }

@@ -1,0 +1,342 @@
+//! One pool per function revision: leases on warm instances, cold starts
+//! within the bounds, a bounded wait when at the bounds.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flick_runtime::{Instance, InstanceSpec, Launcher};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::budget::Budget;
+use crate::{AcquireError, QueuePolicy};
+
+/// After a failed prewarm, wait this long before trying again.
+const PREWARM_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub id: u64,
+    pub instance: Arc<Instance>,
+    pub inflight: u32,
+    pub last_used: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PoolState {
+    pub slots: Vec<Slot>,
+    pub starting: u32,
+    /// Requests waiting for a slot right now (the per-function queue).
+    pub waiting: u32,
+    pub retired: bool,
+    next_id: u64,
+    prewarm_failed_at: Option<Instant>,
+}
+
+impl PoolState {
+    fn add(&mut self, instance: Arc<Instance>, inflight: u32) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.slots.push(Slot { id, instance, inflight, last_used: Instant::now() });
+        id
+    }
+
+    /// Requests in flight on all instances.
+    pub fn inflight(&self) -> u32 {
+        self.slots.iter().map(|s| s.inflight).sum()
+    }
+}
+
+/// The instances of one revision.
+#[derive(Debug)]
+pub struct Pool {
+    spec: InstanceSpec,
+    launcher: Launcher,
+    budget: Arc<Budget>,
+    queue: QueuePolicy,
+    pub(crate) state: Mutex<PoolState>,
+    /// Woken whenever a slot frees up or an instance start ends.
+    changed: Notify,
+}
+
+/// A claim on one slot of one instance; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    slot: u64,
+    instance: Arc<Instance>,
+    /// This request waited for a new instance to start.
+    pub cold: bool,
+    /// Time spent starting that instance.
+    pub init: Duration,
+    /// Time spent waiting for a free slot.
+    pub wait: Duration,
+    discard: bool,
+}
+
+impl Lease {
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// The instance must not serve again (it timed out, crashed, or broke the protocol).
+    pub fn discard(&mut self) {
+        self.discard = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.release(self.slot, self.discard);
+    }
+}
+
+/// Decremented on drop, so a waiter that is cancelled still leaves the queue.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().waiting -= 1;
+    }
+}
+
+enum Next {
+    Lease(Lease),
+    Start,
+    Wait,
+}
+
+impl Pool {
+    pub(crate) fn new(spec: InstanceSpec, launcher: Launcher, budget: Arc<Budget>, queue: QueuePolicy) -> Self {
+        Self { spec, launcher, budget, queue, state: Mutex::default(), changed: Notify::new() }
+    }
+
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// A slot for one request, starting an instance if needed and allowed,
+    /// otherwise waiting in this function's queue — at most until the
+    /// request's deadline or the queue timeout, whichever comes first.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, AcquireError> {
+        let began = Instant::now();
+        let give_up = deadline.min(began + self.queue.timeout);
+        let m = &self.spec.manifest;
+        let mut queued: Option<Waiting<'_>> = None;
+        loop {
+            let changed = self.changed.notified();
+            let freed = self.budget.freed.notified();
+            tokio::pin!(changed, freed);
+            changed.as_mut().enable();
+            freed.as_mut().enable();
+            let next = {
+                let mut st = self.state.lock().unwrap();
+                // The busiest instance with room, most recently used first:
+                // packing work onto few instances lets the others idle out.
+                let best = st
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.inflight < m.concurrency)
+                    .max_by_key(|s| (s.inflight, s.last_used));
+                if let Some(slot) = best {
+                    slot.inflight += 1;
+                    slot.last_used = Instant::now();
+                    Next::Lease(Lease {
+                        pool: self.clone(),
+                        slot: slot.id,
+                        instance: slot.instance.clone(),
+                        cold: false,
+                        init: Duration::ZERO,
+                        wait: began.elapsed(),
+                        discard: false,
+                    })
+                } else if (st.slots.len() as u32 + st.starting) < m.max_instances && self.budget.try_reserve(m.memory) {
+                    st.starting += 1;
+                    Next::Start
+                } else if queued.is_none() && st.waiting >= self.queue.max_waiting {
+                    return Err(AcquireError::QueueFull { waiting: st.waiting });
+                } else {
+                    if queued.is_none() {
+                        st.waiting += 1;
+                    }
+                    Next::Wait
+                }
+            };
+            match next {
+                Next::Lease(lease) => return Ok(lease),
+                Next::Start => {
+                    drop(queued);
+                    return self.start_for_request(deadline, began.elapsed()).await;
+                }
+                Next::Wait => {
+                    queued.get_or_insert(Waiting(self));
+                    let woke = tokio::time::timeout_at(give_up, async {
+                        tokio::select! {
+                            _ = &mut changed => {}
+                            _ = &mut freed => {}
+                        }
+                    })
+                    .await;
+                    if woke.is_err() {
+                        // Below its own bound, the pool was held back by the host's budget.
+                        let below_max = (self.state.lock().unwrap().slots.len() as u32) < m.max_instances;
+                        return Err(if below_max {
+                            AcquireError::HostFull
+                        } else {
+                            AcquireError::Overloaded { max: m.max_instances, waited: began.elapsed() }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_for_request(self: &Arc<Self>, deadline: Instant, wait: Duration) -> Result<Lease, AcquireError> {
+        let started_at = Instant::now();
+        let result = self.launcher.start(&self.spec, deadline).await;
+        let init = started_at.elapsed();
+        let lease = {
+            let mut st = self.state.lock().unwrap();
+            st.starting -= 1;
+            match result {
+                Ok(instance) => {
+                    let instance = Arc::new(instance);
+                    let id = st.add(instance.clone(), 1);
+                    tracing::debug!(function = %self.spec.function, revision = self.spec.revision, ?init, "instance started");
+                    Ok(Lease { pool: self.clone(), slot: id, instance, cold: true, init, wait, discard: false })
+                }
+                Err(e) => Err(AcquireError::Start(e)),
+            }
+        };
+        if lease.is_err() {
+            self.budget.release(self.spec.manifest.memory);
+        }
+        // Either a new slot exists or room to start one does: wake waiters.
+        self.changed.notify_waiters();
+        lease
+    }
+
+    fn release(&self, slot_id: u64, discard: bool) {
+        let removed = {
+            let mut st = self.state.lock().unwrap();
+            let Some(i) = st.slots.iter().position(|s| s.id == slot_id) else { return };
+            let slot = &mut st.slots[i];
+            slot.inflight -= 1;
+            slot.last_used = Instant::now();
+            // A discarded instance leaves the pool at once; the requests
+            // still on it finish (or fail) on their own lease.
+            discard.then(|| st.slots.swap_remove(i))
+        };
+        if let Some(slot) = removed {
+            self.stop_slot(slot);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Stops an instance that has left the pool and returns its budget.
+    pub(crate) fn stop_slot(&self, slot: Slot) {
+        slot.instance.stop();
+        self.budget.release(self.spec.manifest.memory);
+    }
+
+    pub(crate) fn retire(&self) {
+        self.state.lock().unwrap().retired = true;
+        self.changed.notify_waiters();
+    }
+
+    /// Removes the instances that should stop now (idle past `keep_alive`
+    /// beyond `min_instances`, or idle in a retired pool).
+    pub(crate) fn take_idle(&self, now: Instant) -> Vec<Slot> {
+        let m = &self.spec.manifest;
+        let mut st = self.state.lock().unwrap();
+        let keep = if st.retired { 0 } else { m.min_instances as usize };
+        let retired = st.retired;
+        // Most recently used first: those are kept, the rest may go.
+        st.slots.sort_by_key(|s| std::cmp::Reverse(s.last_used));
+        let (mut kept, mut stopped) = (Vec::new(), Vec::new());
+        for slot in std::mem::take(&mut st.slots) {
+            let expired = retired || now.saturating_duration_since(slot.last_used) >= m.keep_alive;
+            if slot.inflight > 0 || kept.len() < keep || !expired {
+                kept.push(slot);
+            } else {
+                stopped.push(slot);
+            }
+        }
+        st.slots = kept;
+        if !stopped.is_empty() {
+            tracing::debug!(function = %self.spec.function, revision = self.spec.revision, count = stopped.len(), "stopping idle instances");
+        }
+        stopped
+    }
+
+    /// The idle instance used longest ago, beyond `min_instances`, and when
+    /// it was last used: a candidate for eviction under host pressure.
+    pub(crate) fn oldest_idle(&self) -> Option<Instant> {
+        let st = self.state.lock().unwrap();
+        let idle = st.slots.iter().filter(|s| s.inflight == 0).count();
+        if idle == 0 || (!st.retired && st.slots.len() <= self.spec.manifest.min_instances as usize) {
+            return None;
+        }
+        st.slots.iter().filter(|s| s.inflight == 0).map(|s| s.last_used).min()
+    }
+
+    /// Removes the idle instance used longest ago (see [`Self::oldest_idle`]).
+    pub(crate) fn evict_oldest_idle(&self) -> Option<Slot> {
+        let mut st = self.state.lock().unwrap();
+        let i = st.slots.iter().enumerate().filter(|(_, s)| s.inflight == 0).min_by_key(|(_, s)| s.last_used)?.0;
+        Some(st.slots.swap_remove(i))
+    }
+
+    /// Starts instances in the background up to `want` (at least `min_instances`).
+    pub(crate) fn prewarm(self: &Arc<Self>, want: u32, now: Instant) {
+        let m = &self.spec.manifest;
+        let mut missing = 0;
+        {
+            let mut st = self.state.lock().unwrap();
+            let have = st.slots.len() as u32 + st.starting;
+            let want = want.max(m.min_instances).min(m.max_instances);
+            let backing_off = st.prewarm_failed_at.is_some_and(|t| now < t + PREWARM_BACKOFF);
+            if st.retired || backing_off || have >= want {
+                return;
+            }
+            for _ in have..want {
+                if !self.budget.try_reserve(m.memory) {
+                    break;
+                }
+                missing += 1;
+            }
+            st.starting += missing;
+        }
+        for _ in 0..missing {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + pool.spec.manifest.timeout.max(Duration::from_secs(30));
+                let result = pool.launcher.start(&pool.spec, deadline).await;
+                let failed = {
+                    let mut st = pool.state.lock().unwrap();
+                    st.starting -= 1;
+                    match result {
+                        Ok(instance) => {
+                            st.add(Arc::new(instance), 0);
+                            false
+                        }
+                        Err(e) => {
+                            tracing::warn!(function = %pool.spec.function, error = %e, "could not prewarm an instance");
+                            st.prewarm_failed_at = Some(Instant::now());
+                            true
+                        }
+                    }
+                };
+                if failed {
+                    pool.budget.release(pool.spec.manifest.memory);
+                }
+                pool.changed.notify_waiters();
+            });
+        }
+    }
+
+    pub(crate) fn is_drained(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.retired && st.slots.is_empty() && st.starting == 0
+    }
+}
