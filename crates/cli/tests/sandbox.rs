@@ -366,7 +366,13 @@ fn nothing_is_left_after_sigkill_and_restart() {
     assert!(!cgroups.is_empty(), "expected a cgroup for the warm instance");
     let members: Vec<String> = cgroups
         .iter()
-        .flat_map(|c| std::fs::read_to_string(c.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
+        .flat_map(|c| {
+            std::fs::read_to_string(c.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert!(!members.is_empty(), "the warm instance runs in its cgroup");
 

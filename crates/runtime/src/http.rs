@@ -43,8 +43,15 @@ impl HttpInstance {
         env.push(("PORT".into(), port.to_string()));
         let mut child = launcher
             .sandbox()
-            .spawn(ProcessSpec { program, args, env, code_dir: spec.code_dir.clone(),
-                limits: launcher.limits(spec), protocol_fd: None, stdin: false })
+            .spawn(ProcessSpec {
+                program,
+                args,
+                env,
+                code_dir: spec.code_dir.clone(),
+                limits: launcher.limits(spec),
+                protocol_fd: None,
+                stdin: false,
+            })
             .map_err(|e| StartError::Init {
                 error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },
                 logs: Default::default(),

@@ -18,8 +18,14 @@ const ROOT: &str = "/sys/fs/cgroup";
 #[derive(Clone, Debug)]
 pub enum Hierarchy {
     /// Parent dirs for the memory, pids and cpu controllers.
-    V1 { memory: PathBuf, pids: PathBuf, cpu: PathBuf },
-    V2 { parent: PathBuf },
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: PathBuf,
+    },
+    V2 {
+        parent: PathBuf,
+    },
 }
 
 /// Limits applied to one instance.
@@ -164,7 +170,8 @@ impl Cgroup {
 
     /// Did the kernel kill a process of this cgroup for exceeding its memory?
     pub fn oom_killed(&self) -> bool {
-        let (dir, file) = if self.v2 { (&self.dirs[0], "memory.events") } else { (&self.dirs[0], "memory.oom_control") };
+        let (dir, file) =
+            if self.v2 { (&self.dirs[0], "memory.events") } else { (&self.dirs[0], "memory.oom_control") };
         fs::read_to_string(dir.join(file)).is_ok_and(|text| {
             text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim().parse::<u64>().unwrap_or(0) > 0))
         })

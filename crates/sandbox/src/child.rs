@@ -98,7 +98,9 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
         }
         // Drop every capability from the bounding set while we still may.
         for cap in 0..=63 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                && Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
                 return Err(Error::last_os_error());
             }
         }
@@ -164,7 +166,8 @@ unsafe fn build_root(plan: &Plan) -> Result<(), Error> {
         for op in &plan.ops {
             match op {
                 Op::Mkdir(p) => {
-                    if libc::mkdir(p.as_ptr(), 0o755) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                    if libc::mkdir(p.as_ptr(), 0o755) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+                    {
                         return Err(Error::last_os_error());
                     }
                 }
@@ -177,7 +180,13 @@ unsafe fn build_root(plan: &Plan) -> Result<(), Error> {
                 }
                 Op::Symlink { target, link } => check(libc::symlink(target.as_ptr(), link.as_ptr()))?,
                 Op::Bind { src, dst, readonly, dev } => {
-                    check(libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    check(libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
                     let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
                     if *readonly {
                         flags |= libc::MS_RDONLY;

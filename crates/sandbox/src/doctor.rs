@@ -42,12 +42,18 @@ pub fn host_checks() -> Vec<Check> {
         Check { name: "cgroups", ok: true, detail: "v1: memory, pids, cpu".into() }
     } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-        let missing: Vec<_> =
-            ["memory", "pids", "cpu"].into_iter().filter(|c| !controllers.split_whitespace().any(|x| x == *c)).collect();
+        let missing: Vec<_> = ["memory", "pids", "cpu"]
+            .into_iter()
+            .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
+            .collect();
         Check {
             name: "cgroups",
             ok: missing.is_empty(),
-            detail: if missing.is_empty() { "v2: memory, pids, cpu".into() } else { format!("v2, missing: {}", missing.join(", ")) },
+            detail: if missing.is_empty() {
+                "v2: memory, pids, cpu".into()
+            } else {
+                format!("v2, missing: {}", missing.join(", "))
+            },
         }
     } else {
         Check { name: "cgroups", ok: false, detail: "no cgroup hierarchy under /sys/fs/cgroup".into() }
@@ -134,7 +140,11 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
         problems.push("cannot write /tmp".into());
     }
     if problems.is_empty() {
-        Check { name, ok: true, detail: "unprivileged, no capabilities, no_new_privs, seccomp, own pid/mount/net".into() }
+        Check {
+            name,
+            ok: true,
+            detail: "unprivileged, no capabilities, no_new_privs, seccomp, own pid/mount/net".into(),
+        }
     } else {
         Check { name, ok: false, detail: problems.join("; ") }
     }

@@ -138,9 +138,12 @@ pub fn plan(i: &Inputs<'_>) -> Plan {
             ops.push(Op::Bind { src: c(d), dst: c(inside(d)), readonly: false, dev: true });
         }
     }
-    for (name, target) in
-        [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
-    {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         ops.push(Op::Symlink { target: c(target), link: c(dev.join(name)) });
     }
     let shm = inside("/dev/shm");
