@@ -58,9 +58,17 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();
+    let mut seen = Vec::new();
     for (name, value) in &done.response.headers {
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
-            h.append(n, v);
+            // The function's first value replaces any default (content-type);
+            // repeats (set-cookie) are kept.
+            if seen.contains(&n) {
+                h.append(n, v);
+            } else {
+                seen.push(n.clone());
+                h.insert(n, v);
+            }
         }
     }
     if let Ok(v) = HeaderValue::try_from(done.activation.id.as_str()) {
@@ -68,8 +76,9 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     }
     h.insert("x-flick-status", HeaderValue::from_static(done.activation.status.as_str()));
     let a = &done.activation;
+    let init_desc = if a.prewarmed { ";desc=\"prewarmed\"" } else { "" };
     let timing = format!(
-        "queue;dur={:.3}, init;dur={:.3}, exec;dur={:.3}, total;dur={:.3}",
+        "queue;dur={:.3}, init;dur={:.3}{init_desc}, exec;dur={:.3}, total;dur={:.3}",
         a.wait_ms, a.init_ms, a.exec_ms, a.duration_ms
     );
     if let Ok(v) = HeaderValue::try_from(timing) {

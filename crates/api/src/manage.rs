@@ -119,8 +119,11 @@ pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap
         })
         .collect();
     let ((used, memory), limits) = scheduler.budget();
+    let stems: serde_json::Map<String, Value> =
+        scheduler.stem_cells().into_iter().map(|(k, n)| (k, json!(n))).collect();
     Ok(Json(json!({
         "instances": instances,
+        "stem_cells": stems,
         "budget": { "instances": used, "memory": memory,
                     "max_instances": limits.max_instances, "max_memory": limits.max_memory },
     }))

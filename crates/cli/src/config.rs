@@ -45,6 +45,8 @@ pub struct Config {
     pub max_instances_total: u32,
     /// Host-wide bound on the sum of instances' `memory`.
     pub max_instance_memory: u64,
+    /// Prewarmed stem cells per runtime (python3, node) and network kind.
+    pub stem_cells: u32,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -74,6 +76,7 @@ struct FileConfig {
     max_queue: Option<u32>,
     max_instances_total: Option<u32>,
     max_instance_memory: Option<String>,
+    stem_cells: Option<u32>,
 }
 
 impl Config {
@@ -130,6 +133,7 @@ impl Config {
             max_instances_total: file.max_instances_total.unwrap_or(1000),
             // Most of the machine: instances rarely use their whole limit.
             max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
+            stem_cells: file.stem_cells.unwrap_or(1),
         };
         if config.instance_uid == 0 || config.instance_gid == 0 {
             bail!("`instance_uid` and `instance_gid` must not be 0 (root)");

@@ -36,10 +36,12 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             bootstrap_dir: runtime_dir,
             log_limits: LogLimits::default(),
             max_response_bytes: config.max_response_bytes,
+            stem_cells: config.stem_cells,
         },
         sandbox,
     )
     .context("installing the language bootstraps")?;
+    launcher.prewarm();
     let python = interpreters.python.clone();
     let scheduler = Scheduler::new(
         launcher,

@@ -28,6 +28,8 @@ fn python_lambda_shape_gets_json_event_and_context() {
     let id = r.activation_id();
     assert_eq!(v["id"], id, "context.aws_request_id is the activation id");
     assert_eq!(r.header("x-flick-status").as_deref(), Some("success"));
+    let types: Vec<_> = r.headers.get_all("content-type").iter().collect();
+    assert_eq!(types, ["application/json"], "exactly the function's content type");
 
     let a = flick.activation(&id);
     assert_eq!(a["status"], "success");

@@ -72,6 +72,10 @@ pub struct Activation {
     #[serde(default)]
     pub exec_ms: f64,
     pub cold: bool,
+    /// The cold start took a prewarmed stem cell (interpreter and sandbox
+    /// already up) instead of starting from nothing.
+    #[serde(default)]
+    pub prewarmed: bool,
     pub status: ActivationStatus,
     /// The HTTP status the caller received.
     pub http_status: u16,

@@ -63,13 +63,20 @@ impl Platform {
             deadline_ms: start_ms + budget.as_millis() as i64,
         };
 
-        let mut record = Record { cold: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
+        let mut record =
+            Record { cold: false, prewarmed: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
         let function = || route.revision.function.clone();
         let (outcome, logs) = match route.pool.acquire(deadline).await {
             Ok(mut lease) => {
                 let exec_started = Instant::now();
                 let invoked = lease.instance().invoke(request).await;
-                record = Record { cold: lease.cold, init: lease.init, wait: lease.wait, exec: exec_started.elapsed() };
+                record = Record {
+                    cold: lease.cold,
+                    prewarmed: lease.prewarmed,
+                    init: lease.init,
+                    wait: lease.wait,
+                    exec: exec_started.elapsed(),
+                };
                 if !invoked.reusable {
                     lease.discard();
                 }
@@ -104,6 +111,7 @@ impl Platform {
             wait_ms: ms(record.wait),
             exec_ms: ms(record.exec),
             cold: record.cold,
+            prewarmed: record.prewarmed,
             status,
             http_status: response.status,
             response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
@@ -167,6 +175,7 @@ impl Platform {
 
 struct Record {
     cold: bool,
+    prewarmed: bool,
     init: Duration,
     wait: Duration,
     exec: Duration,

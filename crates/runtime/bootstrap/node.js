@@ -5,6 +5,11 @@
 // handler once, then serves invocations framed as one JSON header line plus
 // `len` raw body bytes (see crates/runtime/src/protocol.rs).
 //
+// Started with FLICK_STEM=1 (and none of the function's variables) it is a
+// stem cell: it does the function-independent work up front, sends
+// {"type":"stem_ready"}, then waits for {"type":"specialise","env":{...}},
+// takes on that environment and code directory, and starts as above.
+//
 // Built-in modules only, and it must keep working on Node 18.
 'use strict';
 
@@ -13,16 +18,37 @@ const net = require('net');
 const path = require('path');
 
 const env = process.env;
-const CODE_DIR = env.FLICK_CODE_DIR || process.cwd();
-const CONCURRENCY = Math.max(1, parseInt(env.FLICK_CONCURRENCY, 10) || 1);
-const NAME = env.FLICK_FUNCTION_NAME || '';
-const REVISION = env.FLICK_FUNCTION_REVISION || '';
-const MEMORY = env.FLICK_MEMORY_MB || '';
-const ARN = 'arn:aws:lambda:local:000000000000:function:' + NAME;
-const LOG_GROUP = '/aws/lambda/' + NAME;
-const LOG_STREAM = `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${REVISION}]${require('crypto')
-  .randomBytes(16)
-  .toString('hex')}`;
+const STEM = Boolean(env.FLICK_STEM);
+
+// What the function's environment decides. Set once, by configure(), when the
+// function is known: at start-up, or for a stem cell when it is specialised.
+let CODE_DIR = '';
+let CONCURRENCY = 1;
+let NAME = '';
+let REVISION = '';
+let MEMORY = '';
+let ARN = '';
+let LOG_GROUP = '';
+let LOG_STREAM = '';
+// Invocations not yet answered. With concurrency 1 a stray rejection or
+// exception can only belong to the one in flight; with more, the async
+// context (AsyncLocalStorage) tells which. It is only paid for when needed:
+// it hooks every promise the process creates.
+let als = null;
+
+function configure() {
+  CODE_DIR = env.FLICK_CODE_DIR || process.cwd();
+  CONCURRENCY = Math.max(1, parseInt(env.FLICK_CONCURRENCY, 10) || 1);
+  NAME = env.FLICK_FUNCTION_NAME || '';
+  REVISION = env.FLICK_FUNCTION_REVISION || '';
+  MEMORY = env.FLICK_MEMORY_MB || '';
+  ARN = 'arn:aws:lambda:local:000000000000:function:' + NAME;
+  LOG_GROUP = '/aws/lambda/' + NAME;
+  LOG_STREAM = `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${REVISION}]${require('crypto')
+    .randomBytes(16)
+    .toString('hex')}`;
+  als = CONCURRENCY > 1 ? new (require('async_hooks').AsyncLocalStorage)() : null;
+}
 
 const TEXT = 'text/plain; charset=utf-8';
 const JSON_CT = [['content-type', 'application/json']];
@@ -361,12 +387,7 @@ async function loadHandler() {
 
 // --- serving -----------------------------------------------------------------
 
-// Invocations not yet answered. With concurrency 1 a stray rejection or
-// exception can only belong to the one in flight; with more, the async
-// context (AsyncLocalStorage) tells which. It is only paid for when needed:
-// it hooks every promise the process creates.
 const inflight = new Set();
-const als = CONCURRENCY > 1 ? new (require('async_hooks').AsyncLocalStorage)() : null;
 let call = null;
 let toResponse = null;
 
@@ -443,10 +464,14 @@ process.on('unhandledRejection', (reason) => stray('Unhandled promise rejection'
 process.on('uncaughtException', (err) => stray('Uncaught exception', err));
 
 // Frame reader. Chunks are only joined once a whole header or body is in, so
-// a large body arriving in many reads is copied once.
+// a large body arriving in many reads is copied once. Frames go to `onFrame`
+// while `reading`; a stem cell stops reading from its specialise frame until
+// it is ready, so frames behind it wait for the handler.
 let chunks = [];
 let have = 0;
 let head = null;
+let reading = true;
+let onFrame = serveFrame;
 
 function protocolError(e) {
   logError(`flick bootstrap: bad frame from flick: ${describe(e).text}`);
@@ -456,7 +481,11 @@ function protocolError(e) {
 function onData(chunk) {
   chunks.push(chunk);
   have += chunk.length;
-  for (;;) {
+  pump();
+}
+
+function pump() {
+  while (reading) {
     if (head === null) {
       if (chunks.length === 0) return;
       // Earlier chunks were searched already: only the last can hold the newline.
@@ -490,9 +519,13 @@ function onData(chunk) {
     }
     const h = head;
     head = null;
-    if (h.type === 'invoke') invoke(h, body);
-    // Other frame types are from a newer flick; skip them.
+    onFrame(h, body);
   }
+}
+
+function serveFrame(h, body) {
+  if (h.type === 'invoke') invoke(h, body);
+  // Other frame types are from a newer flick; skip them.
 }
 
 function initFailed(e) {
@@ -504,12 +537,76 @@ function initFailed(e) {
   chan.write(line, () => process.exit(1));
 }
 
-loadHandler().then(
-  (caller) => {
+// From here on the function is known: everything its environment decides is
+// read now, whether this process started as it or as a stem cell.
+function start() {
+  configure();
+  loadHandler().then((caller) => {
     call = caller[0];
     toResponse = caller[1];
-    chan.on('data', onData);
+    // Output of the load belongs to no invocation; flick keeps it for the
+    // first. (Writes to pipes are synchronous: there is nothing to flush.)
     send({ type: 'ready' });
-  },
-  initFailed,
-);
+    onFrame = serveFrame;
+    if (STEM) {
+      reading = true;
+      chan.resume();
+      pump();
+    } else {
+      chan.on('data', onData);
+    }
+  }, initFailed);
+}
+
+// --- stem cells --------------------------------------------------------------
+
+// By path: flick mounts the code over this directory later, and only a fresh
+// lookup of the path sees the mount (the old handle does not).
+let stemDir = '';
+
+function prewarm() {
+  try {
+    stemDir = process.cwd();
+  } catch (_) {}
+  // What start() and loadHandler() would otherwise load while a function waits.
+  require('crypto').randomBytes(16);
+  require('async_hooks');
+  require('url');
+  // The ES module loader, for .mjs and "type": "module" handlers.
+  import('node:path').catch(() => {});
+}
+
+function stemFrame(h) {
+  if (h.type !== 'specialise') return; // From a newer flick; skip it.
+  // Frames behind this one are for the function: they wait until it is ready.
+  reading = false;
+  chan.pause();
+  try {
+    const add = h.env;
+    if (add !== null && add !== undefined) {
+      if (typeof add !== 'object' || Array.isArray(add)) throw new TypeError(`env is not an object`);
+      Object.assign(env, add);
+      if ('NODE_PATH' in add) {
+        const Module = require('module');
+        if (typeof Module._initPaths === 'function') Module._initPaths();
+      }
+    }
+    delete env.FLICK_STEM;
+    const dir = env.FLICK_CODE_DIR || stemDir;
+    if (!dir) throw new Error('no FLICK_CODE_DIR, and the start directory is gone');
+    process.chdir(dir);
+  } catch (e) {
+    initFailed(new InitError('Runtime.InitError', 'Unable to specialise: ' + describe(e).message, e));
+    return;
+  }
+  start();
+}
+
+if (STEM) {
+  prewarm();
+  onFrame = stemFrame;
+  chan.on('data', onData);
+  send({ type: 'stem_ready' });
+} else {
+  start();
+}

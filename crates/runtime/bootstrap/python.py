@@ -5,6 +5,11 @@
 # user's handler once, then serves invocations framed as one JSON header line
 # plus `len` raw body bytes (see crates/runtime/src/protocol.rs).
 #
+# Started with FLICK_STEM=1 (and none of the function's variables) it is a
+# stem cell: it does the function-independent work up front, sends
+# {"type":"stem_ready"}, then waits for {"type":"specialise","env":{...}},
+# takes on that environment and code directory, and starts as above.
+#
 # Standard library only, and it must keep working on Python 3.8.
 
 import json
@@ -473,7 +478,7 @@ def _respond(rid, value, to_response):
     _send({"type": "result", "id": rid, "status": status, "headers": headers, "len": len(out)}, out)
 
 
-def _serve(fn, shape, is_coro, concurrency):
+def _serve(channel, fn, shape, is_coro, concurrency):
     global _send_lock, _start_lock
 
     call, to_response = _make_caller(fn, shape)
@@ -525,7 +530,6 @@ def _serve(fn, shape, is_coro, concurrency):
         def dispatch(h, body):
             submit(invoke, h, body)
 
-    channel = open(PROTOCOL_FD, "rb", buffering=1 << 16, closefd=False)
     readline = channel.readline
     read = channel.read
     while True:
@@ -543,6 +547,91 @@ def _serve(fn, shape, is_coro, concurrency):
     _exit(0)
 
 
+def _init_failed(kind, message, text):
+    """Reports a start that cannot serve and exits 1."""
+    _log_trace(text)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    error = {"type": kind, "message": message, "trace": text.splitlines()}
+    try:
+        _write_all(_header_encoder({"type": "init_error", "error": error}).encode() + b"\n")
+    except OSError:
+        pass
+    _exit(1)
+
+
+# --- stem cells --------------------------------------------------------------
+
+# What the bootstrap imports lazily, on the paths that need it (errors, shapes,
+# concurrency, async handlers): a stem cell imports it while no function waits.
+_PREWARM = (
+    "traceback",
+    "inspect",
+    "binascii",
+    "base64",
+    "urllib.parse",
+    "threading",
+    "concurrent.futures.thread",
+    "asyncio",
+)
+
+
+def _prewarm():
+    for name in _PREWARM:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+
+
+def _specialise(channel):
+    """Waits, as a stem cell, to be told which function this process is, and
+    becomes it: its environment, its code directory as cwd."""
+    try:
+        # By path: flick mounts the code over this directory later, and only a
+        # fresh lookup of the path sees the mount (the old handle does not).
+        stem_dir = os.getcwd()
+    except OSError:
+        stem_dir = None
+    _prewarm()
+    _send({"type": "stem_ready"})
+
+    readline = channel.readline
+    read = channel.read
+    while True:
+        line = readline()
+        if not line.endswith(b"\n"):
+            _exit(0)  # EOF: flick has no use for this cell
+        h = _loads(line)
+        n = h.get("len") or 0
+        if n and len(read(n)) != n:
+            _exit(0)
+        if h.get("type") == "specialise":
+            break
+        # Other frame types are from a newer flick; skip them.
+
+    try:
+        env = h.get("env") or {}
+        if not isinstance(env, dict):
+            raise TypeError("env is a %s, not an object" % type(env).__name__)
+        os.environ.update((str(k), v if isinstance(v, str) else str(v)) for k, v in env.items())
+        os.environ.pop("FLICK_STEM", None)
+        if "TZ" in env:
+            time.tzset()
+        code_dir = os.environ.get("FLICK_CODE_DIR") or stem_dir
+        if not code_dir:
+            raise ValueError("no FLICK_CODE_DIR, and the start directory is gone")
+        os.chdir(code_dir)
+    except Exception as e:
+        _init_failed("Runtime.InitError", "Unable to specialise: %s" % _message(e), _format_exception(e))
+
+
+# --- start -------------------------------------------------------------------
+
+
 def main():
     # Logs reach flick as they are written, not when a block buffer fills.
     for stream in (sys.stdout, sys.stderr):
@@ -553,12 +642,19 @@ def main():
     os.set_blocking(PROTOCOL_FD, True)
     # Processes the handler starts must not hold the channel open after us.
     os.set_inheritable(PROTOCOL_FD, False)
+    channel = open(PROTOCOL_FD, "rb", buffering=1 << 16, closefd=False)
 
-    code_dir = os.environ.get("FLICK_CODE_DIR") or os.getcwd()
     here = os.path.dirname(os.path.abspath(_BOOTSTRAP_FILE))
     # -I keeps the script's directory off sys.path; make sure of it, since
     # `import python` must not find this file.
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
+
+    if os.environ.get("FLICK_STEM"):
+        _specialise(channel)
+
+    # From here on the function is known: everything its environment decides
+    # is read now, whether this process started as it or as a stem cell.
+    code_dir = os.environ.get("FLICK_CODE_DIR") or os.getcwd()
     sys.path[:0] = [code_dir, os.path.join(code_dir, ".deps", "python")]
 
     try:
@@ -573,18 +669,7 @@ def main():
             text = _format_exception(e.cause)
         else:
             text = "%s: %s\n" % (e.kind, e.message)
-        _log_trace(text)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        error = {"type": e.kind, "message": e.message, "trace": text.splitlines()}
-        try:
-            _write_all(_header_encoder({"type": "init_error", "error": error}).encode() + b"\n")
-        except OSError:
-            pass
-        _exit(1)
+        _init_failed(e.kind, e.message, text)
 
     # Output of the import belongs to no invocation; flick keeps it for the first.
     for stream in (sys.stdout, sys.stderr):
@@ -593,7 +678,7 @@ def main():
         except Exception:
             pass
     _send({"type": "ready"})
-    _serve(fn, shape, is_coro, concurrency)
+    _serve(channel, fn, shape, is_coro, concurrency)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Each test starts a bootstrap the way flick does (code directory as cwd, a
 cleared environment with the FLICK_* variables, the protocol socket on fd 3,
-stdout/stderr piped) and speaks the frame protocol to it.
+stdout/stderr piped) and speaks the frame protocol to it. Stem-cell tests
+start it as flick prewarms one: FLICK_STEM=1, no function variables, an empty
+cwd; then they specialise it into a function.
 
     python3 -m unittest discover -s crates/runtime/bootstrap -p 'test_*.py'
 
@@ -34,33 +36,56 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-class Instance(object):
-    """One bootstrap process and our end of its protocol socket."""
+# What flick's sandbox gives every process, function or stem cell.
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+}
 
-    def __init__(self, runtime, files, handler, concurrency=1, env=None, name="echo-fn"):
+
+def write_files(root, files):
+    for rel, text in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text).lstrip("\n"))
+
+
+class Instance(object):
+    """One bootstrap process and our end of its protocol socket.
+
+    With stem=True it starts as a stem cell: FLICK_STEM=1 and the sandbox's
+    variables only, cwd an empty directory (stem_dir); `dir` is where
+    specialise() puts the function's code by default."""
+
+    def __init__(self, runtime, files, handler, concurrency=1, env=None, name="echo-fn", stem=False):
         self.dir = tempfile.mkdtemp(prefix="flick-bootstrap-test-")
-        for rel, text in files.items():
-            path = os.path.join(self.dir, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                f.write(textwrap.dedent(text).lstrip("\n"))
+        write_files(self.dir, files)
+        self.extra_dirs = []
         if runtime == "python":
             argv = [PYTHON, "-I", os.path.join(HERE, "python.py")]
         else:
             argv = [NODE, os.path.join(HERE, "node.js")]
-        environ = {
-            # What flick's sandbox gives every process, then what flick defines.
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "LANG": "C.UTF-8",
-            "FLICK_CODE_DIR": self.dir,
-            "FLICK_HANDLER": handler,
-            "FLICK_FUNCTION_NAME": name,
-            "FLICK_FUNCTION_REVISION": "3",
-            "FLICK_MEMORY_MB": "256",
-            "FLICK_CONCURRENCY": str(concurrency),
-            "FLICK_TIMEOUT_MS": "10000",
-        }
+        if stem:
+            self.stem_dir = tempfile.mkdtemp(prefix="flick-bootstrap-stem-")
+            self.extra_dirs.append(self.stem_dir)
+            cwd = self.stem_dir
+            environ = dict(SANDBOX_ENV, TMPDIR="/tmp", FLICK_STEM="1")
+        else:
+            self.stem_dir = None
+            cwd = self.dir
+            # What the sandbox gives, then what flick defines.
+            environ = dict(
+                SANDBOX_ENV,
+                FLICK_CODE_DIR=self.dir,
+                FLICK_HANDLER=handler,
+                FLICK_FUNCTION_NAME=name,
+                FLICK_FUNCTION_REVISION="3",
+                FLICK_MEMORY_MB="256",
+                FLICK_CONCURRENCY=str(concurrency),
+                FLICK_TIMEOUT_MS="10000",
+            )
         environ.update(env or {})
 
         ours, theirs = socket.socketpair()
@@ -76,7 +101,7 @@ class Instance(object):
 
         self.proc = subprocess.Popen(
             argv,
-            cwd=self.dir,
+            cwd=cwd,
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -157,6 +182,28 @@ class Instance(object):
         self.sock.settimeout(TIMEOUT)
         self.sock.sendall(data)
 
+    def specialise_frame(self, files, handler, code_dir=None, concurrency=1, name="stemfn", env=None):
+        """Puts the function's code in code_dir (default: self.dir) and returns
+        the frame that tells a stem cell it is that function."""
+        code_dir = code_dir or self.dir
+        os.makedirs(code_dir, exist_ok=True)
+        write_files(code_dir, files)
+        fenv = {
+            "FLICK_CODE_DIR": code_dir,
+            "FLICK_HANDLER": handler,
+            "FLICK_FUNCTION_NAME": name,
+            "FLICK_FUNCTION_REVISION": "7",
+            "FLICK_MEMORY_MB": "128",
+            "FLICK_CONCURRENCY": str(concurrency),
+            "FLICK_TIMEOUT_MS": "10000",
+        }
+        fenv.update(env or {})
+        fenv = {k: v for k, v in fenv.items() if v is not None}
+        return json.dumps({"type": "specialise", "env": fenv}).encode() + b"\n"
+
+    def specialise(self, files, handler, **kw):
+        self.send(self.specialise_frame(files, handler, **kw))
+
     def invoke(self, rid, body=b"", **kw):
         self.send(self.invoke_frame(rid, body, **kw))
 
@@ -205,7 +252,8 @@ class Instance(object):
         self.wait_streams_closed()
         self.proc.stdout.close()
         self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for d in [self.dir] + self.extra_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # Handler sources, per runtime, by the behaviour a test needs. Each entry is
@@ -375,6 +423,35 @@ PY = {
         },
         "main.handler",
     ),
+    "stem": (
+        {
+            "main.py": """
+                import os
+                import stemdep
+
+                print("loading the stem module")
+
+                def handler(event, context):
+                    with open("data.txt") as f:
+                        data = f.read()
+                    return {
+                        "function_name": context.function_name,
+                        "function_version": context.function_version,
+                        "memory": context.memory_limit_in_mb,
+                        "arn": context.invoked_function_arn,
+                        "log_group": context.log_group_name,
+                        "greeting": os.environ.get("GREETING"),
+                        "stem_in_env": "FLICK_STEM" in os.environ,
+                        "cwd": os.getcwd(),
+                        "data": data,
+                        "dep": stemdep.VALUE,
+                    }
+            """,
+            ".deps/python/stemdep.py": "VALUE = 'from deps'\n",
+            "data.txt": "read relative to the code dir\n",
+        },
+        "main.handler",
+    ),
     "counter": (
         {
             "main.py": """
@@ -530,6 +607,32 @@ NODE_SRC = {
                   return { id: context.awsRequestId };
                 };
             """
+        },
+        "index.handler",
+    ),
+    "stem": (
+        {
+            "index.js": """
+                const fs = require('fs');
+                const dep = require('stemdep');
+
+                console.log('loading the stem module');
+
+                exports.handler = async (event, context) => ({
+                  function_name: context.functionName,
+                  function_version: context.functionVersion,
+                  memory: context.memoryLimitInMB,
+                  arn: context.invokedFunctionArn,
+                  log_group: context.logGroupName,
+                  greeting: process.env.GREETING === undefined ? null : process.env.GREETING,
+                  stem_in_env: 'FLICK_STEM' in process.env,
+                  cwd: process.cwd(),
+                  data: fs.readFileSync('data.txt', 'utf8'),
+                  dep,
+                });
+            """,
+            "node_modules/stemdep/index.js": "module.exports = 'from deps';\n",
+            "data.txt": "read relative to the code dir\n",
         },
         "index.handler",
     ),
@@ -893,6 +996,123 @@ class BootstrapContract(object):
         inst = self.start_ready("counter")
         self.assertEqual([self.json_result(inst, "w%d" % i, {})["count"] for i in range(5)], [1, 2, 3, 4, 5])
 
+    # --- stem cells (FLICK_STEM=1) ---
+
+    def start_stem(self):
+        inst = self.start(files={}, handler=None, stem=True)
+        header, body = inst.read_frame()
+        self.assertEqual(header, {"type": "stem_ready"}, inst.stderr_text())
+        self.assertEqual(body, b"")
+        return inst
+
+    def assert_ready(self, inst):
+        header, body = inst.read_frame()
+        self.assertEqual(header, {"type": "ready"}, inst.stderr_text())
+        self.assertEqual(body, b"")
+
+    def check_stem_result(self, got, code_dir):
+        self.assertEqual(got["function_name"], "stemfn")
+        self.assertEqual(got["function_version"], "7")
+        self.assertEqual(got["memory"], type(self.memory_value)(128))
+        self.assertEqual(got["arn"], "arn:aws:lambda:local:000000000000:function:stemfn")
+        self.assertEqual(got["log_group"], "/aws/lambda/stemfn")
+        self.assertEqual(got["greeting"], "hi")
+        self.assertFalse(got["stem_in_env"])
+        self.assertEqual(os.path.realpath(got["cwd"]), os.path.realpath(code_dir))
+        self.assertEqual(got["data"], "read relative to the code dir\n")
+        self.assertEqual(got["dep"], "from deps")
+
+    def test_stem_cell_announces_itself_then_waits(self):
+        inst = self.start_stem()
+        # Nothing more until it is told what to be.
+        with self.assertRaises(AssertionError):
+            inst.read_frame(timeout=0.3)
+        self.assertIsNone(inst.proc.poll())
+        self.assertEqual(inst.stderr_text(), "")
+        # Its cwd was the empty directory it was given.
+        self.assertEqual(os.listdir(inst.stem_dir), [])
+
+    def test_stem_cell_specialises_into_the_function(self):
+        inst = self.start_stem()
+        files, handler = self.SOURCES["stem"]
+        inst.specialise(files, handler, env={"GREETING": "hi"})
+        self.assertNotEqual(os.path.realpath(inst.dir), os.path.realpath(inst.stem_dir))
+        self.assert_ready(inst)
+        self.check_stem_result(self.json_result(inst, "s1", {}), inst.dir)
+        # Output of the import is kept for the first invocation, as in a normal start.
+        self.assertIn(b"loading the stem module\n", inst.wait_marker("s1", "stdout"))
+        self.check_stem_result(self.json_result(inst, "s2", {}), inst.dir)
+
+    def test_stem_cell_finds_code_mounted_over_its_cwd(self):
+        # What a mount over the cwd does, without privileges: the directory the
+        # process started in is moved away (its cwd handle follows it) and the
+        # code appears at the same path.
+        for with_code_dir in (True, False):
+            inst = self.start_stem()
+            under = inst.stem_dir + ".under"
+            os.rename(inst.stem_dir, under)
+            inst.extra_dirs.append(under)
+            files, handler = self.SOURCES["stem"]
+            code_dir = inst.stem_dir
+            env = {"GREETING": "hi"}
+            if not with_code_dir:
+                env["FLICK_CODE_DIR"] = None  # then the path it started in
+            inst.specialise(files, handler, code_dir=code_dir, env=env)
+            self.assert_ready(inst)
+            self.check_stem_result(self.json_result(inst, "m", {}), code_dir)
+
+    def test_stem_cell_import_error_after_specialise(self):
+        inst = self.start_stem()
+        files, handler = self.SOURCES["import_missing"]
+        inst.specialise(files, handler)
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertEqual(header["error"]["type"], "Runtime.ImportModuleError")
+        self.assertIn("does", header["error"]["message"])
+        self.assertEqual(inst.wait_exit(), 1)
+        inst.wait_streams_closed()
+        self.assertIn(self.import_trace_hint, inst.stderr_text())
+
+    def test_stem_cell_eof_while_waiting_exits_0(self):
+        inst = self.start_stem()
+        inst.sock.close()
+        self.assertEqual(inst.wait_exit(5), 0)
+
+    def test_stem_cell_ignores_unknown_frames_before_specialise(self):
+        inst = self.start_stem()
+        inst.send(json.dumps({"type": "from-the-future", "len": 3}).encode() + b"\nabc")
+        inst.send(json.dumps({"type": "from-the-future-too"}).encode() + b"\n")
+        with self.assertRaises(AssertionError):
+            inst.read_frame(timeout=0.2)
+        files, handler = self.SOURCES["stem"]
+        inst.specialise(files, handler, env={"GREETING": "hi"})
+        self.assert_ready(inst)
+        self.check_stem_result(self.json_result(inst, "u", {}), inst.dir)
+
+    def test_stem_cell_serves_invokes_sent_with_the_specialise_frame(self):
+        inst = self.start_stem()
+        files, handler = self.SOURCES["counter"]
+        frames = inst.specialise_frame(files, handler)
+        frames += b"".join(inst.invoke_frame("p%d" % i) for i in range(3))
+        inst.send(frames)
+        self.assert_ready(inst)
+        self.assertEqual([json.loads(inst.frame_for("p%d" % i)[1])["count"] for i in range(3)], [1, 2, 3])
+
+    def test_stem_cell_concurrency_comes_from_specialise(self):
+        inst = self.start_stem()
+        files, handler = self.SOURCES["sleep"]
+        inst.specialise(files, handler, concurrency=4)
+        self.assert_ready(inst)
+        ids = ["sc%d" % i for i in range(4)]
+        started = time.monotonic()
+        inst.send(b"".join(inst.invoke_frame(rid, b"{}") for rid in ids))
+        for rid in ids:
+            header, out = inst.frame_for(rid)
+            self.assertEqual(header["type"], "result", header)
+            self.assertEqual(json.loads(out), {"id": rid})
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 4 * 0.3, "4 concurrent 0.3 s calls took %.2f s" % elapsed)
+
 
 class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
     runtime = "python"
@@ -1132,6 +1352,41 @@ class NodeBootstrapTest(BootstrapContract, unittest.TestCase):
             """
         }
         inst = self.start_ready(files=files, handler="index.handler", concurrency=4)
+        inst.send(
+            inst.invoke_frame("good1", b"{}")
+            + inst.invoke_frame("bad", json.dumps({"stray": True}))
+            + inst.invoke_frame("good2", b"{}")
+        )
+        header, _ = inst.frame_for("bad")
+        self.assertEqual(header["error"]["message"], "stray bad")
+        for rid in ("good1", "good2"):
+            header, out = inst.frame_for(rid)
+            self.assertEqual(json.loads(out), {"ok": rid})
+
+    def test_stem_cell_concurrency_attributes_stray_rejections(self):
+        # Calls overlap in Node whatever FLICK_CONCURRENCY says; what it
+        # changes is how a stray rejection finds its call (AsyncLocalStorage).
+        inst = self.start_stem()
+        inst.specialise(self.STRAY_FILES, "index.handler", concurrency=4)
+        self.assert_ready(inst)
+        self.check_stray_attribution(inst)
+
+    STRAY_FILES = {
+        "index.js": """
+            const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+            exports.handler = async (event, context) => {
+              if (event.stray) {
+                await sleep(20);
+                Promise.reject(new RangeError('stray ' + context.awsRequestId));
+                await new Promise(() => {});
+              }
+              await sleep(100);
+              return { ok: context.awsRequestId };
+            };
+        """
+    }
+
+    def check_stray_attribution(self, inst):
         inst.send(
             inst.invoke_frame("good1", b"{}")
             + inst.invoke_frame("bad", json.dumps({"stray": True}))

@@ -69,7 +69,7 @@ impl ExecInstance {
             program: self.program.clone(),
             args: self.args.clone(),
             env,
-            code_dir: self.spec.code_dir.clone(),
+            code_dir: Some(self.spec.code_dir.clone()),
             limits: self.launcher.limits(&self.spec),
             protocol_fd: None,
             stdin: true,

@@ -88,6 +88,15 @@ impl ProcessHandle {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sets the memory limit of the process's cgroup (if it has one).
+    pub fn set_memory(&self, bytes: u64) -> std::io::Result<()> {
+        self.cgroup.as_ref().map_or(Ok(()), |cg| cg.set_memory(bytes))
+    }
+
     /// How the process exited, waiting at most `wait` for it to do so.
     pub async fn exit(&self, wait: Duration) -> Option<Exit> {
         let mut rx = self.exit.clone();

@@ -47,7 +47,7 @@ impl HttpInstance {
                 program,
                 args,
                 env,
-                code_dir: spec.code_dir.clone(),
+                code_dir: Some(spec.code_dir.clone()),
                 limits: launcher.limits(spec),
                 protocol_fd: None,
                 stdin: false,

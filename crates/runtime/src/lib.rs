@@ -18,6 +18,7 @@ mod exec;
 mod handle;
 mod http;
 pub mod logs;
+mod prewarm;
 mod process;
 pub mod protocol;
 
@@ -44,6 +45,8 @@ pub struct RuntimeConfig {
     pub log_limits: LogLimits,
     /// Largest response body an instance may return.
     pub max_response_bytes: usize,
+    /// Stem cells kept ready per runtime (python3, node) and network kind; 0 disables prewarming.
+    pub stem_cells: u32,
 }
 
 /// Everything needed to start an instance of one revision.
@@ -152,6 +155,11 @@ impl Instance {
         }
     }
 
+    /// Whether the instance was a prewarmed stem cell before it took on its function.
+    pub fn prewarmed(&self) -> bool {
+        matches!(self, Self::Process(i) if i.prewarmed())
+    }
+
     /// Stops the instance and everything it started; idempotent.
     pub fn stop(&self) {
         match self {
@@ -168,6 +176,7 @@ pub struct Launcher {
     config: Arc<RuntimeConfig>,
     sandbox: Sandbox,
     http_client: reqwest::Client,
+    stems: Arc<prewarm::StemPool>,
 }
 
 impl Launcher {
@@ -179,17 +188,32 @@ impl Launcher {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Self { config: Arc::new(config), sandbox, http_client })
+        Ok(Self { config: Arc::new(config), sandbox, http_client, stems: prewarm::new_pool() })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }
 
-    /// Starts an instance and waits until it is ready to serve, at most until `deadline`.
+    /// Starts an instance and waits until it is ready to serve, at most
+    /// until `deadline`. python3 and node instances come from a stem cell
+    /// when one is ready (and the function keeps the default `/tmp` size,
+    /// which stem cells are built with).
     pub async fn start(&self, spec: &InstanceSpec, deadline: Instant) -> Result<Instance, StartError> {
-        match spec.manifest.runtime {
+        let m = &spec.manifest;
+        match m.runtime {
             RuntimeKind::Python3 | RuntimeKind::Node => {
+                if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
+                    && let Some(stem) = self.take_stem((m.runtime, m.network))
+                {
+                    match stem.specialise(self, spec, deadline).await {
+                        Ok(instance) => return Ok(Instance::Process(instance)),
+                        Err(process::SpecialiseError::Start(e)) => return Err(e),
+                        Err(process::SpecialiseError::Unusable(why)) => {
+                            tracing::warn!(function = %spec.function, %why, "stem cell unusable; starting afresh");
+                        }
+                    }
+                }
                 process::ProcessInstance::start(self, spec, deadline).await.map(Instance::Process)
             }
             RuntimeKind::Exec => exec::ExecInstance::new(self, spec).map(Instance::Exec),

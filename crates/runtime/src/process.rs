@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flick_core::{LogStream, RuntimeKind};
+use flick_core::{LogStream, Manifest, RuntimeKind};
 use flick_sandbox::ProcessSpec;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -22,6 +22,8 @@ use crate::{Failure, FunctionError, InstanceSpec, Invoked, Launcher, Request, Re
 
 /// How long to wait, after a response, for the end markers on stdout/stderr.
 const MARKER_GRACE: Duration = Duration::from_millis(200);
+/// Memory limit of a stem cell until it takes on a function's own.
+const STEM_MEMORY: u64 = 512 << 20;
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Frame>>>>;
 
@@ -33,74 +35,87 @@ pub struct ProcessInstance {
     alive: Arc<AtomicBool>,
     /// Why the protocol channel broke, when it did.
     broken: Arc<Mutex<Option<FrameError>>>,
+    prewarmed: bool,
 }
 
-impl ProcessInstance {
-    pub async fn start(launcher: &Launcher, spec: &InstanceSpec, deadline: Instant) -> Result<Self, StartError> {
-        let cfg = launcher.config();
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
-        ours.set_nonblocking(true).map_err(|e| StartError::Platform(e.to_string()))?;
-        let ours = UnixStream::from_std(ours).map_err(|e| StartError::Platform(e.to_string()))?;
+/// A bootstrap process that has been spawned but has not said `ready` yet.
+struct Booting {
+    process: ProcessHandle,
+    reader: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+    logs: LogCollector,
+}
 
-        let bootstrap = launcher.bootstrap_path(spec.manifest.runtime);
-        let (program, mut args) = match spec.manifest.runtime {
-            // -I: no user site-packages, no PYTHON* variables from anywhere.
-            RuntimeKind::Python3 => (cfg.python.clone(), vec!["-I".into()]),
-            _ => (cfg.node.clone(), vec![]),
-        };
-        args.push(bootstrap.into_os_string());
-        let mut child = launcher
-            .sandbox()
-            .spawn(ProcessSpec {
-                program,
-                args,
-                env: launcher.env(spec),
-                code_dir: spec.code_dir.clone(),
-                limits: launcher.limits(spec),
-                protocol_fd: Some(OwnedFd::from(theirs)),
-                stdin: false,
-            })
-            .map_err(|e| StartError::Platform(e.to_string()))?;
+/// Starts a bootstrap process for `runtime`. `code_dir: None` starts a
+/// stem cell, whose code is attached later.
+fn spawn_bootstrap(
+    launcher: &Launcher,
+    runtime: RuntimeKind,
+    code_dir: Option<std::path::PathBuf>,
+    env: Vec<(String, String)>,
+    limits: flick_sandbox::Limits,
+) -> Result<Booting, StartError> {
+    let cfg = launcher.config();
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Platform(format!("socketpair: {e}")))?;
+    ours.set_nonblocking(true).map_err(|e| StartError::Platform(e.to_string()))?;
+    let ours = UnixStream::from_std(ours).map_err(|e| StartError::Platform(e.to_string()))?;
+    let bootstrap = launcher.bootstrap_path(runtime);
+    let (program, mut args) = match runtime {
+        // -I: no user site-packages, no PYTHON* variables from anywhere.
+        RuntimeKind::Python3 => (cfg.python.clone(), vec!["-I".into()]),
+        _ => (cfg.node.clone(), vec![]),
+    };
+    args.push(bootstrap.into_os_string());
+    let mut spawned = launcher
+        .sandbox()
+        .spawn(ProcessSpec {
+            program,
+            args,
+            env,
+            code_dir,
+            limits,
+            protocol_fd: Some(OwnedFd::from(theirs)),
+            stdin: false,
+        })
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+    let logs = LogCollector::new(cfg.log_limits);
+    if let Some(out) = spawned.child.stdout.take() {
+        logs.spawn_reader(LogStream::Stdout, out);
+    }
+    if let Some(err) = spawned.child.stderr.take() {
+        logs.spawn_reader(LogStream::Stderr, err);
+    }
+    let process = ProcessHandle::new(spawned);
+    let (read, write) = ours.into_split();
+    Ok(Booting { process, reader: BufReader::with_capacity(64 << 10, read), write, logs })
+}
 
-        let logs = LogCollector::new(cfg.log_limits);
-        if let Some(out) = child.child.stdout.take() {
-            logs.spawn_reader(LogStream::Stdout, out);
-        }
-        if let Some(err) = child.child.stderr.take() {
-            logs.spawn_reader(LogStream::Stderr, err);
-        }
-        let process = ProcessHandle::new(child);
-        let (read, mut write) = ours.into_split();
-        let mut reader = BufReader::with_capacity(64 << 10, read);
-
-        let first = tokio::time::timeout_at(deadline, protocol::read_frame(&mut reader, 64 << 10)).await;
-        let failed_start = |error: FunctionError| async {
-            // Let the streams drain so the traceback is in the logs.
-            process.exit(Duration::from_secs(1)).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            StartError::Init { error, logs: logs.take_idle() }
-        };
+impl Booting {
+    /// Waits for the first frame; anything but `expected` (or a clean
+    /// `init_error`) ends the start.
+    async fn first_frame(&mut self, expected: &str, deadline: Instant) -> Result<(), StartError> {
+        let first = tokio::time::timeout_at(deadline, protocol::read_frame(&mut self.reader, 64 << 10)).await;
         match first {
             Err(_) => {
-                process.kill();
-                return Err(StartError::Timeout { logs: logs.take_idle() });
+                self.process.kill();
+                Err(StartError::Timeout { logs: self.logs.take_idle() })
             }
-            Ok(Ok(frame)) if frame.header.kind == "ready" => {}
+            Ok(Ok(frame)) if frame.header.kind == expected => Ok(()),
             Ok(Ok(frame)) if frame.header.kind == "init_error" => {
                 let error = frame.header.error.unwrap_or_else(|| FunctionError {
                     kind: "Runtime.InitError".into(),
                     message: "the handler failed to initialise".into(),
                     trace: vec![],
                 });
-                return Err(failed_start(error).await);
+                Err(self.failed_start(error).await)
             }
             Ok(Ok(frame)) => {
-                process.kill();
-                return Err(StartError::Platform(format!("bootstrap sent `{}` before `ready`", frame.header.kind)));
+                self.process.kill();
+                Err(StartError::Platform(format!("bootstrap sent `{}` before `{expected}`", frame.header.kind)))
             }
             Ok(Err(FrameError::Eof)) => {
-                let how = match process.exit(Duration::from_secs(1)).await {
+                let how = match self.process.exit(Duration::from_secs(1)).await {
                     Some(exit) => exit.to_string(),
                     None => "exited".into(),
                 };
@@ -109,14 +124,25 @@ impl ProcessInstance {
                     message: format!("instance {how} before it was ready"),
                     trace: vec![],
                 };
-                return Err(failed_start(error).await);
+                Err(self.failed_start(error).await)
             }
             Ok(Err(e)) => {
-                process.kill();
-                return Err(StartError::Platform(e.to_string()));
+                self.process.kill();
+                Err(StartError::Platform(e.to_string()))
             }
         }
+    }
 
+    async fn failed_start(&self, error: FunctionError) -> StartError {
+        // Let the streams drain so the traceback is in the logs.
+        self.process.exit(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        StartError::Init { error, logs: self.logs.take_idle() }
+    }
+
+    /// The bootstrap said `ready`: from now on it serves invocations.
+    fn into_instance(self, max_response: usize, prewarmed: bool) -> ProcessInstance {
+        let Booting { process, reader, mut write, logs } = self;
         let (to_instance, mut outbox) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
             while let Some(frame) = outbox.recv().await {
@@ -128,8 +154,91 @@ impl ProcessInstance {
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let broken = Arc::new(Mutex::new(None));
-        tokio::spawn(read_responses(reader, cfg.max_response_bytes, pending.clone(), alive.clone(), broken.clone()));
-        Ok(Self { process, to_instance, pending, logs, alive, broken })
+        tokio::spawn(read_responses(reader, max_response, pending.clone(), alive.clone(), broken.clone()));
+        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed }
+    }
+}
+
+/// A prewarmed bootstrap: interpreter started, sandbox set up, no function
+/// yet. Used once: specialising turns it into that function's instance for
+/// good, so no state ever passes from one function to another.
+pub struct Stem {
+    booting: Booting,
+}
+
+/// Why a stem cell could not take on a function.
+pub enum SpecialiseError {
+    /// The stem cell is unusable (its process died, the code could not be
+    /// attached): start an instance the ordinary way instead.
+    Unusable(String),
+    /// The function itself failed to start (import error, timeout).
+    Start(StartError),
+}
+
+impl Stem {
+    /// Starts a stem cell for `runtime` and waits until it is ready to specialise.
+    pub async fn start(
+        launcher: &Launcher,
+        runtime: RuntimeKind,
+        network: flick_sandbox::Network,
+    ) -> Result<Self, StartError> {
+        let limits = flick_sandbox::Limits { memory: STEM_MEMORY, tmp_size: Manifest::DEFAULT_TMP_SIZE, network };
+        let env = vec![("FLICK_STEM".to_string(), "1".to_string())];
+        let mut booting = spawn_bootstrap(launcher, runtime, None, env, limits)?;
+        booting.first_frame("stem_ready", Instant::now() + Duration::from_secs(30)).await?;
+        Ok(Self { booting })
+    }
+
+    /// Attaches `spec`'s code, applies its memory limit and environment, and
+    /// waits for the function to be ready.
+    pub async fn specialise(
+        self,
+        launcher: &Launcher,
+        spec: &InstanceSpec,
+        deadline: Instant,
+    ) -> Result<ProcessInstance, SpecialiseError> {
+        let mut booting = self.booting;
+        let process = &booting.process;
+        if process.exit(Duration::ZERO).await.is_some() {
+            return Err(SpecialiseError::Unusable("stem cell exited".into()));
+        }
+        let unusable = |what: &str, e: std::io::Error| {
+            process.kill();
+            SpecialiseError::Unusable(format!("{what}: {e}"))
+        };
+        launcher
+            .sandbox()
+            .attach_code(process.pid(), &spec.code_dir)
+            .await
+            .map_err(|e| unusable("attaching code", e))?;
+        process.set_memory(spec.manifest.memory).map_err(|e| unusable("setting the memory limit", e))?;
+        let env: serde_json::Map<String, serde_json::Value> =
+            launcher.env(spec).into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+        let frame = serde_json::json!({ "type": "specialise", "env": env, "len": 0 });
+        let mut bytes = serde_json::to_vec(&frame).unwrap_or_default();
+        bytes.push(b'\n');
+        booting.write.write_all(&bytes).await.map_err(|e| unusable("sending specialise", e))?;
+        booting.first_frame("ready", deadline).await.map_err(SpecialiseError::Start)?;
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true))
+    }
+}
+
+impl ProcessInstance {
+    pub async fn start(launcher: &Launcher, spec: &InstanceSpec, deadline: Instant) -> Result<Self, StartError> {
+        let mut booting = spawn_bootstrap(
+            launcher,
+            spec.manifest.runtime,
+            Some(spec.code_dir.clone()),
+            launcher.env(spec),
+            launcher.limits(spec),
+        )?;
+        booting.first_frame("ready", deadline).await?;
+        Ok(booting.into_instance(launcher.config().max_response_bytes, false))
+    }
+
+    /// This instance was a stem cell before it took on its function.
+    pub fn prewarmed(&self) -> bool {
+        self.prewarmed
     }
 
     pub async fn invoke(&self, req: Request) -> Invoked {

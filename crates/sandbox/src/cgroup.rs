@@ -168,6 +168,25 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Changes the memory limit of a running instance (a stem cell taking
+    /// on a function). With cgroup v1 the swap limit may never be below the
+    /// memory limit, so the order of the two writes depends on the direction.
+    pub fn set_memory(&self, bytes: u64) -> std::io::Result<()> {
+        let dir = &self.dirs[0];
+        if self.v2 {
+            return write(dir, "memory.max", bytes);
+        }
+        let current: u64 = fs::read_to_string(dir.join("memory.limit_in_bytes"))?.trim().parse().unwrap_or(u64::MAX);
+        if bytes > current {
+            let _ = write(dir, "memory.memsw.limit_in_bytes", bytes);
+            write(dir, "memory.limit_in_bytes", bytes)
+        } else {
+            write(dir, "memory.limit_in_bytes", bytes)?;
+            let _ = write(dir, "memory.memsw.limit_in_bytes", bytes);
+            Ok(())
+        }
+    }
+
     /// Did the kernel kill a process of this cgroup for exceeding its memory?
     pub fn oom_killed(&self) -> bool {
         let (dir, file) =

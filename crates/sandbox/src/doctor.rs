@@ -91,7 +91,7 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
         env: vec![],
-        code_dir: code_dir.to_path_buf(),
+        code_dir: Some(code_dir.to_path_buf()),
         protocol_fd: None,
         stdin: false,
         limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },

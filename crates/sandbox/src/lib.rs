@@ -16,6 +16,7 @@
 //! `exec` ([`child`]) has to call the kernel directly.
 #![allow(unsafe_code)]
 
+mod attach;
 mod cgroup;
 mod child;
 pub mod doctor;
@@ -90,8 +91,9 @@ pub struct ProcessSpec {
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
     /// Host path of the function's code: the working directory, mounted
-    /// read-only at [`mounts::CODE`] when isolated.
-    pub code_dir: PathBuf,
+    /// read-only at [`mounts::CODE`] when isolated. `None` for a stem cell,
+    /// whose code is attached later ([`Sandbox::attach_code`]).
+    pub code_dir: Option<PathBuf>,
     /// Becomes fd 3 in the child (the bootstrap protocol channel).
     pub protocol_fd: Option<OwnedFd>,
     pub stdin: bool,
@@ -159,6 +161,17 @@ impl Sandbox {
         self.isolated.is_some()
     }
 
+    /// Mounts `code_dir` into the stem cell whose outer process is `pid`
+    /// (read-only at [`mounts::CODE`]). Unisolated, there is nothing to
+    /// mount: the stem changes into the host directory itself.
+    pub async fn attach_code(&self, pid: u32, code_dir: &Path) -> std::io::Result<()> {
+        if !self.is_isolated() {
+            return Ok(());
+        }
+        let code_dir = code_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || attach::attach_code(pid, &code_dir)).await.map_err(std::io::Error::other)?
+    }
+
     /// Where an instance sees its code.
     pub fn code_path(&self, host: &Path) -> PathBuf {
         if self.is_isolated() { PathBuf::from(mounts::CODE) } else { host.to_path_buf() }
@@ -189,7 +202,7 @@ impl Sandbox {
         let mut procs_fds = Vec::new();
         let setup = match &self.isolated {
             None => {
-                cmd.current_dir(&spec.code_dir);
+                cmd.current_dir(spec.code_dir.as_deref().unwrap_or(&self.runtime_dir));
                 child::Setup {
                     parent_pid: std::process::id() as libc::pid_t,
                     cgroup_procs: vec![],
@@ -207,7 +220,7 @@ impl Sandbox {
                 procs_fds = fds;
                 let plan = mounts::plan(&mounts::Inputs {
                     root: &cfg.rootfs_dir,
-                    code: &spec.code_dir,
+                    code: spec.code_dir.as_deref(),
                     runtime: &cfg.runtime_dir,
                     extra_ro: &cfg.extra_ro,
                     tmp_size: spec.limits.tmp_size,

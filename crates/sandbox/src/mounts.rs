@@ -67,7 +67,8 @@ fn c(path: impl AsRef<Path>) -> CString {
 /// What to mount besides the fixed host set.
 pub struct Inputs<'a> {
     pub root: &'a Path,
-    pub code: &'a Path,
+    /// `None`: an empty `/var/task`, for code attached later.
+    pub code: Option<&'a Path>,
     pub runtime: &'a Path,
     /// Extra host paths shared read-only at the same place (the Python
     /// interpreter's prefix, say, when it lives under /root or /opt).
@@ -120,7 +121,9 @@ pub fn plan(i: &Inputs<'_>) -> Plan {
 
     let code = inside(CODE);
     mkdir_all(&mut ops, &code);
-    ops.push(Op::Bind { src: c(i.code), dst: c(&code), readonly: true, dev: false });
+    if let Some(host_code) = i.code {
+        ops.push(Op::Bind { src: c(host_code), dst: c(&code), readonly: true, dev: false });
+    }
     let runtime = inside(RUNTIME);
     mkdir_all(&mut ops, &runtime);
     ops.push(Op::Bind { src: c(i.runtime), dst: c(&runtime), readonly: true, dev: false });

@@ -180,8 +180,14 @@ impl Scheduler {
         self.pools.lock().unwrap().retain(|_, pool| !pool.is_drained());
     }
 
-    /// Stops every instance (shutdown).
+    /// Ready stem cells per `runtime/network`.
+    pub fn stem_cells(&self) -> Vec<(String, usize)> {
+        self.launcher.stem_counts()
+    }
+
+    /// Stops every instance and stem cell (shutdown).
     pub fn stop_all(&self) {
+        self.launcher.stop_stems();
         let pools: Vec<_> = self.pools.lock().unwrap().drain().map(|(_, p)| p).collect();
         for pool in pools {
             pool.retire();

@@ -71,6 +71,8 @@ pub struct Lease {
     pub init: Duration,
     /// Time spent waiting for a free slot.
     pub wait: Duration,
+    /// The new instance was a prewarmed stem cell.
+    pub prewarmed: bool,
     discard: bool,
 }
 
@@ -148,6 +150,7 @@ impl Pool {
                         cold: false,
                         init: Duration::ZERO,
                         wait: began.elapsed(),
+                        prewarmed: false,
                         discard: false,
                     })
                 } else if (st.slots.len() as u32 + st.starting) < m.max_instances && self.budget.try_reserve(m.memory) {
@@ -200,10 +203,20 @@ impl Pool {
             st.starting -= 1;
             match result {
                 Ok(instance) => {
+                    let prewarmed = instance.prewarmed();
                     let instance = Arc::new(instance);
                     let id = st.add(instance.clone(), 1);
-                    tracing::debug!(function = %self.spec.function, revision = self.spec.revision, ?init, "instance started");
-                    Ok(Lease { pool: self.clone(), slot: id, instance, cold: true, init, wait, discard: false })
+                    tracing::debug!(function = %self.spec.function, revision = self.spec.revision, ?init, prewarmed, "instance started");
+                    Ok(Lease {
+                        pool: self.clone(),
+                        slot: id,
+                        instance,
+                        cold: true,
+                        init,
+                        wait,
+                        prewarmed,
+                        discard: false,
+                    })
                 }
                 Err(e) => Err(AcquireError::Start(e)),
             }

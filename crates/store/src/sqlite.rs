@@ -55,7 +55,8 @@ const MIGRATIONS: &[&str] = &[
         response_truncated INTEGER NOT NULL,
         logs_json          TEXT NOT NULL,
         logs_truncated     INTEGER NOT NULL,
-        exec_ms            REAL NOT NULL
+        exec_ms            REAL NOT NULL,
+        prewarmed          INTEGER NOT NULL
     );
     CREATE INDEX activations_function_seq ON activations(function, seq);
     CREATE INDEX activations_start_ms ON activations(start_ms);
@@ -217,7 +218,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 }
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
-     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms";
+     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms, prewarmed";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -253,6 +254,7 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         logs,
         logs_truncated: row.get(15)?,
         exec_ms: row.get(16)?,
+        prewarmed: row.get(17)?,
     }))
 }
 
@@ -410,8 +412,8 @@ impl Store for SqliteStore {
             // even after pruning, so it stays a valid follow cursor.
             conn.execute(
                 "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms, \
+                 prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     a.id.as_str(),
                     a.function,
@@ -429,6 +431,7 @@ impl Store for SqliteStore {
                     logs_json,
                     a.logs_truncated,
                     a.exec_ms,
+                    a.prewarmed,
                 ],
             )?;
             Ok(conn.last_insert_rowid())
@@ -536,6 +539,7 @@ mod tests {
             wait_ms: 0.25,
             exec_ms: 11.5,
             cold: false,
+            prewarmed: false,
             status: ActivationStatus::Success,
             http_status: 200,
             response: "ok".into(),
@@ -694,7 +698,7 @@ mod tests {
                     tx.execute(
                         "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
                          wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
-                         exec_ms) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0, 0)",
+                         exec_ms, prewarmed) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0, 0, 0)",
                         params![format!("{i:032x}"), i],
                     )?;
                 }

@@ -1,0 +1,128 @@
+//! Prewarmed stem cells: cold starts take an already started, already
+//! sandboxed runtime, and a stem cell never carries anything from one
+//! function to another.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Flick, manifest};
+
+fn stem_cells(flick: &Flick, kind: &str) -> u64 {
+    flick.get("/v1/instances").json()["stem_cells"][kind].as_u64().unwrap_or(0)
+}
+
+fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) {
+    flick.deploy_files(name, &[("flick.toml", &manifest(name, "python3", "main.handler", extra)), ("main.py", code)]);
+}
+
+#[test]
+fn cold_starts_take_a_stem_cell_and_the_pool_refills() {
+    let flick = Flick::start();
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "python stem ready");
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "node stem ready");
+    deploy_py(
+        &flick,
+        "py",
+        "",
+        "import os\ndef handler(event, context):\n    return {'cwd': os.getcwd(), 'name': context.function_name, 'env': os.environ.get('GREETING')}\n",
+    );
+    flick.deploy_files(
+        "py-env",
+        &[
+            ("flick.toml", &manifest("py-env", "python3", "main.handler", "[env]\nGREETING = \"hi\"\n")),
+            ("main.py", "import os\ndef handler(event, context):\n    return {'env': os.environ.get('GREETING'), 'stem': os.environ.get('FLICK_STEM')}\n"),
+        ],
+    );
+    let r = flick.invoke("py", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["cwd"], "/var/task");
+    assert_eq!(r.json()["name"], "py");
+    let a = flick.activation(&r.activation_id());
+    assert_eq!((a["cold"].as_bool(), a["prewarmed"].as_bool()), (Some(true), Some(true)), "{a}");
+    assert!(r.header("server-timing").unwrap().contains("desc=\"prewarmed\""));
+
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "refilled");
+    let r = flick.invoke("py-env", "{}");
+    assert_eq!(r.json()["env"], "hi", "the function's env reaches a specialised stem cell");
+    assert!(r.json()["stem"].is_null(), "no trace of stem mode");
+    assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true);
+
+    flick.deploy_files(
+        "js",
+        &[
+            ("flick.toml", &manifest("js", "node", "index.handler", "")),
+            ("index.js", "exports.handler = async (e, ctx) => ({ name: ctx.functionName, cwd: process.cwd() });\n"),
+        ],
+    );
+    let r = flick.invoke("js", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["name"], "js");
+    assert_eq!(r.json()["cwd"], "/var/task");
+    assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true);
+}
+
+#[test]
+fn a_stem_cell_never_carries_one_function_into_another() {
+    let flick = Flick::start();
+    let code = r#"
+import os, sys
+SEEN = []
+def handler(event, context):
+    before = sorted(f for f in os.listdir('/tmp'))
+    with open('/tmp/' + context.function_name, 'w') as f:
+        f.write('mine')
+    SEEN.append(context.function_name)
+    return {'tmp_before': before, 'seen': SEEN, 'modules': sorted(m for m in sys.modules if m.startswith('secret_'))}
+"#;
+    for name in ["alpha", "beta"] {
+        flick.deploy_files(
+            name,
+            &[
+                ("flick.toml", &manifest(name, "python3", "main.handler", "")),
+                ("main.py", &format!("import secret_{name}\n{code}")),
+                (&format!("secret_{name}.py"), "TOKEN = 1\n"),
+            ],
+        );
+    }
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
+    let a = flick.invoke("alpha", "{}");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
+    let b = flick.invoke("beta", "{}");
+    assert_eq!(b.status, 200, "{}", b.text());
+    for (r, name, other) in [(&a, "alpha", "beta"), (&b, "beta", "alpha")] {
+        let v = r.json();
+        assert_eq!(v["tmp_before"], serde_json::json!([]), "{name} saw another's /tmp: {v}");
+        assert_eq!(v["seen"], serde_json::json!([name]), "{name}: {v}");
+        assert_eq!(v["modules"], serde_json::json!([format!("secret_{name}")]), "{name} sees secret_{other}: {v}");
+        assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true, "{name} came from a stem cell");
+    }
+}
+
+#[test]
+fn functions_a_stem_cannot_serve_start_the_ordinary_way() {
+    let flick = Flick::start();
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
+    // A /tmp size other than the stem cells' own.
+    deploy_py(&flick, "bigtmp", "tmp_size = \"128MiB\"\n", "def handler(event, context):\n    return 'ok'\n");
+    let r = flick.invoke("bigtmp", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a = flick.activation(&r.activation_id());
+    assert_eq!((a["cold"].as_bool(), a["prewarmed"].as_bool()), (Some(true), Some(false)), "{a}");
+    // An import error through a stem cell is the function's error, with its traceback.
+    deploy_py(&flick, "broken", "", "raise RuntimeError('no good at import')\ndef handler(e, c):\n    pass\n");
+    let r = flick.invoke("broken", "{}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("no good at import"), "{}", r.text());
+}
+
+#[test]
+fn prewarming_can_be_switched_off() {
+    let flick = Flick::start_with(&[], Some("stem_cells = 0\n"));
+    deploy_py(&flick, "plain", "", "def handler(event, context):\n    return 'ok'\n");
+    let r = flick.invoke("plain", "{}");
+    assert_eq!(r.status, 200);
+    assert_eq!(flick.activation(&r.activation_id())["prewarmed"], false);
+    assert_eq!(stem_cells(&flick, "python3/none"), 0);
+}
