@@ -131,3 +131,26 @@ fn the_host_budget_evicts_idle_instances_to_make_room() {
     assert_eq!(budget["instances"], 1, "{budget}");
     assert_eq!(budget["max_instances"], 1);
 }
+
+#[test]
+fn a_burst_on_a_cold_function_is_served_within_its_bounds() {
+    let flick = Flick::start();
+    deploy_sleepy(&flick, "bursty", "max_instances = 4\ntimeout = \"20s\"\n");
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(flick.instances("bursty"), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let calls: Vec<_> = (0..20).map(|_| s.spawn(|| flick.invoke("bursty", r#"{"sleep": 0.2}"#).status)).collect();
+        let statuses = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        statuses
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let peak = peak.into_inner();
+    assert!((1..=4).contains(&peak), "instances peaked at {peak}, bound is 4");
+}

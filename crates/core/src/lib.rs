@@ -15,7 +15,7 @@ pub mod units;
 
 pub use activation::{Activation, ActivationStatus, LogLine, LogStream};
 pub use id::ActivationId;
-pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind};
+pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};
 

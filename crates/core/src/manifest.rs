@@ -98,6 +98,44 @@ struct RawManifest {
     tmp_size: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    scaling: Option<RawScaling>,
+}
+
+/// `[scaling]`: per-function overrides of the autoscaler's policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScaling {
+    target_utilisation: Option<f64>,
+    stable_window: Option<String>,
+    panic_window: Option<String>,
+    panic_threshold: Option<f64>,
+}
+
+/// The autoscaler's policy for one function (Knative KPA's knobs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scaling {
+    /// Percent of `concurrency` an instance should carry on average (70 = 0.7).
+    pub target_percent: u32,
+    /// Load is averaged over this window before scaling down; never longer
+    /// than `keep_alive`, so it cannot hold an idle instance past it.
+    #[serde(with = "duration_text")]
+    pub stable_window: Duration,
+    /// The short window that detects bursts.
+    #[serde(with = "duration_text")]
+    pub panic_window: Duration,
+    /// Panic when the burst needs this many times (percent) the instances running.
+    pub panic_percent: u32,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            target_percent: 70,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_percent: 200,
+        }
+    }
 }
 
 /// A validated manifest with every default filled in. This is what a
@@ -121,6 +159,8 @@ pub struct Manifest {
     /// Bytes of private `/tmp`.
     pub tmp_size: u64,
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub scaling: Scaling,
 }
 
 impl Manifest {
@@ -202,6 +242,7 @@ impl Manifest {
         if !(1 << 20..=16u64 << 30).contains(&tmp_size) {
             return Err(invalid("tmp_size", "must be between 1MiB and 16GiB".into()));
         }
+        let scaling = scaling(raw.scaling, keep_alive, |key, m| invalid(key, m))?;
         for key in raw.env.keys() {
             check_env_key(key).map_err(|e| invalid("env", e))?;
         }
@@ -220,6 +261,7 @@ impl Manifest {
             network,
             tmp_size,
             env: raw.env,
+            scaling,
         })
     }
 
@@ -242,6 +284,14 @@ impl Manifest {
             self.network.as_str(),
             format_size(self.tmp_size),
         );
+        let sc = &self.scaling;
+        out.push_str(&format!(
+            "\n[scaling]\ntarget_utilisation = {}\nstable_window = {:?}\npanic_window = {:?}\npanic_threshold = {}\n",
+            f64::from(sc.target_percent) / 100.0,
+            format_duration(sc.stable_window),
+            format_duration(sc.panic_window),
+            f64::from(sc.panic_percent) / 100.0,
+        ));
         if !self.env.is_empty() {
             out.push_str("\n[env]\n");
             for (k, v) in &self.env {
@@ -250,6 +300,40 @@ impl Manifest {
         }
         out
     }
+}
+
+fn scaling(
+    raw: Option<RawScaling>,
+    keep_alive: Duration,
+    invalid: impl Fn(&str, String) -> ManifestError,
+) -> Result<Scaling, ManifestError> {
+    let d = Scaling::default();
+    let Some(raw) = raw else {
+        let stable_window = d.stable_window.min(keep_alive);
+        return Ok(Scaling { stable_window, panic_window: d.panic_window.min(stable_window / 10), ..d });
+    };
+    let percent = |key: &str, v: Option<f64>, default: u32, range: std::ops::RangeInclusive<f64>| match v {
+        None => Ok(default),
+        Some(x) if range.contains(&x) => Ok((x * 100.0).round() as u32),
+        Some(x) => {
+            Err(invalid("scaling", format!("`{key}` = {x} is out of range {}..={}", range.start(), range.end())))
+        }
+    };
+    let window = |key: &str, v: Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(t) => parse_duration(&t).map_err(|e| invalid("scaling", format!("`{key}`: {e}"))),
+    };
+    let stable_window = window("stable_window", raw.stable_window, d.stable_window)?.min(keep_alive);
+    let panic_window = window("panic_window", raw.panic_window, d.panic_window.min(stable_window / 10))?;
+    if panic_window.is_zero() || panic_window > stable_window {
+        return Err(invalid("scaling", "`panic_window` must be above zero and at most `stable_window`".into()));
+    }
+    Ok(Scaling {
+        target_percent: percent("target_utilisation", raw.target_utilisation, d.target_percent, 0.1..=1.0)?,
+        stable_window,
+        panic_window,
+        panic_percent: percent("panic_threshold", raw.panic_threshold, d.panic_percent, 1.1..=10.0)?,
+    })
 }
 
 fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
@@ -378,6 +462,26 @@ mod tests {
         assert!(!m.public);
         assert_eq!(m.network, Network::None);
         assert_eq!(m.tmp_size, 64 << 20);
+    }
+
+    #[test]
+    fn scaling_defaults_follow_keep_alive_and_can_be_overridden() {
+        let m = Manifest::parse(&format!("{MINIMAL}keep_alive = \"20s\"\n")).unwrap();
+        assert_eq!(m.scaling.stable_window, Duration::from_secs(20), "capped at keep_alive");
+        assert_eq!(m.scaling.panic_window, Duration::from_secs(2));
+        assert_eq!((m.scaling.target_percent, m.scaling.panic_percent), (70, 200));
+        let text = format!(
+            "{MINIMAL}[scaling]\ntarget_utilisation = 0.5\nstable_window = \"30s\"\npanic_window = \"3s\"\npanic_threshold = 3.0\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        assert_eq!(m.scaling.target_percent, 50);
+        assert_eq!(m.scaling.stable_window, Duration::from_secs(30));
+        assert_eq!(m.scaling.panic_window, Duration::from_secs(3));
+        assert_eq!(m.scaling.panic_percent, 300);
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        for bad in ["target_utilisation = 2.0", "panic_window = \"2m\"", "panic_threshold = 0.5", "surge = 1"] {
+            assert!(Manifest::parse(&format!("{MINIMAL}[scaling]\n{bad}\n")).is_err(), "{bad}");
+        }
     }
 
     #[test]

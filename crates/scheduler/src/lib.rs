@@ -16,6 +16,7 @@
 //! Pool state is behind a short `std::sync::Mutex`, never held across an
 //! await: instance start-up and invocations run outside it.
 
+pub mod autoscale;
 mod budget;
 mod pool;
 
@@ -159,9 +160,14 @@ impl Scheduler {
     pub fn reap(&self) {
         let pools: Vec<_> = self.pools.lock().unwrap().values().cloned().collect();
         let now = Instant::now();
+        let mut bursts = Vec::new();
         for pool in &pools {
-            for slot in pool.take_idle(now) {
+            let decision = pool.autoscale(now);
+            for slot in pool.take_idle(now, decision.desired) {
                 pool.stop_slot(slot);
+            }
+            if decision.panic {
+                bursts.push((pool, decision.desired));
             }
         }
         if self.budget.take_pressure() {
@@ -174,8 +180,12 @@ impl Scheduler {
                 pool.stop_slot(slot);
             }
         }
+        // Scale-out is demand-driven (a request that finds every slot busy
+        // starts an instance at once); in a burst the autoscaler also starts
+        // what the burst needs ahead of the queue.
         for pool in &pools {
-            pool.prewarm(0, now);
+            let want = bursts.iter().find(|(p, _)| Arc::ptr_eq(p, pool)).map_or(0, |(_, n)| *n);
+            pool.prewarm(want, now);
         }
         self.pools.lock().unwrap().retain(|_, pool| !pool.is_drained());
     }

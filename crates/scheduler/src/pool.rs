@@ -8,6 +8,7 @@ use flick_runtime::{Instance, InstanceSpec, Launcher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::autoscale::{self, Decision, LoadWindow, Snapshot};
 use crate::budget::Budget;
 use crate::{AcquireError, QueuePolicy};
 
@@ -29,6 +30,8 @@ pub(crate) struct PoolState {
     /// Requests waiting for a slot right now (the per-function queue).
     pub waiting: u32,
     pub retired: bool,
+    pub load: LoadWindow,
+    last_decision: Option<Decision>,
     next_id: u64,
     prewarm_failed_at: Option<Instant>,
 }
@@ -172,7 +175,11 @@ impl Pool {
                     return self.start_for_request(deadline, began.elapsed()).await;
                 }
                 Next::Wait => {
-                    queued.get_or_insert(Waiting(self));
+                    // Not `get_or_insert`: its argument would be built (and
+                    // dropped, leaving the queue) on every pass.
+                    if queued.is_none() {
+                        queued = Some(Waiting(self));
+                    }
                     let woke = tokio::time::timeout_at(give_up, async {
                         tokio::select! {
                             _ = &mut changed => {}
@@ -257,12 +264,47 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Removes the instances that should stop now (idle past `keep_alive`
-    /// beyond `min_instances`, or idle in a retired pool).
-    pub(crate) fn take_idle(&self, now: Instant) -> Vec<Slot> {
+    /// Samples the load and asks the autoscaler how many instances this
+    /// function should have; logs each change of mind at debug level.
+    pub(crate) fn autoscale(&self, now: Instant) -> Decision {
+        let m = &self.spec.manifest;
+        let policy = &m.scaling;
+        let mut st = self.state.lock().unwrap();
+        let load = st.inflight() + st.waiting;
+        st.load.record(now, load, policy.stable_window);
+        let in_panic = st.load.panic_until().is_some_and(|t| now < t);
+        let snap = Snapshot {
+            stable_load: st.load.average(now, policy.stable_window),
+            panic_load: st.load.average(now, policy.panic_window),
+            instances: st.slots.len() as u32 + st.starting,
+            concurrency: m.concurrency,
+            min_instances: m.min_instances,
+            max_instances: m.max_instances,
+            in_panic,
+        };
+        let decision = autoscale::decide(&snap, policy);
+        if decision.panic {
+            st.load.set_panic_until(now + policy.stable_window);
+        }
+        if st.last_decision != Some(decision) {
+            tracing::debug!(
+                function = %self.spec.function, revision = self.spec.revision,
+                desired = decision.desired, panic = decision.panic || in_panic,
+                stable_load = snap.stable_load, panic_load = snap.panic_load, instances = snap.instances,
+                "autoscaler"
+            );
+            st.last_decision = Some(decision);
+        }
+        decision
+    }
+
+    /// Removes the instances that should stop now: idle past `keep_alive`
+    /// and beyond what the autoscaler holds (`hold`, at least
+    /// `min_instances`), or idle in a retired pool.
+    pub(crate) fn take_idle(&self, now: Instant, hold: u32) -> Vec<Slot> {
         let m = &self.spec.manifest;
         let mut st = self.state.lock().unwrap();
-        let keep = if st.retired { 0 } else { m.min_instances as usize };
+        let keep = if st.retired { 0 } else { hold.max(m.min_instances) as usize };
         let retired = st.retired;
         // Most recently used first: those are kept, the rest may go.
         st.slots.sort_by_key(|s| std::cmp::Reverse(s.last_used));
