@@ -172,9 +172,13 @@ impl Manifest {
 
     /// Parses and validates the text of a `flick.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
-            line: e.span().map(|s| line_at(text, s.start)),
-            message: e.message().trim().to_string(),
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_at(text, s.start));
+            ManifestError::Syntax {
+                line,
+                key: line.and_then(|l| key_on_line(text, l)),
+                message: e.message().trim().to_string(),
+            }
         })?;
         let invalid = |key: &str, message: String| ManifestError::Invalid {
             line: line_of_key(text, key),
@@ -404,6 +408,13 @@ fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// The key assigned on a 1-based line (`key = …`), if the line is an assignment.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))).then(|| key.to_string())
+}
+
 /// 1-based line where `key = …` (or the `[key]` table) is written, if it is.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
     text.lines()
@@ -417,8 +428,8 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
-    #[error("{MANIFEST_FILE}{}: {message}", at_line(*line))]
-    Syntax { line: Option<usize>, message: String },
+    #[error("{MANIFEST_FILE}{}: {}{message}", at_line(*line), key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Syntax { line: Option<usize>, key: Option<String>, message: String },
     #[error("{MANIFEST_FILE}{}: `{key}`: {message}", at_line(*line))]
     Invalid { line: Option<usize>, key: String, message: String },
 }
@@ -561,5 +572,8 @@ mod tests {
     fn wrong_type_is_a_clear_error() {
         let err = Manifest::parse(&format!("{MINIMAL}concurrency = \"many\"\n")).unwrap_err();
         assert!(matches!(err, ManifestError::Syntax { line: Some(4), .. }), "{err}");
+        assert!(err.to_string().contains("`concurrency`"), "{err}");
+        let err = Manifest::parse("name = \"a\"\nruntime = \"python3\"\nhandler = main.handler\n").unwrap_err();
+        assert!(err.to_string().contains("line 3: `handler`"), "{err}");
     }
 }

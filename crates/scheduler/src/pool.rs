@@ -189,7 +189,10 @@ impl Pool {
                     .await;
                     if woke.is_err() {
                         // Below its own bound, the pool was held back by the host's budget.
-                        let below_max = (self.state.lock().unwrap().slots.len() as u32) < m.max_instances;
+                        let below_max = {
+                            let st = self.state.lock().unwrap();
+                            st.slots.len() as u32 + st.starting < m.max_instances
+                        };
                         return Err(if below_max {
                             AcquireError::HostFull
                         } else {

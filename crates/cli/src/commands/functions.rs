@@ -48,7 +48,7 @@ pub async fn list(client: &Client) -> anyhow::Result<ExitCode> {
             "{:<24} {:<8} {:>4} {:<8} {}",
             s(&f["name"]),
             s(&f["runtime"]),
-            f["current_revision"],
+            f["current_revision"].to_string(),
             if f["public"].as_bool() == Some(true) { "public" } else { "private" },
             rfc3339(f["updated_ms"].as_i64().unwrap_or(0)),
         );
@@ -77,7 +77,7 @@ pub async fn revisions(client: &Client, name: &str) -> anyhow::Result<ExitCode> 
         let mark = if r["number"].as_u64() == current { "*" } else { " " };
         println!(
             "{mark}{:>3}  {:<24} {:<10} {}",
-            r["number"],
+            r["number"].to_string(),
             &hash[..hash.len().min(23)],
             flick_core::units::format_size(r["code_size"].as_u64().unwrap_or(0)),
             rfc3339(r["created_ms"].as_i64().unwrap_or(0)),

@@ -49,39 +49,7 @@ impl Flick {
         if let Some(text) = config {
             std::fs::write(dir.path().join("config.toml"), text).unwrap();
         }
-        let child = Command::new(BIN)
-            .arg("up")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(args)
-            .env("FLICK_LOG", "warn")
-            .env_remove("FLICK_URL")
-            .env_remove("FLICK_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting flick up");
-        let addr_file = dir.path().join("flick.addr");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if !a.is_empty() {
-                    break a;
-                }
-            }
-            assert!(Instant::now() < deadline, "flick up did not start within 30s");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_string();
-        let http = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let flick = Flick { dir, base: format!("http://{}", addr.trim()), key, child: Some(child), http };
-        let health = flick.get_anon("/healthz");
-        assert_eq!(health.status, 200, "{}", health.text());
-        flick
+        Self::start_in(dir, args)
     }
 
     pub fn start() -> Self {
@@ -239,4 +207,72 @@ pub fn write_function(parent: &Path, name: &str, files: &[(&str, &str)]) -> Path
 /// A minimal manifest.
 pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}")
+}
+
+// --- helpers added for lifecycle.rs / bad_input.rs -------------------------
+
+impl Flick {
+    /// Starts `flick up` on an existing data dir (e.g. one a stopped flick
+    /// left behind, see [`Flick::into_dir`]), with extra arguments.
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        // A stale address file would make us talk to a flick that is gone.
+        let addr_file = dir.path().join("flick.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(BIN)
+            .arg("up")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .env("FLICK_LOG", "warn")
+            .env_remove("FLICK_URL")
+            .env_remove("FLICK_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting flick up");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if !a.is_empty() {
+                    break a;
+                }
+            }
+            assert!(Instant::now() < deadline, "flick up did not start within 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_string();
+        let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let flick = Flick { dir, base: format!("http://{}", addr.trim()), key, child: Some(child), http };
+        let health = flick.get_anon("/healthz");
+        assert_eq!(health.status, 200, "{}", health.text());
+        flick
+    }
+
+    /// Stops flick (if it still runs) and hands back its data dir, for a
+    /// restart with [`Flick::start_in`].
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(status.success(), "flick exited with {status}");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+// --- helpers for sandbox.rs -------------------------------------------------
+
+impl Flick {
+    /// The pid of the `flick up` process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("flick is running").id()
+    }
+
+    /// Kills flick with SIGKILL (no clean-up at all) and hands back its data dir.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL flick");
+            child.wait().expect("reap flick");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
 }
