@@ -4,7 +4,7 @@
 //! Load is the number of requests in flight or waiting, sampled every reaper
 //! tick. Averaged over the stable window it gives the steady need; over the
 //! short panic window it catches bursts. Each instance should carry
-//! `concurrency × target utilisation`. When the burst needs at least
+//! `concurrency × target utilisation` (at least one request). When the burst needs at least
 //! `panic threshold ×` the instances running, the function is in panic: it
 //! scales out to the burst's need and does not scale down until the stable
 //! window has passed without another panic.
@@ -78,7 +78,9 @@ pub struct Decision {
 
 /// The number of instances `snap` calls for under `policy`.
 pub fn decide(snap: &Snapshot, policy: &Scaling) -> Decision {
-    let per_instance = f64::from(snap.concurrency) * f64::from(policy.target_percent) / 100.0;
+    // Headroom only applies to slots an instance shares: one request on a
+    // one-slot instance needs one instance, not 1/0.7 of one.
+    let per_instance = (f64::from(snap.concurrency) * f64::from(policy.target_percent) / 100.0).max(1.0);
     let need = |load: f64| (load / per_instance).ceil() as u32;
     let (stable, burst) = (need(snap.stable_load), need(snap.panic_load));
     let threshold = f64::from(snap.instances.max(1)) * f64::from(policy.panic_percent) / 100.0;
@@ -111,16 +113,17 @@ mod tests {
     #[test]
     fn decisions_follow_the_kpa_rules() {
         let policy = Scaling::default();
-        // (snapshot, desired, panic): target 70 % of concurrency 1 → 0.7 load per instance.
+        // (snapshot, desired, panic), concurrency 1: one request per instance.
         let cases = [
             (snap(0.0, 0.0, 0, false), 0, false),   // idle: nothing needed
             (snap(0.0, 0.0, 3, false), 0, false),   // idle for a whole window: scale to zero
-            (snap(0.7, 0.7, 1, false), 1, false),   // steady, exactly one instance's worth
+            (snap(0.7, 0.7, 1, false), 1, false),   // part of one instance's worth
+            (snap(1.0, 1.0, 1, false), 1, false),   // one sequential caller: no second instance
             (snap(1.4, 1.4, 2, false), 2, false),   // steady at two
-            (snap(1.0, 1.0, 2, false), 2, false),   // 1.0 / 0.7 rounds up
-            (snap(0.5, 4.0, 1, false), 6, true),    // burst: 4 / 0.7 → 6 ≥ 2 × 1 → panic
-            (snap(0.5, 0.0, 6, true), 6, false),    // still in panic: hold, don't shrink
-            (snap(0.5, 1.0, 6, false), 1, false),   // panic over: back to the stable need
+            (snap(1.0, 1.0, 2, false), 1, false),   // load fell: one will do
+            (snap(0.5, 4.0, 1, false), 4, true),    // burst: 4 ≥ 2 × 1 → panic
+            (snap(0.5, 0.0, 4, true), 4, false),    // still in panic: hold, don't shrink
+            (snap(0.5, 1.0, 4, false), 1, false),   // panic over: back to the stable need
             (snap(50.0, 50.0, 1, false), 10, true), // capped at max_instances
         ];
         for (i, (s, desired, panic)) in cases.iter().enumerate() {
@@ -137,6 +140,9 @@ mod tests {
         let mut s = snap(7.0, 7.0, 2, false);
         s.concurrency = 10; // 7 / (10 × 0.7) = 1 instance
         assert_eq!(decide(&s, &policy).desired, 1);
+        s.stable_load = 8.0; // past 70 % of one instance's slots: a second one
+        s.panic_load = 8.0;
+        assert_eq!(decide(&s, &policy).desired, 2);
     }
 
     #[test]
