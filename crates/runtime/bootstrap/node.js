@@ -20,7 +20,7 @@ const path = require('path');
 const env = process.env;
 const STEM = Boolean(env.FLICK_STEM);
 
-// What the function's environment decides. Set once, by configure(), when the
+// What the function's environment decides, set by configure() when the
 // function is known: at start-up, or for a stem cell when it is specialised.
 let CODE_DIR = '';
 let CONCURRENCY = 1;
@@ -30,10 +30,10 @@ let MEMORY = '';
 let ARN = '';
 let LOG_GROUP = '';
 let LOG_STREAM = '';
-// Invocations not yet answered. With concurrency 1 a stray rejection or
-// exception can only belong to the one in flight; with more, the async
-// context (AsyncLocalStorage) tells which. It is only paid for when needed:
-// it hooks every promise the process creates.
+// With concurrency 1 a stray rejection or exception can only belong to the
+// invocation in flight; with more, the async context (AsyncLocalStorage) tells
+// which. It is only paid for when needed: it hooks every promise the process
+// creates.
 let als = null;
 
 function configure() {
@@ -387,6 +387,7 @@ async function loadHandler() {
 
 // --- serving -----------------------------------------------------------------
 
+// Invocations not yet answered.
 const inflight = new Set();
 let call = null;
 let toResponse = null;
@@ -568,12 +569,17 @@ function prewarm() {
   try {
     stemDir = process.cwd();
   } catch (_) {}
-  // What start() and loadHandler() would otherwise load while a function waits.
-  require('crypto').randomBytes(16);
+  // What start() and loadHandler() would otherwise load, and compile on first
+  // use, while a function waits. configure() runs again once the function is
+  // known, and then sets everything anew.
   require('async_hooks');
   require('url');
-  // The ES module loader, for .mjs and "type": "module" handlers.
-  import('node:path').catch(() => {});
+  configure();
+  isFile(__filename);
+  // The ES module loader, for .mjs and "type": "module" handlers, and libuv's
+  // thread pool, which it reads files with.
+  import('data:text/javascript,').catch(() => {});
+  fs.readFile(__filename, () => {});
 }
 
 function stemFrame(h) {

@@ -587,9 +587,10 @@ def _prewarm():
             pass
 
 
-def _specialise(channel):
-    """Waits, as a stem cell, to be told which function this process is, and
-    becomes it: its environment, its code directory as cwd."""
+def _stem_cell(channel):
+    """Prewarms, sends stem_ready, waits to be told which function this
+    process is, and becomes it: its environment, its code directory as cwd.
+    The caller then starts as it would have with that environment."""
     try:
         # By path: flick mounts the code over this directory later, and only a
         # fresh lookup of the path sees the mount (the old handle does not).
@@ -650,7 +651,7 @@ def main():
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
 
     if os.environ.get("FLICK_STEM"):
-        _specialise(channel)
+        _stem_cell(channel)
 
     # From here on the function is known: everything its environment decides
     # is read now, whether this process started as it or as a stem cell.

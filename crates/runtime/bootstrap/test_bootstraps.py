@@ -1073,6 +1073,17 @@ class BootstrapContract(object):
         inst.wait_streams_closed()
         self.assertIn(self.import_trace_hint, inst.stderr_text())
 
+    def test_stem_cell_that_cannot_enter_its_code_dir_is_an_init_error(self):
+        inst = self.start_stem()
+        missing = os.path.join(inst.stem_dir, "not-there")
+        frame = {"type": "specialise", "env": {"FLICK_CODE_DIR": missing, "FLICK_HANDLER": "x.y"}}
+        inst.send(json.dumps(frame).encode() + b"\n")
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertEqual(header["error"]["type"], "Runtime.InitError")
+        self.assertIn("not-there", header["error"]["message"])
+        self.assertEqual(inst.wait_exit(), 1)
+
     def test_stem_cell_eof_while_waiting_exits_0(self):
         inst = self.start_stem()
         inst.sock.close()
