@@ -257,3 +257,22 @@ fn admin_key_never_reaches_functions() {
     assert!(v["auth"].is_null(), "authorization header was passed on: {v}");
     assert!(!r.text().contains(&flick.key));
 }
+
+#[test]
+fn node_dependencies_are_installed_at_deploy_time() {
+    let flick = Flick::start();
+    // A local package, so npm needs no registry.
+    flick.deploy_files(
+        "node-deps",
+        &[
+            ("flick.toml", &manifest("node-deps", "node", "index.handler", "")),
+            ("package.json", r#"{"name": "node-deps", "version": "1.0.0", "dependencies": {"tinydep": "file:./vendor/tinydep"}}"#),
+            ("vendor/tinydep/package.json", r#"{"name": "tinydep", "version": "1.0.0", "main": "index.js"}"#),
+            ("vendor/tinydep/index.js", "module.exports = { value: 'from-tinydep' };\n"),
+            ("index.js", "const dep = require('tinydep');\nexports.handler = async () => ({ dep: dep.value });\n"),
+        ],
+    );
+    let r = flick.invoke("node-deps", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["dep"], "from-tinydep");
+}
