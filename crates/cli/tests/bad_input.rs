@@ -26,11 +26,6 @@ fn error_message(r: &Reply) -> String {
     v["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {v}")).to_string()
 }
 
-fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) -> std::path::PathBuf {
-    let toml = manifest(name, "python3", "main.handler", extra);
-    flick.deploy_files(name, &[("flick.toml", &toml), ("main.py", code)])
-}
-
 /// The package of `dir` as `tar` builds it (what any client could send).
 fn tar_gz(dir: &Path) -> Vec<u8> {
     let out = Command::new("tar").args(["-czf", "-", "-C"]).arg(dir).arg(".").output().unwrap();
@@ -172,7 +167,7 @@ fn manifest_syntax_and_type_errors_name_the_key_too() {
 #[test]
 fn unsafe_archives_are_refused_and_nothing_escapes() {
     let flick = Flick::start();
-    deploy_py(&flick, "good", "", "def handler(event, context):\n    return {\"good\": True}\n");
+    flick.deploy_py("good", "", "def handler(event, context):\n    return {\"good\": True}\n");
     let tag = format!("flick-escape-{}", std::process::id());
     let toml = manifest("evil", "python3", "main.handler", "");
     let base = |extra: serde_json::Value| {
@@ -313,7 +308,7 @@ fn body_over_max_body_from_config_file_is_413() {
 fn keys_are_required_and_do_not_leak_existence() {
     let flick = Flick::start();
     let code = "def handler(event, context):\n    return {\"headers\": context.http[\"headers\"]}\n";
-    deploy_py(&flick, "secret", "", code);
+    flick.deploy_py("secret", "", code);
     let wrong = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let with_wrong_key = |method: reqwest::Method, path: &str| {
         wrong.request(method, format!("{}{path}", flick.base)).bearer_auth("flk_not_the_key").send().unwrap()
@@ -379,7 +374,7 @@ fn import_error_is_a_500_with_the_traceback_then_a_fix_works() {
     let flick = Flick::start();
     let broken =
         "import os\nraise RuntimeError(\"boom-at-import-4242\")\n\ndef handler(event, context):\n    return {}\n";
-    let dir = deploy_py(&flick, "fragile", "", broken);
+    let dir = flick.deploy_py("fragile", "", broken);
 
     let r = flick.invoke("fragile", "{}");
     assert_eq!(r.status, 500, "{}", r.text());
@@ -410,7 +405,7 @@ fn handler_exception_is_a_500_and_the_instance_survives() {
     let code = "count = 0\n\ndef handler(event, context):\n    global count\n    count += 1\n    \
                 if event.get(\"fail\"):\n        raise ValueError(\"bad value 42\")\n    \
                 return {\"count\": count}\n";
-    deploy_py(&flick, "raiser", "", code);
+    flick.deploy_py("raiser", "", code);
     assert_eq!(ok_json(&flick.invoke("raiser", "{}"))["count"], 1);
 
     let r = flick.invoke("raiser", "{\"fail\": true}");
@@ -450,7 +445,7 @@ fn python_timeout_is_504_and_the_function_recovers() {
                 time.sleep(float(event.get(\"sleep\", 0)))\n    return {\"done\": True}\n";
     let comm = format!("fk{}t", std::process::id());
     let name = "sleepy";
-    deploy_py(&flick, name, "timeout = \"1s\"\n", code);
+    flick.deploy_py(name, "timeout = \"1s\"\n", code);
     assert_eq!(ok_json(&flick.invoke(name, "{}"))["done"], true);
 
     let slow = format!("{{\"sleep\": 10, \"comm\": \"{comm}\"}}");
@@ -558,7 +553,7 @@ fn exec_non_zero_exit_is_a_500_with_stderr_in_the_logs() {
 #[test]
 fn failing_dependency_install_keeps_the_previous_revision() {
     let flick = Flick::start_with(&[], Some("install_timeout = \"90s\"\n"));
-    let dir = deploy_py(&flick, "deps", "", "def handler(event, context):\n    return {\"rev\": 1}\n");
+    let dir = flick.deploy_py("deps", "", "def handler(event, context):\n    return {\"rev\": 1}\n");
     std::fs::write(dir.join("main.py"), "def handler(event, context):\n    return {\"rev\": 2}\n").unwrap();
     std::fs::write(dir.join("requirements.txt"), "flick-no-such-package-xyz==0.0.1\n").unwrap();
 
@@ -630,7 +625,7 @@ fn two_megabytes_of_logs_are_truncated_not_fatal() {
                 for _ in range(20000):\n        print(line)\n    \
                 print(\"log-tail-end\")\n    \
                 return {\"ok\": True}\n";
-    deploy_py(&flick, "noisy", "", code);
+    flick.deploy_py("noisy", "", code);
     let r = flick.invoke("noisy", "{}");
     assert_eq!(ok_json(&r)["ok"], true);
     let rec = flick.activation(&r.activation_id());

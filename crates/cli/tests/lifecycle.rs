@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -49,11 +49,6 @@ const COUNTER_PY: &str = "import os\n\ncount = 0\nPROC = os.urandom(8).hex()\n\n
         global count\n    \
         count += 1\n    \
         return {\"count\": count, \"proc\": PROC}\n";
-
-fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) -> PathBuf {
-    let toml = manifest(name, "python3", "main.handler", extra);
-    flick.deploy_files(name, &[("flick.toml", &toml), ("main.py", code)])
-}
 
 fn ok_json(r: &Reply) -> serde_json::Value {
     assert_eq!(r.status, 200, "expected 200, got {}: {}", r.status, r.text());
@@ -191,7 +186,7 @@ fn deploy_redeploy_rollback_list_show_delete() {
     let flick = Flick::start();
     let v1 = "def handler(event, context):\n    return {\"code\": \"v1\"}\n";
     let v2 = "def handler(event, context):\n    return {\"code\": \"v2\"}\n";
-    let dir = deploy_py(&flick, "greet", "", v1);
+    let dir = flick.deploy_py("greet", "", v1);
     let out = flick.deploy(&dir);
     assert!(out.contains("unchanged"), "identical redeploy should say unchanged: {out}");
     assert!(out.contains("revision 1"), "{out}");
@@ -288,7 +283,7 @@ fn deploy_redeploy_rollback_list_show_delete() {
 #[test]
 fn deploy_while_a_call_is_in_flight() {
     let flick = Flick::start();
-    let dir = deploy_py(&flick, "swap", "", &slow_py(1));
+    let dir = flick.deploy_py("swap", "", &slow_py(1));
     assert_eq!(ok_json(&flick.invoke("swap", "{}"))["rev"], 1, "warm-up");
 
     std::thread::scope(|s| {
@@ -328,7 +323,7 @@ fn deploy_while_a_call_is_in_flight() {
 #[test]
 fn warm_instances_are_reused() {
     let flick = Flick::start();
-    deploy_py(&flick, "counter", "", COUNTER_PY);
+    flick.deploy_py("counter", "", COUNTER_PY);
 
     let first = flick.invoke("counter", "{}");
     let body = ok_json(&first);
@@ -356,7 +351,7 @@ fn warm_instances_are_reused() {
 #[test]
 fn keep_alive_scales_to_zero_and_the_next_call_is_cold() {
     let flick = Flick::start();
-    deploy_py(&flick, "idle", "keep_alive = \"1s\"\n", COUNTER_PY);
+    flick.deploy_py("idle", "keep_alive = \"1s\"\n", COUNTER_PY);
     assert_eq!(flick.instances("idle"), 0, "nothing runs before the first call");
 
     let r = flick.invoke("idle", "{}");
@@ -379,7 +374,7 @@ fn keep_alive_scales_to_zero_and_the_next_call_is_cold() {
 #[test]
 fn min_instances_prewarms_and_stays() {
     let flick = Flick::start();
-    deploy_py(&flick, "warm", "min_instances = 1\nkeep_alive = \"1s\"\n", COUNTER_PY);
+    flick.deploy_py("warm", "min_instances = 1\nkeep_alive = \"1s\"\n", COUNTER_PY);
     let ready = flick.wait_until(Duration::from_secs(10), || flick.instances("warm") == 1);
     assert!(ready, "min_instances = 1 did not start an instance before any call");
 
@@ -411,7 +406,7 @@ fn all_instances_busy_until_the_deadline_is_429() {
         "import time\n{}time.sleep(3)\n\ndef handler(event, context):\n    return {{\"ok\": True}}\n",
         set_comm_py(&comm)
     );
-    deploy_py(&flick, &name, "timeout = \"1s\"\nmin_instances = 1\nmax_instances = 1\n", &code);
+    flick.deploy_py(&name, "timeout = \"1s\"\nmin_instances = 1\nmax_instances = 1\n", &code);
     // The prewarm is under way: its 3 s import has begun (or is about to).
     let importing = flick.wait_until(Duration::from_secs(10), || {
         pool_status(&flick, &name).1 >= 1 || !processes_named(&comm).is_empty()
@@ -443,7 +438,7 @@ fn all_instances_busy_until_the_deadline_is_429() {
 #[test]
 fn max_instances_bounds_the_pool_and_waiters_succeed() {
     let flick = Flick::start();
-    deploy_py(&flick, "capped", "max_instances = 2\ntimeout = \"20s\"\n", &slow_py(1));
+    flick.deploy_py("capped", "max_instances = 2\ntimeout = \"20s\"\n", &slow_py(1));
 
     let done = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
@@ -483,7 +478,7 @@ fn max_instances_bounds_the_pool_and_waiters_succeed() {
 #[test]
 fn concurrency_packs_calls_onto_one_instance() {
     let flick = Flick::start();
-    deploy_py(&flick, "packed", "concurrency = 4\n", &slow_py(1));
+    flick.deploy_py("packed", "concurrency = 4\n", &slow_py(1));
     let warm = ok_json(&flick.invoke("packed", "{}"));
     assert_eq!(flick.instances("packed"), 1);
     // (The autoscaler may add an instance afterwards under this load; what
@@ -515,7 +510,7 @@ fn activations_activation_and_logs_through_the_cli() {
     let code = "def handler(event, context):\n    \
                 print(\"handled \" + event.get(\"tag\", \"none\"))\n    \
                 return {\"ok\": True}\n";
-    deploy_py(&flick, "talker", "", code);
+    flick.deploy_py("talker", "", code);
     let r = flick.invoke("talker", "{\"tag\": \"first-7f3a\"}");
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.activation_id();
@@ -597,7 +592,7 @@ fn graceful_shutdown_finishes_calls_and_leaves_no_processes() {
     // Unique across concurrently running test binaries: instances are found by it.
     let name = format!("linger-{}", std::process::id());
     let comm = format!("fk{}g", std::process::id());
-    deploy_py(&flick, &name, "", TAGGED_SLOW_PY);
+    flick.deploy_py(&name, "", TAGGED_SLOW_PY);
     let data = flick.data_dir().to_path_buf();
     let server = flick_pid(&data);
     let (base, key) = (flick.base.clone(), flick.key.clone());
@@ -647,7 +642,7 @@ fn graceful_shutdown_finishes_calls_and_leaves_no_processes() {
 #[test]
 fn restart_keeps_functions_and_records_and_applies_retention() {
     let flick = Flick::start_with(&[], Some("activations_per_function = 3\n"));
-    let dir = deploy_py(&flick, "durable", "", &slow_py(1));
+    let dir = flick.deploy_py("durable", "", &slow_py(1));
     std::fs::write(dir.join("main.py"), slow_py(2)).unwrap();
     flick.deploy(&dir);
     let ids: Vec<String> = (0..5)

@@ -12,17 +12,12 @@ fn stem_cells(flick: &Flick, kind: &str) -> u64 {
     flick.get("/v1/instances").json()["stem_cells"][kind].as_u64().unwrap_or(0)
 }
 
-fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) {
-    flick.deploy_files(name, &[("flick.toml", &manifest(name, "python3", "main.handler", extra)), ("main.py", code)]);
-}
-
 #[test]
 fn cold_starts_take_a_stem_cell_and_the_pool_refills() {
     let flick = Flick::start();
     assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "python stem ready");
     assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "node stem ready");
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "py",
         "",
         "import os\ndef handler(event, context):\n    return {'cwd': os.getcwd(), 'name': context.function_name, 'env': os.environ.get('GREETING')}\n",
@@ -105,13 +100,13 @@ fn functions_a_stem_cannot_serve_start_the_ordinary_way() {
     let flick = Flick::start();
     assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
     // A /tmp size other than the stem cells' own.
-    deploy_py(&flick, "bigtmp", "tmp_size = \"128MiB\"\n", "def handler(event, context):\n    return 'ok'\n");
+    flick.deploy_py("bigtmp", "tmp_size = \"128MiB\"\n", "def handler(event, context):\n    return 'ok'\n");
     let r = flick.invoke("bigtmp", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     let a = flick.activation(&r.activation_id());
     assert_eq!((a["cold"].as_bool(), a["prewarmed"].as_bool()), (Some(true), Some(false)), "{a}");
     // An import error through a stem cell is the function's error, with its traceback.
-    deploy_py(&flick, "broken", "", "raise RuntimeError('no good at import')\ndef handler(e, c):\n    pass\n");
+    flick.deploy_py("broken", "", "raise RuntimeError('no good at import')\ndef handler(e, c):\n    pass\n");
     let r = flick.invoke("broken", "{}");
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("no good at import"), "{}", r.text());
@@ -120,7 +115,7 @@ fn functions_a_stem_cannot_serve_start_the_ordinary_way() {
 #[test]
 fn prewarming_can_be_switched_off() {
     let flick = Flick::start_with(&[], Some("stem_cells = 0\n"));
-    deploy_py(&flick, "plain", "", "def handler(event, context):\n    return 'ok'\n");
+    flick.deploy_py("plain", "", "def handler(event, context):\n    return 'ok'\n");
     let r = flick.invoke("plain", "{}");
     assert_eq!(r.status, 200);
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], false);

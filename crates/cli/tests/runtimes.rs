@@ -266,7 +266,10 @@ fn node_dependencies_are_installed_at_deploy_time() {
         "node-deps",
         &[
             ("flick.toml", &manifest("node-deps", "node", "index.handler", "")),
-            ("package.json", r#"{"name": "node-deps", "version": "1.0.0", "dependencies": {"tinydep": "file:./vendor/tinydep"}}"#),
+            (
+                "package.json",
+                r#"{"name": "node-deps", "version": "1.0.0", "dependencies": {"tinydep": "file:./vendor/tinydep"}}"#,
+            ),
             ("vendor/tinydep/package.json", r#"{"name": "tinydep", "version": "1.0.0", "main": "index.js"}"#),
             ("vendor/tinydep/index.js", "module.exports = { value: 'from-tinydep' };\n"),
             ("index.js", "const dep = require('tinydep');\nexports.handler = async () => ({ dep: dep.value });\n"),

@@ -25,11 +25,6 @@ fn assert_canary_answers(flick: &Flick) {
     assert_eq!(r.json()["ok"], 42);
 }
 
-/// Deploys a python3 function `name` with `code` as main.py and `extra` manifest lines.
-fn deploy_py(flick: &Flick, name: &str, extra: &str, code: &str) {
-    flick.deploy_files(name, &[("flick.toml", &manifest(name, "python3", "main.handler", extra)), ("main.py", code)]);
-}
-
 /// Invokes `name` in a thread while checking the canary from this one.
 fn attack_while_canary_answers(flick: &Flick, name: &str, body: &str) -> common::Reply {
     std::thread::scope(|s| {
@@ -45,8 +40,7 @@ fn attack_while_canary_answers(flick: &Flick, name: &str, body: &str) -> common:
 #[test]
 fn an_instance_is_unprivileged_filtered_and_alone() {
     let flick = Flick::start();
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "introspect",
         "",
         r#"
@@ -93,8 +87,7 @@ def handler(event, context):
 fn secrets_other_code_and_the_host_are_out_of_reach() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "snoop",
         "",
         r#"
@@ -140,8 +133,7 @@ def handler(event, context):
 #[test]
 fn code_is_read_only_and_tmp_is_private_and_capped() {
     let flick = Flick::start();
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "writer",
         "tmp_size = \"8MiB\"\n",
         r#"
@@ -182,8 +174,7 @@ def handler(event, context):
 fn a_fork_bomb_is_contained() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "forkbomb",
         "timeout = \"3s\"\n",
         r#"
@@ -207,8 +198,7 @@ def handler(event, context):
 fn memory_over_the_limit_is_out_of_memory() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "hog",
         "memory = \"64MiB\"\n",
         r#"
@@ -234,7 +224,7 @@ def handler(event, context):
 fn an_infinite_loop_times_out_and_the_host_keeps_serving() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(&flick, "spin", "timeout = \"2s\"\n", "def handler(event, context):\n    while True:\n        pass\n");
+    flick.deploy_py("spin", "timeout = \"2s\"\n", "def handler(event, context):\n    while True:\n        pass\n");
     let r = attack_while_canary_answers(&flick, "spin", "{}");
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(flick.activation(&r.activation_id())["status"], "timeout");
@@ -244,8 +234,7 @@ fn an_infinite_loop_times_out_and_the_host_keeps_serving() {
 fn signals_cannot_reach_outside_the_sandbox() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "killer",
         "",
         r#"
@@ -269,7 +258,7 @@ def handler(event, context):
     assert_eq!(v[pid.to_string()], "ProcessLookupError", "{v}");
     assert_eq!(v[std::process::id().to_string()], "ProcessLookupError", "{v}");
     // kill(-1) only reaches its own namespace: the instance dies, flick does not.
-    deploy_py(&flick, "suicide", "", "import os\ndef handler(event, context):\n    os.kill(-1, 9)\n");
+    flick.deploy_py("suicide", "", "import os\ndef handler(event, context):\n    os.kill(-1, 9)\n");
     let r = flick.invoke("suicide", "{}");
     assert_eq!(r.status, 500, "{}", r.text());
     assert_eq!(flick.get_anon("/healthz").status, 200);
@@ -292,8 +281,8 @@ def handler(event, context):
     finally:
         s.close()
 "#;
-    deploy_py(&flick, "offline", "", code);
-    deploy_py(&flick, "online", "network = \"host\"\n", code);
+    flick.deploy_py("offline", "", code);
+    flick.deploy_py("online", "network = \"host\"\n", code);
     let port: u16 = flick.base.rsplit(':').next().unwrap().parse().unwrap();
     let body = format!("{{\"port\": {port}}}");
     assert_eq!(flick.invoke("offline", &body).json(), "ConnectionRefusedError");
@@ -304,8 +293,7 @@ def handler(event, context):
 fn gigabytes_of_output_are_capped() {
     let flick = Flick::start();
     deploy_canary(&flick);
-    deploy_py(
-        &flick,
+    flick.deploy_py(
         "chatty",
         "timeout = \"20s\"\n",
         r#"
@@ -359,7 +347,7 @@ fn instance_cgroups(flick_pid: u32) -> Vec<std::path::PathBuf> {
 #[test]
 fn nothing_is_left_after_sigkill_and_restart() {
     let flick = Flick::start();
-    deploy_py(&flick, "warm", "", "def handler(event, context):\n    return 'hi'\n");
+    flick.deploy_py("warm", "", "def handler(event, context):\n    return 'hi'\n");
     assert_eq!(flick.invoke("warm", "{}").status, 200);
     let pid = flick.pid();
     let cgroups = instance_cgroups(pid);

@@ -42,7 +42,10 @@ fn a_full_queue_rejects_at_once_and_queued_requests_are_served() {
         let first = s.spawn(|| flick.invoke("narrow", r#"{"sleep": 1}"#));
         std::thread::sleep(Duration::from_millis(200));
         let queued = s.spawn(|| flick.invoke("narrow", "{}"));
-        assert!(flick.wait_until(Duration::from_secs(2), || waiting(&flick, "narrow") == 1), "second request queued");
+        assert!(
+            flick.wait_until(Duration::from_secs(2), || flick.pool_stat("narrow", "waiting") == 1),
+            "second request queued"
+        );
         let started = Instant::now();
         let rejected = flick.invoke("narrow", "{}");
         assert_eq!(rejected.status, 429, "{}", rejected.text());
@@ -53,17 +56,6 @@ fn a_full_queue_rejects_at_once_and_queued_requests_are_served() {
         let a = flick.activation(&q.activation_id());
         assert!(a["wait_ms"].as_f64().unwrap() > 100.0, "the queued request's wait is recorded: {a}");
     });
-}
-
-fn waiting(flick: &Flick, name: &str) -> u64 {
-    let v = flick.get("/v1/instances").json();
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["function"] == name)
-        .map(|p| p["waiting"].as_u64().unwrap())
-        .sum()
 }
 
 #[test]

@@ -142,14 +142,27 @@ impl Flick {
 
     /// Running instances of a function, from `/v1/instances`.
     pub fn instances(&self, name: &str) -> u64 {
+        self.pool_stat(name, "instances")
+    }
+
+    /// One figure (`instances`, `starting`, `inflight`, `waiting`) of a
+    /// function's pools, summed over its revisions, from `/v1/instances`.
+    pub fn pool_stat(&self, name: &str, field: &str) -> u64 {
         let v = self.get("/v1/instances").json();
         v["instances"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|i| i["function"] == name)
-            .map(|i| i["instances"].as_u64().unwrap())
+            .map(|i| i[field].as_u64().unwrap())
             .sum()
+    }
+
+    /// Writes a python3 function (`main.handler` in `code`, `extra`
+    /// manifest lines) and deploys it.
+    pub fn deploy_py(&self, name: &str, extra: &str, code: &str) -> PathBuf {
+        let toml = manifest(name, "python3", "main.handler", extra);
+        self.deploy_files(name, &[("flick.toml", &toml), ("main.py", code)])
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
