@@ -103,7 +103,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("calls still in flight after the grace period; stopping them"),
     }
     let _ = background.await;
-    platform.shutdown();
+    platform.shutdown().await;
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
     println!("flick stopped");
     Ok(())

@@ -119,12 +119,9 @@ impl Platform {
             logs: logs.lines,
             logs_truncated: logs.truncated,
         };
-        // Stored before answering, so a client can read its record at once.
-        let mut activation = activation;
-        match self.store.insert_activation(&activation).await {
-            Ok(seq) => activation.seq = seq,
-            Err(e) => tracing::error!(error = %e, id = %activation.id, "could not store activation"),
-        }
+        // Stored off the request path; reads flush first, so the caller can
+        // still read its record right after this response.
+        self.records.record(activation.clone());
         Ok(InvokeResponse { activation, response })
     }
 

@@ -11,6 +11,7 @@
 mod deploy;
 mod error;
 mod invoke;
+mod records;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ pub struct Platform {
     /// Read on every invocation, written on deploy/rollback/delete: a cache
     /// of the store's current revisions so the hot path does no query.
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    records: records::Recorder,
     config: PlatformConfig,
 }
 
@@ -72,7 +74,8 @@ impl Platform {
         scheduler: Arc<Scheduler>,
         config: PlatformConfig,
     ) -> Result<Arc<Self>, PlatformError> {
-        let platform = Arc::new(Self { store, code, scheduler, routes: RwLock::default(), config });
+        let records = records::Recorder::spawn(store.clone());
+        let platform = Arc::new(Self { store, code, scheduler, routes: RwLock::default(), records, config });
         for f in platform.store.functions().await? {
             if let Some(rev) = platform.store.current_revision(&f.name).await? {
                 platform.set_route(rev);
@@ -162,6 +165,7 @@ impl Platform {
 
     pub async fn delete(&self, name: &str) -> Result<(), PlatformError> {
         FunctionName::new(name)?;
+        self.records.flush().await;
         if !self.store.delete_function(name).await? {
             return Err(PlatformError::FunctionNotFound(name.into()));
         }
@@ -173,10 +177,12 @@ impl Platform {
 
     pub async fn activation(&self, id: &str) -> Result<Activation, PlatformError> {
         let parsed = ActivationId::parse(id).ok_or_else(|| PlatformError::ActivationNotFound(id.into()))?;
+        self.records.flush().await;
         self.store.activation(&parsed).await?.ok_or_else(|| PlatformError::ActivationNotFound(id.into()))
     }
 
     pub async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, PlatformError> {
+        self.records.flush().await;
         Ok(self.store.activations(query).await?)
     }
 
@@ -184,6 +190,7 @@ impl Platform {
     pub async fn prune(&self) -> Result<u64, PlatformError> {
         let r = &self.config.retention;
         let older_than = now_ms() - r.max_age.as_millis() as i64;
+        self.records.flush().await;
         Ok(self.store.prune_activations(older_than, r.per_function).await?)
     }
 
@@ -208,8 +215,10 @@ impl Platform {
         retention.abort();
     }
 
-    /// Stops every instance (after the server stopped taking requests).
-    pub fn shutdown(&self) {
+    /// Stops every instance and stores the last records (after the server
+    /// stopped taking requests).
+    pub async fn shutdown(&self) {
         self.scheduler.stop_all();
+        self.records.flush().await;
     }
 }

@@ -86,7 +86,7 @@ impl HttpInstance {
                 return Err(StartError::Timeout { logs: logs.take_idle() });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
         Ok(Self {
             process,

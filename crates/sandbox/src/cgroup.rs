@@ -146,8 +146,9 @@ impl Cgroup {
     fn apply(&self, l: CgroupLimits) -> std::io::Result<()> {
         let period: u64 = 100_000;
         let quota = ((l.cpus * period as f64) as u64).max(1000);
-        // One share per MiB: under contention CPU follows memory, as on Lambda.
-        let shares = (l.memory >> 20).clamp(2, 262_144);
+        // Under contention CPU follows memory, as on Lambda; a 256 MiB
+        // instance weighs as much as any other process (1024 shares).
+        let shares = ((l.memory >> 20) * 4).clamp(2, 262_144);
         if self.v2 {
             let d = &self.dirs[0];
             write(d, "memory.max", l.memory)?;

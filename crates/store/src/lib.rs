@@ -76,6 +76,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a finished activation; returns its sequence number.
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError>;
 
+    /// Stores a batch of finished activations in one transaction (all or
+    /// none); returns their sequence numbers in order.
+    async fn insert_activations(&self, batch: &[Activation]) -> Result<Vec<i64>, StoreError>;
+
     async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError>;
 
     async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError>;

@@ -404,37 +404,51 @@ impl Store for SqliteStore {
     }
 
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError> {
-        let a = activation.clone();
+        let seqs = self.insert_activations(std::slice::from_ref(activation)).await?;
+        Ok(seqs[0])
+    }
+
+    async fn insert_activations(&self, batch: &[Activation]) -> Result<Vec<i64>, StoreError> {
+        let batch = batch.to_vec();
         self.with_conn(move |conn| {
-            let logs_json =
-                serde_json::to_string(&a.logs).map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
-            // `seq` is left to SQLite: AUTOINCREMENT never reuses a number,
-            // even after pruning, so it stays a valid follow cursor.
-            conn.execute(
-                "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms, \
-                 prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                params![
-                    a.id.as_str(),
-                    a.function,
-                    a.revision,
-                    a.start_ms,
-                    a.end_ms,
-                    a.duration_ms,
-                    a.init_ms,
-                    a.wait_ms,
-                    a.cold,
-                    a.status.as_str(),
-                    a.http_status,
-                    a.response,
-                    a.response_truncated,
-                    logs_json,
-                    a.logs_truncated,
-                    a.exec_ms,
-                    a.prewarmed,
-                ],
-            )?;
-            Ok(conn.last_insert_rowid())
+            // One transaction per batch: a commit costs far more than a row.
+            let tx = conn.transaction()?;
+            let mut seqs = Vec::with_capacity(batch.len());
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+                     wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
+                     exec_ms, prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                )?;
+                for a in &batch {
+                    let logs_json = serde_json::to_string(&a.logs)
+                        .map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
+                    // `seq` is left to SQLite: AUTOINCREMENT never reuses a
+                    // number, even after pruning, so it stays a valid follow cursor.
+                    stmt.execute(params![
+                        a.id.as_str(),
+                        a.function,
+                        a.revision,
+                        a.start_ms,
+                        a.end_ms,
+                        a.duration_ms,
+                        a.init_ms,
+                        a.wait_ms,
+                        a.cold,
+                        a.status.as_str(),
+                        a.http_status,
+                        a.response,
+                        a.response_truncated,
+                        logs_json,
+                        a.logs_truncated,
+                        a.exec_ms,
+                        a.prewarmed,
+                    ])?;
+                    seqs.push(tx.last_insert_rowid());
+                }
+            }
+            tx.commit()?;
+            Ok(seqs)
         })
         .await
     }
