@@ -73,6 +73,7 @@ impl ExecInstance {
             limits: self.launcher.limits(&self.spec),
             protocol_fd: None,
             stdin: true,
+            report_exit: true,
         });
         let mut child = match spawned {
             Ok(c) => c,

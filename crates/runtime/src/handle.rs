@@ -51,25 +51,43 @@ impl ProcessHandle {
     /// taken): a task reaps it, so it never lingers as a zombie, then reads
     /// and removes its cgroup.
     pub fn new(spawned: Spawned) -> Self {
-        let Spawned { mut child, cgroup } = spawned;
-        let cgroup = cgroup.map(Arc::new);
-        let reaped_cgroup = cgroup.clone();
+        let Spawned { mut child, cgroup, exit_report } = spawned;
         let pid = child.id().unwrap_or(0);
+        let cgroup = cgroup.map(Arc::new);
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
+        let tx = Arc::new(tx);
+        if let Some(fd) = exit_report {
+            // The sandbox reports the program's exit before tearing itself
+            // down: answer from that, and let the teardown finish on its own.
+            let (tx, cgroup) = (tx.clone(), cgroup.clone());
+            tokio::spawn(async move {
+                if let Some(mut exit) = read_report(fd).await {
+                    exit.oom = cgroup.is_some_and(|cg| cg.oom_killed());
+                    let _ = tx.send(Some(exit));
+                }
+            });
+        }
         let flag = exited.clone();
+        let reaped_cgroup = cgroup.clone();
         tokio::spawn(async move {
             use std::os::unix::process::ExitStatusExt;
             let mut exit = match child.wait().await {
                 Ok(status) => Exit { code: status.code(), signal: status.signal(), oom: false },
                 Err(_) => Exit { code: None, signal: None, oom: false },
             };
+            flag.store(true, Ordering::SeqCst);
             if let Some(cg) = reaped_cgroup {
                 exit.oom = cg.oom_killed();
+                if tx.borrow().is_none() {
+                    let _ = tx.send(Some(exit));
+                }
                 let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
             }
-            flag.store(true, Ordering::SeqCst);
-            let _ = tx.send(Some(exit));
+            // A reported exit, if any, says more than the sandbox's own.
+            if tx.borrow().is_none() {
+                let _ = tx.send(Some(exit));
+            }
         });
         Self { pid, cgroup, exited, exit }
     }
@@ -109,4 +127,16 @@ impl Drop for ProcessHandle {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Reads a sandbox's exit report: the program's raw wait status. `None`
+/// if the sandbox died before it could report (it was killed).
+async fn read_report(fd: std::os::fd::OwnedFd) -> Option<Exit> {
+    use std::os::unix::process::ExitStatusExt;
+    use tokio::io::AsyncReadExt;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+    let mut raw = [0u8; 4];
+    pipe.read_exact(&mut raw).await.ok()?;
+    let status = std::process::ExitStatus::from_raw(i32::from_ne_bytes(raw));
+    Some(Exit { code: status.code(), signal: status.signal(), oom: false })
 }

@@ -51,6 +51,7 @@ impl HttpInstance {
                 limits: launcher.limits(spec),
                 protocol_fd: None,
                 stdin: false,
+                report_exit: false,
             })
             .map_err(|e| StartError::Init {
                 error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },

@@ -77,6 +77,7 @@ fn spawn_bootstrap(
             limits,
             protocol_fd: Some(OwnedFd::from(theirs)),
             stdin: false,
+            report_exit: false,
         })
         .map_err(|e| StartError::Platform(e.to_string()))?;
     let logs = LogCollector::new(cfg.log_limits);

@@ -38,6 +38,11 @@ pub struct Isolation {
     pub gid: u32,
     pub code_dir: std::ffi::CString,
     pub filter: Vec<libc::sock_filter>,
+    /// Write end of a pipe: when set, pid 1 of the sandbox forks the
+    /// program, writes its wait status here the moment it exits, and only
+    /// then lets the namespaces go (their teardown takes milliseconds that
+    /// the caller need not wait for).
+    pub exit_fd: Option<RawFd>,
 }
 
 fn check(ret: libc::c_int) -> Result<(), Error> {
@@ -116,7 +121,48 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             let prog = libc::sock_fprog { len: iso.filter.len() as u16, filter: iso.filter.as_ptr() as *mut _ };
             check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
         }
+        if let Some(exit_fd) = iso.exit_fd {
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(Error::last_os_error());
+            }
+            if pid > 0 {
+                report_exit(pid, exit_fd);
+            }
+        }
         Ok(())
+    }
+}
+
+/// pid 1 of a sandbox whose program reports its exit: holds nothing open
+/// but the report pipe, waits for the program, reports, exits.
+unsafe fn report_exit(pid: libc::pid_t, exit_fd: RawFd) -> ! {
+    // SAFETY: plain system calls; this process never returns to Rust code.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"flick-init".as_ptr());
+        // Like the outer process, it never execs: close everything but the
+        // report pipe, or it would hold the program's stdin open (a program
+        // reading to EOF would never finish) and flick's other files too.
+        let exit_fd = exit_fd as libc::c_uint;
+        let low = exit_fd.checked_sub(1).map(|top| libc::syscall(libc::SYS_close_range, 0u32, top, 0u32));
+        let high = libc::syscall(libc::SYS_close_range, exit_fd + 1, u32::MAX, 0u32);
+        if low.is_some_and(|r| r < 0) || high < 0 {
+            for fd in 0..65_536 {
+                if fd != exit_fd {
+                    libc::close(fd as libc::c_int);
+                }
+            }
+        }
+        let exit_fd = exit_fd as RawFd;
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 {
+            if Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                libc::_exit(127);
+            }
+        }
+        let bytes = status.to_ne_bytes();
+        libc::write(exit_fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(0)
     }
 }
 

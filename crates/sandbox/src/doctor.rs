@@ -95,6 +95,7 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
         protocol_fd: None,
         stdin: false,
         limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },
+        report_exit: false,
     });
     let spawned = match spawned {
         Ok(s) => s,

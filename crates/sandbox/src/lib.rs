@@ -98,6 +98,9 @@ pub struct ProcessSpec {
     pub protocol_fd: Option<OwnedFd>,
     pub stdin: bool,
     pub limits: Limits,
+    /// Report the program's exit on [`Spawned::exit_report`] as soon as it
+    /// happens, before the sandbox is torn down (one-shot processes).
+    pub report_exit: bool,
 }
 
 /// A started process and the cgroup it runs in (to inspect and remove
@@ -106,6 +109,9 @@ pub struct ProcessSpec {
 pub struct Spawned {
     pub child: Child,
     pub cgroup: Option<Cgroup>,
+    /// With `report_exit` (isolated only): yields the program's raw wait
+    /// status (4 bytes, native endian) the moment it exits.
+    pub exit_report: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -200,6 +206,7 @@ impl Sandbox {
             .kill_on_drop(true);
         let mut cgroup = None;
         let mut procs_fds = Vec::new();
+        let (mut exit_report, mut exit_write) = (None, None);
         let setup = match &self.isolated {
             None => {
                 cmd.current_dir(spec.code_dir.as_deref().unwrap_or(&self.runtime_dir));
@@ -218,6 +225,12 @@ impl Sandbox {
                 let (cg, fds) = iso.cgroups.create(&name, limits).map_err(SandboxError::Cgroup)?;
                 cgroup = Some(cg);
                 procs_fds = fds;
+                if spec.report_exit {
+                    let (r, w) = std::io::pipe()
+                        .map_err(|e| SandboxError::Spawn { program: spec.program.display().to_string(), source: e })?;
+                    exit_report = Some(OwnedFd::from(r));
+                    exit_write = Some(OwnedFd::from(w));
+                }
                 let plan = mounts::plan(&mounts::Inputs {
                     root: &cfg.rootfs_dir,
                     code: spec.code_dir.as_deref(),
@@ -238,6 +251,7 @@ impl Sandbox {
                         gid: cfg.gid,
                         code_dir: CString::new(mounts::CODE).unwrap_or_default(),
                         filter: iso.filter.clone(),
+                        exit_fd: exit_write.as_ref().map(|fd| fd.as_raw_fd()),
                     }),
                 }
             }
@@ -251,8 +265,9 @@ impl Sandbox {
         // The child has its copies; ours must close so EOF is seen when it exits.
         drop(procs_fds);
         drop(spec.protocol_fd);
+        drop(exit_write);
         match spawned {
-            Ok(child) => Ok(Spawned { child, cgroup }),
+            Ok(child) => Ok(Spawned { child, cgroup, exit_report }),
             Err(source) => {
                 if let Some(cg) = cgroup {
                     cg.destroy();
