@@ -376,3 +376,23 @@ fn nothing_is_left_after_sigkill_and_restart() {
     assert!(cgroups.iter().all(|c| !c.exists()), "cgroups left behind: {cgroups:?}");
     assert_eq!(flick.invoke("warm", "{}").status, 200);
 }
+
+#[test]
+fn doctor_reports_a_complete_sandbox_here() {
+    let out = std::process::Command::new(common::BIN).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "flick doctor failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    for feature in ["namespaces", "cgroups", "seccomp", "sandboxed probe"] {
+        assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(feature)), "{feature} not ok:\n{text}");
+    }
+    assert!(text.contains("sandbox: complete"), "{text}");
+}
+
+#[test]
+fn running_unsandboxed_takes_a_loud_flag() {
+    let flick = Flick::start_with(&["--insecure-no-sandbox"], None);
+    flick.deploy_py("exposed", "", "import os\ndef handler(event, context):\n    return {'uid': os.getuid()}\n");
+    let r = flick.invoke("exposed", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["uid"], 0, "without the sandbox a function runs as flick's own user");
+}
