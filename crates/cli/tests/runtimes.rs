@@ -279,3 +279,25 @@ fn node_dependencies_are_installed_at_deploy_time() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["dep"], "from-tinydep");
 }
+
+#[test]
+fn an_http_function_without_network_is_still_reachable_by_flick_only() {
+    let flick = Flick::start();
+    let server = "import json, os, socket\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\nclass H(BaseHTTPRequestHandler):\n    def do_POST(self):\n        self.rfile.read(int(self.headers['content-length'] or 0))\n        s = socket.socket(); s.settimeout(2)\n        try:\n            s.connect(('127.0.0.1', int(self.headers['x-flick-port'])))\n            out = 'connected'\n        except OSError as e:\n            out = type(e).__name__\n        body = json.dumps({'outbound': out, 'port': os.environ['PORT']}).encode()\n        self.send_response(200)\n        self.send_header('content-length', str(len(body)))\n        self.end_headers()\n        self.wfile.write(body)\nHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n";
+    flick.deploy_files(
+        "closed-web",
+        &[("flick.toml", &manifest("closed-web", "http", "python3 server.py", "")), ("server.py", server)],
+    );
+    let port = flick.base.rsplit(':').next().unwrap().to_string();
+    let url = format!("{}/fn/closed-web", flick.base);
+    let resp = reqwest::blocking::Client::new()
+        .post(url)
+        .bearer_auth(&flick.key)
+        .header("x-flick-port", &port)
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value = resp.json().unwrap();
+    assert_eq!(v["outbound"], "ConnectionRefusedError", "the server reached the host's loopback: {v}");
+}

@@ -224,21 +224,15 @@ impl Manifest {
             return Err(invalid("max_instances", format!("{max_instances} is below min_instances ({min_instances})")));
         }
         // Closed by default: a function reaches the network only when its
-        // author says so. http instances are reached over host loopback.
+        // author says so (http servers too: flick reaches them inside their
+        // own namespace).
         let network = match raw.network.as_deref() {
-            None if runtime == RuntimeKind::Http => Network::Host,
             None | Some("none") => Network::None,
             Some("host") => Network::Host,
             Some(other) => {
                 return Err(invalid("network", format!("`{other}` is not a network (use \"none\" or \"host\")")));
             }
         };
-        if runtime == RuntimeKind::Http && network == Network::None {
-            return Err(invalid(
-                "network",
-                "the http runtime needs network = \"host\": flick reaches its server over loopback".into(),
-            ));
-        }
         let tmp_size = match raw.tmp_size {
             None => Self::DEFAULT_TMP_SIZE,
             Some(t) => parse_size(&t).map_err(|e| invalid("tmp_size", e))?,
@@ -498,9 +492,7 @@ mod tests {
     #[test]
     fn network_defaults_and_rules() {
         let http = "name = \"w\"\nruntime = \"http\"\nhandler = \"./server\"\n";
-        assert_eq!(Manifest::parse(http).unwrap().network, Network::Host);
-        let err = Manifest::parse(&format!("{http}network = \"none\"\n")).unwrap_err();
-        assert!(matches!(err, ManifestError::Invalid { ref key, line: Some(4), .. } if key == "network"), "{err}");
+        assert_eq!(Manifest::parse(http).unwrap().network, Network::None, "closed by default, servers too");
         let m = Manifest::parse(&format!("{MINIMAL}network = \"host\"\ntmp_size = \"8MiB\"\n")).unwrap();
         assert_eq!((m.network, m.tmp_size), (Network::Host, 8 << 20));
         assert!(Manifest::parse(&format!("{MINIMAL}network = \"bridge\"\n")).is_err());

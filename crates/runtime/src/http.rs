@@ -1,13 +1,18 @@
 //! http instances: a long-lived HTTP server the function brings, listening
 //! on `$PORT` (the contract of of-watchdog's http mode, Knative and Cloud
 //! Run). flick starts it, waits until it accepts connections, and proxies
-//! requests to it over loopback.
+//! requests to it over the instance's own loopback — inside its network
+//! namespace when it has one, so `network = "none"` holds for servers too.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use flick_core::LogStream;
 use flick_sandbox::ProcessSpec;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::handle::ProcessHandle;
@@ -27,10 +32,19 @@ const HOP_BY_HOP: [&str; 9] = [
     "host",
 ];
 
+/// The port servers listen on: every instance has its own loopback (or,
+/// on the host network, gets a free port below).
+const NAMESPACED_PORT: u16 = 8080;
+
+type Sender = SendRequest<Full<Bytes>>;
+
 pub struct HttpInstance {
     process: ProcessHandle,
-    base: String,
-    client: reqwest::Client,
+    launcher: Launcher,
+    network: flick_sandbox::Network,
+    port: u16,
+    /// Idle keep-alive connections to the server.
+    idle: Mutex<Vec<Sender>>,
     logs: LogCollector,
     max_response: usize,
 }
@@ -38,17 +52,23 @@ pub struct HttpInstance {
 impl HttpInstance {
     pub async fn start(launcher: &Launcher, spec: &InstanceSpec, deadline: Instant) -> Result<Self, StartError> {
         let (program, args) = command_line(&spec.manifest.handler, &launcher.sandbox().code_path(&spec.code_dir))?;
-        let port = free_port().map_err(|e| StartError::Platform(format!("no free port: {e}")))?;
+        let limits = launcher.limits(spec);
+        let own_loopback = launcher.sandbox().is_isolated() && limits.network == flick_sandbox::Network::None;
+        let port = if own_loopback {
+            NAMESPACED_PORT
+        } else {
+            free_port().map_err(|e| StartError::Platform(format!("no free port: {e}")))?
+        };
         let mut env = launcher.env(spec);
         env.push(("PORT".into(), port.to_string()));
-        let mut child = launcher
+        let mut spawned = launcher
             .sandbox()
             .spawn(ProcessSpec {
                 program,
                 args,
                 env,
                 code_dir: Some(spec.code_dir.clone()),
-                limits: launcher.limits(spec),
+                limits,
                 protocol_fd: None,
                 stdin: false,
                 report_exit: false,
@@ -58,17 +78,24 @@ impl HttpInstance {
                 logs: Default::default(),
             })?;
         let logs = LogCollector::new(launcher.config().log_limits);
-        if let Some(out) = child.child.stdout.take() {
+        if let Some(out) = spawned.child.stdout.take() {
             logs.spawn_reader(LogStream::Stdout, out);
         }
-        if let Some(err) = child.child.stderr.take() {
+        if let Some(err) = spawned.child.stderr.take() {
             logs.spawn_reader(LogStream::Stderr, err);
         }
-        let process = ProcessHandle::new(child);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let instance = Self {
+            process: ProcessHandle::new(spawned),
+            launcher: launcher.clone(),
+            network: limits.network,
+            port,
+            idle: Mutex::default(),
+            logs,
+            max_response: launcher.config().max_response_bytes,
+        };
         let mut pause = Duration::from_millis(1);
         loop {
-            if let Some(exit) = process.exit(Duration::ZERO).await {
+            if let Some(exit) = instance.process.exit(Duration::ZERO).await {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return Err(StartError::Init {
                     error: FunctionError {
@@ -76,44 +103,64 @@ impl HttpInstance {
                         message: format!("server {exit} before it listened on $PORT ({port})"),
                         trace: vec![],
                     },
-                    logs: logs.take_idle(),
+                    logs: instance.logs.take_idle(),
                 });
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
+            if let Ok(sender) = instance.connect().await {
+                instance.idle.lock().unwrap().push(sender);
+                return Ok(instance);
             }
             if Instant::now() + pause > deadline {
-                process.kill();
-                return Err(StartError::Timeout { logs: logs.take_idle() });
+                instance.process.kill();
+                return Err(StartError::Timeout { logs: instance.logs.take_idle() });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));
         }
-        Ok(Self {
-            process,
-            base: format!("http://{addr}"),
-            client: launcher.http_client.clone(),
-            logs,
-            max_response: launcher.config().max_response_bytes,
-        })
+    }
+
+    /// A new HTTP/1.1 connection to the server.
+    async fn connect(&self) -> Result<Sender, String> {
+        let stream = self
+            .launcher
+            .sandbox()
+            .connect(self.process.pid(), self.network, self.port)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// An idle connection, or a new one.
+    async fn sender(&self) -> Result<Sender, String> {
+        loop {
+            let Some(mut sender) = self.idle.lock().unwrap().pop() else { break };
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect().await
     }
 
     pub async fn invoke(&self, req: Request) -> Invoked {
         self.logs.begin(&req.id);
-        let url = if req.query.is_empty() {
-            format!("{}{}", self.base, req.path)
-        } else {
-            format!("{}{}?{}", self.base, req.path, req.query)
-        };
-        let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut builder = self.client.request(method, url);
-        for (name, value) in &req.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && name != "content-length" {
-                builder = builder.header(name, value);
-            }
-        }
+        let target = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
         let send = async {
-            let mut resp = builder.body(req.body.clone()).send().await?;
+            let mut builder = hyper::Request::builder()
+                .method(req.method.as_str())
+                .uri(target)
+                .header("host", format!("127.0.0.1:{}", self.port));
+            for (name, value) in &req.headers {
+                if !HOP_BY_HOP.contains(&name.as_str()) && name != "content-length" {
+                    builder = builder.header(name, value);
+                }
+            }
+            let request = builder.body(Full::new(req.body.clone())).map_err(|e| format!("bad request: {e}"))?;
+            let mut sender = self.sender().await?;
+            let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let headers: Vec<(String, String)> = resp
                 .headers()
@@ -122,13 +169,17 @@ impl HttpInstance {
                 .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
             let mut body = BytesMut::new();
-            while let Some(chunk) = resp.chunk().await? {
-                body.extend_from_slice(&chunk);
-                if body.len() > self.max_response {
-                    return Ok(None);
+            let mut incoming = resp.into_body();
+            while let Some(frame) = incoming.frame().await {
+                if let Some(chunk) = frame.map_err(|e| e.to_string())?.data_ref() {
+                    body.extend_from_slice(chunk);
+                    if body.len() > self.max_response {
+                        return Ok(None);
+                    }
                 }
             }
-            Ok::<_, reqwest::Error>(Some(Response { status, headers, body: Bytes::from(body) }))
+            self.idle.lock().unwrap().push(sender);
+            Ok::<_, String>(Some(Response { status, headers, body: Bytes::from(body) }))
         };
         let (outcome, reusable) = match tokio::time::timeout_at(req.deadline, send).await {
             Err(_) => {

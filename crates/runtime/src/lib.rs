@@ -24,7 +24,6 @@ pub mod protocol;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use flick_core::{Manifest, RuntimeKind};
@@ -175,7 +174,6 @@ impl Instance {
 pub struct Launcher {
     config: Arc<RuntimeConfig>,
     sandbox: Sandbox,
-    http_client: reqwest::Client,
     stems: Arc<prewarm::StemPool>,
 }
 
@@ -183,12 +181,7 @@ impl Launcher {
     /// Writes the bootstraps to `config.bootstrap_dir`.
     pub fn new(config: RuntimeConfig, sandbox: Sandbox) -> std::io::Result<Self> {
         bootstrap::install(&config.bootstrap_dir)?;
-        let http_client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(std::io::Error::other)?;
-        Ok(Self { config: Arc::new(config), sandbox, http_client, stems: prewarm::new_pool() })
+        Ok(Self { config: Arc::new(config), sandbox, stems: prewarm::new_pool() })
     }
 
     pub fn config(&self) -> &RuntimeConfig {

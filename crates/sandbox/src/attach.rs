@@ -1,4 +1,5 @@
-//! Mounting a function's code into a running stem cell.
+//! Reaching into a running sandbox: mounting a function's code into a stem
+//! cell, and connecting to a server inside an instance's network namespace.
 //!
 //! A stem cell is an instance started before flick knows its function: its
 //! `/var/task` is an empty directory. To specialise it, the code directory
@@ -118,4 +119,23 @@ pub fn attach_code(outer: u32, code_dir: &Path) -> Result<()> {
     })
     .join()
     .map_err(|_| Error::other("attach thread panicked"))?
+}
+
+/// Opens a TCP connection to `127.0.0.1:port` inside the network namespace
+/// of the sandbox whose outer process is `outer`: the socket is created on
+/// a short-lived thread that entered that namespace (a socket belongs to
+/// the namespace it was created in), so flick's other threads stay put.
+/// Blocking; run it off the async executor.
+pub fn connect_inside(outer: u32, port: u16) -> Result<std::net::TcpStream> {
+    let inner = inner_pid(outer)?;
+    let ns = open(&format!("/proc/{inner}/ns/net"), libc::O_RDONLY)?;
+    std::thread::spawn(move || -> Result<std::net::TcpStream> {
+        // SAFETY: setns on this thread only; it ends right after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            return Err(Error::last_os_error());
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port))
+    })
+    .join()
+    .map_err(|_| Error::other("connect thread panicked"))?
 }

@@ -178,6 +178,19 @@ impl Sandbox {
         tokio::task::spawn_blocking(move || attach::attach_code(pid, &code_dir)).await.map_err(std::io::Error::other)?
     }
 
+    /// Connects to `127.0.0.1:port` as seen by the instance whose outer
+    /// process is `pid`: inside its network namespace when it has its own.
+    pub async fn connect(&self, pid: u32, network: Network, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        if !self.is_isolated() || network == Network::Host {
+            return tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        }
+        let std_stream = tokio::task::spawn_blocking(move || attach::connect_inside(pid, port))
+            .await
+            .map_err(std::io::Error::other)??;
+        std_stream.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(std_stream)
+    }
+
     /// Where an instance sees its code.
     pub fn code_path(&self, host: &Path) -> PathBuf {
         if self.is_isolated() { PathBuf::from(mounts::CODE) } else { host.to_path_buf() }
