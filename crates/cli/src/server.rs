@@ -29,6 +29,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let interpreters = Interpreters::resolve(&config).await?;
     let runtime_dir = data.join("runtime");
     let sandbox = build_sandbox(&config, &data, &interpreters).await?;
+    let sandbox_for_cleanup = sandbox.clone();
     let launcher = Launcher::new(
         RuntimeConfig {
             python: interpreters.python.clone(),
@@ -104,6 +105,9 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     }
     let _ = background.await;
     platform.shutdown().await;
+    // Instances are stopped; remove their cgroups now rather than leave
+    // them for the next start on this data dir (which may never come).
+    let _ = tokio::task::spawn_blocking(move || sandbox_for_cleanup.remove_scope()).await;
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
     println!("flick stopped");
     Ok(())

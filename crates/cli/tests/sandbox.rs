@@ -396,3 +396,17 @@ fn running_unsandboxed_takes_a_loud_flag() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["uid"], 0, "without the sandbox a function runs as flick's own user");
 }
+
+#[test]
+fn a_clean_stop_leaves_no_cgroups_behind() {
+    let mut flick = Flick::start();
+    flick.deploy_py("warm", "", "def handler(event, context):\n    return 'hi'\n");
+    assert_eq!(flick.invoke("warm", "{}").status, 200);
+    let pid = flick.pid();
+    let cgroups = instance_cgroups(pid);
+    assert!(!cgroups.is_empty(), "expected cgroups for the instance and the stem cells");
+    let scopes: Vec<_> = cgroups.iter().filter_map(|c| c.parent().map(|p| p.to_path_buf())).collect();
+    assert!(flick.stop().success());
+    assert!(cgroups.iter().all(|c| !c.exists()), "instance cgroups left behind: {cgroups:?}");
+    assert!(scopes.iter().all(|s| !s.exists()), "scope cgroups left behind: {scopes:?}");
+}
