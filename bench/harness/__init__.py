@@ -1,0 +1,1 @@
+"""The flick benchmark harness (see bench/README.md). Standard library only."""

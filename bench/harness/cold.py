@@ -1,0 +1,122 @@
+"""1. Cold start: scaled to zero → first response, per runtime, with and
+without the sandbox.
+
+flick keeps a few started, function-less "stem cells" per interpreter
+(`stem_cells`, default 1) and turns one into an instance on a cold start, so
+a lone cold start of a python3 or node function pays neither interpreter
+start-up nor sandbox set-up. The default servers measure that. Two more
+servers run with `stem_cells = 0` in their config.toml: their python3 and
+node cold starts start the interpreter (and the sandbox) from nothing, which
+is what a cold start costs once the stem cells are used up (e.g. several
+cold starts at once, see the burst section).
+
+All servers run side by side, each with one no-op function per runtime
+(keep_alive = 100ms, max_instances = 1). Samples go round-robin over
+runtimes and servers. Before each sample every bench function on every
+server must be back at zero instances (polled on /v1/instances), then 100 ms
+more pass so the previous instance's teardown is not measured and a used
+stem cell has been replaced. The figure is the client-observed time from
+sending the POST (on an open connection) to the last byte of the response;
+flick's own `init_ms` comes from the activation record.
+"""
+
+import time
+
+from . import stats
+from .flick import Flick, make_function
+
+RUNTIMES = ("python3", "node", "exec", "http")
+# mode: (sandbox, flick config, runtimes measured)
+MODES = {
+    "sandbox": (True, {}, RUNTIMES),
+    "no-sandbox": (False, {}, RUNTIMES),
+    # Stem cells only serve python3 and node.
+    "sandbox, no stem cells": (True, {"stem_cells": 0}, ("python3", "node")),
+    "no-sandbox, no stem cells": (False, {"stem_cells": 0}, ("python3", "node")),
+}
+# (with, without) sandbox: the pairs whose difference is the sandbox's cost.
+PAIRS = {"": ("sandbox", "no-sandbox"), "no stem cells": ("sandbox, no stem cells", "no-sandbox, no stem cells")}
+SETTLE = 0.1
+# A sample that gets no answer in this time is a failure, not a hang.
+REQUEST_TIMEOUT = 30.0
+# After this many failed samples a runtime/server pair is given up on, so a
+# broken runtime costs a minute, not the whole section.
+MAX_FAILURES = 2
+
+
+def run(ctx):
+    servers = {}
+    try:
+        for mode, (sandbox, config, runtimes) in MODES.items():
+            label = "cold-" + mode.replace(", ", "-").replace(" ", "-")
+            srv = servers[mode] = Flick(ctx, label, sandbox=sandbox, config=config)
+            srv.start()
+            for rt in runtimes:
+                srv.deploy(make_function(ctx, rt, f"cold-{rt}", keep_alive="100ms", max_instances=1))
+        samples = {(rt, m): [] for m, (_, _, rts) in MODES.items() for rt in rts}
+        n = ctx.settings.cold_samples
+        for i in range(n):
+            ctx.log(f"cold: round {i + 1}/{n}")
+            # Rotate the order each round, so no mode always follows another.
+            keys = list(samples)
+            keys = keys[i % len(keys) :] + keys[: i % len(keys)]
+            for rt, mode in keys:
+                if sum(1 for r in samples[(rt, mode)] if "error" in r) >= MAX_FAILURES:
+                    continue
+                _wait_all_idle(ctx, servers)
+                samples[(rt, mode)].append(_sample(servers[mode], f"cold-{rt}"))
+        return _summarize(samples)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def _wait_all_idle(ctx, servers):
+    for mode, srv in servers.items():
+        names = [f"cold-{rt}" for rt in MODES[mode][2]]
+        if not srv.wait_instances(names, 0, timeout=10):
+            # The next sample then shows whether it was a cold start.
+            ctx.log(f"cold: {srv.label}: instances still running after 10 s")
+    time.sleep(SETTLE)
+
+
+def _sample(srv, name):
+    try:
+        resp = srv.invoke(name, timeout=REQUEST_TIMEOUT)
+        record = srv.activation(resp.activation) if resp.activation else {}
+    except OSError as e:  # includes timeouts
+        return {"status": None, "error": repr(e), "client_ms": None, "cold": None, "init_ms": None}
+    return {
+        "status": resp.status,
+        "client_ms": resp.seconds * 1e3,
+        "cold": record.get("cold"),
+        "init_ms": record.get("init_ms"),
+        "duration_ms": record.get("duration_ms"),
+    }
+
+
+def _summarize(samples):
+    out = {}
+    for (rt, mode), rows in samples.items():
+        good = [r for r in rows if r["status"] == 200 and r["cold"]]
+        out.setdefault(rt, {})[mode] = {
+            "client_ms": stats.summarize([r["client_ms"] for r in good]),
+            "init_ms": stats.summarize([r["init_ms"] for r in good if r["init_ms"] is not None]),
+            "excluded": len(rows) - len(good),  # not 200, not a cold start, or failed
+            "errors": sorted(
+                {r["error"] for r in rows if "error" in r}
+                | {f"HTTP {r['status']}" for r in rows if r["status"] not in (200, None)}
+            ),
+            "samples": rows,
+        }
+    for rt, modes in out.items():
+        modes_cost = {}
+        for pair, (on, off) in PAIRS.items():
+            if on in modes and off in modes:
+                a, b = modes[on]["client_ms"]["p50"], modes[off]["client_ms"]["p50"]
+                modes_cost[pair or "default"] = {
+                    "cost_ms": None if a is None or b is None else a - b,
+                    "ratio": stats.ratio(a, b),
+                }
+        out[rt] = {"modes": modes, "sandbox_cost": modes_cost}
+    return out
