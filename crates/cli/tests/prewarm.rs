@@ -121,3 +121,35 @@ fn prewarming_can_be_switched_off() {
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], false);
     assert_eq!(stem_cells(&flick, "python3/none"), 0);
 }
+
+#[test]
+fn exec_requests_run_in_prewarmed_sandboxes_with_the_full_contract() {
+    let flick = Flick::start();
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
+    flick.deploy_files(
+        "shell",
+        &[
+            ("flick.toml", &manifest("shell", "exec", "sh ./run.sh", "memory = \"64MiB\"\n")),
+            (
+                "run.sh",
+                "body=$(cat)\necho \"$Http_Method $Http_Path $body $(pwd) $(id -u)\"\necho to-stderr >&2\n[ \"$body\" = fail ] && exit 4\nexit 0\n",
+            ),
+        ],
+    );
+    // Calls in a row: the first takes the ready sandbox, later ones take
+    // refills or start afresh; all must behave the same.
+    for i in 0..4 {
+        assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1) || i > 0);
+        let r = flick.request("PUT", "/fn/shell/x", format!("hello{i}").into_bytes(), true);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let words: Vec<String> = r.text().split_whitespace().map(String::from).collect();
+        assert_eq!(words[..4], ["PUT", "/x", &format!("hello{i}"), "/var/task"], "{}", r.text());
+        assert_ne!(words[4], "0", "runs unprivileged");
+        let a = flick.activation(&r.activation_id());
+        assert_eq!(a["logs"][0]["text"], "to-stderr", "{a}");
+    }
+    let r = flick.invoke("shell", "fail");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("status 4"), "{}", r.text());
+    assert_eq!(stem_cells(&flick, "exec/host"), 0, "no host-network sandboxes until one is needed");
+}

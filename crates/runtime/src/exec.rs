@@ -65,16 +65,21 @@ impl ExecInstance {
                 .join("_");
             env.push((format!("Http_{key}"), value.clone()));
         }
-        let spawned = self.launcher.sandbox().spawn(ProcessSpec {
-            program: self.program.clone(),
-            args: self.args.clone(),
-            env,
-            code_dir: Some(self.spec.code_dir.clone()),
-            limits: self.launcher.limits(&self.spec),
-            protocol_fd: None,
-            stdin: true,
-            report_exit: true,
-        });
+        let prewarmed = self.launcher.exec_stem(&self.spec, &self.program, &self.args, &env).await;
+        let spawned = match prewarmed {
+            Some(cell) => Ok(cell),
+            None => self.launcher.sandbox().spawn(ProcessSpec {
+                program: self.program.clone(),
+                args: self.args.clone(),
+                env,
+                code_dir: Some(self.spec.code_dir.clone()),
+                limits: self.launcher.limits(&self.spec),
+                protocol_fd: None,
+                stdin: true,
+                report_exit: true,
+                wait_for_program: false,
+            }),
+        };
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {

@@ -51,7 +51,7 @@ impl ProcessHandle {
     /// taken): a task reaps it, so it never lingers as a zombie, then reads
     /// and removes its cgroup.
     pub fn new(spawned: Spawned) -> Self {
-        let Spawned { mut child, cgroup, exit_report } = spawned;
+        let Spawned { mut child, cgroup, exit_report, go: _ } = spawned;
         let pid = child.id().unwrap_or(0);
         let cgroup = cgroup.map(Arc::new);
         let exited = Arc::new(AtomicBool::new(false));

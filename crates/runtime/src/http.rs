@@ -72,6 +72,7 @@ impl HttpInstance {
                 protocol_fd: None,
                 stdin: false,
                 report_exit: false,
+                wait_for_program: false,
             })
             .map_err(|e| StartError::Init {
                 error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },

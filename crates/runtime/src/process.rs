@@ -78,6 +78,7 @@ fn spawn_bootstrap(
             protocol_fd: Some(OwnedFd::from(theirs)),
             stdin: false,
             report_exit: false,
+            wait_for_program: false,
         })
         .map_err(|e| StartError::Platform(e.to_string()))?;
     let logs = LogCollector::new(cfg.log_limits);

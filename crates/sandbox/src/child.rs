@@ -43,6 +43,9 @@ pub struct Isolation {
     /// then lets the namespaces go (their teardown takes milliseconds that
     /// the caller need not wait for).
     pub exit_fd: Option<RawFd>,
+    /// Read end of a pipe: when set, the sandbox is set up and then waits
+    /// here for the program to run (a prewarmed exec sandbox).
+    pub go_fd: Option<RawFd>,
 }
 
 fn check(ret: libc::c_int) -> Result<(), Error> {
@@ -121,6 +124,24 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             let prog = libc::sock_fprog { len: iso.filter.len() as u16, filter: iso.filter.as_ptr() as *mut _ };
             check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
         }
+        let mut message = [0u8; crate::MAX_GO_MESSAGE];
+        let mut argv = [std::ptr::null::<libc::c_char>(); 256];
+        let mut envp = [std::ptr::null::<libc::c_char>(); 512];
+        if let Some(go) = iso.go_fd {
+            // Close all but stdio and our two pipes before waiting: among the
+            // rest is the pipe on which the spawning side waits for the exec,
+            // and it must see this sandbox as started now.
+            let keep = [go, iso.exit_fd.unwrap_or(go)];
+            let (a, b) = (keep[0].min(keep[1]) as libc::c_uint, keep[0].max(keep[1]) as libc::c_uint);
+            for (from, to) in [(3, a.saturating_sub(1)), (a + 1, b.saturating_sub(1)), (b + 1, u32::MAX)] {
+                if from <= to && libc::syscall(libc::SYS_close_range, from, to, 0u32) < 0 {
+                    return Err(Error::last_os_error());
+                }
+            }
+            wait_for_program(go, &mut message, &mut argv, &mut envp)?;
+            // The code was mounted after we entered /var/task: enter it again.
+            check(libc::chdir(iso.code_dir.as_ptr()))?;
+        }
         if let Some(exit_fd) = iso.exit_fd {
             let pid = libc::fork();
             if pid < 0 {
@@ -130,8 +151,77 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
                 report_exit(pid, exit_fd);
             }
         }
+        if iso.go_fd.is_some() {
+            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+            // 127, as a shell says for a program it cannot run.
+            libc::_exit(127);
+        }
         Ok(())
     }
+}
+
+/// Reads a go message (see `crate::go_message`) into `buf` and points
+/// `argv` and `envp` (NULL-terminated) at its strings. No allocation.
+unsafe fn wait_for_program(
+    go: RawFd,
+    buf: &mut [u8],
+    argv: &mut [*const libc::c_char],
+    envp: &mut [*const libc::c_char],
+) -> Result<(), Error> {
+    // SAFETY: reads into memory we own; pointers stored point into `buf`,
+    // which outlives their use (until exec).
+    unsafe {
+        let mut len_bytes = [0u8; 4];
+        read_exact(go, &mut len_bytes)?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > buf.len() {
+            return Err(Error::other("program message too large"));
+        }
+        read_exact(go, &mut buf[..len])?;
+        libc::close(go);
+        let mut at = 0;
+        for list in [&mut *argv, &mut *envp] {
+            let mut n = 0;
+            loop {
+                let Some(end) = buf[at..len].iter().position(|b| *b == 0) else {
+                    return Err(Error::other("malformed program message"));
+                };
+                if end == 0 {
+                    at += 1;
+                    break;
+                }
+                if n + 1 >= list.len() {
+                    return Err(Error::other("too many arguments or variables"));
+                }
+                list[n] = buf[at..].as_ptr().cast();
+                n += 1;
+                at += end + 1;
+            }
+            list[n] = std::ptr::null();
+        }
+        if argv[0].is_null() {
+            return Err(Error::other("no program to run"));
+        }
+        Ok(())
+    }
+}
+
+unsafe fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> Result<(), Error> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(Error::other("no program arrived"));
+        }
+        buf = &mut buf[n as usize..];
+    }
+    Ok(())
 }
 
 /// pid 1 of a sandbox whose program reports its exit: holds nothing open

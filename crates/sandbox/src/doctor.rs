@@ -96,6 +96,7 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
         stdin: false,
         limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },
         report_exit: false,
+        wait_for_program: false,
     });
     let spawned = match spawned {
         Ok(s) => s,

@@ -101,6 +101,48 @@ pub struct ProcessSpec {
     /// Report the program's exit on [`Spawned::exit_report`] as soon as it
     /// happens, before the sandbox is torn down (one-shot processes).
     pub report_exit: bool,
+    /// Set up the whole sandbox, then wait: the program to run arrives
+    /// later on [`Spawned::go`] (see [`go_message`]); `program` and `args`
+    /// are ignored. Isolated and with `report_exit` only.
+    pub wait_for_program: bool,
+}
+
+/// The environment every sandboxed program starts from.
+pub const BASE_ENV: [(&str, &str); 4] =
+    [("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8")];
+
+/// Largest program message a waiting sandbox accepts (argv and env).
+pub const MAX_GO_MESSAGE: usize = 32 << 10;
+
+/// The message that tells a waiting sandbox what to run: a length, then
+/// NUL-terminated argv strings, an empty string, NUL-terminated `K=V`
+/// environment strings (after [`BASE_ENV`]), an empty string. `program`
+/// must be an absolute path. `None` if it would be too large.
+pub fn go_message(program: &Path, args: &[OsString], env: &[(String, String)]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    for a in std::iter::once(program.as_os_str()).chain(args.iter().map(|a| a.as_os_str())) {
+        if a.as_bytes().contains(&0) {
+            return None;
+        }
+        body.extend_from_slice(a.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let base = BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    for (k, v) in base.chain(env.iter().cloned()) {
+        if k.contains('\0') || v.contains('\0') {
+            return None;
+        }
+        body.extend_from_slice(format!("{k}={v}").as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    if body.len() > MAX_GO_MESSAGE {
+        return None;
+    }
+    let mut msg = (body.len() as u32).to_le_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    Some(msg)
 }
 
 /// A started process and the cgroup it runs in (to inspect and remove
@@ -112,6 +154,8 @@ pub struct Spawned {
     /// With `report_exit` (isolated only): yields the program's raw wait
     /// status (4 bytes, native endian) the moment it exits.
     pub exit_report: Option<OwnedFd>,
+    /// With `wait_for_program`: where the [`go_message`] goes.
+    pub go: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -204,13 +248,13 @@ impl Sandbox {
     /// Starts `spec` with stdout and stderr piped (they are the function's
     /// logs or response) and stdin piped only if asked.
     pub fn spawn(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+        if spec.wait_for_program && !(self.is_isolated() && spec.report_exit) {
+            return Err(SandboxError::Unavailable("waiting for a program needs an isolated, reporting sandbox".into()));
+        }
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", "/tmp")
-            .env("TMPDIR", "/tmp")
-            .env("LANG", "C.UTF-8")
+            .envs(BASE_ENV)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -220,6 +264,7 @@ impl Sandbox {
         let mut cgroup = None;
         let mut procs_fds = Vec::new();
         let (mut exit_report, mut exit_write) = (None, None);
+        let (mut go_read, mut go) = (None, None);
         let setup = match &self.isolated {
             None => {
                 cmd.current_dir(spec.code_dir.as_deref().unwrap_or(&self.runtime_dir));
@@ -244,6 +289,12 @@ impl Sandbox {
                     exit_report = Some(OwnedFd::from(r));
                     exit_write = Some(OwnedFd::from(w));
                 }
+                if spec.wait_for_program {
+                    let (r, w) = std::io::pipe()
+                        .map_err(|e| SandboxError::Spawn { program: spec.program.display().to_string(), source: e })?;
+                    go_read = Some(OwnedFd::from(r));
+                    go = Some(OwnedFd::from(w));
+                }
                 let plan = mounts::plan(&mounts::Inputs {
                     root: &cfg.rootfs_dir,
                     code: spec.code_dir.as_deref(),
@@ -265,6 +316,7 @@ impl Sandbox {
                         code_dir: CString::new(mounts::CODE).unwrap_or_default(),
                         filter: iso.filter.clone(),
                         exit_fd: exit_write.as_ref().map(|fd| fd.as_raw_fd()),
+                        go_fd: go_read.as_ref().map(|fd| fd.as_raw_fd()),
                     }),
                 }
             }
@@ -279,8 +331,9 @@ impl Sandbox {
         drop(procs_fds);
         drop(spec.protocol_fd);
         drop(exit_write);
+        drop(go_read);
         match spawned {
-            Ok(child) => Ok(Spawned { child, cgroup, exit_report }),
+            Ok(child) => Ok(Spawned { child, cgroup, exit_report, go }),
             Err(source) => {
                 if let Some(cg) = cgroup {
                     cg.destroy();
