@@ -160,6 +160,9 @@ impl ExecInstance {
                 }
             }
         };
+        // Only now, with the program done, start the next sandbox (see
+        // `Launcher::exec_stem`).
+        self.launcher.refill_exec(self.spec.manifest.network);
         let captured = logs.finish(&req.id, true, Duration::from_millis(200)).await;
         Invoked { outcome, logs: captured, reusable: true }
     }

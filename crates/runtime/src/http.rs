@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use flick_core::LogStream;
 use flick_sandbox::ProcessSpec;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -78,13 +77,7 @@ impl HttpInstance {
                 error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },
                 logs: Default::default(),
             })?;
-        let logs = LogCollector::new(launcher.config().log_limits);
-        if let Some(out) = spawned.child.stdout.take() {
-            logs.spawn_reader(LogStream::Stdout, out);
-        }
-        if let Some(err) = spawned.child.stderr.take() {
-            logs.spawn_reader(LogStream::Stderr, err);
-        }
+        let logs = LogCollector::capture(launcher.config().log_limits, &mut spawned.child);
         let instance = Self {
             process: ProcessHandle::new(spawned),
             launcher: launcher.clone(),

@@ -163,6 +163,18 @@ impl LogCollector {
         self.notify.notify_waiters();
     }
 
+    /// A collector fed by a long-lived child's stdout and stderr.
+    pub fn capture(limits: LogLimits, child: &mut tokio::process::Child) -> Self {
+        let logs = Self::new(limits);
+        if let Some(out) = child.stdout.take() {
+            logs.spawn_reader(LogStream::Stdout, out);
+        }
+        if let Some(err) = child.stderr.take() {
+            logs.spawn_reader(LogStream::Stderr, err);
+        }
+        logs
+    }
+
     /// Reads `reader` line by line until EOF, feeding the collector.
     pub fn spawn_reader<R>(&self, stream: LogStream, reader: R)
     where

@@ -68,7 +68,7 @@ impl Launcher {
     /// way the pool is topped up in the background (a miss is a sign the
     /// key is in demand).
     pub(crate) fn take_stem(&self, key: Key) -> Option<Stem> {
-        match self.take(key)? {
+        match self.take(key, true)? {
             Cell::Bootstrap(stem) => Some(stem),
             Cell::Exec(_) => None,
         }
@@ -89,7 +89,11 @@ impl Launcher {
         }
         let program = resolve(program)?;
         let message = flick_sandbox::go_message(&program, args, env)?;
-        let Cell::Exec(mut cell) = self.take((RuntimeKind::Exec, m.network))? else { return None };
+        // No refill yet: moving a new process into its cgroup holds a
+        // system-wide lock that every fork waits on (~14 ms on cgroup v1),
+        // and this request is about to fork its program. The caller refills
+        // when the program has run (`refill_exec`).
+        let Cell::Exec(mut cell) = self.take((RuntimeKind::Exec, m.network), false)? else { return None };
         // Dropping the cell on any failure kills it (kill_on_drop).
         if cell.child.try_wait().ok()?.is_some() {
             return None;
@@ -108,10 +112,17 @@ impl Launcher {
         Some(cell)
     }
 
-    fn take(&self, key: Key) -> Option<Cell> {
+    fn take(&self, key: Key, refill: bool) -> Option<Cell> {
         let cell = self.stems.ready.lock().unwrap().get_mut(&key).and_then(Vec::pop);
-        self.refill(key);
+        if refill {
+            self.refill(key);
+        }
         cell
+    }
+
+    /// Tops up the exec stem cells of `network` (after a request ran).
+    pub(crate) fn refill_exec(&self, network: Network) {
+        self.refill((RuntimeKind::Exec, network));
     }
 
     fn refill(&self, key: Key) {

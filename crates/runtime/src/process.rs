@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flick_core::{LogStream, Manifest, RuntimeKind};
+use flick_core::{Manifest, RuntimeKind};
 use flick_sandbox::ProcessSpec;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -81,13 +81,7 @@ fn spawn_bootstrap(
             wait_for_program: false,
         })
         .map_err(|e| StartError::Platform(e.to_string()))?;
-    let logs = LogCollector::new(cfg.log_limits);
-    if let Some(out) = spawned.child.stdout.take() {
-        logs.spawn_reader(LogStream::Stdout, out);
-    }
-    if let Some(err) = spawned.child.stderr.take() {
-        logs.spawn_reader(LogStream::Stderr, err);
-    }
+    let logs = LogCollector::capture(cfg.log_limits, &mut spawned.child);
     let process = ProcessHandle::new(spawned);
     let (read, write) = ours.into_split();
     Ok(Booting { process, reader: BufReader::with_capacity(64 << 10, read), write, logs })
