@@ -237,7 +237,13 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
         filter.parse().map_err(|e| anyhow::anyhow!("log filter `{filter}`: {e}"))?;
     use tracing_subscriber::prelude::*;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                // Colour codes only for a person at a terminal, not in log files.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(targets)
         .try_init()
         .map_err(|e| anyhow::anyhow!("logging: {e}"))
