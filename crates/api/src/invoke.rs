@@ -71,15 +71,15 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
             }
         }
     }
-    if let Ok(v) = HeaderValue::try_from(done.activation.id.as_str()) {
+    if let Ok(v) = HeaderValue::try_from(done.activation_id.as_str()) {
         h.insert("x-flick-activation-id", v);
     }
-    h.insert("x-flick-status", HeaderValue::from_static(done.activation.status.as_str()));
-    let a = &done.activation;
-    let init_desc = if a.prewarmed { ";desc=\"prewarmed\"" } else { "" };
+    h.insert("x-flick-status", HeaderValue::from_static(done.status.as_str()));
+    let t = &done.timing;
+    let init_desc = if t.prewarmed { ";desc=\"prewarmed\"" } else { "" };
     let timing = format!(
         "queue;dur={:.3}, init;dur={:.3}{init_desc}, exec;dur={:.3}, total;dur={:.3}",
-        a.wait_ms, a.init_ms, a.exec_ms, a.duration_ms
+        t.wait_ms, t.init_ms, t.exec_ms, t.total_ms
     );
     if let Ok(v) = HeaderValue::try_from(timing) {
         h.insert("server-timing", v);

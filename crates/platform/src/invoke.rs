@@ -30,8 +30,21 @@ pub struct InvokeRequest {
 /// What the caller gets back, and the record it left.
 #[derive(Debug)]
 pub struct InvokeResponse {
-    pub activation: Activation,
+    pub activation_id: ActivationId,
+    pub status: ActivationStatus,
+    pub timing: Timing,
     pub response: Response,
+}
+
+/// Where the time of one invocation went, in milliseconds (as recorded).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub wait_ms: f64,
+    pub init_ms: f64,
+    pub exec_ms: f64,
+    pub total_ms: f64,
+    /// The cold start took a prewarmed stem cell.
+    pub prewarmed: bool,
 }
 
 impl Platform {
@@ -119,10 +132,22 @@ impl Platform {
             logs: logs.lines,
             logs_truncated: logs.truncated,
         };
+        let done = InvokeResponse {
+            activation_id: activation.id.clone(),
+            status: activation.status,
+            timing: Timing {
+                wait_ms: activation.wait_ms,
+                init_ms: activation.init_ms,
+                exec_ms: activation.exec_ms,
+                total_ms: activation.duration_ms,
+                prewarmed: activation.prewarmed,
+            },
+            response,
+        };
         // Stored off the request path; reads flush first, so the caller can
         // still read its record right after this response.
-        self.records.record(activation.clone());
-        Ok(InvokeResponse { activation, response })
+        self.records.record(activation);
+        Ok(done)
     }
 
     /// The HTTP answer for an outcome: the function's own response, or an

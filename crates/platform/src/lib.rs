@@ -26,7 +26,7 @@ use flick_store::{ActivationQuery, CodeStore, Store};
 
 pub use deploy::DeployOutcome;
 pub use error::PlatformError;
-pub use invoke::{InvokeRequest, InvokeResponse};
+pub use invoke::{InvokeRequest, InvokeResponse, Timing};
 
 /// How long activation records are kept.
 #[derive(Clone, Debug)]
