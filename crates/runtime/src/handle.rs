@@ -27,6 +27,11 @@ pub struct Exit {
 }
 
 impl Exit {
+    fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        Self { code: status.code(), signal: status.signal(), oom: false }
+    }
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -71,22 +76,17 @@ impl ProcessHandle {
         let flag = exited.clone();
         let reaped_cgroup = cgroup.clone();
         tokio::spawn(async move {
-            use std::os::unix::process::ExitStatusExt;
             let mut exit = match child.wait().await {
-                Ok(status) => Exit { code: status.code(), signal: status.signal(), oom: false },
+                Ok(status) => Exit::from_status(status),
                 Err(_) => Exit { code: None, signal: None, oom: false },
             };
             flag.store(true, Ordering::SeqCst);
-            if let Some(cg) = reaped_cgroup {
-                exit.oom = cg.oom_killed();
-                if tx.borrow().is_none() {
-                    let _ = tx.send(Some(exit));
-                }
-                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
-            }
+            exit.oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
             // A reported exit, if any, says more than the sandbox's own.
-            if tx.borrow().is_none() {
-                let _ = tx.send(Some(exit));
+            tx.send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
+            // Answer first: removing the cgroup may retry for a while.
+            if let Some(cg) = reaped_cgroup {
+                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
             }
         });
         Self { pid, cgroup, exited, exit }
@@ -137,6 +137,5 @@ async fn read_report(fd: std::os::fd::OwnedFd) -> Option<Exit> {
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
     let mut raw = [0u8; 4];
     pipe.read_exact(&mut raw).await.ok()?;
-    let status = std::process::ExitStatus::from_raw(i32::from_ne_bytes(raw));
-    Some(Exit { code: status.code(), signal: status.signal(), oom: false })
+    Some(Exit::from_status(std::process::ExitStatus::from_raw(i32::from_ne_bytes(raw))))
 }
