@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flick_runtime::{Instance, InstanceSpec, Launcher};
+use flick_runtime::{Instance, InstanceSpec, Launcher, StartError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -208,35 +208,33 @@ impl Pool {
         let started_at = Instant::now();
         let result = self.launcher.start(&self.spec, deadline).await;
         let init = started_at.elapsed();
-        let lease = {
+        let (slot, instance) = self.started(result, 1)?;
+        let prewarmed = instance.prewarmed();
+        tracing::debug!(function = %self.spec.function, revision = self.spec.revision, ?init, prewarmed, "instance started");
+        Ok(Lease { pool: self.clone(), slot, instance, cold: true, init, wait, prewarmed, discard: false })
+    }
+
+    /// Ends a start that `starting` counted: adds the instance with
+    /// `inflight` requests already on it, or gives its budget back.
+    fn started(
+        &self,
+        result: Result<Instance, StartError>,
+        inflight: u32,
+    ) -> Result<(u64, Arc<Instance>), AcquireError> {
+        let added = {
             let mut st = self.state.lock().unwrap();
             st.starting -= 1;
-            match result {
-                Ok(instance) => {
-                    let prewarmed = instance.prewarmed();
-                    let instance = Arc::new(instance);
-                    let id = st.add(instance.clone(), 1);
-                    tracing::debug!(function = %self.spec.function, revision = self.spec.revision, ?init, prewarmed, "instance started");
-                    Ok(Lease {
-                        pool: self.clone(),
-                        slot: id,
-                        instance,
-                        cold: true,
-                        init,
-                        wait,
-                        prewarmed,
-                        discard: false,
-                    })
-                }
-                Err(e) => Err(AcquireError::Start(e)),
-            }
+            result.map(|instance| {
+                let instance = Arc::new(instance);
+                (st.add(instance.clone(), inflight), instance)
+            })
         };
-        if lease.is_err() {
+        if added.is_err() {
             self.budget.release(self.spec.manifest.memory);
         }
         // Either a new slot exists or room to start one does: wake waiters.
         self.changed.notify_waiters();
-        lease
+        Ok(added?)
     }
 
     fn release(&self, slot_id: u64, discard: bool) {
@@ -370,25 +368,10 @@ impl Pool {
             tokio::spawn(async move {
                 let deadline = Instant::now() + pool.spec.manifest.timeout.max(Duration::from_secs(30));
                 let result = pool.launcher.start(&pool.spec, deadline).await;
-                let failed = {
-                    let mut st = pool.state.lock().unwrap();
-                    st.starting -= 1;
-                    match result {
-                        Ok(instance) => {
-                            st.add(Arc::new(instance), 0);
-                            false
-                        }
-                        Err(e) => {
-                            tracing::warn!(function = %pool.spec.function, error = %e, "could not prewarm an instance");
-                            st.prewarm_failed_at = Some(Instant::now());
-                            true
-                        }
-                    }
-                };
-                if failed {
-                    pool.budget.release(pool.spec.manifest.memory);
+                if let Err(e) = pool.started(result, 0) {
+                    tracing::warn!(function = %pool.spec.function, error = %e, "could not prewarm an instance");
+                    pool.state.lock().unwrap().prewarm_failed_at = Some(Instant::now());
                 }
-                pool.changed.notify_waiters();
             });
         }
     }
