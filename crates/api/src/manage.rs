@@ -58,8 +58,9 @@ pub(crate) async fn list_revisions(
 ) -> ApiResult {
     s.key.check(&headers)?;
     let revisions = s.platform.revisions(&name).await?;
-    let (info, _) = s.platform.function(&name).await?;
-    Ok(Json(json!({ "current_revision": info.current_revision, "revisions": revisions })).into_response())
+    // The route table holds the current revision: no second store query.
+    let current = s.platform.route(&name).map(|r| r.revision.number);
+    Ok(Json(json!({ "current_revision": current, "revisions": revisions })).into_response())
 }
 
 #[derive(Deserialize)]
