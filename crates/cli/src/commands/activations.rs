@@ -72,14 +72,17 @@ pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32) -> 
     for a in &recent {
         print_lines(a);
     }
-    while follow {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Follow until interrupted (or until a fetch fails).
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for a in fetch(client, Some(function), 1000, Some(cursor)).await? {
             cursor = cursor.max(a.seq);
             print_lines(&a);
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_lines(a: &Activation) {

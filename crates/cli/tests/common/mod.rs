@@ -245,10 +245,10 @@ impl Flick {
             .expect("starting flick up");
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if !a.is_empty() {
-                    break a;
-                }
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && !a.is_empty()
+            {
+                break a;
             }
             assert!(Instant::now() < deadline, "flick up did not start within 30s");
             std::thread::sleep(Duration::from_millis(20));
