@@ -410,3 +410,224 @@ fn a_clean_stop_leaves_no_cgroups_behind() {
     assert!(cgroups.iter().all(|c| !c.exists()), "instance cgroups left behind: {cgroups:?}");
     assert!(scopes.iter().all(|s| !s.exists()), "scope cgroups left behind: {scopes:?}");
 }
+
+/// Runs `argv[2:]` on a new pseudo-terminal as its controlling terminal
+/// (the way `flick up` runs in the foreground of an interactive shell),
+/// with the terminal also left open on fd 7, and copies everything the
+/// terminal shows (echoed input included) to the file `argv[1]`.
+const PTY_WRAPPER: &str = r#"
+import os, pty, signal, sys
+pid, master = pty.fork()
+if pid == 0:
+    os.dup2(os.open('/dev/tty', os.O_RDWR), 7)
+    os.execv(sys.argv[2], sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+with open(sys.argv[1], 'ab', buffering=0) as log:
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        log.write(data)
+_, status = os.waitpid(pid, 0)
+sys.exit(1 if status else 0)
+"#;
+
+#[test]
+fn the_operators_terminal_is_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("terminal.py");
+    std::fs::write(&wrapper, PTY_WRAPPER).unwrap();
+    let screen = dir.path().join("screen.log");
+    let (wrapper, screen_arg) = (wrapper.display().to_string(), screen.display().to_string());
+    let mut flick = Flick::start_in_via(dir, &[], &["python3", &wrapper, &screen_arg]);
+    flick.deploy_py(
+        "typist",
+        "",
+        r#"
+import ctypes, errno, fcntl, os, termios
+MARK = 'echo flick-tiocsti-typed\n'
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def handler(event, context):
+    out = {'open': {}, 'typed': [], 'refused': {}}
+    fds = {0, 1, 2}
+    for path in ['/dev/tty', '/dev/console', '/dev/ptmx', '/dev/pts/0', '/dev/tty0', '/dev/tty1']:
+        try:
+            fds.add(os.open(path, os.O_RDWR | os.O_NOCTTY))
+            out['open'][path] = 'opened'
+        except OSError as e:
+            out['open'][path] = name(e)
+    fds |= {int(n) for n in os.listdir('/proc/self/fd')}
+    libc = ctypes.CDLL(None, use_errno=True)
+    for fd in sorted(fds):
+        for request in [termios.TIOCSTI, termios.TIOCSTI | (1 << 32)]:
+            for ch in MARK.encode():
+                ret = libc.ioctl(fd, ctypes.c_ulong(request), ctypes.byref(ctypes.c_char(ch)))
+                if ret == 0:
+                    out['typed'].append(fd)
+                else:
+                    out['refused'][f'{fd}/{request:#x}'] = errno.errorcode.get(ctypes.get_errno(), '?')
+                    break
+        try:
+            libc.ioctl(fd, ctypes.c_ulong(termios.TIOCGPGRP), ctypes.byref(ctypes.c_int()))
+        except Exception:
+            pass
+    return out
+"#,
+    );
+    let r = flick.invoke("typist", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    for (path, outcome) in v["open"].as_object().unwrap() {
+        assert_ne!(outcome, "opened", "{path} opened inside the sandbox: {v}");
+    }
+    assert_eq!(v["typed"], serde_json::json!([]), "typed into a terminal: {v}");
+    // Every attempt was refused, on every descriptor the function had.
+    for (fd, outcome) in v["refused"].as_object().unwrap() {
+        assert!(outcome == "EPERM" || outcome == "ENOTTY" || outcome == "EBADF", "{fd}: {outcome}");
+    }
+    assert!(v["refused"].as_object().unwrap().len() >= 6, "{v}");
+    // Nothing reached the terminal: the wrapper has copied all it showed
+    // once flick is gone.
+    assert!(flick.stop().success());
+    let shown = String::from_utf8_lossy(&std::fs::read(&screen).unwrap()).into_owned();
+    assert!(!shown.contains("flick-tiocsti-typed"), "typed into flick's terminal:\n{shown}");
+}
+
+#[test]
+fn inherited_descriptors_do_not_reach_any_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "stem_cells = 0\n").unwrap();
+    // flick started with its own data dir open on fd 7, as a careless
+    // shell or supervisor might (the directory holds admin.key and flick.db).
+    let data = dir.path().canonicalize().unwrap().display().to_string();
+    let flick = Flick::start_in_via(dir, &[], &["bash", "-c", r#"exec 7<"$0"; exec "$@""#, &data]);
+    let python = r#"
+import os
+def handler(event, context):
+    out = {}
+    for n in range(64):
+        try:
+            out[n] = os.readlink('/proc/self/fd/%d' % n)
+        except OSError:
+            continue
+        try:
+            out['%d:key' % n] = open('/proc/self/fd/%d/admin.key' % n).read()
+        except OSError as e:
+            pass
+    return out
+"#;
+    flick.deploy_py("py-fds", "", python);
+    flick.deploy_files(
+        "node-fds",
+        &[
+            ("flick.toml", &manifest("node-fds", "node", "index.handler", "")),
+            (
+                "index.js",
+                r#"
+const fs = require('fs');
+exports.handler = async () => {
+  const out = {};
+  for (let n = 0; n < 64; n++) {
+    try { out[n] = fs.readlinkSync(`/proc/self/fd/${n}`); } catch (e) { continue; }
+    try { out[`${n}:key`] = fs.readFileSync(`/proc/self/fd/${n}/admin.key`, 'utf8'); } catch (e) {}
+  }
+  return out;
+};
+"#,
+            ),
+        ],
+    );
+    flick.deploy_files(
+        "exec-fds",
+        &[
+            ("flick.toml", &manifest("exec-fds", "exec", "sh ./run.sh", "")),
+            ("run.sh", "for n in $(seq 0 63); do l=$(readlink /proc/self/fd/$n) && echo \"$n $l\"; cat /proc/self/fd/$n/admin.key 2>/dev/null && echo \"$n:key\"; done; true\n"),
+        ],
+    );
+    for name in ["py-fds", "node-fds", "exec-fds"] {
+        let r = flick.invoke(name, "{}");
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let text = r.text();
+        // The control: the probe does see descriptors (its stdio at least).
+        assert!(text.contains("pipe:") || text.contains("/dev/null"), "{name}: {text}");
+        assert!(!text.contains(&data), "{name} holds a descriptor of the data dir: {text}");
+        assert!(!text.contains(":key"), "{name} read admin.key through an inherited descriptor: {text}");
+        assert!(!text.contains(&flick.key), "{name}: {text}");
+    }
+}
+
+#[test]
+fn every_denied_system_call_fails_with_its_errno() {
+    let flick = Flick::start();
+    // x86_64 numbers and harmless arguments. For the calls marked `*`,
+    // the unfiltered kernel gives another answer (0, EBADF, EFAULT,
+    // EINVAL, ENOTTY...) to this unprivileged process, so only the filter
+    // can make it EPERM; the others need a capability anyway.
+    flick.deploy_py(
+        "syscalls",
+        "",
+        r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+buf = ctypes.create_string_buffer(256)
+P = ctypes.addressof(buf)
+NULL = 0
+CALLS = {
+    'io_uring_setup*': (425, 1, P), 'io_uring_enter*': (426, -1, 0, 0, 0, NULL, 0),
+    'io_uring_register*': (427, -1, 0, NULL, 0), 'userfaultfd*': (323, 1),
+    'perf_event_open*': (298, NULL, 0, -1, -1, 0), 'name_to_handle_at*': (303, -100, NULL, NULL, NULL, 0),
+    'open_by_handle_at': (304, -1, NULL, 0), 'ptrace*': (101, 99999, 0, 0, 0),
+    'process_vm_readv*': (310, os.getpid(), NULL, 0, NULL, 0, 0),
+    'process_vm_writev*': (311, os.getpid(), NULL, 0, NULL, 0, 0),
+    'keyctl*': (250, 0, -2, 0), 'add_key*': (248, NULL, NULL, NULL, 0, 0), 'request_key*': (249, NULL, NULL, NULL, 0),
+    'unshare*': (272, 0), 'setns*': (308, -1, 0), 'bpf': (321, -1, NULL, 0),
+    'mount': (165, NULL, NULL, NULL, 0, NULL), 'umount2': (166, NULL, 0), 'pivot_root': (155, NULL, NULL),
+    'chroot*': (161, NULL), 'kexec_load': (246, 0, 0, NULL, 0), 'kexec_file_load': (320, -1, -1, 0, NULL, 0),
+    'init_module': (175, NULL, 0, NULL), 'finit_module': (313, -1, NULL, 0), 'delete_module': (176, NULL, 0),
+    'reboot': (169, 0, 0, 0, NULL), 'swapon': (167, NULL, 0), 'swapoff': (168, NULL), 'acct': (163, NULL),
+    'clock_settime*': (227, 0, NULL), 'clock_adjtime*': (305, 0, NULL), 'settimeofday*': (164, NULL, NULL),
+    'adjtimex*': (159, NULL), 'syslog': (103, 10, NULL, 0), 'quotactl': (179, 0, NULL, 0, NULL),
+    'lookup_dcookie*': (212, 0, NULL, 0), 'iopl*': (172, 0), 'ioperm*': (173, 0, 0, 0), 'vhangup': (153,),
+    'sethostname': (170, NULL, 0), 'setdomainname': (171, NULL, 0),
+    'open_tree*': (428, -1, NULL, 0), 'move_mount': (429, -1, NULL, -1, NULL, 0), 'fsopen': (430, NULL, 0),
+    'fsconfig*': (431, -1, 0, NULL, NULL, 0), 'fsmount': (432, -1, 0, 0), 'fspick': (433, -1, NULL, 0),
+    'mount_setattr': (442, -1, NULL, 0, NULL, 0),
+    'ioctl TIOCSTI*': (16, 0, 0x5412, P), 'ioctl TIOCSTI high bits*': (16, 0, 0x5412 | 1 << 32, P),
+    'ioctl TIOCLINUX*': (16, 0, 0x541C, P),
+    'clone CLONE_NEWUSER*': (56, 0x10000000 | 0x10000 | 0x800 | 0x100, NULL, NULL, NULL, 0),
+    'clone CLONE_NEWPID*': (56, 0x20000000 | 0x10000 | 0x800 | 0x100, NULL, NULL, NULL, 0),
+    'clone CLONE_NEWNS*': (56, 0x20000 | 0x200, NULL, NULL, NULL, 0),
+    'clone CLONE_NEWNET': (56, 0x40000000 | 0x10000 | 0x800 | 0x100, NULL, NULL, NULL, 0),
+    'clone3*': (435, NULL, 0),
+    'x32 getpid*': (0x40000000 | 39,),
+}
+def handler(event, context):
+    out = {}
+    for name, (nr, *args) in CALLS.items():
+        ret = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+        out[name] = 'returned %d' % ret if ret >= 0 else errno.errorcode.get(ctypes.get_errno(), '?')
+    # The control: an allowed call still works under the same filter.
+    out['getpid (allowed)'] = libc.syscall(ctypes.c_long(39))
+    return out
+"#,
+    );
+    let r = flick.invoke("syscalls", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let results = v.as_object().unwrap();
+    assert_eq!(v["getpid (allowed)"], 1, "{v}");
+    let mut wrong = Vec::new();
+    for (name, outcome) in results {
+        let expected = if name.starts_with("clone3") { "ENOSYS" } else { "EPERM" };
+        if name != "getpid (allowed)" && outcome != expected {
+            wrong.push(format!("{name}: {outcome} (want {expected})"));
+        }
+    }
+    assert!(wrong.is_empty(), "not denied:\n{}", wrong.join("\n"));
+    assert!(results.len() > 50, "{v}");
+}

@@ -6,7 +6,7 @@
 //! allocates, locks or formats.
 //!
 //! ```text
-//! join cgroups → rlimits → fd 3 → unshare(mnt, pid, ipc, uts[, net])
+//! setsid → join cgroups → rlimits → fd 3, every other fd close-on-exec → unshare(mnt, pid, ipc, uts[, net])
 //!   → fork: the outer process waits and mirrors the inner's exit;
 //!           the inner is pid 1 of the new pid namespace and goes on:
 //!   → hostname → build root → pivot_root → lo up
@@ -37,7 +37,8 @@ pub struct Isolation {
     pub uid: u32,
     pub gid: u32,
     pub code_dir: std::ffi::CString,
-    pub filter: Vec<libc::sock_filter>,
+    /// Compiled seccomp programs ([`crate::seccomp::Policy`]), installed in order.
+    pub filters: std::sync::Arc<crate::seccomp::Policy>,
     /// Write end of a pipe: when set, pid 1 of the sandbox forks the
     /// program, writes its wait status here the moment it exits, and only
     /// then lets the namespaces go (their teardown takes milliseconds that
@@ -58,6 +59,13 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
     // SAFETY (whole function): each call below is a plain system call on
     // memory the parent prepared and that outlives the child's use of it.
     unsafe {
+        // A session of its own, so no instance has a controlling terminal:
+        // flick's terminal (if it was started from one) is out of reach even
+        // through /dev/tty. This also makes it a process group leader, which
+        // is how flick kills an instance's whole tree.
+        if libc::setsid() < 0 {
+            return Err(Error::last_os_error());
+        }
         // Die with flick, so a SIGKILLed flick leaves no instances behind.
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
         if libc::getppid() != setup.parent_pid {
@@ -83,6 +91,13 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
                 check(libc::dup2(fd, crate::PROTOCOL_FD))?;
             }
         }
+        // Whatever flick inherited without close-on-exec (a shell's or a
+        // supervisor's descriptors: a directory fd would undo pivot_root)
+        // must not reach the program. Marked close-on-exec rather than
+        // closed: the pipe on which the spawning side learns whether exec
+        // worked is among them and must stay open until then.
+        let first_free = if setup.protocol_fd.is_some() { crate::PROTOCOL_FD + 1 } else { 3 };
+        cloexec_from(first_free)?;
         let Some(iso) = &setup.isolate else { return Ok(()) };
 
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
@@ -120,8 +135,8 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
         // so this process dies with the outer one (and that one with flick).
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        if !iso.filter.is_empty() {
-            let prog = libc::sock_fprog { len: iso.filter.len() as u16, filter: iso.filter.as_ptr() as *mut _ };
+        for program in &iso.filters.programs {
+            let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
             check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
         }
         let mut message = [0u8; crate::MAX_GO_MESSAGE];
@@ -155,6 +170,29 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
             // 127, as a shell says for a program it cannot run.
             libc::_exit(127);
+        }
+        Ok(())
+    }
+}
+
+/// Sets close-on-exec on every descriptor from `first` up.
+unsafe fn cloexec_from(first: RawFd) -> Result<(), Error> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range and fcntl only change descriptor flags.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
+            return Ok(());
+        }
+        // Kernels before 5.11: one descriptor at a time, up to the limit
+        // flick itself ran with (descriptors above it cannot exist).
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        check(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+        let top = limit.rlim_max.min(1 << 20) as RawFd;
+        for fd in first..top {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
         Ok(())
     }

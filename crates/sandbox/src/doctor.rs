@@ -64,7 +64,7 @@ pub fn host_checks() -> Vec<Check> {
         name: "seccomp",
         ok: seccomp,
         detail: if seccomp {
-            format!("filter denies {} system calls and namespace flags on clone", crate::seccomp::DENIED.len())
+            crate::seccomp::Policy::describe()
         } else {
             "seccomp filters unavailable (kernel or CPU architecture)".into()
         },

@@ -9,8 +9,9 @@
 //! - a cgroup with memory, pids and CPU limits ([`cgroup`]);
 //! - an unprivileged uid/gid, no capabilities, `no_new_privs`, a seccomp
 //!   filter ([`seccomp`]), no core dumps, a bounded number of open files;
-//! - death with flick (`PR_SET_PDEATHSIG`), and a process group so the
-//!   whole tree can be killed at once.
+//! - death with flick (`PR_SET_PDEATHSIG`), a session of its own (no
+//!   controlling terminal; its process group can be killed at once), and
+//!   none of the descriptors flick inherited.
 //!
 //! This is the only crate allowed `unsafe`: the code between `fork` and
 //! `exec` ([`child`]) has to call the kernel directly.
@@ -162,7 +163,7 @@ pub struct Spawned {
 struct Isolated {
     config: SandboxConfig,
     cgroups: Hierarchy,
-    filter: Vec<libc::sock_filter>,
+    filters: Arc<seccomp::Policy>,
     next: AtomicU64,
 }
 
@@ -188,7 +189,8 @@ impl Sandbox {
             tracing::info!(swept, "removed instance cgroups left by a previous run");
         }
         let runtime_dir = config.runtime_dir.clone();
-        let isolated = Isolated { config, cgroups, filter: seccomp::program(), next: AtomicU64::new(0) };
+        let filters = Arc::new(seccomp::Policy::compile().map_err(|e| SandboxError::Unavailable(e.to_string()))?);
+        let isolated = Isolated { config, cgroups, filters, next: AtomicU64::new(0) };
         Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir })
     }
 
@@ -259,7 +261,8 @@ impl Sandbox {
             .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
+            // No process_group(0): the child calls setsid(), which makes it
+            // a group leader too (and fails for one that already is).
             .kill_on_drop(true);
         let mut cgroup = None;
         let mut procs_fds = Vec::new();
@@ -314,7 +317,7 @@ impl Sandbox {
                         uid: cfg.uid,
                         gid: cfg.gid,
                         code_dir: CString::new(mounts::CODE).unwrap_or_default(),
-                        filter: iso.filter.clone(),
+                        filters: iso.filters.clone(),
                         exit_fd: exit_write.as_ref().map(|fd| fd.as_raw_fd()),
                         go_fd: go_read.as_ref().map(|fd| fd.as_raw_fd()),
                     }),
@@ -348,7 +351,7 @@ impl Sandbox {
 /// forked go too.
 pub fn kill_group(pid: u32) {
     // SAFETY: kill has no memory-safety preconditions; a negative pid
-    // addresses the process group the child leads (process_group(0)).
+    // addresses the process group the child leads (it called setsid()).
     unsafe {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }

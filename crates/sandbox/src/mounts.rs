@@ -38,7 +38,9 @@ const HOST_ETC: &[&str] = &[
     "/etc/os-release",
     "/etc/mime.types",
 ];
-const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+/// No terminal device (`/dev/tty`, `/dev/pts`, `/dev/ptmx`, `/dev/console`):
+/// a terminal is a way to type commands into someone else's shell.
+pub const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 #[derive(Debug)]
 pub enum Op {

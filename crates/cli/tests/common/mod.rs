@@ -228,10 +228,26 @@ impl Flick {
     /// Starts `flick up` on an existing data dir (e.g. one a stopped flick
     /// left behind, see [`Flick::into_dir`]), with extra arguments.
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        Self::start_in_via(dir, args, &[])
+    }
+
+    /// Like [`Flick::start_in`], but `flick up ...` is run as the trailing
+    /// arguments of `wrapper` (which must exec it or forward SIGTERM to
+    /// it): to start flick the way a shell or supervisor might, with extra
+    /// descriptors or under a terminal.
+    pub fn start_in_via(dir: tempfile::TempDir, args: &[&str], wrapper: &[&str]) -> Self {
         // A stale address file would make us talk to a flick that is gone.
         let addr_file = dir.path().join("flick.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("up")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
