@@ -170,9 +170,12 @@ impl Interpreters {
         let python = PathBuf::from(lines[0]);
         let mut extra_ro: Vec<PathBuf> = lines[1..].iter().map(PathBuf::from).collect();
         let node = which(&config.node).unwrap_or_else(|| config.node.clone());
-        if let Some(prefix) = node.parent().and_then(|p| p.parent()) {
-            extra_ro.push(prefix.to_path_buf());
-        }
+        // Node is one self-contained binary: share that file (resolved, so
+        // instances run the same path they can see), never a directory
+        // around it (its grandparent was mounted once, which for ~/bin/node
+        // is the whole home directory, data dir included).
+        let node = node.canonicalize().unwrap_or(node);
+        extra_ro.push(node.clone());
         // Only what the sandbox's fixed set (/usr, /bin, /lib…) lacks.
         extra_ro.retain(|p| {
             !["/usr", "/bin", "/lib", "/lib64", "/sbin", "/"]

@@ -631,3 +631,54 @@ def handler(event, context):
     assert!(wrong.is_empty(), "not denied:\n{}", wrong.join("\n"));
     assert!(results.len() > 50, "{v}");
 }
+
+#[test]
+fn a_node_binary_outside_the_system_dirs_shares_only_itself() {
+    // node as ~/bin/node with the data dir in the same home: the binary's
+    // grandparent is the home directory, and must not be mounted. (Not
+    // under /tmp, which every sandbox has its own of.)
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let home = dir.path().canonicalize().unwrap();
+    let node = home.join("bin/node");
+    std::fs::create_dir_all(node.parent().unwrap()).unwrap();
+    let real = std::fs::canonicalize(common::which("node").expect("node on PATH")).unwrap();
+    if std::fs::hard_link(&real, &node).is_err() {
+        std::fs::copy(&real, &node).unwrap();
+    }
+    std::fs::write(home.join("config.toml"), format!("node = \"{}\"\n", node.display())).unwrap();
+    std::fs::write(home.join("private.txt"), "the operator's file").unwrap();
+    let flick = Flick::start_in(dir, &[]);
+    flick.deploy_files(
+        "peek",
+        &[
+            ("flick.toml", &manifest("peek", "node", "index.handler", "")),
+            (
+                "index.js",
+                r#"
+const fs = require('fs');
+exports.handler = async (event) => {
+  const out = { execPath: process.execPath };
+  for (const p of event.paths) {
+    try { out[p] = 'READ ' + fs.readFileSync(p, 'utf8').length; } catch (e) { out[p] = e.code; }
+  }
+  try { out.listing = fs.readdirSync(event.home); } catch (e) { out.listing = e.code; }
+  return out;
+};
+"#,
+            ),
+        ],
+    );
+    let paths = [home.join("private.txt"), home.join("admin.key"), home.join("flick.db")];
+    let body = serde_json::json!({ "paths": paths, "home": home }).to_string();
+    let r = flick.invoke("peek", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    // The control: node itself ran, from the configured binary.
+    assert_eq!(v["execPath"], node.display().to_string(), "{v}");
+    for p in &paths {
+        let outcome = v[p.display().to_string()].as_str().unwrap();
+        assert!(!outcome.starts_with("READ"), "{} readable inside the sandbox: {v}", p.display());
+    }
+    // Only the way to the binary exists there.
+    assert_eq!(v["listing"], serde_json::json!(["bin"]), "the home directory is visible: {v}");
+}

@@ -305,3 +305,8 @@ impl Flick {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
+
+/// The first `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
