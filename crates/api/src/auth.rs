@@ -46,12 +46,26 @@ impl AdminKey {
         &self.0
     }
 
-    /// Is `value` (an `Authorization` header) this key? Compared in
-    /// constant time, so timing reveals nothing about the key.
+    /// Is `value` (an `Authorization` header) this key? The scheme is
+    /// matched without regard to case and with any run of blanks after it
+    /// (RFC 9110 §11.1); the key is compared in constant time, so timing
+    /// reveals nothing about it.
     pub fn matches_header(&self, value: &str) -> bool {
-        let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else { return false };
-        let (a, b) = (token.as_bytes(), self.0.as_bytes());
+        let value = value.trim_matches([' ', '\t']);
+        let Some((scheme, token)) = value.split_once([' ', '\t']) else { return false };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let (a, b) = (token.trim_start_matches([' ', '\t']).as_bytes(), self.0.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Does a request header carry this key in any form (any scheme, any
+    /// case, inside a longer value)? Such a header is flick's, never a
+    /// function's: it is dropped before the request reaches one.
+    pub fn appears_in(&self, value: &[u8]) -> bool {
+        let key = self.0.as_bytes();
+        !key.is_empty() && value.windows(key.len()).any(|w| w == key)
     }
 
     pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -74,6 +88,22 @@ mod tests {
         assert!(!key.matches_header("Bearer abc12"));
         assert!(!key.matches_header("abc123"));
         assert!(!key.matches_header("Basic abc123"));
+        // The scheme is case-insensitive and blanks around it are not significant.
+        for spelling in ["bearer abc123", "BEARER abc123", "Bearer   abc123", "bEaReR\tabc123 ", " Bearer abc123"] {
+            assert!(key.matches_header(spelling), "{spelling}");
+        }
+        assert!(!key.matches_header("Bearerabc123"));
+        assert!(!key.matches_header("Bearer abc123 x"));
+    }
+
+    #[test]
+    fn the_key_is_found_in_any_header_value() {
+        let key = AdminKey::new("abc123".into());
+        for v in ["bearer abc123", "Token abc123", "abc123", "x=abc123;y"] {
+            assert!(key.appears_in(v.as_bytes()), "{v}");
+        }
+        assert!(!key.appears_in(b"abc12"));
+        assert!(!key.appears_in(b"ABC123"));
     }
 
     #[test]

@@ -36,10 +36,9 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     let headers = parts
         .headers
         .iter()
-        // The admin key is flick's, never the function's.
-        .filter(|(n, v)| {
-            !(*n == axum::http::header::AUTHORIZATION && v.to_str().is_ok_and(|v| state.key.matches_header(v)))
-        })
+        // The admin key is flick's, never the function's: a header carrying
+        // it in any spelling (`bearer`, `BEARER  `, another scheme) is dropped.
+        .filter(|(_, v)| !state.key.appears_in(v.as_bytes()))
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let budget = match parts.headers.get("x-flick-deadline") {
@@ -59,7 +58,14 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();
     let mut seen = Vec::new();
+    let hop = connection_tokens(&done.response.headers);
     for (name, value) in &done.response.headers {
+        // Framing is flick's to set for the bytes it sends: a function's
+        // `content-length` or `transfer-encoding` could otherwise split
+        // one answer into two on a keep-alive connection.
+        if is_hop_by_hop(name) || hop.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             // The function's first value replaces any default (content-type);
             // repeats (set-cookie) are kept.
@@ -85,6 +91,34 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         h.insert("server-timing", v);
     }
     Ok(resp)
+}
+
+/// Headers that describe the connection or the framing, not the message
+/// (RFC 9110 §7.6.1, RFC 9112 §6): never taken from a function's answer.
+fn is_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "connection",
+        "content-length",
+        "keep-alive",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    ];
+    let lower = name.to_ascii_lowercase();
+    NAMES.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
+
+/// Header names a `Connection` header lists: hop-by-hop as well.
+fn connection_tokens(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_string()))
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// `X-Flick-Deadline`: the caller's time budget in milliseconds, counted

@@ -32,11 +32,36 @@ pub(crate) async fn deploy(State(s): State<AppState>, req: Request<Body>) -> Api
     Ok((status, Json(outcome)).into_response())
 }
 
-pub(crate) async fn get_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
+#[derive(Deserialize)]
+pub(crate) struct FunctionParams {
+    /// `?env=values`: include the values of `[env]`, not only their names.
+    env: Option<String>,
+}
+
+/// `GET /v1/functions/{name}`: the names of `[env]` always, its values
+/// (often secrets) only when asked for with `?env=values`.
+pub(crate) async fn get_function(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(p): Query<FunctionParams>,
+) -> ApiResult {
     s.key.check(&headers)?;
+    let with_values = match p.env.as_deref() {
+        None | Some("names") => false,
+        Some("values") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!("`env` must be `names` or `values`, got `{other}`")));
+        }
+    };
     let (info, revision) = s.platform.function(&name).await?;
     let mut value = serde_json::to_value(&info).unwrap_or(Value::Null);
-    value["manifest"] = serde_json::to_value(&revision.manifest).unwrap_or(Value::Null);
+    let mut manifest = serde_json::to_value(&revision.manifest).unwrap_or(Value::Null);
+    if !with_values && let Some(m) = manifest.as_object_mut() {
+        m.remove("env");
+    }
+    value["manifest"] = manifest;
+    value["env_names"] = json!(revision.manifest.env.keys().collect::<Vec<_>>());
     value["url"] = json!(format!("/fn/{name}"));
     Ok(Json(value).into_response())
 }
@@ -68,13 +93,15 @@ pub(crate) struct RollbackBody {
     revision: Option<u32>,
 }
 
-pub(crate) async fn rollback(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> ApiResult {
-    s.key.check(&headers)?;
+/// Largest rollback body: `{"revision": N}` needs a few bytes.
+const MAX_ROLLBACK_BODY: usize = 4 << 10;
+
+pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>, req: Request<Body>) -> ApiResult {
+    // The key first: nobody without it gets flick to read a body.
+    s.key.check(req.headers())?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_ROLLBACK_BODY)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit: MAX_ROLLBACK_BODY })?;
     let parsed: RollbackBody = if body.is_empty() {
         RollbackBody { revision: None }
     } else {

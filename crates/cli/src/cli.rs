@@ -80,8 +80,14 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
     /// List functions.
     #[command(visible_alias = "ls")]
     List,
-    /// Show a function: its current revision and full manifest.
-    Show { name: String },
+    /// Show a function: its current revision and full manifest (the names
+    /// of its environment variables; their values only with --env).
+    Show {
+        name: String,
+        /// Also print the values of the function's environment variables.
+        #[arg(long)]
+        env: bool,
+    },
     /// List a function's revisions.
     Revisions { name: String },
     /// Point a function back at an earlier revision.

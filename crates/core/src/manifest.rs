@@ -158,6 +158,8 @@ pub struct Manifest {
     pub network: Network,
     /// Bytes of private `/tmp`.
     pub tmp_size: u64,
+    /// Absent where the API hides values (`GET /v1/functions/{name}`).
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub scaling: Scaling,
@@ -241,8 +243,18 @@ impl Manifest {
             return Err(invalid("tmp_size", "must be between 1MiB and 16GiB".into()));
         }
         let scaling = scaling(raw.scaling, keep_alive, |key, m| invalid(key, m))?;
-        for key in raw.env.keys() {
+        for (key, value) in &raw.env {
             check_env_key(key).map_err(|e| invalid("env", e))?;
+            check_env_value(key, value).map_err(|e| invalid("env", e))?;
+        }
+        let env_bytes: usize = raw.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(invalid(
+                "env",
+                format!(
+                    "takes {env_bytes} bytes; the limit is {MAX_ENV_BYTES} (keep large data in files of the package)"
+                ),
+            ));
         }
 
         Ok(Manifest {
@@ -382,6 +394,19 @@ fn shell_split_ok(handler: &str) -> Result<(), String> {
         Some(q) => Err(format!("`{handler}` has an unclosed {q} quote")),
         None => Ok(()),
     }
+}
+
+/// Bound of `[env]`, names and values together: the environment of every
+/// process of the function, handed over on each exec (Lambda allows 4 KiB).
+pub const MAX_ENV_BYTES: usize = 64 << 10;
+
+/// An environment string ends at its first NUL: such a value would reach the
+/// process cut short, or make it fail to start at every call.
+fn check_env_value(key: &str, value: &str) -> Result<(), String> {
+    if let Some(at) = value.find('\0') {
+        return Err(format!("`{key}` has a NUL character (at byte {at}); environment values cannot hold one"));
+    }
+    Ok(())
 }
 
 fn check_env_key(key: &str) -> Result<(), String> {
@@ -549,6 +574,8 @@ mod tests {
             (&format!("{MINIMAL}min_instances = 5\nmax_instances = 2\n"), "max_instances", 5),
             (&format!("{MINIMAL}[env]\nFLICK_X = \"1\"\n"), "env", 4),
             (&format!("{MINIMAL}[env]\n\"A B\" = \"1\"\n"), "env", 4),
+            (&format!("{MINIMAL}[env]\nA = \"x\\u0000y\"\n"), "env", 4),
+            (&format!("{MINIMAL}[env]\nA = \"{}\"\n", "x".repeat(MAX_ENV_BYTES)), "env", 4),
         ];
         for (text, key, line) in cases {
             match Manifest::parse(text) {

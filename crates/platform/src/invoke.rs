@@ -188,8 +188,15 @@ impl Platform {
                 (ActivationStatus::OutOfMemory, error(500, "Runtime.OutOfMemory", message, vec![]))
             }
             Err(Failure::Platform(m)) => {
-                tracing::warn!(function = %function, error = %m, "platform error");
-                (ActivationStatus::PlatformError, error(502, "Platform.Error", m, vec![]))
+                // The detail names host paths and interpreters: it is for
+                // the operator's log, not for whoever called (perhaps
+                // without a key).
+                tracing::warn!(function = %function, activation = %id, error = %m, "platform error");
+                let message = format!(
+                    "flick could not run function `{function}` (a platform fault, not the function's); \
+                     the operator's log has the detail under activation {id}"
+                );
+                (ActivationStatus::PlatformError, error(502, "Platform.Error", message, vec![]))
             }
         }
     }

@@ -63,6 +63,11 @@ impl ExecInstance {
                 })
                 .collect::<Vec<_>>()
                 .join("_");
+            // The request line alone says what Http_Method, Http_Path and
+            // Http_Query are: a header named `Path` must not redefine them.
+            if ["Method", "Path", "Query"].iter().any(|r| r.eq_ignore_ascii_case(&key)) {
+                continue;
+            }
             env.push((format!("Http_{key}"), value.clone()));
         }
         let prewarmed = self.launcher.exec_stem(&self.spec, &self.program, &self.args, &env).await;
@@ -83,15 +88,13 @@ impl ExecInstance {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                return Invoked {
-                    outcome: Err(Failure::Function(FunctionError {
-                        kind: "Runtime.ExecError".into(),
-                        message: e.to_string(),
-                        trace: vec![],
-                    })),
-                    logs: Default::default(),
-                    reusable: true,
+                // Nothing ran: this instance holds no state to lose, so it
+                // stays usable whoever's fault the failed start was.
+                let outcome = match crate::spawn_failure(&self.spec.manifest.handler, e) {
+                    Ok(error) => Failure::Function(error),
+                    Err(platform) => Failure::Platform(platform),
                 };
+                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true };
             }
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);

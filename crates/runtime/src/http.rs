@@ -73,9 +73,9 @@ impl HttpInstance {
                 report_exit: false,
                 wait_for_program: false,
             })
-            .map_err(|e| StartError::Init {
-                error: FunctionError { kind: "Runtime.ExecError".into(), message: e.to_string(), trace: vec![] },
-                logs: Default::default(),
+            .map_err(|e| match crate::spawn_failure(&spec.manifest.handler, e) {
+                Ok(error) => StartError::Init { error, logs: Default::default() },
+                Err(platform) => StartError::Platform(platform),
             })?;
         let logs = LogCollector::capture(launcher.config().log_limits, &mut spawned.child);
         let instance = Self {
@@ -156,10 +156,22 @@ impl HttpInstance {
             let mut sender = self.sender().await?;
             let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
+            // Names the server's `Connection` header lists are hop-by-hop too.
+            let listed: Vec<String> = resp
+                .headers()
+                .get_all(hyper::header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+                .collect();
             let headers: Vec<(String, String)> = resp
                 .headers()
                 .iter()
-                .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && n.as_str() != "content-length")
+                .filter(|(n, _)| {
+                    !HOP_BY_HOP.contains(&n.as_str())
+                        && n.as_str() != "content-length"
+                        && !listed.iter().any(|l| l == n.as_str())
+                })
                 .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
             let mut body = BytesMut::new();

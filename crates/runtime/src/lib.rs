@@ -262,6 +262,34 @@ impl Launcher {
     }
 }
 
+/// Why the sandbox could not start a function's own program (exec, http).
+/// A program that is missing or not executable is the function's fault, and
+/// the caller is told so by the handler it wrote; anything else (cgroups,
+/// fork, mounts) is flick's, whose detail goes to flick's log, not to callers.
+fn spawn_failure(handler: &str, e: flick_sandbox::SandboxError) -> Result<FunctionError, String> {
+    use std::io::ErrorKind;
+    // ENOEXEC (8 on every Linux architecture): not a binary, no `#!` line.
+    const ENOEXEC: i32 = 8;
+    match &e {
+        flick_sandbox::SandboxError::Spawn { source, .. }
+            if matches!(source.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied)
+                || source.raw_os_error() == Some(ENOEXEC) =>
+        {
+            let why = match source.kind() {
+                ErrorKind::NotFound => "no such program".to_string(),
+                ErrorKind::PermissionDenied => "permission denied (is it executable?)".to_string(),
+                _ => "not an executable (no `#!` line?)".to_string(),
+            };
+            Ok(FunctionError {
+                kind: "Runtime.ExecError".into(),
+                message: format!("cannot start `{handler}`: {why}"),
+                trace: vec![],
+            })
+        }
+        _ => Err(e.to_string()),
+    }
+}
+
 /// Splits an exec/http handler into program and arguments, like a shell
 /// would split it (quotes), without a shell's expansions.
 fn command_line(handler: &str, code_dir: &Path) -> Result<(PathBuf, Vec<std::ffi::OsString>), StartError> {

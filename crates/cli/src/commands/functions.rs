@@ -56,15 +56,23 @@ pub async fn list(client: &Client) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn show(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
-    let f = client.get(&format!("/v1/functions/{name}")).await?;
+pub async fn show(client: &Client, name: &str, env_values: bool) -> anyhow::Result<ExitCode> {
+    let query = if env_values { "?env=values" } else { "" };
+    let f = client.get(&format!("/v1/functions/{name}{query}")).await?;
     println!("function:  {}", s(&f["name"]));
     println!("url:       {}{}", client.base, s(&f["url"]));
     println!("revision:  {} of {} ({})", f["current_revision"], f["latest_revision"], s(&f["hash"]));
     println!("updated:   {}", rfc3339(f["updated_ms"].as_i64().unwrap_or(0)));
     let manifest: flick_core::Manifest =
         serde_json::from_value(f["manifest"].clone()).context("the server sent an unreadable manifest")?;
-    println!("\n{}", manifest.to_toml());
+    print!("\n{}", manifest.to_toml());
+    let names: Vec<&str> = f["env_names"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+    if !env_values && !names.is_empty() {
+        println!("\n[env]  # values hidden: `flick show {name} --env` prints them");
+        for n in names {
+            println!("# {n} = …");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

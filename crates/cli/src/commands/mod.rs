@@ -27,7 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Deploy { dir } => functions::deploy(&client, &dir).await,
                 Command::Invoke(args) => invoke::invoke(&client, args).await,
                 Command::List => functions::list(&client).await,
-                Command::Show { name } => functions::show(&client, &name).await,
+                Command::Show { name, env } => functions::show(&client, &name, env).await,
                 Command::Revisions { name } => functions::revisions(&client, &name).await,
                 Command::Rollback { name, revision } => functions::rollback(&client, &name, revision).await,
                 Command::Delete { name } => functions::delete(&client, &name).await,

@@ -1,0 +1,270 @@
+//! The HTTP edge, from the side of hostile callers and hostile functions:
+//! what crosses it in each direction (keys, framing, request details,
+//! environment values, error detail), caller deadlines that must hurt no
+//! one else, the http runtime's faithful proxying, and slow clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Flick, manifest};
+
+/// One HTTP/1.1 answer read off a raw connection, framed by its own
+/// `content-length` exactly as a keep-alive client would frame it.
+#[derive(Debug)]
+struct RawReply {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn status(&self) -> u16 {
+        self.head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+fn connect(flick: &Flick) -> TcpStream {
+    let addr = flick.base.trim_start_matches("http://");
+    let s = TcpStream::connect(addr).unwrap();
+    // A read that never completes is a failure, not a hang of the suite.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Reads one response: the head up to the blank line, then `content-length` bytes.
+fn read_reply(s: &mut TcpStream) -> RawReply {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("reading a response head");
+        assert_eq!(n, 1, "connection closed mid-head after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut reply = RawReply { head, body: Vec::new() };
+    let len: Vec<usize> = reply.header("content-length").iter().map(|v| v.parse().unwrap()).collect();
+    assert!(len.len() <= 1, "more than one content-length: {}", reply.head);
+    assert!(reply.header("transfer-encoding").is_empty(), "unexpected chunking: {}", reply.head);
+    let mut body = vec![0u8; len.first().copied().unwrap_or(0)];
+    s.read_exact(&mut body).expect("reading a response body");
+    reply.body = body;
+    reply
+}
+
+fn raw_request(method: &str, path: &str, key: Option<&str>, body: &str) -> String {
+    let auth = key.map(|k| format!("authorization: Bearer {k}\r\n")).unwrap_or_default();
+    format!("{method} {path} HTTP/1.1\r\nhost: flick\r\n{auth}content-length: {}\r\n\r\n{body}", body.len())
+}
+
+// --- keys, framing and request details (items 5, 6) -------------------------
+
+#[test]
+fn the_admin_key_never_reaches_a_public_function_in_any_spelling() {
+    let flick = Flick::start();
+    let code = "def handler(event, context):\n    return {'headers': context.http['headers']}\n";
+    flick.deploy_py("peek", "public = true\n", code);
+    flick.deploy_files("peek-exec", &[("flick.toml", &manifest("peek-exec", "exec", "env", "public = true\n"))]);
+    let key = &flick.key;
+    let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let spellings = [
+        ("authorization", format!("bearer {key}")),
+        ("authorization", format!("BEARER {key}")),
+        ("authorization", format!("Bearer    {key}")),
+        ("authorization", format!("Token {key}")),
+        ("authorization", key.to_string()),
+        ("x-api-key", key.to_string()),
+    ];
+    for (name, value) in &spellings {
+        for function in ["peek", "peek-exec"] {
+            let r = http.post(format!("{}/fn/{function}", flick.base)).header(*name, value).body("{}").send().unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{function} with {name}: {value}");
+            let text = r.text().unwrap();
+            assert!(!text.contains(key.as_str()), "{function} saw the key sent as `{name}: {value}`: {text}");
+        }
+    }
+    // The scheme's case does not matter to flick's own check either.
+    flick.deploy_py("private", "", code);
+    for spelling in [format!("bearer {key}"), format!("BEARER  {key}")] {
+        let r = http.post(format!("{}/fn/private", flick.base)).header("authorization", &spelling).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{spelling}");
+        assert!(!r.text().unwrap().contains(key.as_str()));
+    }
+    // A credential that is not the key is the function's business.
+    let r = http.post(format!("{}/fn/peek", flick.base)).bearer_auth("someone-elses-token").send().unwrap();
+    assert!(r.text().unwrap().contains("someone-elses-token"));
+}
+
+/// A function sets framing headers that would split its answer in two: the
+/// second "response" (the rest of its body) must not reach the next request
+/// on the same keep-alive connection.
+#[test]
+fn a_function_cannot_forge_a_second_response_on_a_keep_alive_connection() {
+    let flick = Flick::start();
+    let forged = "HTTP/1.1 200 OK\\r\\ncontent-length: 6\\r\\n\\r\\nforged";
+    let hop = "'content-length': '0', 'connection': 'keep-alive, x-drop', 'keep-alive': 'timeout=99', \
+               'transfer-encoding': 'identity', 'upgrade': 'h2c', 'proxy-authenticate': 'Basic', 'te': 'trailers', \
+               'trailer': 'x-t', 'x-drop': '1', 'x-kept': 'yes'";
+    flick.deploy_py(
+        "framer-py",
+        "public = true\n",
+        &format!(
+            "def handler(event, context):\n    return {{'statusCode': 200, 'headers': {{{hop}}}, 'body': '{forged}'}}\n"
+        ),
+    );
+    flick.deploy_files(
+        "framer-node",
+        &[
+            ("flick.toml", &manifest("framer-node", "node", "index.handler", "public = true\n")),
+            (
+                "index.js",
+                &format!(
+                    "exports.handler = async () => ({{ statusCode: 200, headers: {{{hop}}}, body: '{forged}' }});\n"
+                ),
+            ),
+        ],
+    );
+    let server = format!(
+        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\nclass H(BaseHTTPRequestHandler):\n    protocol_version = 'HTTP/1.1'\n    def do_GET(self):\n        body = b'{forged}'\n        self.send_response(200)\n        self.send_header('content-length', str(len(body)))\n        self.send_header('connection', 'keep-alive, x-drop')\n        self.send_header('keep-alive', 'timeout=99')\n        self.send_header('x-drop', '1')\n        self.send_header('x-kept', 'yes')\n        self.end_headers()\n        self.wfile.write(body)\nHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    );
+    flick.deploy_files(
+        "framer-http",
+        &[
+            ("flick.toml", &manifest("framer-http", "http", "python3 server.py", "public = true\n")),
+            ("server.py", &server),
+        ],
+    );
+    for function in ["framer-py", "framer-node", "framer-http"] {
+        let mut s = connect(&flick);
+        s.write_all(raw_request("GET", &format!("/fn/{function}"), None, "").as_bytes()).unwrap();
+        let first = read_reply(&mut s);
+        assert_eq!(first.status(), 200, "{function}: {first:?}");
+        assert!(String::from_utf8_lossy(&first.body).ends_with("forged"), "{function}: the body was cut: {first:?}");
+        for name in ["connection", "keep-alive", "upgrade", "proxy-authenticate", "te", "trailer", "x-drop"] {
+            assert!(first.header(name).is_empty(), "{function}: `{name}` passed through: {}", first.head);
+        }
+        assert_eq!(first.header("x-kept"), ["yes"], "{function}: {}", first.head);
+        // The same connection, the next request: it gets its own answer.
+        s.write_all(raw_request("GET", "/healthz", None, "").as_bytes()).unwrap();
+        let second = read_reply(&mut s);
+        assert_eq!(second.status(), 200, "{function}: {second:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&second.body),
+            r#"{"status":"ok"}"#,
+            "{function}: forged answer: {second:?}"
+        );
+    }
+}
+
+#[test]
+fn exec_request_details_come_from_the_request_line_only() {
+    let flick = Flick::start();
+    flick.deploy_files(
+        "line",
+        &[
+            ("flick.toml", &manifest("line", "exec", "sh ./show.sh", "")),
+            ("show.sh", "echo \"$Http_Method|$Http_Path|$Http_Query|$Http_X_Test\"\n"),
+        ],
+    );
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/fn/line/public?a=1", flick.base))
+        .bearer_auth(&flick.key)
+        .header("method", "DELETE")
+        .header("path", "/admin")
+        .header("query", "role=admin")
+        .header("x-test", "kept")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap().trim(), "POST|/public|a=1|kept");
+}
+
+// --- what comes back: environment values, error detail, rollback (item 8) ----
+
+#[test]
+fn environment_values_are_shown_only_when_asked_for() {
+    let flick = Flick::start();
+    flick.deploy_py(
+        "secretive",
+        "[env]\nDB_PASSWORD = \"hunter2-secret\"\nMODE = \"prod\"\n",
+        "import os\ndef handler(event, context):\n    return os.environ['DB_PASSWORD']\n",
+    );
+    assert_eq!(flick.invoke("secretive", "{}").json(), "hunter2-secret", "the function still gets its values");
+    let r = flick.get("/v1/functions/secretive");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("hunter2-secret"), "a value came back: {}", r.text());
+    assert_eq!(r.json()["env_names"], serde_json::json!(["DB_PASSWORD", "MODE"]));
+    let r = flick.get("/v1/functions/secretive?env=values");
+    assert_eq!(r.json()["manifest"]["env"]["DB_PASSWORD"], "hunter2-secret", "{}", r.text());
+    assert_eq!(flick.get("/v1/functions/secretive?env=all").status, 400);
+
+    let shown = flick.cli_ok(&["show", "secretive"]);
+    assert!(shown.contains("DB_PASSWORD") && !shown.contains("hunter2-secret"), "{shown}");
+    let shown = flick.cli_ok(&["show", "secretive", "--env"]);
+    assert!(shown.contains("hunter2-secret"), "{shown}");
+}
+
+#[test]
+fn an_environment_value_with_nul_is_refused_at_deploy() {
+    let flick = Flick::start();
+    let dir = common::write_function(
+        flick.data_dir(),
+        "nul-env",
+        &[
+            ("flick.toml", &manifest("nul-env", "python3", "main.handler", "[env]\nBAD = \"a\\u0000b\"\n")),
+            ("main.py", "def handler(event, context):\n    return 1\n"),
+        ],
+    );
+    let out = flick.cli(&["deploy", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "deployed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("BAD") && err.contains("NUL"), "{err}");
+    assert_eq!(flick.get("/v1/functions/nul-env").status, 404);
+}
+
+/// A platform fault's detail (which names host paths and interpreters) is
+/// for the operator's log: a caller without a key gets the kind of fault
+/// and the activation id, nothing more.
+#[test]
+fn a_platform_error_tells_an_anonymous_caller_no_detail() {
+    let flick = Flick::start();
+    // Garbage on the protocol channel: flick cannot run this instance.
+    flick.deploy_py(
+        "garbler",
+        "public = true\n",
+        "import os\ndef handler(event, context):\n    os.write(3, b'not a frame\\n')\n    import time; time.sleep(5)\n",
+    );
+    let r = flick.request("POST", "/fn/garbler", b"{}".to_vec(), false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["errorType"], "Platform.Error");
+    let message = v["errorMessage"].as_str().unwrap();
+    assert!(message.contains(&r.activation_id()), "{message}");
+    assert!(!message.contains("protocol") && !message.contains("header"), "internal detail leaked: {message}");
+    assert_eq!(flick.activation(&r.activation_id())["status"], "platform_error");
+}
+
+#[test]
+fn rollback_checks_the_key_before_reading_a_body() {
+    let flick = Flick::start();
+    flick.deploy_py("rb", "", "def handler(event, context):\n    return 1\n");
+    // Headers announce a megabyte that never comes: the answer must not wait for it.
+    let mut s = connect(&flick);
+    s.write_all(b"POST /v1/functions/rb/rollback HTTP/1.1\r\nhost: flick\r\ncontent-length: 1000000\r\n\r\n{").unwrap();
+    let r = read_reply(&mut s);
+    assert_eq!(r.status(), 401, "{r:?}");
+    // With the key, an oversized body is refused rather than read whole.
+    let r = flick.request("POST", "/v1/functions/rb/rollback", vec![b' '; 1 << 20], true);
+    assert_eq!(r.status, 413, "{}", r.text());
+}
