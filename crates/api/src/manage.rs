@@ -147,11 +147,13 @@ pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap
         })
         .collect();
     let ((used, memory), limits) = scheduler.budget();
-    let stems: serde_json::Map<String, Value> =
-        scheduler.stem_cells().into_iter().map(|(k, n)| (k, json!(n))).collect();
+    let counts = scheduler.stem_cells();
+    let stems: serde_json::Map<String, Value> = counts.iter().map(|c| (c.kind.clone(), json!(c.ready))).collect();
+    let died: serde_json::Map<String, Value> = counts.iter().map(|c| (c.kind.clone(), json!(c.died))).collect();
     Ok(Json(json!({
         "instances": instances,
         "stem_cells": stems,
+        "stem_cells_died": died,
         "budget": { "instances": used, "memory": memory,
                     "max_instances": limits.max_instances, "max_memory": limits.max_memory },
     }))

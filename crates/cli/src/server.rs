@@ -205,7 +205,7 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
             "WARNING: --insecure-no-sandbox: functions run WITHOUT isolation, as {}; run only code you trust",
             whoami()
         );
-        return Ok(Sandbox::unisolated(runtime_dir));
+        return Sandbox::unisolated(runtime_dir).map_err(|e| anyhow::anyhow!("{e}"));
     }
     let sandbox_config = SandboxConfig {
         scope: flick_sandbox::scope_for(data),

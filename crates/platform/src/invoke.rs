@@ -85,7 +85,7 @@ impl Platform {
                 let invoked = lease.instance().invoke(request).await;
                 record = Record {
                     cold: lease.cold,
-                    prewarmed: lease.prewarmed,
+                    prewarmed: lease.prewarmed || invoked.prewarmed,
                     init: lease.init,
                     wait: lease.wait,
                     exec: exec_started.elapsed(),

@@ -3,6 +3,7 @@
 //! non-zero exit a function error.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,34 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flick_core::LogStream;
-use flick_sandbox::ProcessSpec;
+use flick_sandbox::{ProcessSpec, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 
 use crate::handle::ProcessHandle;
 use crate::logs::LogCollector;
 use crate::{Failure, FunctionError, InstanceSpec, Invoked, Launcher, Response, StartError, command_line};
+
+/// A started exec sandbox: its process, taken over and reaped, and the
+/// pipes a request speaks through. A prewarmed one still waits for its
+/// program on `go`.
+pub(crate) struct Started {
+    pub process: ProcessHandle,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+    pub go: Option<OwnedFd>,
+}
+
+impl Started {
+    pub fn new(mut spawned: Spawned) -> Self {
+        let stdin = spawned.child.stdin.take();
+        let stdout = spawned.child.stdout.take();
+        let stderr = spawned.child.stderr.take();
+        let go = spawned.go.take();
+        Self { process: ProcessHandle::new(spawned), stdin, stdout, stderr, go }
+    }
+}
 
 pub struct ExecInstance {
     launcher: Launcher,
@@ -47,6 +70,7 @@ impl ExecInstance {
                 outcome: Err(Failure::Platform("instance is stopped".into())),
                 logs: Default::default(),
                 reusable: false,
+                prewarmed: false,
             };
         }
         let mut env = self.base_env.clone();
@@ -70,22 +94,28 @@ impl ExecInstance {
             }
             env.push((format!("Http_{key}"), value.clone()));
         }
-        let prewarmed = self.launcher.exec_stem(&self.spec, &self.program, &self.args, &env).await;
-        let spawned = match prewarmed {
+        let stem = self.launcher.exec_stem(&self.spec, &self.program, &self.args, &env).await;
+        let prewarmed = stem.is_some();
+        let started = match stem {
             Some(cell) => Ok(cell),
-            None => self.launcher.sandbox().spawn(ProcessSpec {
-                program: self.program.clone(),
-                args: self.args.clone(),
-                env,
-                code_dir: Some(self.spec.code_dir.clone()),
-                limits: self.launcher.limits(&self.spec),
-                protocol_fd: None,
-                stdin: true,
-                report_exit: true,
-                wait_for_program: false,
-            }),
+            None => self
+                .launcher
+                .sandbox()
+                .spawn(ProcessSpec {
+                    program: self.program.clone(),
+                    args: self.args.clone(),
+                    env,
+                    code_dir: Some(self.spec.code_dir.clone()),
+                    limits: self.launcher.limits(&self.spec),
+                    protocol_fd: None,
+                    stdin: true,
+                    report_exit: true,
+                    wait_for_program: false,
+                })
+                .await
+                .map(Started::new),
         };
-        let mut child = match spawned {
+        let Started { process, mut stdin, mut stdout, stderr, go: _ } = match started {
             Ok(c) => c,
             Err(e) => {
                 // Nothing ran: this instance holds no state to lose, so it
@@ -94,16 +124,14 @@ impl ExecInstance {
                     Ok(error) => Failure::Function(error),
                     Err(platform) => Failure::Platform(platform),
                 };
-                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true };
+                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true, prewarmed: false };
             }
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);
         logs.begin(&req.id);
-        if let Some(err) = child.child.stderr.take() {
+        if let Some(err) = stderr {
             logs.spawn_reader(LogStream::Stderr, err);
         }
-        let mut stdin = child.child.stdin.take();
-        let mut stdout = child.child.stdout.take();
         let max = self.launcher.config().max_response_bytes;
         let body = req.body.clone();
         let feed = async move {
@@ -121,7 +149,6 @@ impl ExecInstance {
             }
             Ok::<_, std::io::Error>(out)
         };
-        let process = ProcessHandle::new(child);
         let run = async {
             let (_, out) = tokio::join!(feed, collect);
             out
@@ -167,7 +194,7 @@ impl ExecInstance {
         // `Launcher::exec_stem`).
         self.launcher.refill_exec(self.spec.manifest.network);
         let captured = logs.finish(&req.id, true, Duration::from_millis(200)).await;
-        Invoked { outcome, logs: captured, reusable: true }
+        Invoked { outcome, logs: captured, reusable: true, prewarmed }
     }
 
     pub fn stop(&self) {

@@ -110,6 +110,20 @@ impl ProcessHandle {
         self.pid
     }
 
+    /// Whether the process has exited (or its program has, for a sandbox
+    /// that reports its program's exit).
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst) || self.exit.borrow().is_some()
+    }
+
+    /// Resolves once the process has exited; does not hold the handle.
+    pub fn on_exit(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.exit.clone();
+        async move {
+            let _ = rx.wait_for(|s| s.is_some()).await;
+        }
+    }
+
     /// Sets the memory limit of the process's cgroup (if it has one).
     pub fn set_memory(&self, bytes: u64) -> std::io::Result<()> {
         self.cgroup.as_ref().map_or(Ok(()), |cg| cg.set_memory(bytes))

@@ -73,6 +73,7 @@ impl HttpInstance {
                 report_exit: false,
                 wait_for_program: false,
             })
+            .await
             .map_err(|e| match crate::spawn_failure(&spec.manifest.handler, e) {
                 Ok(error) => StartError::Init { error, logs: Default::default() },
                 Err(platform) => StartError::Platform(platform),
@@ -220,7 +221,7 @@ impl HttpInstance {
         // A server writes no end markers: lines read while the request was
         // in flight are its logs (best effort under concurrency).
         let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
-        Invoked { outcome, logs, reusable }
+        Invoked { outcome, logs, reusable, prewarmed: false }
     }
 
     pub fn stop(&self) {

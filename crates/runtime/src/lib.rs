@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use logs::{Captured, LogLimits};
+pub use prewarm::StemCount;
 
 /// Settings of the runtime layer, from flick's config.
 #[derive(Clone, Debug)]
@@ -111,6 +112,9 @@ pub struct Invoked {
     pub outcome: Result<Response, Failure>,
     pub logs: Captured,
     pub reusable: bool,
+    /// The request ran in a prewarmed stem cell (exec: every request is a
+    /// new process, and this one took a sandbox that was already set up).
+    pub prewarmed: bool,
 }
 
 /// Why an instance could not be started.

@@ -13,12 +13,15 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use flick_core::{Manifest, Network, RuntimeKind};
-use flick_sandbox::{ProcessSpec, Spawned};
+use flick_sandbox::ProcessSpec;
 
+use crate::exec::Started;
+use crate::handle::ProcessHandle;
 use crate::process::Stem;
 use crate::{InstanceSpec, Launcher};
 
@@ -26,19 +29,50 @@ type Key = (RuntimeKind, Network);
 
 /// Memory limit of an exec stem cell until it takes on a function's own.
 const EXEC_STEM_MEMORY: u64 = 256 << 20;
+/// After a stem cell fails to start, the next try waits this long,
+/// doubling with each failure in a row up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A ready stem cell.
 enum Cell {
     Bootstrap(Stem),
-    Exec(Spawned),
+    Exec(Started),
+}
+
+impl Cell {
+    fn process(&self) -> &ProcessHandle {
+        match self {
+            Self::Bootstrap(stem) => stem.process(),
+            Self::Exec(started) => &started.process,
+        }
+    }
+}
+
+/// A ready stem cell and the number that tells it apart from the others
+/// (its watcher removes it by that number when it dies).
+struct Ready {
+    id: u64,
+    cell: Cell,
+}
+
+/// Per kind: what the pool has seen, for `/v1/instances`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    /// Stem cells that died while waiting to be used.
+    died: u64,
+    /// Failed starts in a row (reset by a successful one).
+    failures: u32,
 }
 
 #[derive(Default)]
 pub(crate) struct StemPool {
     /// Ready stem cells per key.
-    ready: Mutex<HashMap<Key, Vec<Cell>>>,
-    /// Stem cells being started per key.
+    ready: Mutex<HashMap<Key, Vec<Ready>>>,
+    /// Stem cells being started per key (a retry waiting counts too).
     starting: Mutex<HashMap<Key, u32>>,
+    stats: Mutex<HashMap<Key, Stats>>,
+    next_id: AtomicU64,
     /// Set on shutdown: no more refills.
     closed: AtomicBool,
 }
@@ -54,6 +88,20 @@ fn flavour(network: Network) -> flick_sandbox::Network {
         Network::Host => flick_sandbox::Network::Host,
         Network::None => flick_sandbox::Network::None,
     }
+}
+
+fn kind_name(key: Key) -> String {
+    format!("{}/{}", key.0.as_str(), key.1.as_str())
+}
+
+/// Ready stem cells and deaths of one kind (`runtime/network`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StemCount {
+    pub kind: String,
+    /// Live stem cells ready to be used.
+    pub ready: usize,
+    /// Stem cells that died before they were used (each was replaced).
+    pub died: u64,
 }
 
 impl Launcher {
@@ -82,7 +130,7 @@ impl Launcher {
         program: &Path,
         args: &[OsString],
         env: &[(String, String)],
-    ) -> Option<Spawned> {
+    ) -> Option<Started> {
         let m = &spec.manifest;
         if !self.sandbox.is_isolated() || m.tmp_size != Manifest::DEFAULT_TMP_SIZE {
             return None;
@@ -93,19 +141,19 @@ impl Launcher {
         // system-wide lock that every fork waits on (~14 ms on cgroup v1),
         // and this request is about to fork its program. The caller refills
         // when the program has run (`refill_exec`).
-        let Cell::Exec(mut cell) = self.take((RuntimeKind::Exec, m.network), false)? else { return None };
-        // Dropping the cell on any failure kills it (kill_on_drop).
-        if cell.child.try_wait().ok()?.is_some() {
+        let key = (RuntimeKind::Exec, m.network);
+        let Cell::Exec(mut cell) = self.take(key, false)? else { return None };
+        // Dropping the cell on any failure kills it (ProcessHandle's drop).
+        if cell.process.has_exited() {
+            // Died between its watcher's last look and now.
+            self.stem_died(key);
             return None;
         }
-        let pid = cell.child.id()?;
-        if let Err(e) = self.sandbox.attach_code(pid, &spec.code_dir).await {
+        if let Err(e) = self.sandbox.attach_code(cell.process.pid(), &spec.code_dir).await {
             tracing::warn!(function = %spec.function, error = %e, "exec stem cell unusable");
             return None;
         }
-        if let Some(cg) = &cell.cgroup {
-            cg.set_memory(m.memory).ok()?;
-        }
+        cell.process.set_memory(m.memory).ok()?;
         // Smaller than a pipe's buffer: the write cannot block.
         let mut go = std::fs::File::from(cell.go.take()?);
         go.write_all(&message).ok()?;
@@ -113,7 +161,13 @@ impl Launcher {
     }
 
     fn take(&self, key: Key, refill: bool) -> Option<Cell> {
-        let cell = self.stems.ready.lock().unwrap().get_mut(&key).and_then(Vec::pop);
+        let cell = {
+            let mut ready = self.stems.ready.lock().unwrap();
+            let cells = ready.get_mut(&key)?;
+            // A dead cell still listed (its watcher has not run yet) is skipped.
+            let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
+            at.map(|i| cells.swap_remove(i).cell)
+        };
         if refill {
             self.refill(key);
         }
@@ -141,21 +195,74 @@ impl Launcher {
         };
         for _ in 0..missing {
             let launcher = self.clone();
-            tokio::spawn(async move {
-                let result = launcher.start_cell(key).await;
-                *launcher.stems.starting.lock().unwrap().entry(key).or_default() -= 1;
-                match result {
-                    Ok(cell) if !launcher.stems.closed.load(Ordering::Relaxed) => {
-                        launcher.stems.ready.lock().unwrap().entry(key).or_default().push(cell);
-                    }
-                    // Shutting down (the cell was stopped with the rest).
-                    Ok(_) | Err(_) if launcher.stems.closed.load(Ordering::Relaxed) => {}
-                    Ok(_) => {}
-                    // No retry loop: the next start of this kind tries again.
-                    Err(e) => tracing::warn!(runtime = %key.0, error = %e, "could not start a stem cell"),
-                }
-            });
+            tokio::spawn(async move { launcher.start_one(key).await });
         }
+    }
+
+    /// Starts one stem cell of `key` (already counted as starting), puts it
+    /// in the pool and watches it; after a failure, tries again later.
+    async fn start_one(self, key: Key) {
+        let result = self.start_cell(key).await;
+        let cell = match result {
+            Ok(cell) => cell,
+            Err(e) => {
+                let failures = {
+                    let mut stats = self.stems.stats.lock().unwrap();
+                    let s = stats.entry(key).or_default();
+                    s.failures = s.failures.saturating_add(1);
+                    s.failures
+                };
+                let wait = RETRY_FIRST.saturating_mul(1 << failures.min(8)).min(RETRY_MAX);
+                if !self.closed() {
+                    tracing::warn!(kind = %kind_name(key), error = %e, retry_in = ?wait, "could not start a stem cell");
+                }
+                // Still counted as starting while it waits, so requests
+                // meanwhile do not pile up more attempts.
+                tokio::time::sleep(wait).await;
+                *self.stems.starting.lock().unwrap().entry(key).or_default() -= 1;
+                self.refill(key);
+                return;
+            }
+        };
+        self.stems.stats.lock().unwrap().entry(key).or_default().failures = 0;
+        let id = self.stems.next_id.fetch_add(1, Ordering::Relaxed);
+        let exited = cell.process().on_exit();
+        {
+            // Checked under the same lock `stop_stems` clears under, so a cell
+            // is never added after the pool was emptied for good.
+            let mut ready = self.stems.ready.lock().unwrap();
+            *self.stems.starting.lock().unwrap().entry(key).or_default() -= 1;
+            if self.closed() {
+                return; // dropping the cell stops it
+            }
+            ready.entry(key).or_default().push(Ready { id, cell });
+        }
+        // Watch it while it waits: a stem cell that dies (killed, out of
+        // memory, its runtime crashed) leaves the pool at once, is reported,
+        // and is replaced — not found dead by the next cold start.
+        tokio::spawn(async move {
+            exited.await;
+            let removed = {
+                let mut ready = self.stems.ready.lock().unwrap();
+                let cells = ready.entry(key).or_default();
+                let before = cells.len();
+                cells.retain(|r| r.id != id);
+                cells.len() < before
+            };
+            if removed && !self.closed() {
+                self.stem_died(key);
+                self.refill(key);
+            }
+        });
+    }
+
+    fn closed(&self) -> bool {
+        self.stems.closed.load(Ordering::Relaxed)
+    }
+
+    fn stem_died(&self, key: Key) {
+        self.stems.stats.lock().unwrap().entry(key).or_default().died += 1;
+        tracing::warn!(kind = %kind_name(key), "a stem cell died before it was used; starting another");
     }
 
     async fn start_cell(&self, key: Key) -> Result<Cell, String> {
@@ -167,11 +274,8 @@ impl Launcher {
             tmp_size: Manifest::DEFAULT_TMP_SIZE,
             network: flavour(key.1),
         };
-        let sandbox = self.sandbox.clone();
-        // Spawning waits for the sandbox to be set up (cgroup, namespaces,
-        // mounts): keep that off the async threads.
-        tokio::task::spawn_blocking(move || {
-            sandbox.spawn(ProcessSpec {
+        self.sandbox
+            .spawn(ProcessSpec {
                 program: PathBuf::from("/bin/false"),
                 args: vec![],
                 env: vec![],
@@ -182,27 +286,33 @@ impl Launcher {
                 report_exit: true,
                 wait_for_program: true,
             })
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map(Cell::Exec)
-        .map_err(|e| e.to_string())
+            .await
+            .map(|spawned| Cell::Exec(Started::new(spawned)))
+            .map_err(|e| e.to_string())
     }
 
-    /// Ready stem cells per `runtime/network`, for status output.
-    pub fn stem_counts(&self) -> Vec<(String, usize)> {
-        let ready = self.stems.ready.lock().unwrap();
-        let mut out: Vec<_> =
-            ready.iter().map(|((r, n), cells)| (format!("{}/{}", r.as_str(), n.as_str()), cells.len())).collect();
-        out.sort();
+    /// Live, ready stem cells and deaths per `runtime/network`, for status output.
+    pub fn stem_counts(&self) -> Vec<StemCount> {
+        let mut counts: HashMap<Key, StemCount> = HashMap::new();
+        let new = |key: Key| StemCount { kind: kind_name(key), ready: 0, died: 0 };
+        for (key, cells) in self.stems.ready.lock().unwrap().iter() {
+            counts.entry(*key).or_insert_with(|| new(*key)).ready =
+                cells.iter().filter(|r| !r.cell.process().has_exited()).count();
+        }
+        for (key, stats) in self.stems.stats.lock().unwrap().iter() {
+            counts.entry(*key).or_insert_with(|| new(*key)).died = stats.died;
+        }
+        let mut out: Vec<_> = counts.into_values().collect();
+        out.sort_by(|a, b| a.kind.cmp(&b.kind));
         out
     }
 
     /// Stops every stem cell and refills no more (shutdown).
     pub fn stop_stems(&self) {
+        let mut ready = self.stems.ready.lock().unwrap();
         self.stems.closed.store(true, Ordering::Relaxed);
         // Dropping a stem cell kills its process.
-        self.stems.ready.lock().unwrap().clear();
+        ready.clear();
     }
 }
 

@@ -48,7 +48,7 @@ struct Booting {
 
 /// Starts a bootstrap process for `runtime`. `code_dir: None` starts a
 /// stem cell, whose code is attached later.
-fn spawn_bootstrap(
+async fn spawn_bootstrap(
     launcher: &Launcher,
     runtime: RuntimeKind,
     code_dir: Option<std::path::PathBuf>,
@@ -80,6 +80,7 @@ fn spawn_bootstrap(
             report_exit: false,
             wait_for_program: false,
         })
+        .await
         .map_err(|e| StartError::Platform(e.to_string()))?;
     let logs = LogCollector::capture(cfg.log_limits, &mut spawned.child);
     let process = ProcessHandle::new(spawned);
@@ -180,9 +181,14 @@ impl Stem {
     ) -> Result<Self, StartError> {
         let limits = flick_sandbox::Limits { memory: STEM_MEMORY, tmp_size: Manifest::DEFAULT_TMP_SIZE, network };
         let env = vec![("FLICK_STEM".to_string(), "1".to_string())];
-        let mut booting = spawn_bootstrap(launcher, runtime, None, env, limits)?;
+        let mut booting = spawn_bootstrap(launcher, runtime, None, env, limits).await?;
         booting.first_frame("stem_ready", Instant::now() + Duration::from_secs(30)).await?;
         Ok(Self { booting })
+    }
+
+    /// The stem cell's process (to watch while it waits).
+    pub fn process(&self) -> &ProcessHandle {
+        &self.booting.process
     }
 
     /// Attaches `spec`'s code, applies its memory limit and environment, and
@@ -227,7 +233,8 @@ impl ProcessInstance {
             Some(spec.code_dir.clone()),
             launcher.env(spec),
             launcher.limits(spec),
-        )?;
+        )
+        .await?;
         booting.first_frame("ready", deadline).await?;
         Ok(booting.into_instance(launcher.config().max_response_bytes, false))
     }
@@ -243,6 +250,7 @@ impl ProcessInstance {
                 outcome: Err(Failure::Platform("instance is no longer running".into())),
                 logs: Default::default(),
                 reusable: false,
+                prewarmed: false,
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -275,7 +283,7 @@ impl ProcessInstance {
                         trace: vec![],
                     }))),
                 };
-                Invoked { outcome, logs, reusable: true }
+                Invoked { outcome, logs, reusable: true, prewarmed: false }
             }
             Ok(Err(_)) => {
                 // The channel broke: the process died or spoke garbage.
@@ -298,7 +306,7 @@ impl ProcessInstance {
                     (_, None) => Err(Failure::Platform("instance closed its protocol channel".into())),
                 };
                 self.stop();
-                Invoked { outcome, logs, reusable: false }
+                Invoked { outcome, logs, reusable: false, prewarmed: false }
             }
             Err(_) => {
                 self.pending.lock().unwrap().remove(&req.id);
@@ -306,7 +314,7 @@ impl ProcessInstance {
                 // trusted with the next request.
                 self.stop();
                 let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
-                Invoked { outcome: Err(Failure::Timeout), logs, reusable: false }
+                Invoked { outcome: Err(Failure::Timeout), logs, reusable: false, prewarmed: false }
             }
         }
     }

@@ -87,17 +87,19 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
     let script = "id -u; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; hostname; ls /proc | grep -c '^[0-9]'; \
                   cat /etc/shadow >/dev/null 2>&1 && echo shadow-readable; touch /var/task/x 2>/dev/null && echo code-writable; \
                   echo ok > /tmp/probe && cat /tmp/probe";
-    let spawned = sandbox.spawn(ProcessSpec {
-        program: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        env: vec![],
-        code_dir: Some(code_dir.to_path_buf()),
-        protocol_fd: None,
-        stdin: false,
-        limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },
-        report_exit: false,
-        wait_for_program: false,
-    });
+    let spawned = sandbox
+        .spawn(ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            code_dir: Some(code_dir.to_path_buf()),
+            protocol_fd: None,
+            stdin: false,
+            limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },
+            report_exit: false,
+            wait_for_program: false,
+        })
+        .await;
     let spawned = match spawned {
         Ok(s) => s,
         Err(e) => return Check { name, ok: false, detail: e.to_string() },

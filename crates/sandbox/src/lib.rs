@@ -23,6 +23,7 @@ mod child;
 pub mod doctor;
 pub mod mounts;
 pub mod seccomp;
+mod spawner;
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -47,6 +48,8 @@ pub enum SandboxError {
     Cgroup(std::io::Error),
     #[error("sandbox unavailable: {0}")]
     Unavailable(String),
+    #[error("cannot start `{program}`: the spawner thread is not running")]
+    SpawnerGone { program: String },
 }
 
 /// How isolated instances are; from flick's config, fixed at start-up.
@@ -172,6 +175,8 @@ struct Isolated {
 pub struct Sandbox {
     isolated: Option<Arc<Isolated>>,
     runtime_dir: PathBuf,
+    /// Every child is forked on this thread ([`spawner`]).
+    spawner: Arc<spawner::Spawner>,
 }
 
 impl Sandbox {
@@ -191,13 +196,13 @@ impl Sandbox {
         let runtime_dir = config.runtime_dir.clone();
         let filters = Arc::new(seccomp::Policy::compile().map_err(|e| SandboxError::Unavailable(e.to_string()))?);
         let isolated = Isolated { config, cgroups, filters, next: AtomicU64::new(0) };
-        Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir })
+        Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir, spawner: start_spawner()? })
     }
 
     /// No isolation at all: processes run as flick's user on the host.
     /// Only for hosts without namespaces, behind a loudly named flag.
-    pub fn unisolated(runtime_dir: PathBuf) -> Self {
-        Self { isolated: None, runtime_dir }
+    pub fn unisolated(runtime_dir: PathBuf) -> Result<Self, SandboxError> {
+        Ok(Self { isolated: None, runtime_dir, spawner: start_spawner()? })
     }
 
     /// Removes every cgroup of this sandbox's scope, including the scope
@@ -248,8 +253,29 @@ impl Sandbox {
     }
 
     /// Starts `spec` with stdout and stderr piped (they are the function's
-    /// logs or response) and stdin piped only if asked.
-    pub fn spawn(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+    /// logs or response) and stdin piped only if asked. The fork happens on
+    /// the spawner thread ([`spawner`]); this waits for it without
+    /// blocking the caller's thread. A caller that stops waiting leaves
+    /// nothing behind: the process is killed and its cgroup removed.
+    pub async fn spawn(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+        let program = spec.program.display().to_string();
+        let this = self.clone();
+        self.spawner
+            .run(
+                move || this.spawn_here(spec),
+                |result| {
+                    if let Ok(spawned) = result {
+                        discard(spawned)
+                    }
+                },
+            )
+            .await
+            .map_err(|_| SandboxError::SpawnerGone { program })?
+    }
+
+    /// The fork itself; blocks until the child has exec'd (or, waiting for
+    /// its program, has set up its sandbox). Runs on the spawner thread.
+    fn spawn_here(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
         if spec.wait_for_program && !(self.is_isolated() && spec.report_exit) {
             return Err(SandboxError::Unavailable("waiting for a program needs an isolated, reporting sandbox".into()));
         }
@@ -345,6 +371,24 @@ impl Sandbox {
             }
         }
     }
+}
+
+fn start_spawner() -> Result<Arc<spawner::Spawner>, SandboxError> {
+    spawner::Spawner::start()
+        .map(Arc::new)
+        .map_err(|e| SandboxError::Unavailable(format!("cannot start the spawner thread: {e}")))
+}
+
+/// A spawned process nobody claimed: kill it, reap it, remove its cgroup.
+fn discard(spawned: Spawned) {
+    let Spawned { mut child, cgroup, .. } = spawned;
+    let _ = child.start_kill();
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+        if let Some(cg) = cgroup {
+            let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
+        }
+    });
 }
 
 /// Kills a whole instance: its process group, so helpers the function

@@ -190,8 +190,8 @@ impl Scheduler {
         self.pools.lock().unwrap().retain(|_, pool| !pool.is_drained());
     }
 
-    /// Ready stem cells per `runtime/network`.
-    pub fn stem_cells(&self) -> Vec<(String, usize)> {
+    /// Live, ready stem cells (and deaths) per `runtime/network`.
+    pub fn stem_cells(&self) -> Vec<flick_runtime::StemCount> {
         self.launcher.stem_counts()
     }
 
