@@ -47,6 +47,9 @@ pub struct Config {
     pub max_instance_memory: u64,
     /// Prewarmed stem cells per runtime (python3, node) and network kind.
     pub stem_cells: u32,
+    /// Whether `http` functions may declare `network = "host"` (their
+    /// server's port is then open to the host's network, without flick's auth).
+    pub allow_host_network_http: bool,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -77,6 +80,7 @@ struct FileConfig {
     max_instances_total: Option<u32>,
     max_instance_memory: Option<String>,
     stem_cells: Option<u32>,
+    allow_host_network_http: Option<bool>,
 }
 
 impl Config {
@@ -134,6 +138,7 @@ impl Config {
             // Most of the machine: instances rarely use their whole limit.
             max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
             stem_cells: file.stem_cells.unwrap_or(1),
+            allow_host_network_http: file.allow_host_network_http.unwrap_or(false),
         };
         if config.instance_uid == 0 || config.instance_gid == 0 {
             bail!("`instance_uid` and `instance_gid` must not be 0 (root)");

@@ -38,6 +38,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             log_limits: LogLimits::default(),
             max_response_bytes: config.max_response_bytes,
             stem_cells: config.stem_cells,
+            allow_host_network_http: config.allow_host_network_http,
         },
         sandbox,
     )

@@ -44,6 +44,7 @@ impl Platform {
             .await
             .map_err(|e| PlatformError::Internal(e.to_string()))??;
         let manifest = Manifest::parse(&unpacked.manifest_text)?;
+        self.scheduler.admit(&manifest).map_err(PlatformError::BadRequest)?;
         let name = manifest.name.as_str().to_string();
 
         if let Some(current) = self.store.current_revision(&name).await?

@@ -3,8 +3,17 @@
 //! Run). flick starts it, waits until it accepts connections, and proxies
 //! requests to it over the instance's own loopback — inside its network
 //! namespace when it has one, so `network = "none"` holds for servers too.
+//!
+//! With `network = "host"` (only when the operator allows it, see
+//! [`HOST_NETWORK_REFUSED`]) the server shares the host's ports. flick picks
+//! a free port and reserves it in [`HostPorts`] so no other instance it
+//! starts is handed the same one, and accepts the server as ready only once
+//! the socket listening on that port is held by the instance's own
+//! processes: another program that bound the port first (a hostile
+//! function racing for it) never receives this function's requests.
 
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -35,13 +44,51 @@ const HOP_BY_HOP: [&str; 9] = [
 /// on the host network, gets a free port below).
 const NAMESPACED_PORT: u16 = 8080;
 
+/// Why a host-network http function is refused unless allowed.
+pub(crate) const HOST_NETWORK_REFUSED: &str = "`network = \"host\"` is not allowed for http functions here: \
+     the server would listen on the host's network, where anyone who can reach its port bypasses flick's \
+     authentication (an operator can allow it with `allow_host_network_http = true` in flick's config)";
+
 type Sender = SendRequest<Full<Bytes>>;
+
+/// Host ports handed to running host-network http instances.
+#[derive(Debug, Default)]
+pub(crate) struct HostPorts {
+    taken: Mutex<HashSet<u16>>,
+}
+
+/// A host port reserved for one instance until dropped.
+struct PortLease {
+    ports: Arc<HostPorts>,
+    port: u16,
+}
+
+impl HostPorts {
+    /// A port free on the host now and not handed to another instance.
+    fn reserve(self: &Arc<Self>) -> std::io::Result<PortLease> {
+        for _ in 0..64 {
+            let port = free_port()?;
+            if self.taken.lock().unwrap().insert(port) {
+                return Ok(PortLease { ports: self.clone(), port });
+            }
+        }
+        Err(std::io::Error::other("every free port the kernel offered is already reserved"))
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.ports.taken.lock().unwrap().remove(&self.port);
+    }
+}
 
 pub struct HttpInstance {
     process: ProcessHandle,
     launcher: Launcher,
     network: flick_sandbox::Network,
     port: u16,
+    /// The host port reserved for this instance (host network only).
+    _lease: Option<PortLease>,
     /// Idle keep-alive connections to the server.
     idle: Mutex<Vec<Sender>>,
     logs: LogCollector,
@@ -53,11 +100,18 @@ impl HttpInstance {
         let (program, args) = command_line(&spec.manifest.handler, &launcher.sandbox().code_path(&spec.code_dir))?;
         let limits = launcher.limits(spec);
         let own_loopback = launcher.sandbox().is_isolated() && limits.network == flick_sandbox::Network::None;
-        let port = if own_loopback {
-            NAMESPACED_PORT
+        if spec.manifest.network == flick_core::Network::Host {
+            // Deploys are checked too; this covers revisions deployed while it was allowed.
+            launcher.admit(&spec.manifest).map_err(StartError::Platform)?;
+        }
+        let lease = if own_loopback {
+            None
         } else {
-            free_port().map_err(|e| StartError::Platform(format!("no free port: {e}")))?
+            let lease =
+                launcher.host_ports.reserve().map_err(|e| StartError::Platform(format!("no free port: {e}")))?;
+            Some(lease)
         };
+        let port = lease.as_ref().map_or(NAMESPACED_PORT, |l| l.port);
         let mut env = launcher.env(spec);
         env.push(("PORT".into(), port.to_string()));
         let mut spawned = launcher
@@ -84,6 +138,7 @@ impl HttpInstance {
             launcher: launcher.clone(),
             network: limits.network,
             port,
+            _lease: lease,
             idle: Mutex::default(),
             logs,
             max_response: launcher.config().max_response_bytes,
@@ -102,6 +157,14 @@ impl HttpInstance {
                 });
             }
             if let Ok(sender) = instance.connect().await {
+                if !own_loopback && !instance.listener_is_ours().await {
+                    // Someone else holds the port: this server can never
+                    // bind it, and must never have its requests sent there.
+                    instance.process.kill();
+                    return Err(StartError::Platform(format!(
+                        "port {port}, reserved for this instance, is held by another program"
+                    )));
+                }
                 instance.idle.lock().unwrap().push(sender);
                 return Ok(instance);
             }
@@ -114,8 +177,19 @@ impl HttpInstance {
         }
     }
 
+    /// Whether the socket listening on our host port is held by this
+    /// instance's processes (the server or its children).
+    async fn listener_is_ours(&self) -> bool {
+        let (pid, port) = (self.process.pid(), self.port);
+        tokio::task::spawn_blocking(move || listener_held_by(pid, port)).await.unwrap_or(false)
+    }
+
     /// A new HTTP/1.1 connection to the server.
     async fn connect(&self) -> Result<Sender, String> {
+        if self.process.has_exited() {
+            // On the host network the port may be someone else's by now.
+            return Err("the server has exited".into());
+        }
         let stream = self
             .launcher
             .sandbox()
@@ -232,4 +306,51 @@ impl HttpInstance {
 fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Whether a TCP socket listening on `port` (IPv4 or IPv6) is open in
+/// `root` or one of its descendants, read from `/proc` (flick's own network
+/// namespace is the host's, where host-network instances listen).
+fn listener_held_by(root: u32, port: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl, local address:port, remote, state (0A = LISTEN), ..., inode (10th).
+            let listening = f.get(3) == Some(&"0A");
+            let on_port =
+                f.get(1).and_then(|a| a.rsplit_once(':')).is_some_and(|(_, p)| u16::from_str_radix(p, 16) == Ok(port));
+            if let (true, true, Some(inode)) = (listening, on_port, f.get(9)) {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    !inodes.is_empty()
+        && descendants(root).into_iter().any(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| inodes.contains(target.to_string_lossy().as_ref()))
+            })
+        })
+}
+
+/// `root` and every process below it.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent pid is the second field after the `(comm)` one.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = vec![root];
+    let mut at = 0;
+    while at < out.len() {
+        out.extend(children.get(&out[at]).into_iter().flatten().copied());
+        at += 1;
+    }
+    out
 }

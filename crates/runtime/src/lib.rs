@@ -47,6 +47,10 @@ pub struct RuntimeConfig {
     pub max_response_bytes: usize,
     /// Stem cells kept ready per runtime (python3, node) and network kind; 0 disables prewarming.
     pub stem_cells: u32,
+    /// `http` functions may use `network = "host"`: their server listens on
+    /// the host's network, where anyone who can reach the port bypasses
+    /// flick's authentication. Off unless the operator says so.
+    pub allow_host_network_http: bool,
 }
 
 /// Everything needed to start an instance of one revision.
@@ -179,17 +183,30 @@ pub struct Launcher {
     config: Arc<RuntimeConfig>,
     sandbox: Sandbox,
     stems: Arc<prewarm::StemPool>,
+    host_ports: Arc<http::HostPorts>,
 }
 
 impl Launcher {
     /// Writes the bootstraps to `config.bootstrap_dir`.
     pub fn new(config: RuntimeConfig, sandbox: Sandbox) -> std::io::Result<Self> {
         bootstrap::install(&config.bootstrap_dir)?;
-        Ok(Self { config: Arc::new(config), sandbox, stems: prewarm::new_pool() })
+        Ok(Self { config: Arc::new(config), sandbox, stems: prewarm::new_pool(), host_ports: Arc::default() })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Whether this flick will run functions of `manifest` at all (checked
+    /// at deploy, so a function it would refuse never gets a revision).
+    pub fn admit(&self, manifest: &Manifest) -> Result<(), String> {
+        if manifest.runtime == RuntimeKind::Http
+            && manifest.network == flick_core::Network::Host
+            && !self.config.allow_host_network_http
+        {
+            return Err(http::HOST_NETWORK_REFUSED.into());
+        }
+        Ok(())
     }
 
     /// Starts an instance and waits until it is ready to serve, at most

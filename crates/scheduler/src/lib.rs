@@ -190,6 +190,11 @@ impl Scheduler {
         self.pools.lock().unwrap().retain(|_, pool| !pool.is_drained());
     }
 
+    /// Whether functions of `manifest` can run here (see [`Launcher::admit`]).
+    pub fn admit(&self, manifest: &flick_core::Manifest) -> Result<(), String> {
+        self.launcher.admit(manifest)
+    }
+
     /// Live, ready stem cells (and deaths) per `runtime/network`.
     pub fn stem_cells(&self) -> Vec<flick_runtime::StemCount> {
         self.launcher.stem_counts()
