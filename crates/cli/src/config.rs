@@ -34,6 +34,8 @@ pub struct Config {
     pub insecure_no_sandbox: bool,
     pub instance_uid: u32,
     pub instance_gid: u32,
+    /// Each function's instances run as their own uid (and gid) from here.
+    pub uid_range: std::ops::RangeInclusive<u32>,
     pub instance_pids: u32,
     pub instance_cpus: f64,
     pub instance_nofile: u64,
@@ -72,6 +74,7 @@ struct FileConfig {
     log: Option<String>,
     instance_uid: Option<u32>,
     instance_gid: Option<u32>,
+    uid_range: Option<[u32; 2]>,
     instance_pids: Option<u32>,
     instance_cpus: Option<f64>,
     instance_nofile: Option<u64>,
@@ -129,6 +132,8 @@ impl Config {
             // 65534 is `nobody`: owns nothing on the host.
             instance_uid: file.instance_uid.unwrap_or(65534),
             instance_gid: file.instance_gid.unwrap_or(65534),
+            // Above the ids of host users and the 16-bit ones; 65536 uids.
+            uid_range: file.uid_range.map_or(200_000..=265_535, |[first, last]| first..=last),
             instance_pids: file.instance_pids.unwrap_or(256),
             instance_cpus: file.instance_cpus.unwrap_or(1.0),
             instance_nofile: file.instance_nofile.unwrap_or(1024),
@@ -140,6 +145,13 @@ impl Config {
             stem_cells: file.stem_cells.unwrap_or(1),
             allow_host_network_http: file.allow_host_network_http.unwrap_or(false),
         };
+        if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
+            bail!(
+                "`uid_range` must be [first, last] with 0 < first <= last, not [{}, {}]",
+                config.uid_range.start(),
+                config.uid_range.end()
+            );
+        }
         if config.instance_uid == 0 || config.instance_gid == 0 {
             bail!("`instance_uid` and `instance_gid` must not be 0 (root)");
         }

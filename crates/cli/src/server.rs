@@ -215,14 +215,16 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
         extra_ro: interpreters.extra_ro.clone(),
         uid: config.instance_uid,
         gid: config.instance_gid,
+        uid_range: config.uid_range.clone(),
         pids_max: config.instance_pids,
         nofile: config.instance_nofile,
         cpus: config.instance_cpus,
     };
     let hint = "run `flick doctor` for details, or start with --insecure-no-sandbox to run functions unisolated";
     let sandbox = Sandbox::new(sandbox_config).map_err(|e| anyhow::anyhow!("{e}\n{hint}"))?;
-    let probe = flick_sandbox::doctor::probe(&sandbox, &runtime_dir).await;
-    anyhow::ensure!(probe.ok, "the sandbox is incomplete on this host: {}\n{hint}", probe.detail);
+    let checks = flick_sandbox::doctor::probe(&sandbox, &runtime_dir).await;
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    anyhow::ensure!(failed.is_empty(), "the sandbox is incomplete on this host: {}\n{hint}", failed.join("; "));
     Ok(sandbox)
 }
 

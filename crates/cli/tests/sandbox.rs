@@ -383,10 +383,24 @@ fn doctor_reports_a_complete_sandbox_here() {
     let out = std::process::Command::new(common::BIN).arg("doctor").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "flick doctor failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    for feature in ["namespaces", "cgroups", "seccomp", "sandboxed probe"] {
+    for feature in ["namespaces", "cgroups", "seccomp", "sandboxed probe", "session", "descriptors", "uid scheme"] {
         assert!(text.lines().any(|l| l.starts_with("ok") && l.contains(feature)), "{feature} not ok:\n{text}");
     }
     assert!(text.contains("sandbox: complete"), "{text}");
+    // The policy is named, not just counted.
+    for rule in ["io_uring_setup", "TIOCSTI", "clone3", "x32", "one uid per function"] {
+        assert!(text.contains(rule), "{rule} not reported:\n{text}");
+    }
+}
+
+#[test]
+fn doctor_sees_descriptors_a_sandbox_would_leak() {
+    // The doctor's own probe runs under the same rules: started with an
+    // extra descriptor, it still reports only stdio inside the sandbox.
+    let out =
+        std::process::Command::new("bash").args(["-c", r#"exec 7</; exec "$0" doctor"#, common::BIN]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("descriptors")), "{text}");
 }
 
 #[test]
@@ -682,4 +696,111 @@ exports.handler = async (event) => {
     }
     // Only the way to the binary exists there.
     assert_eq!(v["listing"], serde_json::json!(["bin"]), "the home directory is visible: {v}");
+}
+
+fn stem_cells(flick: &Flick, kind: &str) -> u64 {
+    flick.get("/v1/instances").json()["stem_cells"][kind].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn each_function_has_its_own_uid_and_its_own_per_user_limits() {
+    let flick = Flick::start();
+    let identity = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+def who():
+    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)
+    return {'uid': os.getuid(), 'gid': os.getgid(), 'euid': os.geteuid(), 'groups': os.getgroups(),
+            'cap_prm': status['CapPrm'].strip(), 'cap_eff': status['CapEff'].strip()}
+def handler(event, context):
+    out = who()
+    # inotify instances are counted per user (fs.inotify.max_user_instances).
+    while event.get('hoard'):
+        fd = libc.inotify_init1(0)
+        if fd < 0:
+            out['stopped_by'] = errno.errorcode.get(ctypes.get_errno(), '?')
+            break
+        held.append(fd)
+    fd = libc.inotify_init1(0)
+    out['one_more'] = 'ok' if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), '?')
+    if fd >= 0:
+        os.close(fd)
+    out['held'] = len(held)
+    return out
+"#;
+    // Both python functions start from stem cells (the stem's bootstrap
+    // switches uid when specialised); node and exec too.
+    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
+    flick.deploy_py("hoarder", "", identity);
+    let hoarder = flick.invoke("hoarder", r#"{"hoard": true}"#);
+    assert_eq!(hoarder.status, 200, "{}", hoarder.text());
+    let hoarder_prewarmed = flick.activation(&hoarder.activation_id())["prewarmed"].clone();
+    let hoarder = hoarder.json();
+    assert_eq!(hoarder["stopped_by"], "EMFILE", "{hoarder}");
+    assert_eq!(hoarder["one_more"], "EMFILE", "the hoarder used up its own inotify instances: {hoarder}");
+    assert!(hoarder["held"].as_u64().unwrap() > 0, "{hoarder}");
+
+    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
+    flick.deploy_py("watcher", "", identity);
+    let watcher = flick.invoke("watcher", "{}");
+    assert_eq!(watcher.status, 200, "{}", watcher.text());
+    let watcher_prewarmed = flick.activation(&watcher.activation_id())["prewarmed"].clone();
+    let watcher = watcher.json();
+    // The hoarder still holds its instances (warm), and the watcher is not starved.
+    assert_eq!(watcher["one_more"], "ok", "starved by another function's per-user limit: {watcher}");
+    assert_eq!(hoarder_prewarmed, true, "the stem path is what this covers");
+    assert_eq!(watcher_prewarmed, true);
+
+    flick.deploy_files(
+        "node-id",
+        &[
+            ("flick.toml", &manifest("node-id", "node", "index.handler", "")),
+            (
+                "index.js",
+                r#"
+const fs = require('fs');
+exports.handler = async () => {
+  const status = Object.fromEntries(fs.readFileSync('/proc/self/status', 'utf8').split('\n')
+    .filter((l) => l.includes(':')).map((l) => [l.split(':')[0], l.split(':')[1].trim()]));
+  return { uid: process.getuid(), gid: process.getgid(), euid: process.geteuid(), groups: process.getgroups(),
+           cap_prm: status.CapPrm, cap_eff: status.CapEff };
+};
+"#,
+            ),
+        ],
+    );
+    flick.deploy_files(
+        "exec-id",
+        &[
+            ("flick.toml", &manifest("exec-id", "exec", "sh ./run.sh", "")),
+            ("run.sh", "echo \"$(id -u) $(id -g) $(grep CapPrm /proc/self/status | cut -f2) $(grep CapEff /proc/self/status | cut -f2)\"\n"),
+        ],
+    );
+    let node = flick.invoke("node-id", "{}").json();
+    let exec_reply = flick.invoke("exec-id", "");
+    assert_eq!(exec_reply.status, 200, "{}", exec_reply.text());
+    let exec: Vec<String> = exec_reply.text().split_whitespace().map(String::from).collect();
+    let exec = serde_json::json!({
+        "uid": exec[0].parse::<u64>().unwrap(), "gid": exec[1].parse::<u64>().unwrap(),
+        "euid": exec[0].parse::<u64>().unwrap(), "groups": [], "cap_prm": exec[2], "cap_eff": exec[3],
+    });
+    let all = [&hoarder, &watcher, &node, &exec];
+    for v in all {
+        let uid = v["uid"].as_u64().unwrap();
+        assert!((200_000..=265_535).contains(&uid), "uid outside the default range: {v}");
+        assert_eq!(v["gid"], v["uid"], "{v}");
+        assert_eq!(v["euid"], v["uid"], "{v}");
+        // (node lists the effective gid among the groups.)
+        assert!(v["groups"].as_array().unwrap().iter().all(|g| *g == v["gid"]), "supplementary groups: {v}");
+        assert_eq!(v["cap_prm"], "0000000000000000", "a stem's capabilities survived: {v}");
+        assert_eq!(v["cap_eff"], "0000000000000000", "{v}");
+    }
+    let mut uids: Vec<u64> = all.iter().map(|v| v["uid"].as_u64().unwrap()).collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 4, "functions share uids: {all:?}");
+    // The same function keeps its uid on its next instance.
+    flick.deploy_py("hoarder", "timeout = \"5s\"\n", identity);
+    assert_eq!(flick.invoke("hoarder", "{}").json()["uid"], hoarder["uid"]);
 }

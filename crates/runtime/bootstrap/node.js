@@ -588,6 +588,13 @@ function stemFrame(h) {
   reading = false;
   chan.pause();
   try {
+    if (h.uid !== undefined && h.uid !== null) {
+      // The stem ran as uid 0 with CAP_SETUID/CAP_SETGID only; leaving
+      // uid 0 clears those too, before any of the function's code runs.
+      process.setgroups([]);
+      process.setgid(h.gid ?? h.uid);
+      process.setuid(h.uid);
+    }
     const add = h.env;
     if (add !== null && add !== undefined) {
       if (typeof add !== 'object' || Array.isArray(add)) throw new TypeError(`env is not an object`);

@@ -616,6 +616,14 @@ def _stem_cell(channel):
         # Other frame types are from a newer flick; skip them.
 
     try:
+        uid = h.get("uid")
+        if uid is not None:
+            # The stem ran as uid 0 with CAP_SETUID/CAP_SETGID only; leaving
+            # uid 0 clears those too, before any of the function's code runs.
+            gid = h.get("gid", uid)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
         env = h.get("env") or {}
         if not isinstance(env, dict):
             raise TypeError("env is a %s, not an object" % type(env).__name__)

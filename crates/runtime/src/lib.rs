@@ -275,6 +275,7 @@ impl Launcher {
                 flick_core::Network::Host => flick_sandbox::Network::Host,
                 flick_core::Network::None => flick_sandbox::Network::None,
             },
+            identity: self.sandbox().identity_for(&spec.function),
         }
     }
 

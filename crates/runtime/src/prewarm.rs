@@ -136,7 +136,7 @@ impl Launcher {
             return None;
         }
         let program = resolve(program)?;
-        let message = flick_sandbox::go_message(&program, args, env)?;
+        let message = flick_sandbox::go_message(self.limits(spec).identity, &program, args, env)?;
         // No refill yet: moving a new process into its cgroup holds a
         // system-wide lock that every fork waits on (~14 ms on cgroup v1),
         // and this request is about to fork its program. The caller refills
@@ -273,6 +273,8 @@ impl Launcher {
             memory: EXEC_STEM_MEMORY,
             tmp_size: Manifest::DEFAULT_TMP_SIZE,
             network: flavour(key.1),
+            // Pid 1 takes on the function's uid from the go message.
+            identity: flick_sandbox::Identity::Deferred,
         };
         self.sandbox
             .spawn(ProcessSpec {

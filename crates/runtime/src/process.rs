@@ -179,7 +179,13 @@ impl Stem {
         runtime: RuntimeKind,
         network: flick_sandbox::Network,
     ) -> Result<Self, StartError> {
-        let limits = flick_sandbox::Limits { memory: STEM_MEMORY, tmp_size: Manifest::DEFAULT_TMP_SIZE, network };
+        let limits = flick_sandbox::Limits {
+            memory: STEM_MEMORY,
+            tmp_size: Manifest::DEFAULT_TMP_SIZE,
+            network,
+            // The bootstrap switches to the function's uid when specialised.
+            identity: flick_sandbox::Identity::Deferred,
+        };
         let env = vec![("FLICK_STEM".to_string(), "1".to_string())];
         let mut booting = spawn_bootstrap(launcher, runtime, None, env, limits).await?;
         booting.first_frame("stem_ready", Instant::now() + Duration::from_secs(30)).await?;
@@ -216,7 +222,12 @@ impl Stem {
         process.set_memory(spec.manifest.memory).map_err(|e| unusable("setting the memory limit", e))?;
         let env: serde_json::Map<String, serde_json::Value> =
             launcher.env(spec).into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
-        let frame = serde_json::json!({ "type": "specialise", "env": env, "len": 0 });
+        let mut frame = serde_json::json!({ "type": "specialise", "env": env, "len": 0 });
+        if let flick_sandbox::Identity::Function(uid) = launcher.limits(spec).identity {
+            // The stem is uid 0 with CAP_SETUID/CAP_SETGID only, until this.
+            frame["uid"] = uid.into();
+            frame["gid"] = uid.into();
+        }
         let mut bytes = serde_json::to_vec(&frame).unwrap_or_default();
         bytes.push(b'\n');
         booting.write.write_all(&bytes).await.map_err(|e| unusable("sending specialise", e))?;

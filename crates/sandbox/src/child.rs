@@ -34,8 +34,11 @@ pub struct Isolation {
     pub plan: Plan,
     pub hostname: &'static [u8],
     pub new_net: bool,
-    pub uid: u32,
-    pub gid: u32,
+    /// The uid/gid of [`crate::Identity::Shared`].
+    pub shared_uid: u32,
+    pub shared_gid: u32,
+    /// For a waiting exec sandbox, replaced by the go message's.
+    pub identity: crate::Identity,
     pub code_dir: std::ffi::CString,
     /// Compiled seccomp programs ([`crate::seccomp::Policy`]), installed in order.
     pub filters: std::sync::Arc<crate::seccomp::Policy>,
@@ -48,6 +51,9 @@ pub struct Isolation {
     /// here for the program to run (a prewarmed exec sandbox).
     pub go_fd: Option<RawFd>,
 }
+
+const CAP_SETGID: u64 = 6;
+const CAP_SETUID: u64 = 7;
 
 fn check(ret: libc::c_int) -> Result<(), Error> {
     if ret < 0 { Err(Error::last_os_error()) } else { Ok(()) }
@@ -111,7 +117,7 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             return Err(Error::last_os_error());
         }
         if pid > 0 {
-            wait_and_mirror(pid);
+            wait_and_mirror(pid, setup.parent_pid);
         }
         check(libc::sethostname(iso.hostname.as_ptr().cast(), iso.hostname.len()))?;
         build_root(&iso.plan)?;
@@ -119,29 +125,10 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
         if iso.new_net {
             loopback_up()?;
         }
-        // Drop every capability from the bounding set while we still may.
-        for cap in 0..=63 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
-                && Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
-            {
-                return Err(Error::last_os_error());
-            }
-        }
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(iso.gid, iso.gid, iso.gid))?;
-        // Leaving uid 0 clears the permitted, effective and ambient sets.
-        check(libc::setresuid(iso.uid, iso.uid, iso.uid))?;
-        // Changing credentials clears the parent-death signal: arm it now,
-        // so this process dies with the outer one (and that one with flick).
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        for program in &iso.filters.programs {
-            let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
-            check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
-        }
         let mut message = [0u8; crate::MAX_GO_MESSAGE];
         let mut argv = [std::ptr::null::<libc::c_char>(); 256];
         let mut envp = [std::ptr::null::<libc::c_char>(); 512];
+        let mut identity = iso.identity;
         if let Some(go) = iso.go_fd {
             // Close all but stdio and our two pipes before waiting: among the
             // rest is the pipe on which the spawning side waits for the exec,
@@ -153,9 +140,45 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
                     return Err(Error::last_os_error());
                 }
             }
-            wait_for_program(go, &mut message, &mut argv, &mut envp)?;
+            // Only now is the function, and so its uid, known: everything
+            // from here to exec is a few system calls.
+            identity = wait_for_program(go, &mut message, &mut argv, &mut envp)?;
             // The code was mounted after we entered /var/task: enter it again.
             check(libc::chdir(iso.code_dir.as_ptr()))?;
+        }
+        let (uid, gid, keep_caps) = match identity {
+            crate::Identity::Shared => (iso.shared_uid, iso.shared_gid, 0u64),
+            crate::Identity::Function(uid) => (uid, uid, 0),
+            // A stem cell's bootstrap takes on its function's uid itself
+            // when it is specialised: until then it stays uid 0 with only
+            // the two capabilities that allows (setresuid away from 0
+            // clears them), and runs nothing but flick's bootstrap.
+            crate::Identity::Deferred => (0, 0, 1 << CAP_SETUID | 1 << CAP_SETGID),
+        };
+        // Drop every capability from the bounding set while we still may.
+        for cap in 0..=63u64 {
+            if keep_caps & (1 << cap) != 0 {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                && Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(Error::last_os_error());
+            }
+        }
+        check(libc::setgroups(0, std::ptr::null()))?;
+        if uid != 0 {
+            check(libc::setresgid(gid, gid, gid))?;
+            // Leaving uid 0 clears the permitted, effective and ambient sets.
+            check(libc::setresuid(uid, uid, uid))?;
+        }
+        // Changing credentials clears the parent-death signal: arm it now,
+        // so this process dies with the outer one (and that one with flick).
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        for program in &iso.filters.programs {
+            let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
+            check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
         }
         if let Some(exit_fd) = iso.exit_fd {
             let pid = libc::fork();
@@ -205,7 +228,7 @@ unsafe fn wait_for_program(
     buf: &mut [u8],
     argv: &mut [*const libc::c_char],
     envp: &mut [*const libc::c_char],
-) -> Result<(), Error> {
+) -> Result<crate::Identity, Error> {
     // SAFETY: reads into memory we own; pointers stored point into `buf`,
     // which outlives their use (until exec).
     unsafe {
@@ -217,7 +240,11 @@ unsafe fn wait_for_program(
         }
         read_exact(go, &mut buf[..len])?;
         libc::close(go);
-        let mut at = 0;
+        if len < 4 {
+            return Err(Error::other("malformed program message"));
+        }
+        let identity = crate::Identity::decode(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        let mut at = 4;
         for list in [&mut *argv, &mut *envp] {
             let mut n = 0;
             loop {
@@ -240,7 +267,7 @@ unsafe fn wait_for_program(
         if argv[0].is_null() {
             return Err(Error::other("no program to run"));
         }
-        Ok(())
+        Ok(identity)
     }
 }
 
@@ -294,13 +321,37 @@ unsafe fn report_exit(pid: libc::pid_t, exit_fd: RawFd) -> ! {
     }
 }
 
+/// The inner process's pid, for [`kill_inner_and_exit`]. Set once, in the
+/// outer process only (after fork), before the handler is installed: a
+/// signal handler has no other way to get it.
+static INNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn kill_inner_and_exit(_: libc::c_int) {
+    // SAFETY: kill and _exit are async-signal-safe.
+    unsafe {
+        libc::kill(INNER.load(std::sync::atomic::Ordering::SeqCst), libc::SIGKILL);
+        libc::_exit(128 + libc::SIGKILL);
+    }
+}
+
 /// The outer process: holds nothing open, waits for the inner one, exits
 /// the way it exited (so an OOM kill still reads as SIGKILL to flick).
-unsafe fn wait_and_mirror(pid: libc::pid_t) -> ! {
+unsafe fn wait_and_mirror(pid: libc::pid_t, parent_pid: libc::pid_t) -> ! {
     // SAFETY: plain system calls; this process never returns to Rust code.
     unsafe {
         // Shows in `ps` as what it is, not as a second `flick up`.
         libc::prctl(libc::PR_SET_NAME, c"flick-sandbox".as_ptr());
+        // The inner process's own parent-death signal goes when its
+        // credentials change (a stem cell's bootstrap changes them when it
+        // is specialised), so this process takes the inner one along when
+        // flick dies: a catchable parent-death signal whose handler kills it.
+        INNER.store(pid, std::sync::atomic::Ordering::SeqCst);
+        let handler: extern "C" fn(libc::c_int) = kill_inner_and_exit;
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != parent_pid {
+            kill_inner_and_exit(libc::SIGTERM);
+        }
         // It never execs, so close-on-exec never fires here: close every
         // descriptor by hand, or it would hold the instance's pipes (and
         // flick's other files) open and the instance would never see EOF.

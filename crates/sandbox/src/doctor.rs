@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::{Limits, Network, ProcessSpec, Sandbox};
+use crate::{Identity, Limits, Network, ProcessSpec, Sandbox};
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -72,21 +72,33 @@ pub fn host_checks() -> Vec<Check> {
     checks.push(Check {
         name: "user namespace",
         ok: true,
-        detail: "not used: instances already run as an unprivileged uid with no capabilities".into(),
+        detail: "not used: each function runs as its own unprivileged host uid with no capabilities".into(),
     });
     checks
 }
 
 /// Starts a probe in a full sandbox and checks, from inside, that it is
-/// unprivileged, filtered, alone in its pid namespace and offline.
-pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
+/// unprivileged, filtered, alone in its pid namespace and offline (the
+/// first check), that it has no controlling terminal nor any terminal
+/// device (`session`), and that it holds no descriptor but its stdio
+/// (`descriptors`). `flick up` refuses to run functions unless all pass.
+pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Vec<Check> {
     let name = "sandboxed probe";
     if !sandbox.is_isolated() {
-        return Check { name, ok: false, detail: "isolation is switched off".into() };
+        return vec![Check { name, ok: false, detail: "isolation is switched off".into() }];
     }
+    probe_process(sandbox, code_dir).await
+}
+
+async fn probe_process(sandbox: &Sandbox, code_dir: &Path) -> Vec<Check> {
+    let name = "sandboxed probe";
+    // The 7th field of /proc/self/stat is the controlling terminal (0: none).
     let script = "id -u; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; hostname; ls /proc | grep -c '^[0-9]'; \
                   cat /etc/shadow >/dev/null 2>&1 && echo shadow-readable; touch /var/task/x 2>/dev/null && echo code-writable; \
-                  echo ok > /tmp/probe && cat /tmp/probe";
+                  echo ok > /tmp/probe && cat /tmp/probe; \
+                  echo tty=$(cut -d' ' -f7 /proc/self/stat); \
+                  for d in /dev/tty /dev/console /dev/ptmx /dev/pts; do [ -e $d ] && echo terminal-device=$d; done; \
+                  echo fds=$(ls /proc/self/fd)";
     let spawned = sandbox
         .spawn(ProcessSpec {
             program: "/bin/sh".into(),
@@ -95,14 +107,14 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
             code_dir: Some(code_dir.to_path_buf()),
             protocol_fd: None,
             stdin: false,
-            limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None },
+            limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::None, identity: Identity::Shared },
             report_exit: false,
             wait_for_program: false,
         })
         .await;
     let spawned = match spawned {
         Ok(s) => s,
-        Err(e) => return Check { name, ok: false, detail: e.to_string() },
+        Err(e) => return vec![Check { name, ok: false, detail: e.to_string() }],
     };
     let output = tokio::time::timeout(std::time::Duration::from_secs(10), spawned.child.wait_with_output()).await;
     if let Some(cg) = spawned.cgroup {
@@ -110,8 +122,8 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
     }
     let out = match output {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Check { name, ok: false, detail: e.to_string() },
-        Err(_) => return Check { name, ok: false, detail: "probe did not finish within 10s".into() },
+        Ok(Err(e)) => return vec![Check { name, ok: false, detail: e.to_string() }],
+        Err(_) => return vec![Check { name, ok: false, detail: "probe did not finish within 10s".into() }],
     };
     let text = String::from_utf8_lossy(&out.stdout);
     let mut problems = Vec::new();
@@ -143,7 +155,25 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
     if !text.lines().any(|l| l == "ok") {
         problems.push("cannot write /tmp".into());
     }
-    if problems.is_empty() {
+    // Facts for the `session` and `descriptors` checks, after a separator.
+    let tty = text.lines().find_map(|l| l.strip_prefix("tty=")).unwrap_or("?");
+    let devices: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("terminal-device=")).collect();
+    let session_ok = tty == "0" && devices.is_empty();
+    let session = if session_ok {
+        "own session, no controlling terminal, no terminal device; ioctl TIOCSTI/TIOCLINUX denied".to_string()
+    } else {
+        format!("controlling terminal {tty}, terminal devices {devices:?}")
+    };
+    let fds: Vec<&str> = text.lines().find_map(|l| l.strip_prefix("fds=")).unwrap_or("?").split_whitespace().collect();
+    // `ls` lists its own descriptors: stdio and the directory it reads.
+    let extra: Vec<&&str> = fds.iter().filter(|fd| !["0", "1", "2"].contains(*fd)).collect();
+    let fds_ok = fds.len() == 4 && extra.len() == 1;
+    let descriptors = if fds_ok {
+        "only stdio (and the protocol socket on fd 3); everything flick inherited is closed on exec".to_string()
+    } else {
+        format!("the probe holds descriptors {extra:?} besides stdio")
+    };
+    let main = if problems.is_empty() {
         Check {
             name,
             ok: true,
@@ -151,5 +181,10 @@ pub async fn probe(sandbox: &Sandbox, code_dir: &Path) -> Check {
         }
     } else {
         Check { name, ok: false, detail: problems.join("; ") }
-    }
+    };
+    vec![
+        main,
+        Check { name: "session", ok: session_ok, detail: session },
+        Check { name: "descriptors", ok: fds_ok, detail: descriptors },
+    ]
 }

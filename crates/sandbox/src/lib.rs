@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod mounts;
 pub mod seccomp;
 mod spawner;
+mod uids;
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -63,8 +64,11 @@ pub struct SandboxConfig {
     pub rootfs_dir: PathBuf,
     /// Extra host paths shared read-only (e.g. the Python prefix).
     pub extra_ro: Vec<PathBuf>,
+    /// The uid/gid of [`Identity::Shared`] processes (the doctor's probe).
     pub uid: u32,
     pub gid: u32,
+    /// Functions' uids (and gids) come from here, one per function.
+    pub uid_range: std::ops::RangeInclusive<u32>,
     pub pids_max: u32,
     pub nofile: u64,
     pub cpus: f64,
@@ -84,6 +88,37 @@ pub struct Limits {
     pub memory: u64,
     pub tmp_size: u64,
     pub network: Network,
+    pub identity: Identity,
+}
+
+/// Whom an instance runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The configured shared uid (`SandboxConfig::uid`): for processes that
+    /// belong to no function.
+    Shared,
+    /// A function's own uid and gid ([`Sandbox::identity_for`]).
+    Function(u32),
+    /// Not known yet: a stem cell. A bootstrap stem stays uid 0 with only
+    /// CAP_SETUID and CAP_SETGID until its bootstrap switches to the uid of
+    /// the `specialise` frame; a waiting exec sandbox switches to the
+    /// identity of its [`go_message`] before it execs.
+    Deferred,
+}
+
+impl Identity {
+    /// The uid a go message carries.
+    fn encode(self) -> u32 {
+        match self {
+            Self::Function(uid) if uid != 0 => uid,
+            _ => u32::MAX,
+        }
+    }
+
+    /// Never `Deferred` and never uid 0: a message cannot grant privilege.
+    fn decode(raw: u32) -> Self {
+        if raw == 0 || raw == u32::MAX { Self::Shared } else { Self::Function(raw) }
+    }
 }
 
 /// What to run. The environment is exactly `env` plus a minimal base
@@ -119,11 +154,11 @@ pub const BASE_ENV: [(&str, &str); 4] =
 pub const MAX_GO_MESSAGE: usize = 32 << 10;
 
 /// The message that tells a waiting sandbox what to run: a length, then
-/// NUL-terminated argv strings, an empty string, NUL-terminated `K=V`
+/// the uid to run as (4 bytes), NUL-terminated argv strings, an empty string, NUL-terminated `K=V`
 /// environment strings (after [`BASE_ENV`]), an empty string. `program`
 /// must be an absolute path. `None` if it would be too large.
-pub fn go_message(program: &Path, args: &[OsString], env: &[(String, String)]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
+pub fn go_message(identity: Identity, program: &Path, args: &[OsString], env: &[(String, String)]) -> Option<Vec<u8>> {
+    let mut body = identity.encode().to_le_bytes().to_vec();
     for a in std::iter::once(program.as_os_str()).chain(args.iter().map(|a| a.as_os_str())) {
         if a.as_bytes().contains(&0) {
             return None;
@@ -167,6 +202,7 @@ struct Isolated {
     config: SandboxConfig,
     cgroups: Hierarchy,
     filters: Arc<seccomp::Policy>,
+    uids: uids::Uids,
     next: AtomicU64,
 }
 
@@ -195,7 +231,11 @@ impl Sandbox {
         }
         let runtime_dir = config.runtime_dir.clone();
         let filters = Arc::new(seccomp::Policy::compile().map_err(|e| SandboxError::Unavailable(e.to_string()))?);
-        let isolated = Isolated { config, cgroups, filters, next: AtomicU64::new(0) };
+        if config.uid_range.is_empty() || *config.uid_range.start() == 0 {
+            return Err(SandboxError::Unavailable(format!("bad uid range {:?}", config.uid_range)));
+        }
+        let uids = uids::Uids::new(&config.scope, config.uid_range.clone());
+        let isolated = Isolated { config, cgroups, filters, uids, next: AtomicU64::new(0) };
         Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir, spawner: start_spawner()? })
     }
 
@@ -211,6 +251,33 @@ impl Sandbox {
         if let Some(iso) = &self.isolated {
             iso.cgroups.sweep();
             iso.cgroups.remove_scope();
+        }
+    }
+
+    /// The identity instances of `function` run as: its own uid, or the
+    /// shared one when unisolated or when the uid range is used up.
+    pub fn identity_for(&self, function: &str) -> Identity {
+        let Some(iso) = &self.isolated else { return Identity::Shared };
+        match iso.uids.uid_for(function) {
+            Some(uid) => Identity::Function(uid),
+            None => {
+                tracing::warn!(function, range = ?iso.uids.range(), "uid range used up: the function shares the fallback uid");
+                Identity::Shared
+            }
+        }
+    }
+
+    /// How instances' uids are chosen, for `flick doctor` and the logs.
+    pub fn uid_scheme(&self) -> String {
+        match &self.isolated {
+            None => "none: functions run as flick's own user".into(),
+            Some(iso) => format!(
+                "one uid per function from {}-{} (derived from the data dir and the function name; gid = uid), \
+                 no user namespace; processes of no function run as {}",
+                iso.uids.range().start(),
+                iso.uids.range().end(),
+                iso.config.uid
+            ),
         }
     }
 
@@ -340,8 +407,9 @@ impl Sandbox {
                         plan,
                         hostname: b"flick",
                         new_net: spec.limits.network == Network::None,
-                        uid: cfg.uid,
-                        gid: cfg.gid,
+                        shared_uid: cfg.uid,
+                        shared_gid: cfg.gid,
+                        identity: spec.limits.identity,
                         code_dir: CString::new(mounts::CODE).unwrap_or_default(),
                         filters: iso.filters.clone(),
                         exit_fd: exit_write.as_ref().map(|fd| fd.as_raw_fd()),

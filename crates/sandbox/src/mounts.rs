@@ -158,6 +158,78 @@ pub fn plan(i: &Inputs<'_>) -> Plan {
     let proc_dir = inside("/proc");
     mkdir_all(&mut ops, &proc_dir);
     ops.push(Op::Proc { dst: c(&proc_dir) });
+    // Sysctls are writable by uid 0 even without capabilities, and a stem
+    // cell is uid 0 until it is specialised: /proc/sys is read-only.
+    let sys = proc_dir.join("sys");
+    ops.push(Op::Bind { src: c(&sys), dst: c(&sys), readonly: true, dev: false });
 
     Plan { root: c(i.root), ops }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_for(extra: &[PathBuf]) -> Plan {
+        plan(&Inputs {
+            root: Path::new("/srv/rootfs"),
+            code: Some(Path::new("/data/code/abc")),
+            runtime: Path::new("/data/runtime"),
+            extra_ro: extra,
+            tmp_size: 1 << 20,
+        })
+    }
+
+    fn binds(p: &Plan) -> Vec<(String, String, bool)> {
+        p.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Bind { src, dst, readonly, .. } => {
+                    Some((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned(), *readonly))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_terminal_device_is_mounted() {
+        let p = plan_for(&[]);
+        for (src, dst, _) in binds(&p) {
+            for tty in ["/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/console"] {
+                assert!(!src.starts_with(tty) && !dst.ends_with(tty), "{src} → {dst}");
+            }
+        }
+        // The control: the ordinary devices are there.
+        assert!(binds(&p).iter().any(|(src, _, _)| src == "/dev/null"));
+    }
+
+    #[test]
+    fn an_extra_file_is_shared_alone_and_read_only() {
+        let node = std::env::current_exe().unwrap();
+        let p = plan_for(std::slice::from_ref(&node));
+        let host = node.display().to_string();
+        let shared: Vec<_> = binds(&p).into_iter().filter(|(src, _, _)| host.starts_with(src.as_str())).collect();
+        assert_eq!(shared, vec![(host.clone(), format!("/srv/rootfs{host}"), true)]);
+    }
+
+    #[test]
+    fn code_is_read_only_and_proc_sys_too() {
+        let p = plan_for(&[]);
+        let b = binds(&p);
+        assert!(b.contains(&("/data/code/abc".into(), "/srv/rootfs/var/task".into(), true)));
+        let proc_at = p.ops.iter().position(|op| matches!(op, Op::Proc { .. })).unwrap();
+        let sys_at = p
+            .ops
+            .iter()
+            .position(
+                |op| matches!(op, Op::Bind { dst, readonly: true, .. } if dst.to_bytes() == b"/srv/rootfs/proc/sys"),
+            )
+            .expect("/proc/sys bound read-only");
+        assert!(sys_at > proc_at, "/proc/sys must be made read-only after /proc is mounted");
+        // Nothing of the data dir but the code and the bootstraps.
+        for (src, _, _) in &b {
+            assert!(!src.starts_with("/data") || src == "/data/code/abc" || src == "/data/runtime", "{src}");
+        }
+    }
 }

@@ -108,7 +108,7 @@ mod tests {
 mod lifetime {
     use std::time::Duration;
 
-    use crate::{Limits, Network, ProcessSpec, Sandbox};
+    use crate::{Identity, Limits, Network, ProcessSpec, Sandbox};
 
     fn state(pid: u32) -> Option<char> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -132,7 +132,12 @@ mod lifetime {
                 code_dir: Some(dir),
                 protocol_fd: None,
                 stdin: false,
-                limits: Limits { memory: 64 << 20, tmp_size: 1 << 20, network: Network::Host },
+                limits: Limits {
+                    memory: 64 << 20,
+                    tmp_size: 1 << 20,
+                    network: Network::Host,
+                    identity: Identity::Shared,
+                },
                 report_exit: false,
                 wait_for_program: false,
             }))

@@ -17,13 +17,15 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         extra_ro: vec![],
         uid: 65534,
         gid: 65534,
+        uid_range: 200_000..=265_535,
         pids_max: 64,
         nofile: 256,
         cpus: 1.0,
     };
     match Sandbox::new(config) {
         Ok(sandbox) => {
-            checks.push(probe(&sandbox, &runtime_dir).await);
+            checks.extend(probe(&sandbox, &runtime_dir).await);
+            checks.push(Check { name: "uid scheme", ok: true, detail: sandbox.uid_scheme() });
             sandbox.remove_scope();
         }
         Err(e) => checks.push(Check { name: "sandboxed probe", ok: false, detail: e.to_string() }),
