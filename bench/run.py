@@ -51,7 +51,14 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="fewer samples and shorter loads (a smoke run)")
     p.add_argument("--write-md", action="store_true", help="rewrite BENCHMARKS.md with this run's results")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch dir (data dirs, server logs)")
+    p.add_argument(
+        "--baseline",
+        metavar="FLICK_BINARY",
+        help="another flick binary (e.g. a build of an older commit) measured side by side in the cold section",
+    )
     args = p.parse_args()
+    if args.baseline and not Path(args.baseline).is_file():
+        p.error(f"--baseline {args.baseline}: no such file")
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
@@ -64,6 +71,7 @@ def invocation(args):
     if args.only != ",".join(SECTIONS):
         parts.append(f"--only {args.only}")
     parts += ["--quick"] * args.quick + ["--write-md"] * args.write_md
+    parts += [f"--baseline {args.baseline}"] * bool(args.baseline)
     return " ".join(parts)
 
 
@@ -81,6 +89,7 @@ def main():
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     work = Path(tempfile.mkdtemp(prefix=f"flick-bench-{run_id}-"))
     ctx = Context(settings=QUICK if args.quick else Settings(), work=work, python=flick_python())
+    ctx.baseline = Path(args.baseline).resolve() if args.baseline else None
     results = {"run_id": run_id, "invocation": invocation(args), "settings": asdict(ctx.settings)}
     try:
         results["flick_build"] = deps.ensure_flick(ctx)

@@ -18,6 +18,16 @@ more pass so the previous instance's teardown is not measured and a used
 stem cell has been replaced. The figure is the client-observed time from
 sending the POST (on an open connection) to the last byte of the response;
 flick's own `init_ms` comes from the activation record.
+
+With `--baseline BINARY`, that binary (e.g. a build of an older commit) runs
+as one more sandboxed server with the default settings, sampled in the same
+rounds, so a change can be compared with what it replaced on equal terms.
+
+Exec after idleness: a separate server (and one of the baseline) is left
+alone for `idle_seconds` before each exec cold start. tokio retires a
+blocking-pool thread after 10 s idle; when that thread had forked the
+waiting exec sandbox, the parent-death signal killed it, and the cold start
+found it dead and started from nothing.
 """
 
 import time
@@ -34,6 +44,7 @@ MODES = {
     "sandbox, no stem cells": (True, {"stem_cells": 0}, ("python3", "node")),
     "no-sandbox, no stem cells": (False, {"stem_cells": 0}, ("python3", "node")),
 }
+BASELINE = "baseline: sandbox"
 # (with, without) sandbox: the pairs whose difference is the sandbox's cost.
 PAIRS = {"": ("sandbox", "no-sandbox"), "no stem cells": ("sandbox, no stem cells", "no-sandbox, no stem cells")}
 SETTLE = 0.1
@@ -45,15 +56,24 @@ MAX_FAILURES = 2
 
 
 def run(ctx):
-    servers = {}
+    servers, idle = {}, {}
+    modes = {m: (sandbox, config, rts, None) for m, (sandbox, config, rts) in MODES.items()}
+    if ctx.baseline:
+        modes[BASELINE] = (True, {}, RUNTIMES, ctx.baseline)
     try:
-        for mode, (sandbox, config, runtimes) in MODES.items():
-            label = "cold-" + mode.replace(", ", "-").replace(" ", "-")
-            srv = servers[mode] = Flick(ctx, label, sandbox=sandbox, config=config)
+        for mode, (sandbox, config, runtimes, binary) in modes.items():
+            label = "cold-" + mode.replace(":", "").replace(", ", "-").replace(" ", "-")
+            srv = servers[mode] = Flick(ctx, label, sandbox=sandbox, config=config, binary=binary)
             srv.start()
             for rt in runtimes:
                 srv.deploy(make_function(ctx, rt, f"cold-{rt}", keep_alive="100ms", max_instances=1))
-        samples = {(rt, m): [] for m, (_, _, rts) in MODES.items() for rt in rts}
+        for label, binary in (("this build", None), ("baseline", ctx.baseline)):
+            if label == "baseline" and not binary:
+                continue
+            srv = idle[label] = Flick(ctx, "idle-" + label.replace(" ", "-"), binary=binary)
+            srv.start()
+            srv.deploy(make_function(ctx, "exec", "idle-exec", keep_alive="100ms", max_instances=1))
+        samples = {(rt, m): [] for m, (_, _, rts, _) in modes.items() for rt in rts}
         n = ctx.settings.cold_samples
         for i in range(n):
             ctx.log(f"cold: round {i + 1}/{n}")
@@ -63,17 +83,41 @@ def run(ctx):
             for rt, mode in keys:
                 if sum(1 for r in samples[(rt, mode)] if "error" in r) >= MAX_FAILURES:
                     continue
-                _wait_all_idle(ctx, servers)
+                _wait_all_idle(ctx, servers, modes)
                 samples[(rt, mode)].append(_sample(servers[mode], f"cold-{rt}"))
-        return _summarize(samples)
+        out = _summarize(samples)
+        out["_idle_exec"] = _idle_exec(ctx, idle)
+        return out
     finally:
-        for srv in servers.values():
+        for srv in list(servers.values()) + list(idle.values()):
             srv.stop()
 
 
-def _wait_all_idle(ctx, servers):
+def _idle_exec(ctx, idle):
+    """exec cold starts, each after `idle_seconds` without any request."""
+    rows = {label: [] for label in idle}
+    for i in range(ctx.settings.idle_samples):
+        ctx.log(f"cold: exec after {ctx.settings.idle_seconds:.0f} s idle, {i + 1}/{ctx.settings.idle_samples}")
+        time.sleep(ctx.settings.idle_seconds)
+        # Alternate which goes first; the second has waited a few ms longer.
+        order = list(idle.items())
+        for label, srv in order[i % 2 :] + order[: i % 2]:
+            rows[label].append(_sample(srv, "idle-exec"))
+    out = {}
+    for label, samples in rows.items():
+        good = [r for r in samples if r["status"] == 200]
+        out[label] = {
+            "client_ms": stats.summarize([r["client_ms"] for r in good]),
+            "init_ms": stats.summarize([r["init_ms"] for r in good if r["init_ms"] is not None]),
+            "prewarmed": sum(1 for r in good if r.get("prewarmed")),
+            "samples": samples,
+        }
+    return out
+
+
+def _wait_all_idle(ctx, servers, modes):
     for mode, srv in servers.items():
-        names = [f"cold-{rt}" for rt in MODES[mode][2]]
+        names = [f"cold-{rt}" for rt in modes[mode][2]]
         if not srv.wait_instances(names, 0, timeout=10):
             # The next sample then shows whether it was a cold start.
             ctx.log(f"cold: {srv.label}: instances still running after 10 s")
@@ -92,6 +136,7 @@ def _sample(srv, name):
         "cold": record.get("cold"),
         "init_ms": record.get("init_ms"),
         "duration_ms": record.get("duration_ms"),
+        "prewarmed": record.get("prewarmed"),
     }
 
 
@@ -110,6 +155,11 @@ def _summarize(samples):
             "samples": rows,
         }
     for rt, modes in out.items():
+        if BASELINE in modes and "sandbox" in modes:
+            a, b = modes["sandbox"]["client_ms"]["p50"], modes[BASELINE]["client_ms"]["p50"]
+            baseline_ratio = stats.ratio(a, b)
+        else:
+            baseline_ratio = None
         modes_cost = {}
         for pair, (on, off) in PAIRS.items():
             if on in modes and off in modes:
@@ -118,5 +168,5 @@ def _summarize(samples):
                     "cost_ms": None if a is None or b is None else a - b,
                     "ratio": stats.ratio(a, b),
                 }
-        out[rt] = {"modes": modes, "sandbox_cost": modes_cost}
+        out[rt] = {"modes": modes, "sandbox_cost": modes_cost, "vs_baseline": baseline_ratio}
     return out

@@ -28,6 +28,8 @@ class Settings:
     sls_cold_samples: int = 5  # serverless-offline takes ~3 s to start
     peer_memory_samples: int = 3
     breakdown_requests: int = 2000  # sequential requests read for Server-Timing
+    idle_samples: int = 5  # exec cold starts after a long idle time, per server
+    idle_seconds: float = 30.0  # how long the server is left alone before each
 
 
 QUICK = Settings(
@@ -41,6 +43,7 @@ QUICK = Settings(
     sls_cold_samples=2,
     peer_memory_samples=1,
     breakdown_requests=300,
+    idle_samples=2,
 )
 
 
@@ -49,6 +52,7 @@ class Context:
     settings: Settings
     work: Path  # scratch dir of this run (data dirs, logs, function copies)
     flick: Path = None  # the flick binary
+    baseline: Path = None  # another flick binary to compare with (`--baseline`)
     python: str = sys.executable  # the interpreter flick's python3 runtime uses
     commands: list = field(default_factory=list)
     started: float = field(default_factory=time.time)

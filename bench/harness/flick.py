@@ -50,8 +50,9 @@ class Flick:
     """`flick up` on 127.0.0.1 with a private data dir. Use as a context
     manager; `restart()` keeps the data dir (and so the deployed functions)."""
 
-    def __init__(self, ctx, label, sandbox=True, port=0, config=None):
+    def __init__(self, ctx, label, sandbox=True, port=0, config=None, binary=None):
         self.ctx = ctx
+        self.binary = binary or ctx.flick  # the deploy CLI is always ctx.flick
         self.label = label
         self.sandbox = sandbox
         self.config = config or {}  # written to <data-dir>/config.toml
@@ -61,7 +62,7 @@ class Flick:
         self.port = None
 
     def command(self):
-        cmd = [self.ctx.flick, "up", "--listen", f"127.0.0.1:{self.requested_port}", "--data-dir", self.data]
+        cmd = [self.binary, "up", "--listen", f"127.0.0.1:{self.requested_port}", "--data-dir", self.data]
         return cmd if self.sandbox else cmd + ["--insecure-no-sandbox"]
 
     def start(self, timeout=60.0):

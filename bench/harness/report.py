@@ -117,6 +117,8 @@ def tables(results):
 def _cold(d):
     rows, failures = [], []
     for rt, r in d.items():
+        if rt.startswith("_"):
+            continue
         for pair, (on_mode, off_mode) in (
             ("default", ("sandbox", "no-sandbox")),
             ("no stem cells", ("sandbox, no stem cells", "no-sandbox, no stem cells")),
@@ -165,7 +167,57 @@ def _cold(d):
     )
     if failures:
         note += " FAILED SAMPLES: " + " | ".join(failures)
-    return [("1. Cold start", headers, rows, note)]
+    out = [("1. Cold start", headers, rows, note)]
+    base_rows = []
+    for rt, r in d.items():
+        if rt.startswith("_") or "baseline: sandbox" not in r["modes"]:
+            continue
+        now, then = r["modes"]["sandbox"], r["modes"]["baseline: sandbox"]
+        base_rows.append(
+            [
+                rt,
+                ms(now["client_ms"]["p50"]),
+                ms(now["client_ms"]["p99"]),
+                ms(then["client_ms"]["p50"]),
+                ms(then["client_ms"]["p99"]),
+                times(r.get("vs_baseline")),
+                f"{now['client_ms']['n']}/{then['client_ms']['n']}",
+            ]
+        )
+    if base_rows:
+        out.append(
+            (
+                "1b. Cold start against the baseline build",
+                ["runtime", "this build p50 ms", "p99 ms", "baseline p50 ms", "p99 ms", "this ÷ baseline", "n"],
+                base_rows,
+                "Sandboxed, default settings (one stem cell per runtime), sampled in the same rounds as section 1. "
+                "Baseline: the binary given with `--baseline`.",
+            )
+        )
+    idle = d.get("_idle_exec") or {}
+    if idle:
+        idle_rows = [
+            [
+                label,
+                ms(r["client_ms"]["p50"]),
+                ms(r["client_ms"]["max"]),
+                ms(r["init_ms"]["p50"]),
+                f"{r['prewarmed']}/{r['client_ms']['n']}",
+                f"{r['client_ms']['n']}/{len(r['samples'])}",
+            ]
+            for label, r in idle.items()
+        ]
+        out.append(
+            (
+                "1c. exec cold start after 30 s of idleness",
+                ["server", "p50 ms", "max ms", "init_ms p50", "ran in a stem cell", "n"],
+                idle_rows,
+                "Sandboxed, default settings; each sample follows 30 s without any request to that server "
+                "(tokio retires idle blocking threads after 10 s). 'ran in a stem cell' is the activation's "
+                "`prewarmed` (recorded for exec only by builds that have it).",
+            )
+        )
+    return out
 
 
 def _warm(d):
