@@ -278,12 +278,12 @@ impl Manifest {
     /// The manifest as TOML, every default spelled out (what `flick` shows).
     pub fn to_toml(&self) -> String {
         let mut out = format!(
-            "name = {:?}\nruntime = {:?}\nhandler = {:?}\ntimeout = {:?}\nmemory = {:?}\n\
+            "name = {:?}\nruntime = {:?}\nhandler = {}\ntimeout = {:?}\nmemory = {:?}\n\
              concurrency = {}\nmin_instances = {}\nmax_instances = {}\nkeep_alive = {:?}\npublic = {}\n\
              network = {:?}\ntmp_size = {:?}\n",
             self.name.as_str(),
             self.runtime.as_str(),
-            self.handler,
+            toml_string(&self.handler),
             format_duration(self.timeout),
             format_size(self.memory),
             self.concurrency,
@@ -305,11 +305,31 @@ impl Manifest {
         if !self.env.is_empty() {
             out.push_str("\n[env]\n");
             for (k, v) in &self.env {
-                out.push_str(&format!("{k} = {v:?}\n"));
+                out.push_str(&format!("{k} = {}\n", toml_string(v)));
             }
         }
         out
     }
+}
+
+/// `s` as a TOML basic string. Rust's `{:?}` is not one: it writes
+/// `\u{301}` and `\'`, which TOML rejects, so a manifest shown by `to_toml`
+/// would not parse back.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn scaling(
@@ -320,7 +340,7 @@ fn scaling(
     let d = Scaling::default();
     let Some(raw) = raw else {
         let stable_window = d.stable_window.min(keep_alive);
-        return Ok(Scaling { stable_window, panic_window: d.panic_window.min(stable_window / 10), ..d });
+        return Ok(Scaling { stable_window, panic_window: d.panic_window.min(tenth(stable_window)), ..d });
     };
     let percent = |key: &str, v: Option<f64>, default: u32, range: std::ops::RangeInclusive<f64>| match v {
         None => Ok(default),
@@ -334,7 +354,7 @@ fn scaling(
         Some(t) => parse_duration(&t).map_err(|e| invalid("scaling", format!("`{key}`: {e}"))),
     };
     let stable_window = window("stable_window", raw.stable_window, d.stable_window)?.min(keep_alive);
-    let panic_window = window("panic_window", raw.panic_window, d.panic_window.min(stable_window / 10))?;
+    let panic_window = window("panic_window", raw.panic_window, d.panic_window.min(tenth(stable_window)))?;
     if panic_window.is_zero() || panic_window > stable_window {
         return Err(invalid("scaling", "`panic_window` must be above zero and at most `stable_window`".into()));
     }
@@ -344,6 +364,11 @@ fn scaling(
         panic_window,
         panic_percent: percent("panic_threshold", raw.panic_threshold, d.panic_percent, 1.1..=10.0)?,
     })
+}
+
+/// A tenth of `d` in whole milliseconds (what manifests can write).
+fn tenth(d: Duration) -> Duration {
+    Duration::from_millis((d.as_millis() / 10) as u64)
 }
 
 fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
@@ -515,6 +540,14 @@ mod tests {
     }
 
     #[test]
+    fn default_panic_window_is_whole_milliseconds() {
+        // Found by tests/fuzz_manifest.rs: 221ms / 10 gave 22.1ms, shown as "22ms".
+        let m = Manifest::parse(&format!("{MINIMAL}keep_alive = \"221ms\"\n")).unwrap();
+        assert_eq!(m.scaling.panic_window, Duration::from_millis(22));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+    }
+
+    #[test]
     fn network_defaults_and_rules() {
         let http = "name = \"w\"\nruntime = \"http\"\nhandler = \"./server\"\n";
         assert_eq!(Manifest::parse(http).unwrap().network, Network::None, "closed by default, servers too");
@@ -538,6 +571,16 @@ mod tests {
         assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn to_toml_round_trips_any_string() {
+        // Found by tests/fuzz_manifest.rs: `{:?}` wrote `\u{20d0}`, which is not TOML.
+        let mut m = Manifest::parse("name = \"x\"\nruntime = \"exec\"\nhandler = \"echo \\u0301 \\\"\\\"\"\n").unwrap();
+        for value in ["\u{20d0}", "a\u{1}b\u{7f}", "tab\tnew\nline", "quote \" back \\ '", "é\u{9c}"] {
+            m.env.insert("V".into(), value.into());
+            assert_eq!(Manifest::parse(&m.to_toml()).as_ref(), Ok(&m), "{}", m.to_toml());
+        }
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("`{text}` is out of range"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Whole milliseconds: what `format_duration` can write back, so a
+    // manifest shown by flick parses to the same values.
+    Ok(Duration::from_millis((secs * 1000.0).round() as u64))
 }
 
 /// Parses `256MiB`, `1GiB`, `512MB`, `64KiB`, `1024B` or a bare number of MiB
@@ -86,6 +88,11 @@ mod tests {
         assert!(parse_duration("3 weeks").unwrap_err().contains("unknown duration unit"));
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        // Sub-millisecond parts are rounded off (found by tests/fuzz_manifest.rs).
+        assert_eq!(parse_duration("1.4ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(parse_duration("0.0001s").unwrap(), Duration::ZERO);
+        let d = parse_duration("0.0225s").unwrap();
+        assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
     }
 
     #[test]
