@@ -261,7 +261,7 @@ mod stats {
         let mut counts = COUNTS.lock().unwrap();
         *counts.entry(what).or_default() += 1;
         let total: u64 = counts.values().sum();
-        if total.is_power_of_two() || total % 10_000 == 0 {
+        if total.is_power_of_two() || total.is_multiple_of(10_000) {
             eprintln!("after {total} archives: {counts:#?}");
         }
     }
