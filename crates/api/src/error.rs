@@ -38,6 +38,7 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, "bad_request")
                 }
                 P::Dependencies { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "dependencies_failed"),
+                P::DependencyRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "dependencies_refused"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::HostFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "host_full"),
                 P::Store(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

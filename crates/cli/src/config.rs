@@ -25,6 +25,11 @@ pub struct Config {
     pub activations_per_function: u32,
     pub shutdown_grace: Duration,
     pub install_timeout: Duration,
+    /// Memory (and `/tmp` size) of a dependency install's sandbox.
+    pub install_memory: u64,
+    /// The only variables installers get besides `PATH`, `HOME`, `TMPDIR`
+    /// and `LANG` (e.g. `PIP_INDEX_URL`, `npm_config_registry`, proxies).
+    pub install_env: Vec<(String, String)>,
     /// `None`: find the real interpreter behind `python3` on PATH.
     pub python: Option<PathBuf>,
     pub node: PathBuf,
@@ -68,6 +73,8 @@ struct FileConfig {
     activations_per_function: Option<u32>,
     shutdown_grace: Option<String>,
     install_timeout: Option<String>,
+    install_memory: Option<String>,
+    install_env: Option<std::collections::BTreeMap<String, String>>,
     python: Option<PathBuf>,
     node: Option<PathBuf>,
     npm: Option<PathBuf>,
@@ -124,6 +131,8 @@ impl Config {
             activations_per_function: file.activations_per_function.unwrap_or(1000),
             shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, Duration::from_secs(30))?,
             install_timeout: duration("install_timeout", &file.install_timeout, Duration::from_secs(300))?,
+            install_memory: size("install_memory", None, &file.install_memory, 1 << 30)?,
+            install_env: file.install_env.unwrap_or_default().into_iter().collect(),
             python: file.python,
             node: file.node.unwrap_or_else(|| "node".into()),
             npm: file.npm.unwrap_or_else(|| "npm".into()),
@@ -160,6 +169,14 @@ impl Config {
         }
         if config.instance_pids < 8 {
             bail!("`instance_pids` must be at least 8");
+        }
+        if config.install_memory < 64 << 20 {
+            bail!("`install_memory` must be at least 64MiB");
+        }
+        for (name, value) in &config.install_env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                bail!("`install_env`: `{name}` is not a valid environment variable");
+            }
         }
         if config.activations_per_function == 0 {
             bail!("`activations_per_function` must be at least 1");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use flick_api::{AdminKey, ApiLimits};
 use flick_package::UnpackLimits;
-use flick_platform::{Platform, PlatformConfig, Retention};
+use flick_platform::{InstallConfig, Platform, PlatformConfig, Retention};
 use flick_runtime::{Launcher, LogLimits, RuntimeConfig};
 use flick_sandbox::{Sandbox, SandboxConfig};
 use flick_scheduler::{BudgetLimits, QueuePolicy, Scheduler, SchedulerConfig};
@@ -22,6 +22,9 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data dir {}", data.display()))?;
     let data = data.canonicalize().with_context(|| format!("resolving {}", data.display()))?;
+    // Owner-only: the key, the database and every function's code are inside.
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting {} to its owner", data.display()))?;
 
     let (key, new_key) = AdminKey::load_or_create(&data, random_key).context("creating the admin key")?;
     let store = SqliteStore::open(&data.join("flick.db")).context("opening the store")?;
@@ -30,6 +33,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let runtime_dir = data.join("runtime");
     let sandbox = build_sandbox(&config, &data, &interpreters).await?;
     let sandbox_for_cleanup = sandbox.clone();
+    let sandbox_for_installs = sandbox.clone();
     let launcher = Launcher::new(
         RuntimeConfig {
             python: interpreters.python.clone(),
@@ -56,6 +60,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         Arc::new(store),
         code,
         scheduler,
+        sandbox_for_installs,
         PlatformConfig {
             unpack_limits: UnpackLimits {
                 max_archive_bytes: config.max_archive_bytes as u64,
@@ -64,9 +69,14 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             },
             retention: Retention { max_age: config.activation_max_age, per_function: config.activations_per_function },
             response_capture_bytes: config.response_capture_bytes,
-            python,
-            npm: config.npm.clone(),
-            install_timeout: config.install_timeout,
+            install: InstallConfig {
+                python,
+                npm: which(&config.npm).unwrap_or_else(|| config.npm.clone()),
+                node: interpreters.node.clone(),
+                timeout: config.install_timeout,
+                memory: config.install_memory,
+                env: config.install_env.clone(),
+            },
         },
     )
     .await
@@ -76,7 +86,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:0)", config.listen))?;
     let addr = listener.local_addr()?;
-    std::fs::write(data.join(ADDR_FILE), addr.to_string())?;
+    write_private(&data.join(ADDR_FILE), addr.to_string().as_bytes())?;
     let router = flick_api::router(
         platform.clone(),
         key.clone(),
@@ -226,6 +236,23 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
     let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
     anyhow::ensure!(failed.is_empty(), "the sandbox is incomplete on this host: {}\n{hint}", failed.join("; "));
     Ok(sandbox)
+}
+
+/// Writes a file only its owner can read (replacing any earlier one).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode on open: restrict it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn whoami() -> String {

@@ -7,7 +7,6 @@
 //! the revision) they started on.
 
 use std::path::Path;
-use std::process::Stdio;
 
 use bytes::Bytes;
 use flick_core::{Manifest, Revision};
@@ -77,60 +76,13 @@ impl Platform {
     }
 
     /// Installs `requirements.txt` / `package.json` dependencies into the
-    /// package at deploy time, so no invocation ever waits for an installer.
+    /// package at deploy time, so no invocation ever waits for an installer;
+    /// each installer runs in a sandbox of its own (`install.rs`).
     async fn install_dependencies(&self, dir: &Path) -> Result<(), PlatformError> {
-        if dir.join("requirements.txt").is_file() {
-            let target = dir.join(".deps").join("python");
-            let mut cmd = tokio::process::Command::new(&self.config.python);
-            cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
-                .arg(&target)
-                .args(["-r", "requirements.txt"]);
-            self.run_installer("pip", cmd, dir).await?;
-        }
-        if dir.join("package.json").is_file() {
-            let mut cmd = tokio::process::Command::new(&self.config.npm);
-            cmd.args(["install", "--omit=dev", "--no-audit", "--no-fund", "--no-progress"]);
-            self.run_installer("npm", cmd, dir).await?;
-        }
-        Ok(())
-    }
-
-    async fn run_installer(
-        &self,
-        tool: &str,
-        mut cmd: tokio::process::Command,
-        dir: &Path,
-    ) -> Result<(), PlatformError> {
-        cmd.current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
-        let output = tokio::time::timeout(self.config.install_timeout, cmd.output()).await;
-        let failed =
-            |status: String, output: String| PlatformError::Dependencies { tool: tool.to_string(), status, output };
-        match output {
-            Err(_) => Err(failed(format!("timed out after {}s", self.config.install_timeout.as_secs()), String::new())),
-            Ok(Err(e)) => Err(failed(format!("could not run `{tool}`: {e}"), String::new())),
-            Ok(Ok(out)) if out.status.success() => Ok(()),
-            Ok(Ok(out)) => {
-                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-                Err(failed(out.status.to_string(), tail(&text, 4000)))
-            }
-        }
+        crate::install::install_dependencies(&self.sandbox, &self.config.install, dir).await
     }
 }
 
 fn outcome(rev: &Revision, unchanged: bool) -> DeployOutcome {
     DeployOutcome { function: rev.function.clone(), revision: rev.number, hash: rev.hash.clone(), unchanged }
-}
-
-/// The last `max` bytes of `text` (installers put the reason at the end).
-fn tail(text: &str, max: usize) -> String {
-    let text = text.trim_end();
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &text[start..])
 }

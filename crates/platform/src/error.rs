@@ -20,6 +20,8 @@ pub enum PlatformError {
     Package(#[from] PackageError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("{file} line {line}: {reason}; dependencies may only refer to paths inside the package")]
+    DependencyRefused { file: String, line: usize, reason: String },
     #[error("installing dependencies with {tool} failed (exit: {status}):\n{output}")]
     Dependencies { tool: String, status: String, output: String },
     #[error("{0}")]

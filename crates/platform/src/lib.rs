@@ -10,22 +10,24 @@
 
 mod deploy;
 mod error;
+mod install;
 mod invoke;
 mod records;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flick_core::{Activation, ActivationId, FunctionInfo, FunctionName, Revision, now_ms};
 use flick_package::UnpackLimits;
 use flick_runtime::InstanceSpec;
+use flick_sandbox::Sandbox;
 use flick_scheduler::{Pool, Scheduler};
 use flick_store::{ActivationQuery, CodeStore, Store};
 
 pub use deploy::DeployOutcome;
 pub use error::PlatformError;
+pub use install::InstallConfig;
 pub use invoke::{InvokeRequest, InvokeResponse, Timing};
 
 /// How long activation records are kept.
@@ -41,11 +43,8 @@ pub struct PlatformConfig {
     pub retention: Retention,
     /// How much of a response body an activation record keeps.
     pub response_capture_bytes: usize,
-    /// Interpreter that runs `pip` for `requirements.txt`.
-    pub python: PathBuf,
-    /// `npm`, for `package.json`.
-    pub npm: PathBuf,
-    pub install_timeout: Duration,
+    /// Deploy-time dependency installs (`install.rs`).
+    pub install: InstallConfig,
 }
 
 /// Where a function's requests go: its current revision and that revision's pool.
@@ -59,6 +58,8 @@ pub struct Platform {
     store: Arc<dyn Store>,
     code: CodeStore,
     scheduler: Arc<Scheduler>,
+    /// Runs dependency installs (instances are started by the scheduler's).
+    sandbox: Sandbox,
     /// Read on every invocation, written on deploy/rollback/delete: a cache
     /// of the store's current revisions so the hot path does no query.
     routes: RwLock<HashMap<String, Arc<Route>>>,
@@ -72,10 +73,11 @@ impl Platform {
         store: Arc<dyn Store>,
         code: CodeStore,
         scheduler: Arc<Scheduler>,
+        sandbox: Sandbox,
         config: PlatformConfig,
     ) -> Result<Arc<Self>, PlatformError> {
         let records = records::Recorder::spawn(store.clone());
-        let platform = Arc::new(Self { store, code, scheduler, routes: RwLock::default(), records, config });
+        let platform = Arc::new(Self { store, code, scheduler, sandbox, routes: RwLock::default(), records, config });
         for f in platform.store.functions().await? {
             if let Some(rev) = platform.store.current_revision(&f.name).await? {
                 platform.set_route(rev);

@@ -325,11 +325,34 @@ impl Sandbox {
     /// blocking the caller's thread. A caller that stops waiting leaves
     /// nothing behind: the process is killed and its cgroup removed.
     pub async fn spawn(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+        self.spawn_on_thread(spec, false).await
+    }
+
+    /// Starts a deploy-time dependency installer (`pip`, `npm`): the same
+    /// sandbox as an instance's — own namespaces, root, cgroup, unprivileged
+    /// uid, seccomp, death with flick, forked on the spawner thread — except
+    /// that the package (`spec.code_dir`) is mounted read-write at
+    /// [`mounts::CODE`]. It must be writable by [`Sandbox::ids`] (hand it
+    /// over before, take it back after). Unisolated, it runs on the host
+    /// like any process.
+    pub async fn spawn_install(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+        if spec.code_dir.is_none() || spec.wait_for_program {
+            return Err(SandboxError::Unavailable("an install needs a package directory and a program".into()));
+        }
+        self.spawn_on_thread(spec, true).await
+    }
+
+    /// The uid and gid sandboxed processes run as; `None` unisolated.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.isolated.as_ref().map(|iso| (iso.config.uid, iso.config.gid))
+    }
+
+    async fn spawn_on_thread(&self, spec: ProcessSpec, code_writable: bool) -> Result<Spawned, SandboxError> {
         let program = spec.program.display().to_string();
         let this = self.clone();
         self.spawner
             .run(
-                move || this.spawn_here(spec),
+                move || this.spawn_here(spec, code_writable),
                 |result| {
                     if let Ok(spawned) = result {
                         discard(spawned)
@@ -342,7 +365,7 @@ impl Sandbox {
 
     /// The fork itself; blocks until the child has exec'd (or, waiting for
     /// its program, has set up its sandbox). Runs on the spawner thread.
-    fn spawn_here(&self, spec: ProcessSpec) -> Result<Spawned, SandboxError> {
+    fn spawn_here(&self, spec: ProcessSpec, code_writable: bool) -> Result<Spawned, SandboxError> {
         if spec.wait_for_program && !(self.is_isolated() && spec.report_exit) {
             return Err(SandboxError::Unavailable("waiting for a program needs an isolated, reporting sandbox".into()));
         }
@@ -394,6 +417,7 @@ impl Sandbox {
                 let plan = mounts::plan(&mounts::Inputs {
                     root: &cfg.rootfs_dir,
                     code: spec.code_dir.as_deref(),
+                    code_writable,
                     runtime: &cfg.runtime_dir,
                     extra_ro: &cfg.extra_ro,
                     tmp_size: spec.limits.tmp_size,

@@ -71,6 +71,9 @@ pub struct Inputs<'a> {
     pub root: &'a Path,
     /// `None`: an empty `/var/task`, for code attached later.
     pub code: Option<&'a Path>,
+    /// Mount the code read-write: only for a deploy-time dependency
+    /// install, whose sandbox builds the package in place.
+    pub code_writable: bool,
     pub runtime: &'a Path,
     /// Extra host paths shared read-only at the same place (the Python
     /// interpreter's prefix, say, when it lives under /root or /opt).
@@ -124,7 +127,7 @@ pub fn plan(i: &Inputs<'_>) -> Plan {
     let code = inside(CODE);
     mkdir_all(&mut ops, &code);
     if let Some(host_code) = i.code {
-        ops.push(Op::Bind { src: c(host_code), dst: c(&code), readonly: true, dev: false });
+        ops.push(Op::Bind { src: c(host_code), dst: c(&code), readonly: !i.code_writable, dev: false });
     }
     let runtime = inside(RUNTIME);
     mkdir_all(&mut ops, &runtime);

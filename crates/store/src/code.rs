@@ -17,6 +17,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,8 +44,21 @@ impl CodeStore {
     /// Opens (creating as needed) the code directories under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let store = Self { root: data_dir.to_path_buf() };
+        // Owner-only: uploads hold the functions' code and environment.
+        // Instances never reach code/<hex> through these directories (it is
+        // bind-mounted into their root), so 0700 here costs them nothing;
+        // what is inside code/<hex> stays readable for their uid.
         for dir in [store.archives(), store.code(), store.staging()] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+            private(&dir, 0o700)?;
+        }
+        // Archives stored before they were written 0600.
+        let archives = store.archives();
+        for entry in fs::read_dir(&archives).map_err(|e| StoreError::io("read", &archives, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read", &archives, e))?;
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                private(&entry.path(), 0o600)?;
+            }
         }
         // Nothing in staging/ can still be wanted: it belonged to deploys or
         // removals of a process that is gone.
@@ -75,7 +89,7 @@ impl CodeStore {
             return Ok(hex);
         }
         let temp = self.new_staging_path(".tar.gz.part", |path| {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
             file.write_all(bytes)?;
             // Durable before it becomes visible under its final name, so a
             // crash cannot leave a truncated file that looks complete.
@@ -187,6 +201,12 @@ fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Sets `path`'s permission bits to `mode`.
+fn private(path: &Path, mode: u32) -> Result<(), StoreError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("restrict permissions of", path, e))
+}
+
 /// Removes a file or a directory tree; a path that is already gone is fine.
 fn remove_any(path: &Path) -> Result<(), StoreError> {
     let result = match fs::symlink_metadata(path) {
@@ -228,6 +248,27 @@ mod tests {
         }
         assert!(!leftover.exists());
         assert_eq!(fs::read_dir(tmp.path().join("staging")).unwrap().count(), 0);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn archives_and_store_dirs_are_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("archives")).unwrap();
+        let old = tmp.path().join("archives").join(format!("{}.tar.gz", "c".repeat(64)));
+        fs::write(&old, b"from an older flick").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+
+        let store = CodeStore::open(tmp.path()).unwrap();
+        let hex = store.save_archive(b"abc").unwrap();
+        assert_eq!(mode(&tmp.path().join("archives").join(format!("{hex}.tar.gz"))), 0o600);
+        assert_eq!(mode(&old), 0o600, "archives stored before are restricted at open");
+        for dir in ["archives", "code", "staging"] {
+            assert_eq!(mode(&tmp.path().join(dir)), 0o700, "{dir}");
+        }
     }
 
     #[test]

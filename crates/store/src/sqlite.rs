@@ -82,6 +82,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         }
+        private_db_files(path)?;
         let label = path.display().to_string();
         let open_err = |source| StoreError::Open { path: label.clone(), source };
         let conn = Connection::open(path).map_err(open_err)?;
@@ -130,6 +131,34 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
+}
+
+/// Makes the database file (and its `-wal`/`-shm`, if a previous run left
+/// them) owner-only before SQLite opens it: it holds environment values,
+/// responses and logs. SQLite would create it 0644, and gives the `-wal` and
+/// `-shm` files it creates the database file's mode, so creating the file
+/// 0600 first covers all three.
+fn private_db_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::io("create", path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("restrict permissions of", file, e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
@@ -579,6 +608,38 @@ mod tests {
         match outcome {
             PutOutcome::Created(rev) => rev,
             other => panic!("expected a new revision, got {other:?}"),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("flick.db");
+        let store = SqliteStore::open(&db).unwrap();
+        store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap();
+        for file in ["flick.db", "flick.db-wal", "flick.db-shm"] {
+            assert_eq!(mode(&tmp.path().join(file)), 0o600, "{file}");
+        }
+        drop(store);
+
+        // A data dir from before: world-readable files become owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["flick.db", "flick.db-wal", "flick.db-shm"] {
+            let path = tmp.path().join(file);
+            if !path.exists() {
+                std::fs::write(&path, b"").unwrap();
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let store = SqliteStore::open(&db).unwrap();
+        assert_eq!(store.revisions("hello").await.unwrap().len(), 1);
+        for file in ["flick.db", "flick.db-wal", "flick.db-shm"] {
+            assert_eq!(mode(&tmp.path().join(file)), 0o600, "{file}");
         }
     }
 
