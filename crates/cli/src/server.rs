@@ -71,7 +71,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             response_capture_bytes: config.response_capture_bytes,
             install: InstallConfig {
                 python,
-                npm: which(&config.npm).unwrap_or_else(|| config.npm.clone()),
+                npm: interpreters.npm.clone(),
                 node: interpreters.node.clone(),
                 timeout: config.install_timeout,
                 memory: config.install_memory,
@@ -158,6 +158,8 @@ async fn shutdown_signal() {
 pub struct Interpreters {
     pub python: PathBuf,
     pub node: PathBuf,
+    /// The real `npm` (for deploy-time installs).
+    pub npm: PathBuf,
     pub extra_ro: Vec<PathBuf>,
 }
 
@@ -187,6 +189,15 @@ impl Interpreters {
         // is the whole home directory, data dir included).
         let node = node.canonicalize().unwrap_or(node);
         extra_ro.push(node.clone());
+        // npm is a script in its own package (`…/node_modules/npm/bin/npm-cli.js`):
+        // installs run that file, so share that package — no wider — too.
+        let npm = which(&config.npm).unwrap_or_else(|| config.npm.clone());
+        let npm = npm.canonicalize().unwrap_or(npm);
+        if let Some(package) = npm.parent().and_then(Path::parent)
+            && package.ends_with("node_modules/npm")
+        {
+            extra_ro.push(package.to_path_buf());
+        }
         // Only what the sandbox's fixed set (/usr, /bin, /lib…) lacks.
         extra_ro.retain(|p| {
             !["/usr", "/bin", "/lib", "/lib64", "/sbin", "/"]
@@ -195,7 +206,7 @@ impl Interpreters {
         });
         extra_ro.sort();
         extra_ro.dedup();
-        Ok(Self { python, node, extra_ro })
+        Ok(Self { python, node, npm, extra_ro })
     }
 }
 
