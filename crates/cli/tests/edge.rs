@@ -268,3 +268,114 @@ fn rollback_checks_the_key_before_reading_a_body() {
     let r = flick.request("POST", "/v1/functions/rb/rollback", vec![b' '; 1 << 20], true);
     assert_eq!(r.status, 413, "{}", r.text());
 }
+
+// --- caller deadlines and oversized answers (item 3) -------------------------
+
+/// Sleeps `event["sleep"]` seconds, then answers with its pid (or misbehaves as asked).
+const SHARED_PY: &str = r#"import os, time
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    if event.get("raise"):
+        raise RuntimeError("x" * event["raise"])
+    if event.get("big_body"):
+        return "b" * event["big_body"]
+    if event.get("big_header"):
+        return {"statusCode": 200, "headers": {"x-big": "h" * event["big_header"]}, "body": "hi"}
+    return {"pid": os.getpid()}
+"#;
+
+fn call_with_deadline(flick: &Flick, name: &str, body: &str, deadline_ms: Option<u64>) -> (u16, String) {
+    let mut rb = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/fn/{name}", flick.base))
+        .bearer_auth(&flick.key)
+        .body(body.to_string());
+    if let Some(ms) = deadline_ms {
+        rb = rb.header("x-flick-deadline", ms.to_string());
+    }
+    let r = rb.send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// Two hostile callers with a 1 ms deadline hammer the one shared instance
+/// that four legitimate callers use: they get their 504s, and nobody else
+/// notices (the instance is never stopped for them).
+#[test]
+fn a_callers_deadline_ends_only_its_own_wait() {
+    let flick = Flick::start();
+    flick.deploy_py("shared", "timeout = \"30s\"\nconcurrency = 16\nmax_instances = 1\n", SHARED_PY);
+    let (status, first) = call_with_deadline(&flick, "shared", "{}", None);
+    assert_eq!(status, 200, "{first}");
+    let pid = serde_json::from_str::<serde_json::Value>(&first).unwrap()["pid"].clone();
+    std::thread::scope(|s| {
+        let hostile: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..6)
+                        .map(|_| call_with_deadline(&flick, "shared", r#"{"sleep": 0.3}"#, Some(1)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let legit: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..4).map(|_| call_with_deadline(&flick, "shared", r#"{"sleep": 0.2}"#, None)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for l in legit {
+            for (status, body) in l.join().unwrap() {
+                assert_eq!(status, 200, "a legitimate call failed: {body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["pid"], pid, "the shared instance was replaced: {body}");
+            }
+        }
+        for h in hostile {
+            for (status, body) in h.join().unwrap() {
+                assert_eq!(status, 504, "{body}");
+                assert!(body.contains("Caller.DeadlineExceeded"), "{body}");
+            }
+        }
+    });
+    // A caller's deadline is still honoured against a slow call, and the
+    // function's own timeout still stops an instance.
+    let (status, body) = call_with_deadline(&flick, "shared", r#"{"sleep": 2}"#, Some(200));
+    assert_eq!(status, 504, "{body}");
+    let (status, body) = call_with_deadline(&flick, "shared", "{}", None);
+    assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"].clone()), (200, pid));
+}
+
+/// A 40 KB exception message, a body over `max_response` and a header line
+/// over the protocol's limit each fail their own request only: a slow call
+/// in flight on the same instance finishes, and the instance serves on.
+#[test]
+fn an_oversized_answer_fails_only_its_own_request() {
+    let flick = Flick::start_with(&[], Some("max_response = \"64KiB\"\n"));
+    flick.deploy_py("roomy", "timeout = \"30s\"\nconcurrency = 4\nmax_instances = 1\n", SHARED_PY);
+    let (status, first) = call_with_deadline(&flick, "roomy", "{}", None);
+    assert_eq!(status, 200, "{first}");
+    let pid = serde_json::from_str::<serde_json::Value>(&first).unwrap()["pid"].clone();
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| call_with_deadline(&flick, "roomy", r#"{"sleep": 3}"#, None));
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, body) = call_with_deadline(&flick, "roomy", r#"{"raise": 40000}"#, None);
+        assert_eq!(status, 500, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errorType"], "RuntimeError", "{v}");
+        assert!(v["errorMessage"].as_str().unwrap().contains("more characters]"), "{v}");
+        for ask in [r#"{"big_body": 100000}"#, r#"{"big_header": 100000}"#] {
+            let (status, body) = call_with_deadline(&flick, "roomy", ask, None);
+            assert_eq!(status, 500, "{ask}: {body}");
+            assert!(body.contains("Function.ResponseSizeTooLarge"), "{ask}: {body}");
+        }
+        let (status, body) = slow.join().unwrap();
+        assert_eq!(status, 200, "the call in flight failed with the oversized ones: {body}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"], pid);
+    });
+    let (status, body) = call_with_deadline(&flick, "roomy", "{}", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"], pid, "the instance was replaced");
+}

@@ -4,6 +4,7 @@
 //! cancel it half-way: it finishes, frees its slot and leaves its record.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,24 +48,66 @@ pub struct Timing {
     pub prewarmed: bool,
 }
 
+/// One call's clocks and who answers it. The invocation runs in its own
+/// task to the function's `timeout`; the caller waits at most until its own
+/// deadline (`X-Flick-Deadline`). Whichever side settles first answers and
+/// records: the task with the outcome, or the caller with a timeout.
+#[derive(Clone)]
+struct Call {
+    id: ActivationId,
+    start_ms: i64,
+    started: Instant,
+    /// Where the function's `timeout` ends: the only deadline that stops an instance.
+    function_deadline: Instant,
+    /// The caller's own deadline, when it is earlier than the function's.
+    caller_deadline: Option<Instant>,
+    settled: Arc<AtomicBool>,
+}
+
+impl Call {
+    /// Claims the answer and the record for this side; false if the other
+    /// side already has them.
+    fn settle(&self) -> bool {
+        !self.settled.swap(true, Ordering::SeqCst)
+    }
+
+    fn abandoned(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+}
+
 impl Platform {
     pub async fn invoke(self: &Arc<Self>, name: &str, req: InvokeRequest) -> Result<InvokeResponse, PlatformError> {
         let route = self.route(name).ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
-        let this = self.clone();
-        tokio::spawn(async move { this.run(route, req).await })
-            .await
-            .map_err(|e| PlatformError::Internal(format!("invocation task: {e}")))?
+        let timeout = route.revision.manifest.timeout;
+        let started = Instant::now();
+        let call = Call {
+            id: ActivationId::generate(),
+            start_ms: now_ms(),
+            started,
+            function_deadline: started + timeout,
+            caller_deadline: req.budget.filter(|b| *b < timeout).map(|b| started + b),
+            settled: Arc::default(),
+        };
+        let (this, task_route, task_call) = (self.clone(), route.clone(), call.clone());
+        let mut task = tokio::spawn(async move { this.run(task_route, req, task_call).await });
+        let joined = match call.caller_deadline {
+            None => task.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(joined) => joined,
+                // The caller's deadline ends its wait, not the invocation:
+                // that runs on (the instance may serve others) to its end
+                // or the function's own timeout, and its answer is dropped.
+                Err(_) if call.settle() => return Ok(self.caller_gave_up(&route, &call)),
+                Err(_) => task.await,
+            },
+        };
+        joined.map_err(|e| PlatformError::Internal(format!("invocation task: {e}")))?
     }
 
-    async fn run(&self, route: Arc<Route>, req: InvokeRequest) -> Result<InvokeResponse, PlatformError> {
-        let manifest = &route.revision.manifest;
-        let id = ActivationId::generate();
-        let start_ms = now_ms();
-        let started = Instant::now();
-        // One deadline for the whole request: queueing, cold start and
-        // execution all spend from it.
-        let budget = req.budget.map_or(manifest.timeout, |b| b.min(manifest.timeout));
-        let deadline = started + budget;
+    async fn run(&self, route: Arc<Route>, req: InvokeRequest, call: Call) -> Result<InvokeResponse, PlatformError> {
+        let abandoned = || PlatformError::Internal("the caller's deadline passed".into());
+        let Call { ref id, start_ms, started, .. } = call;
         let request = Request {
             id: id.to_string(),
             method: req.method,
@@ -72,14 +115,20 @@ impl Platform {
             query: req.query,
             headers: req.headers,
             body: req.body,
-            deadline,
-            deadline_ms: start_ms + budget.as_millis() as i64,
+            deadline: call.function_deadline,
+            // What the function is told is the earlier of the two: past the
+            // caller's deadline nobody waits for its answer.
+            deadline_ms: start_ms
+                + call.caller_deadline.unwrap_or(call.function_deadline).duration_since(started).as_millis() as i64,
         };
-
         let mut record =
             Record { cold: false, prewarmed: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
         let function = || route.revision.function.clone();
-        let (outcome, logs) = match route.pool.acquire(deadline).await {
+        // Queueing ends at the caller's deadline; a cold start it causes
+        // runs to the function's (the instance is the pool's, not the caller's).
+        let (outcome, logs) = match route.pool.acquire(call.caller_deadline.unwrap_or(call.function_deadline)).await {
+            // Nobody waits for it any more: the lease goes back unused.
+            Ok(_) if call.abandoned() => return Err(abandoned()),
             Ok(mut lease) => {
                 let exec_started = Instant::now();
                 let invoked = lease.instance().invoke(request).await;
@@ -96,9 +145,17 @@ impl Platform {
                 (invoked.outcome, invoked.logs)
             }
             Err(e @ (AcquireError::Overloaded { .. } | AcquireError::QueueFull { .. })) => {
+                if !call.settle() {
+                    return Err(abandoned());
+                }
                 return Err(PlatformError::Overloaded { function: function(), reason: e.to_string() });
             }
-            Err(AcquireError::HostFull) => return Err(PlatformError::HostFull { function: function() }),
+            Err(AcquireError::HostFull) => {
+                if !call.settle() {
+                    return Err(abandoned());
+                }
+                return Err(PlatformError::HostFull { function: function() });
+            }
             Err(AcquireError::Start(e)) => {
                 record.cold = true;
                 record.init = started.elapsed();
@@ -110,10 +167,14 @@ impl Platform {
             }
         };
 
-        let (status, response) = self.respond(&route, &id, outcome);
+        if !call.settle() {
+            tracing::debug!(function = %route.revision.function, activation = %id, "answer after the caller's deadline dropped");
+            return Err(abandoned());
+        }
+        let (status, response) = self.respond(&route, id, outcome);
         let cap = self.config.response_capture_bytes;
         let activation = Activation {
-            id,
+            id: id.clone(),
             seq: 0,
             function: route.revision.function.clone(),
             revision: route.revision.number,
@@ -150,6 +211,52 @@ impl Platform {
         Ok(done)
     }
 
+    /// The answer and record for a caller whose own deadline passed first:
+    /// a timeout for this caller only. The invocation, if it reached an
+    /// instance, goes on there; nothing of it is recorded.
+    fn caller_gave_up(&self, route: &Route, call: &Call) -> InvokeResponse {
+        let waited = call.started.elapsed();
+        let message = format!(
+            "the caller's deadline (X-Flick-Deadline) passed after {} ms; the call was abandoned",
+            waited.as_millis()
+        );
+        let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
+        let activation = Activation {
+            id: call.id.clone(),
+            seq: 0,
+            function: route.revision.function.clone(),
+            revision: route.revision.number,
+            start_ms: call.start_ms,
+            end_ms: now_ms(),
+            duration_ms: ms(waited),
+            init_ms: 0.0,
+            wait_ms: 0.0,
+            exec_ms: 0.0,
+            cold: false,
+            prewarmed: false,
+            status: ActivationStatus::Timeout,
+            http_status: response.status,
+            response: String::from_utf8_lossy(&response.body).into_owned(),
+            response_truncated: false,
+            logs: Vec::new(),
+            logs_truncated: false,
+        };
+        let done = InvokeResponse {
+            activation_id: call.id.clone(),
+            status: ActivationStatus::Timeout,
+            timing: Timing {
+                wait_ms: 0.0,
+                init_ms: 0.0,
+                exec_ms: 0.0,
+                total_ms: activation.duration_ms,
+                prewarmed: false,
+            },
+            response,
+        };
+        self.records.record(activation);
+        done
+    }
+
     /// The HTTP answer for an outcome: the function's own response, or an
     /// error body in the shape Lambda clients parse.
     fn respond(
@@ -159,18 +266,8 @@ impl Platform {
         outcome: Result<Response, Failure>,
     ) -> (ActivationStatus, Response) {
         let function = &route.revision.function;
-        let error = |status: u16, kind: &str, message: String, trace: Vec<String>| Response {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: Bytes::from(
-                serde_json::json!({
-                    "errorType": kind,
-                    "errorMessage": message,
-                    "stackTrace": trace,
-                    "activationId": id.as_str(),
-                })
-                .to_string(),
-            ),
+        let error = |status: u16, kind: &str, message: String, trace: Vec<String>| {
+            error_response(id, status, kind, message, trace)
         };
         match outcome {
             Ok(resp) => (ActivationStatus::Success, resp),
@@ -212,4 +309,21 @@ struct Record {
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// An error answer in the shape Lambda clients parse.
+fn error_response(id: &ActivationId, status: u16, kind: &str, message: String, trace: Vec<String>) -> Response {
+    Response {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from(
+            serde_json::json!({
+                "errorType": kind,
+                "errorMessage": message,
+                "stackTrace": trace,
+                "activationId": id.as_str(),
+            })
+            .to_string(),
+        ),
+    }
 }

@@ -125,6 +125,38 @@ function describe(err) {
   return { type: 'Error', message, text: 'Error: ' + message, trace: ['Error: ' + message] };
 }
 
+// Caps of an error as sent to flick (the full stack still goes to stderr, the
+// logs). flick refuses a frame header over 64 KiB, so the encoded error must
+// stay well under it, whatever a handler throws.
+const MAX_MESSAGE = 4096;
+const MAX_TRACE_LINES = 64;
+const MAX_TRACE_LINE = 1024;
+const MAX_ERROR_BYTES = 32768;
+
+function cap(text, limit) {
+  return text.length <= limit ? text : `${text.slice(0, limit)}… [${text.length - limit} more characters]`;
+}
+
+// JSON escaping can make text up to six times longer, so the encoded size is
+// what is checked; the trace gives way first, then the message.
+function cappedError(type, message, trace) {
+  let lines = trace;
+  if (lines.length > MAX_TRACE_LINES) {
+    const half = MAX_TRACE_LINES / 2;
+    lines = [...lines.slice(0, half), `… [${lines.length - 2 * half} more lines]`, ...lines.slice(-half)];
+  }
+  const error = { type: cap(String(type), 256), message: cap(message, MAX_MESSAGE), trace: lines.map((l) => cap(l, MAX_TRACE_LINE)) };
+  while (Buffer.byteLength(JSON.stringify(error)) > MAX_ERROR_BYTES) {
+    if (error.trace.length) {
+      error.trace = error.trace.slice(Math.floor(error.trace.length / 2) + 1);
+    } else {
+      error.message = cap(error.message, Math.floor(error.message.length / 2));
+      error.type = cap(error.type, 64);
+    }
+  }
+  return error;
+}
+
 class InitError extends Error {
   constructor(kind, message, cause) {
     super(message);
@@ -421,7 +453,7 @@ function fail(inv, err, kind, message) {
   send({
     type: 'error',
     id: inv.id,
-    error: { type: kind || info.type, message: message === undefined ? info.message : message, trace: info.trace },
+    error: cappedError(kind || info.type, message === undefined ? info.message : message, info.trace),
   });
 }
 
@@ -534,7 +566,7 @@ function initFailed(e) {
   const message = e instanceof InitError ? e.message : describe(e).message;
   const text = e instanceof InitError && e.cause !== undefined ? describe(e.cause).text : `${kind}: ${message}`;
   logError(text);
-  const line = JSON.stringify({ type: 'init_error', error: { type: kind, message, trace: text.split('\n') } }) + '\n';
+  const line = JSON.stringify({ type: 'init_error', error: cappedError(kind, message, text.split('\n')) }) + '\n';
   chan.write(line, () => process.exit(1));
 }
 

@@ -141,14 +141,49 @@ def _log_trace(text):
         pass
 
 
+# Caps of an error as sent to flick (the full trace still goes to stderr, the
+# logs). flick refuses a frame header over 64 KiB, so the encoded error must
+# stay well under it, whatever a handler puts in its exception.
+_MAX_MESSAGE = 4096
+_MAX_TRACE_LINES = 64
+_MAX_TRACE_LINE = 1024
+_MAX_ERROR_BYTES = 32768
+
+
+def _cap(text, limit):
+    if len(text) <= limit:
+        return text
+    return "%s… [%d more characters]" % (text[:limit], len(text) - limit)
+
+
+def _capped_error(kind, message, trace):
+    """The error object of an error/init_error frame, cut to fit: JSON
+    escaping can make text up to twelve times longer, so the encoded size is
+    what is checked; the trace gives way first, then the message."""
+    kind = _cap(str(kind), 256)
+    message = _cap(message, _MAX_MESSAGE)
+    if len(trace) > _MAX_TRACE_LINES:
+        half = _MAX_TRACE_LINES // 2
+        trace = trace[:half] + ["… [%d more lines]" % (len(trace) - 2 * half)] + trace[-half:]
+    trace = [_cap(line, _MAX_TRACE_LINE) for line in trace]
+    error = {"type": kind, "message": message, "trace": trace}
+    while len(_header_encoder(error)) > _MAX_ERROR_BYTES:
+        if error["trace"]:
+            error["trace"] = error["trace"][len(error["trace"]) // 2 + 1 :]
+        else:
+            error["message"] = _cap(error["message"], len(error["message"]) // 2)
+            error["type"] = _cap(error["type"], 64)
+    return error
+
+
 def _send_error(rid, exc, kind=None, message=None):
     text = _format_exception(exc)
     _log_trace(text)
-    error = {
-        "type": kind or type(exc).__name__,
-        "message": _message(exc) if message is None else message,
-        "trace": text.splitlines(),
-    }
+    error = _capped_error(
+        kind or type(exc).__name__,
+        _message(exc) if message is None else message,
+        text.splitlines(),
+    )
     _end_of_output(rid)
     _send({"type": "error", "id": rid, "error": error})
 
@@ -555,7 +590,7 @@ def _init_failed(kind, message, text):
             stream.flush()
         except Exception:
             pass
-    error = {"type": kind, "message": message, "trace": text.splitlines()}
+    error = _capped_error(kind, message, text.splitlines())
     try:
         _write_all(_header_encoder({"type": "init_error", "error": error}).encode() + b"\n")
     except OSError:

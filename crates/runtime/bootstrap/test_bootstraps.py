@@ -392,6 +392,22 @@ PY = {
     ),
     "import_missing": ({"main.py": "import does_not_exist_anywhere\n\ndef handler(e, c):\n    return 1\n"}, "main.handler"),
     "import_raises": ({"main.py": "raise RuntimeError('boom at import')\n"}, "main.handler"),
+    # A 200 KB message of control characters (sixfold when escaped) and a deep trace.
+    "huge_error": (
+        {
+            "main.py": """
+                def deep(n):
+                    if n == 0:
+                        raise ValueError("\\x01" * 200000)
+                    return deep(n - 1)
+
+                def handler(event, context):
+                    return deep(300)
+            """
+        },
+        "main.handler",
+    ),
+    "huge_import_error": ({"main.py": "raise RuntimeError('\\x02' * 200000)\n"}, "main.handler"),
     "syntax_error": ({"main.py": "def handler(event, context)\n    return 1\n"}, "main.handler"),
     "no_module_file": ({"other.py": "x = 1\n"}, "main.handler"),
     "handler_missing": ({"main.py": "def other(e, c):\n    return 1\n"}, "main.handler"),
@@ -581,6 +597,20 @@ NODE_SRC = {
         "index.handler",
     ),
     "import_raises": ({"index.js": "throw new RangeError('boom at import');\n"}, "index.handler"),
+    "huge_error": (
+        {
+            "index.js": """
+                function deep(n) {
+                  if (n === 0) throw new RangeError('\\u0001'.repeat(200000));
+                  return deep(n - 1);
+                }
+                Error.stackTraceLimit = 1000;
+                exports.handler = async () => deep(300);
+            """
+        },
+        "index.handler",
+    ),
+    "huge_import_error": ({"index.js": "throw new RangeError('\\u0002'.repeat(200000));\n"}, "index.handler"),
     "syntax_error": ({"index.js": "exports.handler = async (event => {\n  return 1;\n};\n"}, "index.handler"),
     "no_module_file": ({"other.js": "module.exports = {};\n"}, "index.handler"),
     "handler_missing": ({"index.js": "exports.other = async () => 1;\n"}, "index.handler"),
@@ -946,6 +976,31 @@ class BootstrapContract(object):
         inst.wait_marker("boom", "stdout")
 
         self.assertEqual(self.json_result(inst, "fine", {}), {"ok": True})
+
+    def test_a_huge_error_is_capped_to_fit_one_frame(self):
+        # flick refuses header lines over 64 KiB: the error must fit under it.
+        inst = self.start_ready("huge_error")
+        inst.send(inst.invoke_frame("big"))
+        deadline = time.monotonic() + TIMEOUT
+        while b"\n" not in inst.buf:
+            inst._recv(deadline)
+        line = inst.buf.split(b"\n", 1)[0]
+        self.assertLess(len(line), 64 << 10)
+        header, _ = inst.read_frame()
+        self.assertEqual((header["type"], header["id"]), ("error", "big"))
+        error = header["error"]
+        self.assertEqual(error["type"], "RangeError" if self.runtime == "node" else "ValueError")
+        self.assertIn("more characters]", error["message"])
+
+    def test_a_huge_import_error_is_capped_too(self):
+        inst = self.start("huge_import_error")
+        deadline = time.monotonic() + TIMEOUT
+        while b"\n" not in inst.buf:
+            inst._recv(deadline)
+        self.assertLess(len(inst.buf.split(b"\n", 1)[0]), 64 << 10)
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error")
+        self.assertIn("more characters]", header["error"]["message"])
 
     def test_output_comes_before_the_end_markers_on_both_streams(self):
         inst = self.start_ready("logs")

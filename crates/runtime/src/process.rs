@@ -302,11 +302,6 @@ impl ProcessInstance {
                 let logs = self.logs.finish(&req.id, true, MARKER_GRACE).await;
                 let broken = self.broken.lock().unwrap().take();
                 let outcome = match (broken, how) {
-                    (Some(e @ FrameError::TooLarge { .. }), _) => Err(Failure::Function(FunctionError {
-                        kind: "Function.ResponseSizeTooLarge".into(),
-                        message: e.to_string(),
-                        trace: vec![],
-                    })),
                     (Some(FrameError::Malformed(m)), _) => Err(Failure::Platform(m)),
                     (_, Some(exit)) if exit.oom => Err(Failure::OutOfMemory),
                     (_, Some(how)) => Err(Failure::Function(FunctionError {
@@ -350,6 +345,16 @@ async fn read_responses(
                 // No waiter: that invocation timed out already; drop the answer.
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
+                }
+            }
+            // Only that invocation fails; the channel is still in step.
+            Err(FrameError::Refused { id, reason }) => {
+                let waiter = pending.lock().unwrap().remove(&id);
+                if let Some(waiter) = waiter {
+                    let error =
+                        FunctionError { kind: "Function.ResponseSizeTooLarge".into(), message: reason, trace: vec![] };
+                    let header = protocol::Header::error(id, error);
+                    let _ = waiter.send(Frame { header, body: Default::default() });
                 }
             }
             Err(e) => {

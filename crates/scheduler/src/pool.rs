@@ -172,7 +172,10 @@ impl Pool {
                 Next::Lease(lease) => return Ok(lease),
                 Next::Start => {
                     drop(queued);
-                    return self.start_for_request(deadline, began.elapsed()).await;
+                    // A start serves the pool, not only this request: it
+                    // runs to the function's own `timeout`, however short
+                    // the caller's deadline (which bounds only the wait).
+                    return self.start_for_request(deadline.max(began + m.timeout), began.elapsed()).await;
                 }
                 Next::Wait => {
                     // Not `get_or_insert`: its argument would be built (and
