@@ -242,3 +242,95 @@ fn write(dir: &Path, file: &str, value: impl std::fmt::Display) -> std::io::Resu
     let mut f = fs::OpenOptions::new().write(true).open(dir.join(file))?;
     f.write_all(value.to_string().as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    //! cgroup files are plain files to the code that writes them: these
+    //! tests point it at a temporary directory and need no root.
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fake(name: &str, files: &[&str]) -> Dir {
+        let dir = std::env::temp_dir().join(format!("flick-cgroup-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for f in files {
+            let path = dir.join(f);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, "").unwrap();
+        }
+        Dir(dir)
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        fs::read_to_string(dir.join(file)).unwrap()
+    }
+
+    const LIMITS: CgroupLimits = CgroupLimits { memory: 256 << 20, pids: 64, cpus: 0.5 };
+
+    #[test]
+    fn v1_limits_land_in_each_controller() {
+        let d = fake(
+            "v1",
+            &[
+                "memory/memory.limit_in_bytes",
+                "memory/memory.memsw.limit_in_bytes",
+                "pids/pids.max",
+                "cpu/cpu.cfs_period_us",
+                "cpu/cpu.cfs_quota_us",
+                "cpu/cpu.shares",
+            ],
+        );
+        let cg = Cgroup { dirs: vec![d.0.join("memory"), d.0.join("pids"), d.0.join("cpu")], v2: false };
+        cg.apply(LIMITS).unwrap();
+        assert_eq!(read(&d.0, "memory/memory.limit_in_bytes"), "268435456");
+        assert_eq!(read(&d.0, "memory/memory.memsw.limit_in_bytes"), "268435456", "no swap beyond the limit");
+        assert_eq!(read(&d.0, "pids/pids.max"), "64");
+        assert_eq!(read(&d.0, "cpu/cpu.cfs_period_us"), "100000");
+        assert_eq!(read(&d.0, "cpu/cpu.cfs_quota_us"), "50000");
+        assert_eq!(read(&d.0, "cpu/cpu.shares"), "1024", "256 MiB weighs as much as any process");
+        fs::write(d.0.join("memory/memory.limit_in_bytes"), "268435456").unwrap();
+        cg.set_memory(512 << 20).unwrap();
+        assert_eq!(read(&d.0, "memory/memory.limit_in_bytes"), "536870912");
+        assert_eq!(read(&d.0, "memory/memory.memsw.limit_in_bytes"), "536870912");
+    }
+
+    #[test]
+    fn v2_limits_land_in_one_directory() {
+        let d = fake("v2", &["memory.max", "memory.swap.max", "pids.max", "cpu.max", "cpu.weight"]);
+        let cg = Cgroup { dirs: vec![d.0.clone()], v2: true };
+        cg.apply(LIMITS).unwrap();
+        assert_eq!(read(&d.0, "memory.max"), "268435456");
+        assert_eq!(read(&d.0, "memory.swap.max"), "0");
+        assert_eq!(read(&d.0, "pids.max"), "64");
+        assert_eq!(read(&d.0, "cpu.max"), "50000 100000");
+        assert_eq!(read(&d.0, "cpu.weight"), "100");
+    }
+
+    #[test]
+    fn a_missing_limit_file_is_an_error_not_an_unlimited_instance() {
+        // No pids controller file: the instance must not start without it.
+        let d = fake("missing", &["memory/memory.limit_in_bytes", "cpu/cpu.cfs_period_us", "cpu/cpu.cfs_quota_us"]);
+        fs::create_dir_all(d.0.join("pids")).unwrap();
+        let cg = Cgroup { dirs: vec![d.0.join("memory"), d.0.join("pids"), d.0.join("cpu")], v2: false };
+        assert!(cg.apply(LIMITS).is_err());
+    }
+
+    #[test]
+    fn out_of_memory_is_read_from_the_kill_counter() {
+        let d = fake("oom", &["memory.oom_control", "memory.events"]);
+        let v1 = Cgroup { dirs: vec![d.0.clone()], v2: false };
+        let v2 = Cgroup { dirs: vec![d.0.clone()], v2: true };
+        fs::write(d.0.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
+        fs::write(d.0.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n").unwrap();
+        assert!(!v1.oom_killed() && !v2.oom_killed());
+        fs::write(d.0.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        fs::write(d.0.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert!(v1.oom_killed() && v2.oom_killed());
+    }
+}

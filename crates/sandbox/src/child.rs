@@ -17,6 +17,7 @@
 use std::io::Error;
 use std::os::fd::RawFd;
 
+use crate::kernel::{Kernel, Linux};
 use crate::mounts::{Op, Plan};
 
 /// Everything the child needs, prepared by the parent.
@@ -120,7 +121,7 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             wait_and_mirror(pid, setup.parent_pid);
         }
         check(libc::sethostname(iso.hostname.as_ptr().cast(), iso.hostname.len()))?;
-        build_root(&iso.plan)?;
+        build_root(&Linux, &iso.plan)?;
         check(libc::chdir(iso.code_dir.as_ptr()))?;
         if iso.new_net {
             loopback_up()?;
@@ -146,40 +147,7 @@ pub unsafe fn run(setup: &Setup) -> Result<(), Error> {
             // The code was mounted after we entered /var/task: enter it again.
             check(libc::chdir(iso.code_dir.as_ptr()))?;
         }
-        let (uid, gid, keep_caps) = match identity {
-            crate::Identity::Shared => (iso.shared_uid, iso.shared_gid, 0u64),
-            crate::Identity::Function(uid) => (uid, uid, 0),
-            // A stem cell's bootstrap takes on its function's uid itself
-            // when it is specialised: until then it stays uid 0 with only
-            // the two capabilities that allows (setresuid away from 0
-            // clears them), and runs nothing but flick's bootstrap.
-            crate::Identity::Deferred => (0, 0, 1 << CAP_SETUID | 1 << CAP_SETGID),
-        };
-        // Drop every capability from the bounding set while we still may.
-        for cap in 0..=63u64 {
-            if keep_caps & (1 << cap) != 0 {
-                continue;
-            }
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
-                && Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
-            {
-                return Err(Error::last_os_error());
-            }
-        }
-        check(libc::setgroups(0, std::ptr::null()))?;
-        if uid != 0 {
-            check(libc::setresgid(gid, gid, gid))?;
-            // Leaving uid 0 clears the permitted, effective and ambient sets.
-            check(libc::setresuid(uid, uid, uid))?;
-        }
-        // Changing credentials clears the parent-death signal: arm it now,
-        // so this process dies with the outer one (and that one with flick).
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        for program in &iso.filters.programs {
-            let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
-            check(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _ as libc::c_ulong))?;
-        }
+        drop_privileges(&Linux, identity, iso.shared_uid, iso.shared_gid, &iso.filters.programs)?;
         if let Some(exit_fd) = iso.exit_fd {
             let pid = libc::fork();
             if pid < 0 {
@@ -375,83 +343,86 @@ unsafe fn wait_and_mirror(pid: libc::pid_t, parent_pid: libc::pid_t) -> ! {
     }
 }
 
-unsafe fn build_root(plan: &Plan) -> Result<(), Error> {
-    // SAFETY: every pointer is a NUL-terminated CString owned by `plan`.
-    unsafe {
-        let none = std::ptr::null::<libc::c_char>();
-        // Nothing we mount may propagate back to the host.
-        check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-        check(libc::mount(
-            c"tmpfs".as_ptr(),
-            plan.root.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"size=1m,mode=755".as_ptr().cast(),
-        ))?;
-        for op in &plan.ops {
-            match op {
-                Op::Mkdir(p) => {
-                    if libc::mkdir(p.as_ptr(), 0o755) < 0 && Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
-                    {
-                        return Err(Error::last_os_error());
-                    }
+/// Mounts the plan's root and makes it the root (see `mounts.rs`).
+fn build_root(k: &impl Kernel, plan: &Plan) -> Result<(), Error> {
+    // Nothing we mount may propagate back to the host.
+    k.mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    k.mount(Some(c"tmpfs"), &plan.root, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(c"size=1m,mode=755"))?;
+    for op in &plan.ops {
+        match op {
+            Op::Mkdir(p) => k.mkdir(p)?,
+            Op::Touch(p) => k.touch(p)?,
+            Op::Symlink { target, link } => k.symlink(target, link)?,
+            Op::Bind { src, dst, readonly, dev } => {
+                k.mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+                // A bind mount takes its flags only from a remount.
+                let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+                if *readonly {
+                    flags |= libc::MS_RDONLY;
                 }
-                Op::Touch(p) => {
-                    let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
-                    if fd < 0 {
-                        return Err(Error::last_os_error());
-                    }
-                    libc::close(fd);
+                if !*dev {
+                    flags |= libc::MS_NODEV;
                 }
-                Op::Symlink { target, link } => check(libc::symlink(target.as_ptr(), link.as_ptr()))?,
-                Op::Bind { src, dst, readonly, dev } => {
-                    check(libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ))?;
-                    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
-                    if *readonly {
-                        flags |= libc::MS_RDONLY;
-                    }
-                    if !*dev {
-                        flags |= libc::MS_NODEV;
-                    }
-                    check(libc::mount(none, dst.as_ptr(), none, flags, std::ptr::null()))?;
-                }
-                Op::Tmpfs { dst, options } => check(libc::mount(
-                    c"tmpfs".as_ptr(),
-                    dst.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    options.as_ptr().cast(),
-                ))?,
-                Op::Proc { dst } => check(libc::mount(
-                    c"proc".as_ptr(),
-                    dst.as_ptr(),
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ))?,
+                k.mount(None, dst, None, flags, None)?;
+            }
+            Op::Tmpfs { dst, options } => {
+                k.mount(Some(c"tmpfs"), dst, Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(options))?
+            }
+            Op::Proc { dst } => {
+                k.mount(Some(c"proc"), dst, Some(c"proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?
             }
         }
-        // Make the new root the root, then let go of the old one entirely.
-        check(libc::chdir(plan.root.as_ptr()))?;
-        check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
-        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
-        check(libc::chdir(c"/".as_ptr()))?;
-        // The skeleton itself is read-only; only /tmp and /dev/shm are writable.
-        check(libc::mount(
-            none,
-            c"/".as_ptr(),
-            none,
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            std::ptr::null(),
-        ))?;
-        Ok(())
     }
+    // Make the new root the root, then let go of the old one entirely.
+    k.chdir(&plan.root)?;
+    k.pivot_here()?;
+    k.chdir(c"/")?;
+    // The skeleton itself is read-only; only /tmp and /dev/shm are writable.
+    k.mount(
+        None,
+        c"/",
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+}
+
+/// From root in the sandbox to the instance's identity, unprivileged and
+/// filtered, in the order the kernel requires.
+fn drop_privileges(
+    k: &impl Kernel,
+    identity: crate::Identity,
+    shared_uid: u32,
+    shared_gid: u32,
+    filters: &[Vec<libc::sock_filter>],
+) -> Result<(), Error> {
+    let (uid, gid, keep_caps) = match identity {
+        crate::Identity::Shared => (shared_uid, shared_gid, 0u64),
+        crate::Identity::Function(uid) => (uid, uid, 0),
+        // A stem cell's bootstrap takes on its function's uid itself when
+        // it is specialised: until then it stays uid 0 with only the two
+        // capabilities that allows (setresuid away from 0 clears them),
+        // and runs nothing but flick's bootstrap.
+        crate::Identity::Deferred => (0, 0, 1 << CAP_SETUID | 1 << CAP_SETGID),
+    };
+    // Drop every capability from the bounding set while we still may.
+    for cap in (0..=63u64).filter(|cap| keep_caps & (1 << cap) == 0) {
+        k.drop_bounding_cap(cap)?;
+    }
+    k.clear_groups()?;
+    if uid != 0 {
+        k.setresgid(gid)?;
+        // Leaving uid 0 clears the permitted, effective and ambient sets.
+        k.setresuid(uid)?;
+    }
+    // Changing credentials clears the parent-death signal: arm it now, so
+    // this process dies with the outer one (and that one with flick).
+    k.parent_death_signal(libc::SIGKILL)?;
+    k.no_new_privs()?;
+    for program in filters {
+        k.seccomp(program)?;
+    }
+    Ok(())
 }
 
 #[repr(C)]
@@ -481,5 +452,96 @@ unsafe fn loopback_up() -> Result<(), Error> {
         let err = Error::last_os_error();
         libc::close(sock);
         if ok { Ok(()) } else { Err(err) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+    use crate::kernel::Recorder;
+
+    fn filters() -> Vec<Vec<libc::sock_filter>> {
+        crate::seccomp::Policy::compile().unwrap().programs
+    }
+
+    #[test]
+    fn a_function_drops_every_capability_then_its_uid_then_filters() {
+        let k = Recorder::default();
+        drop_privileges(&k, Identity::Function(201_234), 65534, 65534, &filters()).unwrap();
+        let calls = k.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("no {c}: {calls:?}"));
+        assert_eq!(calls.iter().filter(|c| c.starts_with("capbset_drop")).count(), 64, "{calls:?}");
+        assert!(at("capbset_drop 63") < at("setresuid 201234"), "the bounding set goes while we are root");
+        assert!(at("setgroups []") < at("setresgid 201234"));
+        assert!(at("setresgid 201234") < at("setresuid 201234"), "gid first: after the uid it is not allowed");
+        assert!(at("setresuid 201234") < at("pdeathsig 9"), "a credential change clears the parent-death signal");
+        assert!(at("no_new_privs") < calls.iter().position(|c| c.starts_with("seccomp")).unwrap());
+        assert_eq!(calls.iter().filter(|c| c.starts_with("seccomp")).count(), filters().len());
+        assert!(calls.last().unwrap().starts_with("seccomp"), "the filter is the last thing before exec");
+    }
+
+    #[test]
+    fn no_function_means_the_shared_uid() {
+        let k = Recorder::default();
+        drop_privileges(&k, Identity::Shared, 65534, 65533, &filters()).unwrap();
+        let calls = k.calls();
+        assert!(calls.contains(&"setresuid 65534".to_string()) && calls.contains(&"setresgid 65533".to_string()));
+    }
+
+    #[test]
+    fn a_stem_keeps_only_setuid_and_setgid_and_stays_uid_0() {
+        let k = Recorder::default();
+        drop_privileges(&k, Identity::Deferred, 65534, 65534, &filters()).unwrap();
+        let calls = k.calls();
+        let kept: Vec<u64> = (0..64).filter(|c| !calls.contains(&format!("capbset_drop {c}"))).collect();
+        assert_eq!(kept, vec![CAP_SETGID, CAP_SETUID], "{calls:?}");
+        assert!(!calls.iter().any(|c| c.starts_with("setresuid") || c.starts_with("setresgid")), "{calls:?}");
+        assert!(calls.contains(&"no_new_privs".to_string()));
+        assert!(calls.iter().any(|c| c.starts_with("seccomp")), "a stem is filtered like any instance");
+    }
+
+    #[test]
+    fn a_go_message_cannot_ask_for_root_or_a_stem() {
+        for raw in [0, u32::MAX] {
+            assert_eq!(Identity::decode(raw), Identity::Shared);
+        }
+        assert_eq!(Identity::decode(Identity::Function(200_001).encode()), Identity::Function(200_001));
+        assert_eq!(Identity::decode(Identity::Deferred.encode()), Identity::Shared);
+    }
+
+    #[test]
+    fn the_root_is_private_bound_read_only_and_pivoted() {
+        let plan = crate::mounts::plan(&crate::mounts::Inputs {
+            root: std::path::Path::new("/srv/rootfs"),
+            code: Some(std::path::Path::new("/data/code/abc")),
+            runtime: std::path::Path::new("/data/runtime"),
+            extra_ro: &[],
+            tmp_size: 1 << 20,
+        });
+        let k = Recorder::default();
+        build_root(&k, &plan).unwrap();
+        let calls = k.calls();
+        let private = format!("mount - / - {:#x} -", libc::MS_REC | libc::MS_PRIVATE);
+        assert_eq!(calls[0], private, "propagation off before anything is mounted");
+        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_RDONLY | libc::MS_NODEV;
+        let code_bind = calls.iter().position(|c| c.starts_with("mount /data/code/abc /srv/rootfs/var/task")).unwrap();
+        assert_eq!(
+            calls[code_bind + 1],
+            format!("mount - /srv/rootfs/var/task - {ro:#x} -"),
+            "code is remounted read-only"
+        );
+        let pivot = calls.iter().position(|c| c == "pivot_root").unwrap();
+        assert_eq!(calls[pivot - 1], "chdir /srv/rootfs");
+        assert!(calls.iter().take(pivot).all(|c| !c.contains("/dev/tty")), "no terminal device");
+        let last = calls.last().unwrap();
+        assert!(
+            last.starts_with("mount - / - ")
+                && last.ends_with(&format!(
+                    "{:#x} -",
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV
+                )),
+            "{last}"
+        );
     }
 }

@@ -21,6 +21,7 @@ mod attach;
 mod cgroup;
 mod child;
 pub mod doctor;
+mod kernel;
 pub mod mounts;
 pub mod seccomp;
 mod spawner;
