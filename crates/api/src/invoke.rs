@@ -48,6 +48,7 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     let request = InvokeRequest {
         method: parts.method.as_str().to_string(),
         path,
+        raw_path: raw_sub_path(parts.uri.path()),
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body,
@@ -91,6 +92,17 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         h.insert("server-timing", v);
     }
     Ok(resp)
+}
+
+/// The sub-path after `/fn/{name}` exactly as sent, still percent-encoded:
+/// `%2F`, `%3F`, `%23`, `%00` stay text, so no proxy step can turn them into
+/// separators, a query, a fragment or a byte a server chokes on.
+fn raw_sub_path(uri_path: &str) -> String {
+    let rest = uri_path.strip_prefix("/fn/").unwrap_or("");
+    match rest.find('/') {
+        Some(at) => rest[at..].to_string(),
+        None => "/".to_string(),
+    }
 }
 
 /// Headers that describe the connection or the framing, not the message

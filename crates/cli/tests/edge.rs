@@ -379,3 +379,73 @@ fn an_oversized_answer_fails_only_its_own_request() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"], pid, "the instance was replaced");
 }
+
+// --- the http runtime's proxy (item 4) ----------------------------------------
+
+/// An http function that answers with the request line exactly as its
+/// server read it (and its pid, to tell whether the instance survived).
+const ECHO_SERVER: &str = r#"import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/drop":
+            # Refuse this one request: close without a word.
+            self.close_connection = True
+            return
+        body = json.dumps({"line": self.requestline, "path": self.path, "pid": os.getpid()}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Each encoding that once changed what the server was asked for (or killed
+/// it) reaches the server byte for byte, and the same instance answers all.
+#[test]
+fn the_http_runtime_forwards_path_and_query_exactly_as_sent() {
+    let flick = Flick::start();
+    flick.deploy_files(
+        "echo-line",
+        &[("flick.toml", &manifest("echo-line", "http", "python3 server.py", "")), ("server.py", ECHO_SERVER)],
+    );
+    let mut pids = Vec::new();
+    for target in [
+        "/plain?x=1",
+        "/a%20b",
+        "/a%0ab",
+        "/a%00b",
+        "/admin%3Frole=admin",
+        "/x%26y=1?real=1",
+        "/a%23frag?q=1",
+        "/%2e%2e%2fetc%2fpasswd",
+        "/%2E%2E/up",
+        "/caf%C3%A9?name=%E2%9C%93&amp=%26",
+        "/",
+    ] {
+        let mut s = connect(&flick);
+        let request =
+            format!("GET /fn/echo-line{target} HTTP/1.1\r\nhost: flick\r\nauthorization: Bearer {}\r\n\r\n", flick.key);
+        s.write_all(request.as_bytes()).unwrap();
+        let r = read_reply(&mut s);
+        assert_eq!(r.status(), 200, "{target}: {r:?}");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["path"], target, "{target}: the server was asked for something else: {v}");
+        assert_eq!(v["line"], format!("GET {target} HTTP/1.1"), "{target}");
+        pids.push(v["pid"].clone());
+    }
+    // A request the server will not take fails alone; the server serves on.
+    let r = flick.request("GET", "/fn/echo-line/drop", Vec::new(), true);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "Runtime.ConnectionClosed", "{}", r.text());
+    let r = flick.request("GET", "/fn/echo-line/after", Vec::new(), true);
+    assert_eq!(r.status, 200, "{}", r.text());
+    pids.push(r.json()["pid"].clone());
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "the instance was replaced along the way: {pids:?}");
+    assert_eq!(flick.instances("echo-line"), 1);
+}

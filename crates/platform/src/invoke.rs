@@ -19,7 +19,10 @@ use crate::{Platform, PlatformError, Route};
 #[derive(Debug)]
 pub struct InvokeRequest {
     pub method: String,
+    /// The sub-path after `/fn/{name}`, percent-decoded.
     pub path: String,
+    /// The same sub-path as the caller sent it (still percent-encoded).
+    pub raw_path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
@@ -112,6 +115,7 @@ impl Platform {
             id: id.to_string(),
             method: req.method,
             path: req.path,
+            raw_path: req.raw_path,
             query: req.query,
             headers: req.headers,
             body: req.body,
@@ -284,6 +288,7 @@ impl Platform {
                 let message = format!("function `{function}` ran out of memory (limit {limit}) and was stopped");
                 (ActivationStatus::OutOfMemory, error(500, "Runtime.OutOfMemory", message, vec![]))
             }
+            Err(Failure::BadRequest(m)) => (ActivationStatus::Error, error(400, "Request.Invalid", m, vec![])),
             Err(Failure::Platform(m)) => {
                 // The detail names host paths and interpreters: it is for
                 // the operator's log, not for whoever called (perhaps

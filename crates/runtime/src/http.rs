@@ -216,7 +216,10 @@ impl HttpInstance {
 
     pub async fn invoke(&self, req: Request) -> Invoked {
         self.logs.begin(&req.id);
-        let target = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
+        // Exactly as the caller sent it: decoding here would let `%3F`, `%23`
+        // or `%2e%2e%2f` change what the server is asked for.
+        let target =
+            if req.query.is_empty() { req.raw_path.clone() } else { format!("{}?{}", req.raw_path, req.query) };
         let send = async {
             let mut builder = hyper::Request::builder()
                 .method(req.method.as_str())
@@ -227,9 +230,9 @@ impl HttpInstance {
                     builder = builder.header(name, value);
                 }
             }
-            let request = builder.body(Full::new(req.body.clone())).map_err(|e| format!("bad request: {e}"))?;
-            let mut sender = self.sender().await?;
-            let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            let request = builder.body(Full::new(req.body.clone())).map_err(Proxy::BadRequest)?;
+            let mut sender = self.sender().await.map_err(Proxy::Connect)?;
+            let resp = sender.send_request(request).await.map_err(|e| Proxy::Exchange(e.to_string()))?;
             let status = resp.status().as_u16();
             // Names the server's `Connection` header lists are hop-by-hop too.
             let listed: Vec<String> = resp
@@ -252,7 +255,7 @@ impl HttpInstance {
             let mut body = BytesMut::new();
             let mut incoming = resp.into_body();
             while let Some(frame) = incoming.frame().await {
-                if let Some(chunk) = frame.map_err(|e| e.to_string())?.data_ref() {
+                if let Some(chunk) = frame.map_err(|e| Proxy::Exchange(e.to_string()))?.data_ref() {
                     body.extend_from_slice(chunk);
                     if body.len() > self.max_response {
                         return Ok(None);
@@ -260,7 +263,7 @@ impl HttpInstance {
                 }
             }
             self.idle.lock().unwrap().push(sender);
-            Ok::<_, String>(Some(Response { status, headers, body: Bytes::from(body) }))
+            Ok::<_, Proxy>(Some(Response { status, headers, body: Bytes::from(body) }))
         };
         let (outcome, reusable) = match tokio::time::timeout_at(req.deadline, send).await {
             Err(_) => {
@@ -276,18 +279,34 @@ impl HttpInstance {
                 })),
                 true,
             ),
-            Ok(Err(e)) => match self.process.exit(Duration::from_millis(200)).await {
-                Some(exit) if exit.oom => (Err(Failure::OutOfMemory), false),
-                Some(exit) => (
-                    Err(Failure::Function(FunctionError {
-                        kind: "Runtime.ExitError".into(),
-                        message: format!("server {exit} during the request"),
-                        trace: vec![],
-                    })),
-                    false,
-                ),
-                None => (Err(Failure::Platform(format!("proxying to the function's server: {e}"))), false),
-            },
+            // flick could not form the request: that request fails, alone.
+            Ok(Err(Proxy::BadRequest(e))) => (Err(Failure::BadRequest(format!("cannot forward it: {e}"))), true),
+            // The server dropped this exchange but still takes connections:
+            // it refused this request, not all of them.
+            Ok(Err(Proxy::Exchange(e)))
+                if self.process.exit(Duration::ZERO).await.is_none() && self.connect().await.is_ok() =>
+            {
+                let error = FunctionError {
+                    kind: "Runtime.ConnectionClosed".into(),
+                    message: format!("the function's server ended the exchange without an answer: {e}"),
+                    trace: vec![],
+                };
+                (Err(Failure::Function(error)), true)
+            }
+            Ok(Err(Proxy::Exchange(e) | Proxy::Connect(e))) => {
+                match self.process.exit(Duration::from_millis(200)).await {
+                    Some(exit) if exit.oom => (Err(Failure::OutOfMemory), false),
+                    Some(exit) => (
+                        Err(Failure::Function(FunctionError {
+                            kind: "Runtime.ExitError".into(),
+                            message: format!("server {exit} during the request"),
+                            trace: vec![],
+                        })),
+                        false,
+                    ),
+                    None => (Err(Failure::Platform(format!("proxying to the function's server: {e}"))), false),
+                }
+            }
         };
         if !reusable {
             self.process.kill();
@@ -301,6 +320,16 @@ impl HttpInstance {
     pub fn stop(&self) {
         self.process.kill();
     }
+}
+
+/// How proxying one request failed.
+enum Proxy {
+    /// The request cannot be expressed to the server.
+    BadRequest(hyper::http::Error),
+    /// No connection to the server.
+    Connect(String),
+    /// The connection broke during the exchange.
+    Exchange(String),
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -67,8 +67,13 @@ pub struct InstanceSpec {
 pub struct Request {
     pub id: String,
     pub method: String,
-    /// The sub-path after `/fn/{name}`, always starting with `/`.
+    /// The sub-path after `/fn/{name}`, always starting with `/`,
+    /// percent-decoded (what python3/node/exec functions are shown).
     pub path: String,
+    /// The same sub-path exactly as the caller sent it, still
+    /// percent-encoded: what the http runtime forwards.
+    pub raw_path: String,
+    /// The query string as sent (still encoded), without the `?`.
     pub query: String,
     /// Lowercase names; repeated headers appear repeatedly.
     pub headers: Vec<(String, String)>,
@@ -107,6 +112,10 @@ pub enum Failure {
     OutOfMemory,
     #[error("{0}")]
     Platform(String),
+    /// The caller's request cannot be handed to this function as it is
+    /// (the function never saw it).
+    #[error("bad request: {0}")]
+    BadRequest(String),
 }
 
 /// What an invocation returns: the outcome, its logs, and whether the
