@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use flick_sandbox::{Limits, Network, ProcessSpec, Sandbox};
+use flick_sandbox::{Identity, Limits, Network, ProcessSpec, Sandbox};
 use tokio::io::AsyncReadExt;
 
 use crate::PlatformError;
@@ -108,7 +108,13 @@ async fn run(
         code_dir: Some(dir.to_path_buf()),
         protocol_fd: None,
         stdin: false,
-        limits: Limits { memory: config.memory, tmp_size: config.memory, network: Network::Host },
+        // The shared uid: the staging dir was chowned to `sandbox.ids()`.
+        limits: Limits {
+            memory: config.memory,
+            tmp_size: config.memory,
+            network: Network::Host,
+            identity: Identity::Shared,
+        },
         report_exit: false,
         wait_for_program: false,
     };

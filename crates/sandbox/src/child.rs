@@ -518,6 +518,7 @@ mod tests {
             runtime: std::path::Path::new("/data/runtime"),
             extra_ro: &[],
             tmp_size: 1 << 20,
+            code_writable: false,
         });
         let k = Recorder::default();
         build_root(&k, &plan).unwrap();

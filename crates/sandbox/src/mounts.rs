@@ -180,6 +180,7 @@ mod tests {
             runtime: Path::new("/data/runtime"),
             extra_ro: extra,
             tmp_size: 1 << 20,
+            code_writable: false,
         })
     }
 
