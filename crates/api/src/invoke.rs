@@ -2,10 +2,11 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flick_platform::InvokeRequest;
 
+use crate::auth::AdminKey;
 use crate::{ApiError, AppState};
 
 pub(crate) async fn invoke_root(
@@ -33,14 +34,7 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     }
     let limit = state.limits.max_body_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit })?;
-    let headers = parts
-        .headers
-        .iter()
-        // The admin key is flick's, never the function's: a header carrying
-        // it in any spelling (`bearer`, `BEARER  `, another scheme) is dropped.
-        .filter(|(_, v)| !state.key.appears_in(v.as_bytes()))
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let headers = forwarded_headers(&parts.headers, &state.key);
     let budget = match parts.headers.get("x-flick-deadline") {
         None => None,
         Some(v) => Some(parse_deadline(v.to_str().unwrap_or(""))?),
@@ -58,9 +52,41 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();
+    copy_function_headers(h, &done.response.headers);
+    if let Ok(v) = HeaderValue::try_from(done.activation_id.as_str()) {
+        h.insert("x-flick-activation-id", v);
+    }
+    h.insert("x-flick-status", HeaderValue::from_static(done.status.as_str()));
+    let t = &done.timing;
+    let init_desc = if t.prewarmed { ";desc=\"prewarmed\"" } else { "" };
+    let timing = format!(
+        "queue;dur={:.3}, init;dur={:.3}{init_desc}, exec;dur={:.3}, total;dur={:.3}",
+        t.wait_ms, t.init_ms, t.exec_ms, t.total_ms
+    );
+    if let Ok(v) = HeaderValue::try_from(timing) {
+        h.insert("server-timing", v);
+    }
+    Ok(resp)
+}
+
+/// The caller's headers as the function gets them. The admin key is
+/// flick's, never the function's: a header carrying it in any spelling
+/// (`bearer`, `BEARER  `, another scheme) is dropped. Values that are not
+/// utf-8 reach the function with U+FFFD in place of the bad bytes.
+fn forwarded_headers(headers: &HeaderMap, key: &AdminKey) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(_, v)| !key.appears_in(v.as_bytes()))
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
+/// Copies a function's response headers onto flick's response: names or
+/// values HTTP cannot carry are dropped, and so is everything hop-by-hop.
+fn copy_function_headers(h: &mut HeaderMap, headers: &[(String, String)]) {
     let mut seen = Vec::new();
-    let hop = connection_tokens(&done.response.headers);
-    for (name, value) in &done.response.headers {
+    let hop = connection_tokens(headers);
+    for (name, value) in headers {
         // Framing is flick's to set for the bytes it sends: a function's
         // `content-length` or `transfer-encoding` could otherwise split
         // one answer into two on a keep-alive connection.
@@ -78,20 +104,6 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
             }
         }
     }
-    if let Ok(v) = HeaderValue::try_from(done.activation_id.as_str()) {
-        h.insert("x-flick-activation-id", v);
-    }
-    h.insert("x-flick-status", HeaderValue::from_static(done.status.as_str()));
-    let t = &done.timing;
-    let init_desc = if t.prewarmed { ";desc=\"prewarmed\"" } else { "" };
-    let timing = format!(
-        "queue;dur={:.3}, init;dur={:.3}{init_desc}, exec;dur={:.3}, total;dur={:.3}",
-        t.wait_ms, t.init_ms, t.exec_ms, t.total_ms
-    );
-    if let Ok(v) = HeaderValue::try_from(timing) {
-        h.insert("server-timing", v);
-    }
-    Ok(resp)
 }
 
 /// The sub-path after `/fn/{name}` exactly as sent, still percent-encoded:
@@ -143,3 +155,6 @@ fn parse_deadline(value: &str) -> Result<std::time::Duration, ApiError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
