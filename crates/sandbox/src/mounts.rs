@@ -174,14 +174,28 @@ mod tests {
     use super::*;
 
     fn plan_for(extra: &[PathBuf]) -> Plan {
+        plan_with(extra, false)
+    }
+
+    fn plan_with(extra: &[PathBuf], code_writable: bool) -> Plan {
         plan(&Inputs {
             root: Path::new("/srv/rootfs"),
             code: Some(Path::new("/data/code/abc")),
             runtime: Path::new("/data/runtime"),
             extra_ro: extra,
             tmp_size: 1 << 20,
-            code_writable: false,
+            code_writable,
         })
+    }
+
+    #[test]
+    fn only_an_install_gets_its_code_writable() {
+        let b = binds(&plan_with(&[], true));
+        assert!(b.contains(&("/data/code/abc".into(), "/srv/rootfs/var/task".into(), false)));
+        // Everything else stays read-only.
+        for (src, _, readonly) in &b {
+            assert!(*readonly || src == "/data/code/abc" || src.starts_with("/dev/"), "{src}");
+        }
     }
 
     fn binds(p: &Plan) -> Vec<(String, String, bool)> {
