@@ -21,8 +21,12 @@ pub struct Config {
     pub max_unpacked_bytes: u64,
     pub max_response_bytes: usize,
     pub response_capture_bytes: usize,
+    /// Log bytes an activation record keeps (the tail).
+    pub log_capture_bytes: usize,
     pub activation_max_age: Duration,
     pub activations_per_function: u32,
+    /// Size budget of `flick.db`: the oldest records go to stay under it.
+    pub activations_max_size: u64,
     pub shutdown_grace: Duration,
     pub install_timeout: Duration,
     /// Memory (and `/tmp` size) of a dependency install's sandbox.
@@ -69,8 +73,10 @@ struct FileConfig {
     max_unpacked: Option<String>,
     max_response: Option<String>,
     response_capture: Option<String>,
+    log_capture: Option<String>,
     activation_max_age: Option<String>,
     activations_per_function: Option<u32>,
+    activations_max_size: Option<String>,
     shutdown_grace: Option<String>,
     install_timeout: Option<String>,
     install_memory: Option<String>,
@@ -129,6 +135,8 @@ impl Config {
                 Duration::from_secs(7 * 86_400),
             )?,
             activations_per_function: file.activations_per_function.unwrap_or(1000),
+            log_capture_bytes: size("log_capture", None, &file.log_capture, 64 << 10)? as usize,
+            activations_max_size: size("activations_max_size", None, &file.activations_max_size, 1 << 30)?,
             shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, Duration::from_secs(30))?,
             install_timeout: duration("install_timeout", &file.install_timeout, Duration::from_secs(300))?,
             install_memory: size("install_memory", None, &file.install_memory, 1 << 30)?,
@@ -181,9 +189,19 @@ impl Config {
         if config.activations_per_function == 0 {
             bail!("`activations_per_function` must be at least 1");
         }
+        if config.activations_max_size < MIN_ACTIVATIONS_MAX_SIZE {
+            bail!(
+                "`activations_max_size` must be at least {} (the records of one write batch and the schema must fit)",
+                flick_core::units::format_size(MIN_ACTIVATIONS_MAX_SIZE)
+            );
+        }
         Ok(config)
     }
 }
+
+/// The smallest database budget that holds a batch of records beside the
+/// functions and revisions.
+const MIN_ACTIVATIONS_MAX_SIZE: u64 = 4 << 20;
 
 /// Bytes of RAM on this host (MemTotal), or 4 GiB if unknown.
 fn host_memory() -> u64 {
@@ -229,6 +247,20 @@ mod tests {
         a.max_body = Some("2MiB".into());
         let c = Config::load(&a, dir.path()).unwrap();
         assert_eq!(c.max_body_bytes, 2 << 20, "a flag beats the file");
+    }
+
+    #[test]
+    fn record_budget_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.log_capture_bytes, c.activations_max_size), (64 << 10, 1 << 30));
+        std::fs::write(dir.path().join("config.toml"), "log_capture = \"4KiB\"\nactivations_max_size = \"16MiB\"\n")
+            .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.log_capture_bytes, c.activations_max_size), (4 << 10, 16 << 20));
+        std::fs::write(dir.path().join("config.toml"), "activations_max_size = \"1MiB\"\n").unwrap();
+        let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("activations_max_size") && err.contains("at least"), "{err}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             python: interpreters.python.clone(),
             node: interpreters.node.clone(),
             bootstrap_dir: runtime_dir,
-            log_limits: LogLimits::default(),
+            log_limits: log_limits(config.log_capture_bytes),
             max_response_bytes: config.max_response_bytes,
             stem_cells: config.stem_cells,
             allow_host_network_http: config.allow_host_network_http,
@@ -67,7 +67,11 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 max_unpacked_bytes: config.max_unpacked_bytes,
                 ..UnpackLimits::default()
             },
-            retention: Retention { max_age: config.activation_max_age, per_function: config.activations_per_function },
+            retention: Retention {
+                max_age: config.activation_max_age,
+                per_function: config.activations_per_function,
+                max_bytes: config.activations_max_size,
+            },
             response_capture_bytes: config.response_capture_bytes,
             install: InstallConfig {
                 python,
@@ -122,6 +126,13 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
     println!("flick stopped");
     Ok(())
+}
+
+/// What an invocation's log capture keeps: the configured tail, and no line
+/// longer than that tail.
+fn log_limits(capture_bytes: usize) -> LogLimits {
+    let default = LogLimits::default();
+    LogLimits { max_bytes: capture_bytes, max_line_bytes: default.max_line_bytes.min(capture_bytes), ..default }
 }
 
 async fn deploy_examples(platform: &Arc<Platform>, data: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {

@@ -210,8 +210,9 @@ impl Platform {
             response,
         };
         // Stored off the request path; reads flush first, so the caller can
-        // still read its record right after this response.
-        self.records.record(activation);
+        // still read its record right after this response. Waits only when
+        // the writer's backlog is full: that bounds memory under a flood.
+        self.records.record(activation).await;
         Ok(done)
     }
 

@@ -23,19 +23,27 @@ use flick_package::UnpackLimits;
 use flick_runtime::InstanceSpec;
 use flick_sandbox::Sandbox;
 use flick_scheduler::{Pool, Scheduler};
-use flick_store::{ActivationQuery, CodeStore, Store};
+use flick_store::{ActivationQuery, CodeStore, RecordLimits, Store};
 
 pub use deploy::DeployOutcome;
 pub use error::PlatformError;
 pub use install::InstallConfig;
 pub use invoke::{InvokeRequest, InvokeResponse, Timing};
 
-/// How long activation records are kept.
+/// How long activation records are kept, and how many and how much of them.
+/// Count and size are enforced with every batch of records written; age
+/// once a minute.
 #[derive(Clone, Debug)]
 pub struct Retention {
     pub max_age: Duration,
     pub per_function: u32,
+    /// Size budget of the database; the oldest records go to stay under it.
+    pub max_bytes: u64,
 }
+
+/// Longest shutdown waits for the record writer's backlog (which it may be
+/// retrying against a full disk) before giving up on it.
+const SHUTDOWN_RECORD_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct PlatformConfig {
@@ -76,7 +84,9 @@ impl Platform {
         sandbox: Sandbox,
         config: PlatformConfig,
     ) -> Result<Arc<Self>, PlatformError> {
-        let records = records::Recorder::spawn(store.clone());
+        let limits =
+            RecordLimits { per_function: config.retention.per_function, max_bytes: config.retention.max_bytes };
+        let records = records::Recorder::spawn(store.clone(), limits);
         let platform = Arc::new(Self { store, code, scheduler, sandbox, routes: RwLock::default(), records, config });
         for f in platform.store.functions().await? {
             if let Some(rev) = platform.store.current_revision(&f.name).await? {
@@ -167,7 +177,7 @@ impl Platform {
 
     pub async fn delete(&self, name: &str) -> Result<(), PlatformError> {
         FunctionName::new(name)?;
-        self.records.flush().await;
+        self.records.flush(records::READ_WAIT).await;
         if !self.store.delete_function(name).await? {
             return Err(PlatformError::FunctionNotFound(name.into()));
         }
@@ -179,21 +189,26 @@ impl Platform {
 
     pub async fn activation(&self, id: &str) -> Result<Activation, PlatformError> {
         let parsed = ActivationId::parse(id).ok_or_else(|| PlatformError::ActivationNotFound(id.into()))?;
-        self.records.flush().await;
+        self.records.flush(records::READ_WAIT).await;
         self.store.activation(&parsed).await?.ok_or_else(|| PlatformError::ActivationNotFound(id.into()))
     }
 
     pub async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, PlatformError> {
-        self.records.flush().await;
+        self.records.flush(records::READ_WAIT).await;
         Ok(self.store.activations(query).await?)
     }
 
-    /// Applies the retention policy once.
+    /// Applies the retention policy once, then gives the freed space back.
     pub async fn prune(&self) -> Result<u64, PlatformError> {
         let r = &self.config.retention;
         let older_than = now_ms() - r.max_age.as_millis() as i64;
-        self.records.flush().await;
-        Ok(self.store.prune_activations(older_than, r.per_function).await?)
+        self.records.flush(records::READ_WAIT).await;
+        let pruned = self.store.prune_activations(older_than, r.per_function).await?;
+        let m = self.store.maintain().await?;
+        if m.reclaimed_bytes > 0 {
+            tracing::debug!(reclaimed = m.reclaimed_bytes, "database space reclaimed");
+        }
+        Ok(pruned)
     }
 
     /// Background work: the scheduler's reaper and activation retention,
@@ -221,6 +236,8 @@ impl Platform {
     /// stopped taking requests).
     pub async fn shutdown(&self) {
         self.scheduler.stop_all();
-        self.records.flush().await;
+        if !self.records.flush(SHUTDOWN_RECORD_WAIT).await {
+            tracing::error!("stopping with activation records not yet stored (the database stayed busy or full)");
+        }
     }
 }

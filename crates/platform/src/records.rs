@@ -1,73 +1,216 @@
-//! Writing activation records off the request path.
+//! Writing activation records off the request path, in bounded memory.
 //!
-//! Every invocation hands its record to one writer task and answers at
-//! once; the task stores whatever has queued up in one transaction, so a
-//! busy function costs a commit per batch, not per call. Reads flush first
-//! ([`Recorder::flush`]), so a client still reads its own record right
-//! after the response.
+//! Every invocation hands its record to one writer task, which stores
+//! whatever has queued up in one transaction (a group commit: while one
+//! batch commits the next gathers), so a busy function costs a commit per
+//! batch, not per call. The records handed over but not yet committed are
+//! bounded ([`BACKLOG_RECORDS`], [`BACKLOG_BYTES`]); when the backlog is
+//! full, [`Recorder::record`] waits for room, so a flood slows its callers
+//! instead of growing flick's memory. That backlog is also all a SIGKILL
+//! can lose: a committed record survives a crash of the process.
+//!
+//! A batch the store cannot take *now* (another process holds the write
+//! lock, the disk is full) is retried with backoff until it can, never
+//! dropped; a record the store refuses on its own is logged and the rest of
+//! its batch is stored. Reads flush first ([`Recorder::flush`]), waiting a
+//! bounded time, so a client reads its own record right after the response
+//! but never waits for a stuck writer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use flick_core::Activation;
-use flick_store::Store;
-use tokio::sync::{mpsc, oneshot};
+use flick_store::{RecordLimits, Store};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
-/// Most records stored in one transaction.
-const MAX_BATCH: usize = 512;
+/// Records handed to the writer and not yet committed, at most. With the
+/// byte bound, this is what a SIGKILL can lose (stated in ARCHITECTURE.md).
+pub const BACKLOG_RECORDS: usize = 128;
+/// Bytes of records (response + logs) handed over and not yet committed.
+pub const BACKLOG_BYTES: usize = 8 << 20;
+/// Most records, and bytes, stored in one transaction: a transaction goes
+/// through the write-ahead log whole, so this also bounds the log.
+const BATCH_RECORDS: usize = BACKLOG_RECORDS;
+const BATCH_BYTES: usize = 2 << 20;
+/// Longest a read of records waits for the writer's backlog.
+pub const READ_WAIT: Duration = Duration::from_secs(1);
+/// Retrying a batch: first pause, doubling up to the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Attempts for a batch failing with an error that is not transient (a bug
+/// or a damaged database rather than a busy or full disk) before its
+/// records are given up, so that callers do not wait forever behind it.
+const PERMANENT_ATTEMPTS: u32 = 5;
+/// After this long without records, or this long of steady writing, the
+/// writer gives freed pages back and truncates the write-ahead log.
+const MAINTAIN_IDLE: Duration = Duration::from_secs(1);
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// The backlog a record holds until it is committed.
+struct Room {
+    _record: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
 
 enum Msg {
-    Record(Box<Activation>),
+    Record(Box<Activation>, Room),
     Flush(oneshot::Sender<()>),
 }
 
 #[derive(Clone)]
 pub(crate) struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
+    records: Arc<Semaphore>,
+    /// In KiB, so that a semaphore's `u32` acquire covers a record.
+    kib: Arc<Semaphore>,
+}
+
+/// Bytes a record holds in the backlog (and about what it takes on disk).
+fn record_bytes(a: &Activation) -> usize {
+    a.response.len() + a.logs.iter().map(|l| l.text.len() + 16).sum::<usize>() + 512
 }
 
 impl Recorder {
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, limits: RecordLimits) -> Self {
+        // The channel itself is unbounded, but every record in it holds
+        // permits of the two semaphores until it is committed.
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(store, rx));
-        Self { tx }
+        tokio::spawn(write_batches(store, rx, limits));
+        Self {
+            tx,
+            records: Arc::new(Semaphore::new(BACKLOG_RECORDS)),
+            kib: Arc::new(Semaphore::new(BACKLOG_BYTES >> 10)),
+        }
     }
 
-    pub fn record(&self, activation: Activation) {
-        if self.tx.send(Msg::Record(Box::new(activation))).is_err() {
+    /// Hands a record to the writer, first waiting for room in the backlog.
+    pub async fn record(&self, activation: Activation) {
+        let kib = (record_bytes(&activation).div_ceil(1024)).min(BACKLOG_BYTES >> 10) as u32;
+        let (Ok(record), Ok(bytes)) =
+            (self.records.clone().acquire_owned().await, self.kib.clone().acquire_many_owned(kib).await)
+        else {
+            unreachable!("the backlog semaphores are never closed");
+        };
+        let room = Room { _record: record, _bytes: bytes };
+        if self.tx.send(Msg::Record(Box::new(activation), room)).is_err() {
             tracing::error!("activation writer is gone; a record was lost");
         }
     }
 
-    /// Returns once every record handed over before this call is stored.
-    pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = wait.await;
+    /// Returns once every record handed over before this call is stored, or
+    /// after `wait` (then `false`: the writer is retrying a batch).
+    pub async fn flush(&self, wait: Duration) -> bool {
+        let (done, stored) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).is_err() {
+            return false;
+        }
+        match tokio::time::timeout(wait, stored).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!(waited = ?wait, "activation records are still being written; reading without the newest");
+                false
+            }
         }
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Msg>, limits: RecordLimits) {
     let mut batch: Vec<Activation> = Vec::new();
+    let mut rooms: Vec<Room> = Vec::new();
     let mut flushes = Vec::new();
-    while let Some(first) = rx.recv().await {
+    // Written since the last maintenance, and when that was.
+    let mut dirty = false;
+    let mut maintained = Instant::now();
+    loop {
+        let first = match tokio::time::timeout(MAINTAIN_IDLE, rx.recv()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_idle) => {
+                if dirty {
+                    maintain(&*store).await;
+                    dirty = false;
+                    maintained = Instant::now();
+                }
+                continue;
+            }
+        };
         let mut next = Some(first);
+        let mut bytes = 0;
         // Take whatever else is already queued, up to a batch.
         while let Some(msg) = next {
             match msg {
-                Msg::Record(a) => batch.push(*a),
+                Msg::Record(activation, room) => {
+                    bytes += record_bytes(&activation);
+                    batch.push(*activation);
+                    rooms.push(room);
+                }
                 Msg::Flush(done) => flushes.push(done),
             }
-            next = if batch.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+            next = if batch.len() < BATCH_RECORDS && bytes < BATCH_BYTES { rx.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            if let Err(e) = store.insert_activations(&batch).await {
-                tracing::error!(error = %e, records = batch.len(), "could not store activation records");
-            }
+            store_batch(&*store, &batch, limits).await;
             batch.clear();
+            // Only now, committed, do they leave the backlog.
+            rooms.clear();
+            dirty = true;
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
+        if dirty && maintained.elapsed() >= MAINTAIN_EVERY {
+            maintain(&*store).await;
+            dirty = false;
+            maintained = Instant::now();
+        }
+    }
+}
+
+/// Stores one batch, retrying for as long as the failure is of the moment.
+async fn store_batch(store: &dyn Store, batch: &[Activation], limits: RecordLimits) {
+    let mut delay = RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        match store.insert_activations(batch, limits).await {
+            Ok(results) => {
+                for (a, result) in batch.iter().zip(results) {
+                    if let Err(e) = result {
+                        tracing::error!(activation = %a.id, function = %a.function, error = %e,
+                            "the store refused this activation record; the rest of its batch is stored");
+                    }
+                }
+                if failures > 0 {
+                    tracing::info!(records = batch.len(), failures, "stored activation records after retrying");
+                }
+                return;
+            }
+            Err(e) if e.is_transient() || failures + 1 < PERMANENT_ATTEMPTS => {
+                failures += 1;
+                // Once, then every so often: a lock held for minutes must
+                // not flood the log.
+                if failures == 1 || failures.is_power_of_two() {
+                    let reason = if e.is_disk_full() { "the disk is full" } else { "the database is busy or failing" };
+                    tracing::warn!(error = %e, records = batch.len(), failures, reason,
+                        "could not store activation records yet; retrying (calls wait while the backlog is full)");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), failures = failures + 1,
+                    "activation records lost: storing them keeps failing with an error that retrying does not fix");
+                return;
+            }
+        }
+    }
+}
+
+async fn maintain(store: &dyn Store) {
+    match store.maintain().await {
+        Ok(m) if m.reclaimed_bytes > 0 => tracing::debug!(reclaimed = m.reclaimed_bytes, "database space reclaimed"),
+        Ok(_) => {}
+        // Busy (another reader or writer) or full: the next pass tries again.
+        Err(e) => tracing::debug!(error = %e, "database maintenance skipped"),
     }
 }

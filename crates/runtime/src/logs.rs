@@ -283,6 +283,18 @@ impl LogCollector {
         }
     }
 
+    /// A kept line was cut at `max_line_bytes`: whoever keeps it keeps less
+    /// than was written, and the record must say so.
+    fn mark_cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        if st.inflight.is_empty() {
+            st.idle.truncated = true;
+        }
+        for (tail, _) in st.inflight.values_mut() {
+            tail.truncated = true;
+        }
+    }
+
     fn on_close(&self) {
         self.state.lock().unwrap().closed += 1;
         self.notify.notify_waiters();
@@ -312,7 +324,7 @@ impl LogCollector {
             // Bytes at the front of `buf` carried over from the last read
             // (the start of a possible end marker in dropped output).
             let mut carried = 0;
-            let mut reading = Reading { line: Vec::new(), mode: Mode::LineStart };
+            let mut reading = Reading { line: Vec::new(), cut: false, mode: Mode::LineStart };
             let mut drain = Drain { allowance: 0.0, at: Instant::now() };
             loop {
                 let n = match reader.read(&mut buf[carried..]).await {
@@ -337,6 +349,9 @@ impl LogCollector {
             }
             if !reading.line.is_empty() {
                 this.on_line(stream, String::from_utf8_lossy(&reading.line).into_owned());
+            }
+            if reading.cut {
+                this.mark_cut();
             }
             this.on_close();
         });
@@ -364,6 +379,7 @@ impl LogCollector {
                     let chunk = &rest[..newline.unwrap_or(rest.len())];
                     // Past the cap the rest of the line is cut, not buffered.
                     let room = max_line.saturating_sub(r.line.len());
+                    r.cut |= chunk.len() > room;
                     r.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     pos += newline.map_or(rest.len(), |i| i + 1);
                     if newline.is_some() {
@@ -371,6 +387,9 @@ impl LogCollector {
                         let text = String::from_utf8_lossy(&r.line).into_owned();
                         r.line.clear();
                         self.on_line(stream, text);
+                        if std::mem::take(&mut r.cut) {
+                            self.mark_cut();
+                        }
                         r.mode = Mode::LineStart;
                     }
                 }
@@ -419,6 +438,8 @@ impl LogCollector {
 struct Reading {
     /// The kept line being read.
     line: Vec<u8>,
+    /// Part of it was past `max_line_bytes` and left out.
+    cut: bool,
     mode: Mode,
 }
 
@@ -492,6 +513,14 @@ mod tests {
         let texts: Vec<_> = got.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["0123456789", "short", "no-newline"]);
         assert_eq!(got.lines[0].stream, LogStream::Stderr);
+        assert!(got.truncated, "a cut line is a truncated record");
+
+        let logs = LogCollector::new(limits());
+        logs.begin("b");
+        logs.spawn_reader(LogStream::Stdout, &b"0123456789\nfits\n"[..]);
+        let got = logs.finish("b", true, Duration::from_secs(5)).await;
+        assert_eq!(got.lines.len(), 2);
+        assert!(!got.truncated, "a line of exactly the cap is whole");
     }
 
     #[tokio::test]
@@ -528,7 +557,7 @@ mod tests {
         let _inside = rt.enter();
         let logs = LogCollector::new(tight());
         logs.begin("a");
-        let mut r = Reading { line: Vec::new(), mode: Mode::Drop { resume: false } };
+        let mut r = Reading { line: Vec::new(), cut: false, mode: Mode::Drop { resume: false } };
         let whole = format!("xxxx{END_MARKER}a\nyy");
         let cut = whole.find("end").unwrap();
         let (used, dropped) = logs.split(LogStream::Stdout, &whole.as_bytes()[..cut], &mut r, false);
@@ -538,7 +567,7 @@ mod tests {
         assert_eq!(used, rest.len());
         assert_eq!(logs.state.lock().unwrap().inflight["a"].1, 1, "the marker was seen");
         // Not a marker: an RS in dropped output is just dropped.
-        let mut r = Reading { line: Vec::new(), mode: Mode::Drop { resume: false } };
+        let mut r = Reading { line: Vec::new(), cut: false, mode: Mode::Drop { resume: false } };
         let (used, dropped) = logs.split(LogStream::Stdout, b"ab\x1enot-a-marker\ncd", &mut r, true);
         assert_eq!((used, dropped), (18, 16), "the rest is a kept line once the budget allows");
     }

@@ -25,6 +25,31 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A failure of the moment rather than of the request: the database is
+    /// locked by another process, the disk is full, or I/O failed. The same
+    /// write can succeed later, so callers holding data retry instead of
+    /// dropping it.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            Self::Sqlite(e) | Self::Open { source: e, .. } => matches!(
+                e.sqlite_error_code(),
+                Some(DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory)
+            ),
+            _ => false,
+        }
+    }
+
+    /// The disk (or the file system holding the database) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Sqlite(e) | Self::Open { source: e, .. } => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io { action, path: path.display().to_string(), source }
     }

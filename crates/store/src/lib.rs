@@ -8,6 +8,7 @@
 
 mod code;
 mod error;
+mod logcodec;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -45,6 +46,35 @@ pub struct ActivationQuery {
     pub limit: u32,
 }
 
+/// Bounds on the activation records kept, enforced by every batch insert
+/// (not by a periodic sweep), so a flood of calls cannot outgrow them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Records kept per function; older ones go first.
+    pub per_function: u32,
+    /// Size budget of the database: the oldest records (of any function)
+    /// are deleted to keep its used pages under this many bytes.
+    pub max_bytes: u64,
+}
+
+impl RecordLimits {
+    /// No bounds (tests, tools).
+    pub const UNLIMITED: Self = Self { per_function: u32::MAX, max_bytes: u64::MAX };
+}
+
+/// What one store maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Bytes given back to the file system by incremental vacuum.
+    pub reclaimed_bytes: u64,
+    /// The write-ahead log was checkpointed and truncated.
+    pub checkpointed: bool,
+}
+
+/// One record of a batch: stored with its sequence number, or refused on
+/// its own (the rest of the batch is still stored).
+pub type Inserted = Result<i64, StoreError>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a deploy. Creates the function on its first deploy; returns
@@ -73,12 +103,16 @@ pub trait Store: Send + Sync + 'static {
     /// Content hashes still referenced by any revision (to sweep unused code).
     async fn referenced_hashes(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Stores a finished activation; returns its sequence number.
+    /// Stores a finished activation, without record limits; returns its sequence number.
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError>;
 
-    /// Stores a batch of finished activations in one transaction (all or
-    /// none); returns their sequence numbers in order.
-    async fn insert_activations(&self, batch: &[Activation]) -> Result<Vec<i64>, StoreError>;
+    /// Stores a batch of finished activations in one transaction and
+    /// enforces `limits` in it (room is made before the batch goes in).
+    /// A record the database refuses on its own (say, a duplicate id) is
+    /// reported in its slot and the others are stored; `Err` means nothing
+    /// was stored — see [`StoreError::is_transient`] for whether to retry.
+    async fn insert_activations(&self, batch: &[Activation], limits: RecordLimits)
+    -> Result<Vec<Inserted>, StoreError>;
 
     async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError>;
 
@@ -87,4 +121,8 @@ pub trait Store: Send + Sync + 'static {
     /// Retention: deletes activations that started before `older_than_ms`, and
     /// all but the newest `keep_per_function` of each function. Returns how many went.
     async fn prune_activations(&self, older_than_ms: i64, keep_per_function: u32) -> Result<u64, StoreError>;
+
+    /// Gives freed space back to the file system (a bounded step of
+    /// incremental vacuum) and checkpoints the write-ahead log, truncating it.
+    async fn maintain(&self) -> Result<Maintenance, StoreError>;
 }

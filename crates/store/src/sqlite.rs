@@ -1,9 +1,16 @@
 //! [`SqliteStore`]: the embedded [`Store`], one SQLite file in the data directory.
 //!
-//! A single connection behind a mutex is enough for flick's write rate (one
-//! row per activation) and sidesteps SQLite's writer contention entirely;
-//! every call runs on tokio's blocking pool so the runtime threads never wait
-//! on disk.
+//! One connection behind a mutex does every write, which sidesteps SQLite's
+//! writer contention entirely (records arrive in batches, see the platform's
+//! record writer); activation records are read on a second connection, so a
+//! read never waits behind a batch being written or retried (WAL lets one
+//! writer and readers work at once). Every call runs on tokio's blocking pool
+//! so the runtime threads never wait on disk.
+//!
+//! Space: the database uses incremental auto-vacuum, record inserts enforce
+//! [`RecordLimits`] in their own transaction, [`Store::maintain`] hands
+//! freed pages back to the file system and truncates the write-ahead log,
+//! and `journal_size_limit` bounds the log between checkpoints.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +21,9 @@ use flick_core::{Activation, ActivationId, ActivationStatus, FunctionInfo, LogLi
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::{ActivationQuery, NewRevision, PutOutcome, Store, StoreError};
+use crate::{
+    ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Store, StoreError, logcodec,
+};
 
 /// Schema migrations in order: entry `i` takes `user_version` from `i` to
 /// `i + 1`. Append only; never edit a migration that has shipped.
@@ -61,6 +70,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX activations_function_seq ON activations(function, seq);
     CREATE INDEX activations_start_ms ON activations(start_ms);
     ",
+    // 2: logs as a compact blob (see `logcodec`) instead of JSON, which
+    // grew control characters sixfold. Old rows keep their JSON bytes (a
+    // blob starting with `[`), which the decoder still reads.
+    "
+    ALTER TABLE activations ADD COLUMN logs BLOB NOT NULL DEFAULT x'';
+    UPDATE activations SET logs = CAST(logs_json AS BLOB);
+    ALTER TABLE activations DROP COLUMN logs_json;
+    ",
 ];
 
 /// How long a statement waits for another process holding the database
@@ -70,9 +87,28 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
+/// The write-ahead log is checkpointed once it holds this many pages (4 KiB
+/// each: 4 MiB), and cut back to [`WAL_SIZE_LIMIT`] when it restarts.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
+const WAL_SIZE_LIMIT: u64 = 4 << 20;
+
+/// Freed pages up to this many are left for the next inserts to reuse;
+/// beyond it, [`Store::maintain`] gives them back to the file system.
+const KEEP_FREE_PAGES: i64 = 256;
+/// Pages one maintenance pass vacuums: moved pages go through the WAL, so
+/// this bounds the log's growth per pass (8 MiB at 4 KiB pages).
+const VACUUM_STEP_PAGES: i64 = 2048;
+
+/// Per-record bytes on top of response and logs (columns, index entries),
+/// for estimating how much room a batch needs. Errs high, so a batch fits.
+const RECORD_OVERHEAD: u64 = 512;
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Every write, and reads of functions and revisions.
     conn: Arc<Mutex<Connection>>,
+    /// Reads of activation records: never queued behind the writer.
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -87,32 +123,68 @@ impl SqliteStore {
         let open_err = |source| StoreError::Open { path: label.clone(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Freed pages can only be handed back to the file system with
+        // auto-vacuum, which must be chosen before the first table exists;
+        // a database made without it is converted by one VACUUM below.
+        let auto_vacuum: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).map_err(open_err)?;
+        let converting = auto_vacuum != AUTO_VACUUM_INCREMENTAL;
+        if converting {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(open_err)?;
+        }
         // WAL lets readers (`sqlite3` on a live server, backups) work during
         // writes; NORMAL sync in WAL mode can lose the last commits on power
-        // loss but never corrupts, a fair trade for activation logs.
+        // loss but never corrupts, a fair trade for activation logs, and a
+        // process crash loses nothing committed.
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %label, mode, "database did not switch to WAL journal mode");
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        Self::init(conn, &label)
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES).map_err(open_err)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT as i64).map_err(open_err)?;
+        let fresh = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err)? == 0
+            && conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).map_err(open_err)? == 0;
+        let conn = Self::init_conn(conn, &label)?;
+        if converting && !fresh {
+            convert_to_incremental_vacuum(&conn, &label);
+        }
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        reader.pragma_update(None, "query_only", true).map_err(open_err)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)) })
     }
 
     /// A private database that lives as long as the store (for tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         let conn =
             Connection::open_in_memory().map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
-        Self::init(conn, ":memory:")
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        let conn = Arc::new(Mutex::new(Self::init_conn(conn, ":memory:")?));
+        // A second connection would open a different, empty database.
+        Ok(Self { conn: conn.clone(), reader: conn })
     }
 
-    fn init(mut conn: Connection, label: &str) -> Result<Self, StoreError> {
+    fn init_conn(mut conn: Connection, label: &str) -> Result<Connection, StoreError> {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(|source| StoreError::Open { path: label.into(), source })?;
         migrate(&mut conn, label).map_err(|e| match e {
             StoreError::Sqlite(source) => StoreError::Open { path: label.into(), source },
             e => e,
         })?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(conn)
+    }
+
+    /// Runs `f` with the reading connection on the blocking pool.
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(PoisonError::into_inner)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -159,6 +231,28 @@ fn private_db_files(path: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// `PRAGMA auto_vacuum` value of incremental mode.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+
+/// Rewrites a database made before flick used auto-vacuum so that it has
+/// it (and gives back whatever space it had freed): once, at the first
+/// start of a flick that wants it. Failing here (a full disk: VACUUM needs
+/// room for a copy) costs only the reclaiming, so it is a warning, and the
+/// next start tries again.
+fn convert_to_incremental_vacuum(conn: &Connection, label: &str) {
+    let size = |conn: &Connection| -> rusqlite::Result<i64> {
+        let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(pages * page)
+    };
+    let before = size(conn).unwrap_or(0);
+    tracing::info!(path = label, bytes = before, "converting the database to incremental vacuum (one VACUUM)");
+    match conn.execute_batch("VACUUM").and_then(|()| size(conn)) {
+        Ok(after) => tracing::info!(path = label, before, after, "database converted to incremental vacuum"),
+        Err(e) => tracing::warn!(path = label, error = %e, "could not VACUUM the database; will try at the next start"),
+    }
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
@@ -247,7 +341,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 }
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
-     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, exec_ms, prewarmed";
+     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -260,8 +354,8 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let Some(status) = ActivationStatus::parse(&status) else {
         return Ok(Err(corrupt(what(), format!("unknown status `{status}`"))));
     };
-    let logs_json: String = row.get(14)?;
-    let logs: Vec<LogLine> = match serde_json::from_str(&logs_json) {
+    let blob: Vec<u8> = row.get(14)?;
+    let logs: Vec<LogLine> = match logcodec::decode(&blob) {
         Ok(l) => l,
         Err(e) => return Ok(Err(corrupt(what(), format!("logs: {e}")))),
     };
@@ -433,58 +527,22 @@ impl Store for SqliteStore {
     }
 
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError> {
-        let seqs = self.insert_activations(std::slice::from_ref(activation)).await?;
-        Ok(seqs[0])
+        let mut results = self.insert_activations(std::slice::from_ref(activation), RecordLimits::UNLIMITED).await?;
+        results.pop().expect("one result per record")
     }
 
-    async fn insert_activations(&self, batch: &[Activation]) -> Result<Vec<i64>, StoreError> {
+    async fn insert_activations(
+        &self,
+        batch: &[Activation],
+        limits: RecordLimits,
+    ) -> Result<Vec<Inserted>, StoreError> {
         let batch = batch.to_vec();
-        self.with_conn(move |conn| {
-            // One transaction per batch: a commit costs far more than a row.
-            let tx = conn.transaction()?;
-            let mut seqs = Vec::with_capacity(batch.len());
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                     wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
-                     exec_ms, prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                )?;
-                for a in &batch {
-                    let logs_json = serde_json::to_string(&a.logs)
-                        .map_err(|e| corrupt(format!("logs of activation {}", a.id), e))?;
-                    // `seq` is left to SQLite: AUTOINCREMENT never reuses a
-                    // number, even after pruning, so it stays a valid follow cursor.
-                    stmt.execute(params![
-                        a.id.as_str(),
-                        a.function,
-                        a.revision,
-                        a.start_ms,
-                        a.end_ms,
-                        a.duration_ms,
-                        a.init_ms,
-                        a.wait_ms,
-                        a.cold,
-                        a.status.as_str(),
-                        a.http_status,
-                        a.response,
-                        a.response_truncated,
-                        logs_json,
-                        a.logs_truncated,
-                        a.exec_ms,
-                        a.prewarmed,
-                    ])?;
-                    seqs.push(tx.last_insert_rowid());
-                }
-            }
-            tx.commit()?;
-            Ok(seqs)
-        })
-        .await
+        self.with_conn(move |conn| insert_batch(conn, &batch, limits)).await
     }
 
     async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError> {
         let id = id.as_str().to_string();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             conn.query_row(
                 &format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?1"),
                 [&id],
@@ -498,7 +556,7 @@ impl Store for SqliteStore {
 
     async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError> {
         let query = query.clone();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             // Built per query rather than `?1 IS NULL OR …`, which would keep
             // SQLite from using the (function, seq) index.
             let mut filters = Vec::new();
@@ -546,6 +604,141 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn maintain(&self) -> Result<Maintenance, StoreError> {
+        self.with_conn(|conn| {
+            let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+            let mut reclaimed_bytes = 0;
+            if free > KEEP_FREE_PAGES {
+                let before = conn.pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0))?;
+                // It frees one page per result row: step it to the end.
+                let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({})", free.min(VACUUM_STEP_PAGES)))?;
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                drop(rows);
+                drop(stmt);
+                let after = conn.pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0))?;
+                let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                reclaimed_bytes = ((before - after).max(0) * page) as u64;
+            }
+            // TRUNCATE also copies the vacuumed pages home, which is when
+            // the database file actually shrinks. In memory there is no log.
+            let (busy, _, _): (i64, i64, i64) =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(Maintenance { reclaimed_bytes, checkpointed: busy == 0 })
+        })
+        .await
+    }
+}
+
+/// Bytes of the database's pages in use (not on the free list).
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok(((pages - free).max(0) * page) as u64)
+}
+
+/// About what a record takes in the database.
+fn record_bytes(a: &Activation) -> u64 {
+    let logs: usize = a.logs.iter().map(|l| l.text.len() + 13).sum();
+    (a.response.len() + logs) as u64 + RECORD_OVERHEAD
+}
+
+/// One batch in one transaction: make room under the size budget, insert
+/// each record (one the database refuses alone is reported, not fatal to
+/// the others), then cut each touched function back to its record count.
+fn insert_batch(
+    conn: &mut Connection,
+    batch: &[Activation],
+    limits: RecordLimits,
+) -> Result<Vec<Inserted>, StoreError> {
+    // IMMEDIATE: take the write lock before reading sizes, so they hold
+    // until the commit.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if limits.max_bytes != u64::MAX {
+        let incoming = batch.iter().map(record_bytes).sum();
+        make_room(&tx, incoming, limits.max_bytes)?;
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+             wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
+             exec_ms, prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )?;
+        for a in batch {
+            // `seq` is left to SQLite: AUTOINCREMENT never reuses a
+            // number, even after pruning, so it stays a valid follow cursor.
+            let inserted = stmt.execute(params![
+                a.id.as_str(),
+                a.function,
+                a.revision,
+                a.start_ms,
+                a.end_ms,
+                a.duration_ms,
+                a.init_ms,
+                a.wait_ms,
+                a.cold,
+                a.status.as_str(),
+                a.http_status,
+                a.response,
+                a.response_truncated,
+                logcodec::encode(&a.logs),
+                a.logs_truncated,
+                a.exec_ms,
+                a.prewarmed,
+            ]);
+            match inserted.map_err(StoreError::from) {
+                Ok(_) => results.push(Ok(tx.last_insert_rowid())),
+                // A full disk or a lost lock may have rolled the whole
+                // transaction back: nothing of the batch is stored, say so.
+                Err(e) if e.is_transient() => return Err(e),
+                // A failed statement undoes only itself; the batch goes on.
+                Err(e) => results.push(Err(e)),
+            }
+        }
+    }
+    if limits.per_function != u32::MAX {
+        let mut functions: Vec<&str> = batch.iter().map(|a| a.function.as_str()).collect();
+        functions.sort_unstable();
+        functions.dedup();
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM activations WHERE function = ?1 AND seq <= (
+                 SELECT seq FROM activations WHERE function = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2
+             )",
+        )?;
+        for function in functions {
+            stmt.execute(params![function, limits.per_function])?;
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// Deletes the oldest records until `incoming` more bytes fit under
+/// `max_bytes`, going down to 7/8 of it so that not every batch has to
+/// prune. Freed pages go on the free list, where the batch reuses them.
+fn make_room(tx: &Connection, incoming: u64, max_bytes: u64) -> Result<u64, StoreError> {
+    let mut used = used_bytes(tx)?;
+    if used.saturating_add(incoming) <= max_bytes {
+        return Ok(0);
+    }
+    let low_water = max_bytes - max_bytes / 8;
+    let mut deleted = 0;
+    let mut stmt =
+        tx.prepare_cached("DELETE FROM activations WHERE seq IN (SELECT seq FROM activations ORDER BY seq LIMIT 16)")?;
+    while used.saturating_add(incoming) > low_water {
+        let n = stmt.execute([])?;
+        if n == 0 {
+            // Nothing left to delete: the budget is smaller than the rest
+            // of the database, or than this batch alone.
+            break;
+        }
+        deleted += n as u64;
+        used = used_bytes(tx)?;
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -772,8 +965,8 @@ mod tests {
                 for i in 0..1001 {
                     tx.execute(
                         "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                         wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
-                         exec_ms, prewarmed) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, '[]', 0, 0, 0)",
+                         wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
+                         exec_ms, prewarmed) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, x'', 0, 0, 0)",
                         params![format!("{i:032x}"), i],
                     )?;
                 }
@@ -879,7 +1072,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!((version, mode.as_str(), fk), (1, "wal", true));
+        assert_eq!((version, mode.as_str(), fk), (MIGRATIONS.len() as i64, "wal", true));
     }
 
     #[tokio::test]
@@ -889,10 +1082,183 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
         match SqliteStore::open(&path) {
-            Err(e @ StoreError::SchemaTooNew { found: 99, supported: 1, .. }) => {
+            Err(e @ StoreError::SchemaTooNew { found: 99, supported, .. }) if supported == MIGRATIONS.len() as i64 => {
                 assert!(e.to_string().contains("flick.db"), "{e}")
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
+    }
+
+    fn big(function: &str, bytes: usize) -> Activation {
+        let mut a = activation(function, now_ms());
+        a.response = "r".repeat(bytes / 2);
+        a.logs = vec![LogLine { ts_ms: 1, stream: LogStream::Stdout, text: "\u{1}".repeat(bytes / 2) }];
+        a
+    }
+
+    fn file_size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    fn stored(results: &[Inserted]) -> usize {
+        results.iter().filter(|r| r.is_ok()).count()
+    }
+
+    #[tokio::test]
+    async fn a_refused_record_does_not_take_its_batch_down() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let first = activation("f", 1);
+        store.insert_activation(&first).await.unwrap();
+        let (a, b) = (activation("f", 2), activation("f", 3));
+        // The middle one reuses an id: the database refuses it alone.
+        let results =
+            store.insert_activations(&[a.clone(), first.clone(), b.clone()], RecordLimits::UNLIMITED).await.unwrap();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let err = results[1].as_ref().unwrap_err();
+        assert!(!err.is_transient(), "a duplicate is the record's own fault: {err}");
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        for x in [&first, &a, &b] {
+            assert!(store.activation(&x.id).await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn inserts_keep_each_function_to_its_count() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let limits = RecordLimits { per_function: 3, max_bytes: u64::MAX };
+        let mut kept = Vec::new();
+        for i in 0..5 {
+            let batch = [activation("a", i), activation("b", i)];
+            let results = store.insert_activations(&batch, limits).await.unwrap();
+            kept.push(*results[0].as_ref().unwrap());
+        }
+        let a = ActivationQuery { function: Some("a".into()), after_seq: Some(0), ..Default::default() };
+        assert_eq!(seqs(&store, a).await, kept[2..]);
+        let b = ActivationQuery { function: Some("b".into()), ..Default::default() };
+        assert_eq!(seqs(&store, b).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn inserts_keep_the_database_under_its_size_budget() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let budget = 2 << 20;
+        let limits = RecordLimits { per_function: u32::MAX, max_bytes: budget };
+        let mut last = Vec::new();
+        // 24 MiB of records through a 2 MiB budget, in batches of 8 x 32 KiB.
+        for round in 0..96 {
+            let batch: Vec<Activation> = (0..8).map(|i| big(if i % 2 == 0 { "a" } else { "b" }, 32 << 10)).collect();
+            let results = store.insert_activations(&batch, limits).await.unwrap();
+            assert_eq!(stored(&results), 8, "round {round}");
+            last = batch;
+            let used = store.with_conn(|c| Ok(used_bytes(c)?)).await.unwrap();
+            assert!(used <= budget, "round {round}: {used} bytes in use, budget {budget}");
+        }
+        assert!(file_size(&path) <= budget + (64 << 10), "file {} bytes, budget {budget}", file_size(&path));
+        // The newest records are the ones kept, whole.
+        for a in &last {
+            let got = store.activation(&a.id).await.unwrap().unwrap();
+            assert_eq!((got.response.len(), got.logs[0].text.len()), (16 << 10, 16 << 10));
+        }
+        let kept = all_seqs(&store).await.len();
+        assert!((32..96 * 8).contains(&kept), "{kept} records kept");
+    }
+
+    #[tokio::test]
+    async fn maintain_gives_freed_space_back_and_truncates_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        let wal = tmp.path().join("flick.db-wal");
+        let store = SqliteStore::open(&path).unwrap();
+        store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap();
+        for _ in 0..16 {
+            let batch: Vec<Activation> = (0..8).map(|_| big("gone", 64 << 10)).collect();
+            store.insert_activations(&batch, RecordLimits::UNLIMITED).await.unwrap();
+        }
+        store.maintain().await.unwrap();
+        let full = file_size(&path);
+        assert!(full > 8 << 20, "{full}");
+        assert!(store.delete_function("gone").await.unwrap());
+        let mut reclaimed = 0;
+        // Each pass vacuums a bounded step; a few passes give back all of it.
+        for _ in 0..8 {
+            let m = store.maintain().await.unwrap();
+            assert!(m.checkpointed);
+            reclaimed += m.reclaimed_bytes;
+        }
+        assert!(reclaimed >= full - (2 << 20), "reclaimed {reclaimed} of {full}");
+        assert!(file_size(&path) < 2 << 20, "{} bytes left", file_size(&path));
+        assert_eq!(file_size(&wal), 0);
+    }
+
+    /// A database written by flick before logs became a blob and before
+    /// auto-vacuum: schema version 1, JSON logs, no auto-vacuum.
+    #[tokio::test]
+    async fn an_old_database_is_migrated_and_converted_to_incremental_vacuum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        let id = ActivationId::generate();
+        let logs = vec![LogLine { ts_ms: 5, stream: LogStream::Stderr, text: "old \u{1b}[31m".into() }];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+                 wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
+                 exec_ms, prewarmed) VALUES (?1, 'f', 1, 1, 2, 1, 0, 0, 0, 'success', 200, 'hi', 0, ?2, 1, 0, 0)",
+                params![id.as_str(), serde_json::to_string(&logs).unwrap()],
+            )
+            .unwrap();
+            // Space freed before the upgrade, which only a VACUUM gives back.
+            let filler = "x".repeat(1 << 20);
+            for i in 0..4 {
+                conn.execute(
+                    "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
+                     wait_ms, cold, status, http_status, response, response_truncated, logs_json, logs_truncated, \
+                     exec_ms, prewarmed) VALUES (?1, 'g', 1, 1, 2, 1, 0, 0, 0, 'success', 200, ?2, 0, '[]', 0, 0, 0)",
+                    params![format!("{i:032x}"), filler],
+                )
+                .unwrap();
+            }
+            conn.execute("DELETE FROM activations WHERE function = 'g'", []).unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+            let av: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0)).unwrap();
+            assert_eq!(av, 0);
+        }
+        let before = file_size(&path);
+        assert!(before > 4 << 20, "{before}");
+
+        let store = SqliteStore::open(&path).unwrap();
+        let got = store.activation(&id).await.unwrap().unwrap();
+        assert_eq!((got.logs, got.logs_truncated, got.response.as_str()), (logs, true, "hi"));
+        let (version, av) = store
+            .with_conn(|c| {
+                let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                let av: i64 = c.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+                Ok((version, av))
+            })
+            .await
+            .unwrap();
+        assert_eq!((version, av), (MIGRATIONS.len() as i64, AUTO_VACUUM_INCREMENTAL));
+        store.maintain().await.unwrap();
+        assert!(file_size(&path) < 1 << 20, "{} bytes after the conversion, {before} before", file_size(&path));
+        // New records take the blob format, and both read back.
+        let mut fresh = activation("f", 3);
+        fresh.logs = vec![LogLine { ts_ms: 6, stream: LogStream::Stdout, text: "new \u{0}".into() }];
+        store.insert_activation(&fresh).await.unwrap();
+        assert_eq!(store.activation(&fresh.id).await.unwrap().unwrap().logs, fresh.logs);
+        assert_eq!(store.activations(&ActivationQuery::default()).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_database_uses_incremental_vacuum_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&tmp.path().join("flick.db")).unwrap();
+        let av: i64 = store.with_conn(|c| Ok(c.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?)).await.unwrap();
+        assert_eq!(av, AUTO_VACUUM_INCREMENTAL);
     }
 }
