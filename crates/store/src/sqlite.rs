@@ -727,9 +727,14 @@ fn make_room(tx: &Connection, incoming: u64, max_bytes: u64) -> Result<u64, Stor
     let low_water = max_bytes - max_bytes / 8;
     let mut deleted = 0;
     let mut stmt =
-        tx.prepare_cached("DELETE FROM activations WHERE seq IN (SELECT seq FROM activations ORDER BY seq LIMIT 16)")?;
+        tx.prepare_cached("DELETE FROM activations WHERE seq IN (SELECT seq FROM activations ORDER BY seq LIMIT ?1)")?;
+    // Small steps first (big records free a lot each), doubling so that a
+    // budget full of small records takes a few rounds, not thousands; at
+    // worst this deletes twice what was needed.
+    let mut chunk = 16;
     while used.saturating_add(incoming) > low_water {
-        let n = stmt.execute([])?;
+        let n = stmt.execute([chunk])?;
+        chunk = (chunk * 2).min(4096);
         if n == 0 {
             // Nothing left to delete: the budget is smaller than the rest
             // of the database, or than this batch alone.
