@@ -101,7 +101,7 @@ impl Platform {
                 // The caller's deadline ends its wait, not the invocation:
                 // that runs on (the instance may serve others) to its end
                 // or the function's own timeout, and its answer is dropped.
-                Err(_) if call.settle() => return Ok(self.caller_gave_up(&route, &call)),
+                Err(_) if call.settle() => return Ok(self.caller_gave_up(&route, &call).await),
                 Err(_) => task.await,
             },
         };
@@ -219,7 +219,7 @@ impl Platform {
     /// The answer and record for a caller whose own deadline passed first:
     /// a timeout for this caller only. The invocation, if it reached an
     /// instance, goes on there; nothing of it is recorded.
-    fn caller_gave_up(&self, route: &Route, call: &Call) -> InvokeResponse {
+    async fn caller_gave_up(&self, route: &Route, call: &Call) -> InvokeResponse {
         let waited = call.started.elapsed();
         let message = format!(
             "the caller's deadline (X-Flick-Deadline) passed after {} ms; the call was abandoned",
@@ -258,7 +258,7 @@ impl Platform {
             },
             response,
         };
-        self.records.record(activation);
+        self.records.record(activation).await;
         done
     }
 
