@@ -9,10 +9,13 @@
 //! - `auth`: the admin API key and the bearer check;
 //! - `invoke`: `ANY /fn/{name}[/{rest}]`;
 //! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`;
-//! - `error`: [`ApiError`] and its mapping to status codes.
+//! - `error`: [`ApiError`] and its mapping to status codes;
+//! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
+//!   its data dir before it sends the key (merged in by the binary).
 
 mod auth;
 mod error;
+pub mod handshake;
 mod invoke;
 mod manage;
 

@@ -18,7 +18,15 @@ const EXAMPLES: &str = "Examples:
   flick invoke hello -d '{\"name\":\"Ada\"}'
   curl -H \"Authorization: Bearer $(cat .flick/admin.key)\" localhost:8080/fn/hello
   flick activations hello              recent invocations
-  flick logs hello -f                  follow its logs";
+  flick logs hello -f                  follow its logs
+  FLICK_URL=https://flick.example.com FLICK_TOKEN=flk_… flick list
+                                       use a flick on another machine
+
+The CLI finds a local flick through <data-dir>/flick.addr and sends the key of
+that data dir only after the server proved it is that data dir's flick (the
+secret `flick up` writes beside flick.addr). Another flick's key is given with
+FLICK_TOKEN; plain http:// is refused for non-loopback addresses unless
+--insecure is given.";
 
 #[derive(Debug, Parser)]
 #[command(name = "flick", version, about = ABOUT, after_help = EXAMPLES, propagate_version = true)]
@@ -34,12 +42,23 @@ pub struct Global {
     /// Data directory of the platform (holds its database, code and admin.key).
     #[arg(long, global = true, env = "FLICK_DATA_DIR", default_value = ".flick")]
     pub data_dir: PathBuf,
-    /// URL of a running flick (default: the address `flick up` recorded in the data dir).
+    /// URL of a running flick, http(s)://host[:port] (default: the address
+    /// `flick up` recorded in the data dir). With a URL, the data dir's key is
+    /// sent only if that server proves it is the data dir's flick; give
+    /// another flick's key with --token.
     #[arg(long, global = true, env = "FLICK_URL")]
     pub url: Option<String>,
     /// API key (default: <data-dir>/admin.key).
     #[arg(long, global = true, env = "FLICK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Allow plain http:// to a non-loopback address: the key and all data
+    /// cross the network unencrypted. Only for networks you trust.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Extra CA certificate(s) (PEM) to trust for an https:// URL, e.g. the
+    /// CA of a self-signed certificate; the system's roots are trusted too.
+    #[arg(long, global = true, env = "FLICK_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,16 +126,25 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
         limit: u32,
     },
     /// Show one activation: status, timing, response and logs.
+    #[command(after_help = "Control characters in the response and logs (terminal escapes, carriage
+returns) are shown escaped, e.g. \\x1b; --raw prints them as they are.")]
     Activation {
         id: String,
         /// Print the raw JSON record.
         #[arg(long)]
         json: bool,
+        /// Print the function's output unescaped (it can then drive your terminal).
+        #[arg(long)]
+        raw: bool,
     },
     /// Print a function's log lines (from its recent activations).
     #[command(after_help = "Examples:
   flick logs hello
-  flick logs hello -f       # keep printing new lines")]
+  flick logs hello -f       # keep printing new lines
+  flick logs hello --raw    # control characters as they are, not escaped
+
+Control characters in log lines (terminal escapes, carriage returns) are shown
+escaped, e.g. \\x1b, so a function cannot drive your terminal.")]
     Logs {
         name: String,
         /// Follow: print new lines as invocations finish.
@@ -125,6 +153,9 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
         /// How many recent activations to read.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: u32,
+        /// Print the lines unescaped (they can then drive your terminal).
+        #[arg(long)]
+        raw: bool,
     },
     /// Check which isolation features this host gives instances.
     #[command(after_help = "Starts a probe process in a full sandbox and reports what it can and cannot do.

@@ -14,7 +14,7 @@ use flick_scheduler::{BudgetLimits, QueuePolicy, Scheduler, SchedulerConfig};
 use flick_store::{CodeStore, SqliteStore};
 use tokio::sync::watch;
 
-use crate::client::ADDR_FILE;
+use crate::client::{ADDR_FILE, SECRET_FILE};
 use crate::config::Config;
 
 pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
@@ -90,27 +90,30 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (in use? try --listen 127.0.0.1:0)", config.listen))?;
     let addr = listener.local_addr()?;
+    // The secret first: a CLI that finds flick.addr must find its secret too.
+    let secret = write_handshake_secret(&data)?;
     write_private(&data.join(ADDR_FILE), addr.to_string().as_bytes())?;
     let router = flick_api::router(
         platform.clone(),
         key.clone(),
         ApiLimits { max_body_bytes: config.max_body_bytes, max_archive_bytes: config.max_archive_bytes },
-    );
+    )
+    .merge(flick_api::handshake::router(secret, addr));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(platform.clone().run_background(wait_for(stop_rx.clone())));
     let server = tokio::spawn(flick_api::serve(listener, router, wait_for(stop_rx.clone())));
 
-    println!("flick is up on http://{addr}  (data: {})", data.display());
+    say!("flick is up on http://{addr}  (data: {})", data.display());
     if new_key {
-        println!("admin API key (saved to {}): {}", data.join("admin.key").display(), key.as_str());
+        say!("admin API key (saved to {}): {}", data.join("admin.key").display(), key.as_str());
     }
     if with_examples {
         deploy_examples(&platform, &data, addr).await?;
     }
 
     shutdown_signal().await;
-    println!("shutting down: finishing calls in flight (at most {}s)", config.shutdown_grace.as_secs());
+    say!("shutting down: finishing calls in flight (at most {}s)", config.shutdown_grace.as_secs());
     let _ = stop_tx.send(true);
     match tokio::time::timeout(config.shutdown_grace, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -124,7 +127,8 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // them for the next start on this data dir (which may never come).
     let _ = tokio::task::spawn_blocking(move || sandbox_for_cleanup.remove_scope()).await;
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
-    println!("flick stopped");
+    let _ = std::fs::remove_file(data.join(SECRET_FILE));
+    say!("flick stopped");
     Ok(())
 }
 
@@ -139,15 +143,15 @@ async fn deploy_examples(platform: &Arc<Platform>, data: &Path, addr: std::net::
     let dir = data.join("examples");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    println!("examples:");
+    say!("examples:");
     for example in crate::templates::EXAMPLES {
         let path = crate::templates::write(example, example.0, &dir)?;
         let archive = flick_package::pack_dir(&path)?;
         let outcome =
             platform.deploy(archive.into()).await.with_context(|| format!("deploying example {}", example.0))?;
-        println!("  {:<14} {:<8} http://{addr}/fn/{}", outcome.function, example.1, outcome.function);
+        say!("  {:<14} {:<8} http://{addr}/fn/{}", outcome.function, example.1, outcome.function);
     }
-    println!("try:  curl -d '{{\"name\":\"Ada\"}}' http://{addr}/fn/hello-python");
+    say!("try:  curl -d '{{\"name\":\"Ada\"}}' http://{addr}/fn/hello-python");
     Ok(())
 }
 
@@ -279,6 +283,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 fn whoami() -> String {
     format!("uid {}", std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0))
+}
+
+/// A fresh handshake secret for this run, written beside `flick.addr`
+/// (0600) for the CLI to check who it talks to.
+fn write_handshake_secret(data: &Path) -> anyhow::Result<flick_api::handshake::HandshakeSecret> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("operating system random source: {e}"))?;
+    let secret = flick_api::handshake::HandshakeSecret::new(bytes);
+    write_private(&data.join(SECRET_FILE), format!("{}\n", secret.to_hex()).as_bytes())?;
+    Ok(secret)
 }
 
 fn random_key() -> String {

@@ -1,12 +1,24 @@
 //! `activations`, `activation`, `logs`: reading invocation records.
+//!
+//! Responses and log lines are the function's output: they are printed
+//! escaped (`out::escape`) unless `--raw`, so a function cannot drive the
+//! terminal of whoever reads them.
 
+use std::borrow::Cow;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use flick_core::Activation;
+use serde::Deserialize;
 
 use crate::client::Client;
+use crate::out::{escape, escape_json};
 use crate::timefmt::rfc3339;
+
+#[derive(Deserialize)]
+struct ActivationList {
+    activations: Vec<Activation>,
+}
 
 async fn fetch(
     client: &Client,
@@ -21,18 +33,27 @@ async fn fetch(
     if let Some(seq) = after_seq {
         path.push_str(&format!("&after_seq={seq}"));
     }
-    let out = client.get(&path).await?;
-    Ok(serde_json::from_value(out["activations"].clone())?)
+    Ok(client.get::<ActivationList>(&path).await?.activations)
+}
+
+/// Function output for the terminal: escaped unless `raw`.
+fn shown(text: &str, multiline: bool, raw: bool) -> Cow<'_, str> {
+    if raw { Cow::Borrowed(text) } else { escape(text, multiline) }
+}
+
+/// The short form of an activation id used in log lines (its random tail).
+fn short_id(id: &str) -> &str {
+    id.get(20..).filter(|s| !s.is_empty()).unwrap_or(id)
 }
 
 pub async fn list(client: &Client, function: Option<&str>, limit: u32) -> anyhow::Result<ExitCode> {
     let acts = fetch(client, function, limit, None).await?;
-    println!("{:<32} {:<16} {:>4} {:<14} {:<5} {:>10}  START", "ID", "FUNCTION", "REV", "STATUS", "TYPE", "DURATION");
+    outln!("{:<32} {:<16} {:>4} {:<14} {:<5} {:>10}  START", "ID", "FUNCTION", "REV", "STATUS", "TYPE", "DURATION");
     for a in acts {
-        println!(
+        outln!(
             "{:<32} {:<16} {:>4} {:<14} {:<5} {:>8.1}ms  {}",
-            a.id,
-            a.function,
+            escape(a.id.as_str(), false),
+            escape(&a.function, false),
             a.revision,
             a.status.as_str(),
             if a.cold { "cold" } else { "warm" },
@@ -43,34 +64,37 @@ pub async fn list(client: &Client, function: Option<&str>, limit: u32) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn show(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let value = client.get(&format!("/v1/activations/{id}")).await?;
+pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::Result<ExitCode> {
+    let what = format!("GET /v1/activations/{id}");
+    let value: serde_json::Value = client.get(&format!("/v1/activations/{id}")).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        let text = serde_json::to_string_pretty(&value)?;
+        outln!("{}", if raw { Cow::Borrowed(text.as_str()) } else { escape_json(&text) });
         return Ok(ExitCode::SUCCESS);
     }
-    let a: Activation = serde_json::from_value(value)?;
-    println!("activation: {}", a.id);
-    println!("function:   {} (revision {})", a.function, a.revision);
-    println!("status:     {} (HTTP {})", a.status.as_str(), a.http_status);
-    println!("start:      {} ({})", rfc3339(a.start_ms), if a.cold { "cold" } else { "warm" });
-    println!("duration:   {:.3} ms (init {:.3} ms, waited {:.3} ms)", a.duration_ms, a.init_ms, a.wait_ms);
-    println!("response:{}\n{}", if a.response_truncated { " (truncated)" } else { "" }, a.response);
-    println!("logs:{}", if a.logs_truncated { " (earlier lines dropped)" } else { "" });
+    let a: Activation = serde_json::from_value(value)
+        .map_err(|e| anyhow::anyhow!("flick at {} sent an unexpected answer to {what}: {e}", client.base))?;
+    outln!("activation: {}", escape(a.id.as_str(), false));
+    outln!("function:   {} (revision {})", escape(&a.function, false), a.revision);
+    outln!("status:     {} (HTTP {})", a.status.as_str(), a.http_status);
+    outln!("start:      {} ({})", rfc3339(a.start_ms), if a.cold { "cold" } else { "warm" });
+    outln!("duration:   {:.3} ms (init {:.3} ms, waited {:.3} ms)", a.duration_ms, a.init_ms, a.wait_ms);
+    outln!("response:{}\n{}", if a.response_truncated { " (truncated)" } else { "" }, shown(&a.response, true, raw));
+    outln!("logs:{}", if a.logs_truncated { " (earlier lines dropped)" } else { "" });
     for l in &a.logs {
-        println!("  {} {:?} {}", rfc3339(l.ts_ms), l.stream, l.text);
+        outln!("  {} {:?} {}", rfc3339(l.ts_ms), l.stream, shown(&l.text, false, raw));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32) -> anyhow::Result<ExitCode> {
+pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32, raw: bool) -> anyhow::Result<ExitCode> {
     // Make sure the function exists, for a clear error instead of silence.
-    client.get(&format!("/v1/functions/{function}")).await?;
+    client.get::<serde_json::Value>(&format!("/v1/functions/{function}")).await?;
     let mut recent = fetch(client, Some(function), limit, None).await?;
     recent.reverse();
     let mut cursor = recent.iter().map(|a| a.seq).max().unwrap_or(0);
     for a in &recent {
-        print_lines(a);
+        print_lines(a, raw)?;
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
@@ -80,16 +104,14 @@ pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32) -> 
         tokio::time::sleep(Duration::from_millis(500)).await;
         for a in fetch(client, Some(function), 1000, Some(cursor)).await? {
             cursor = cursor.max(a.seq);
-            print_lines(&a);
+            print_lines(&a, raw)?;
         }
     }
 }
 
-fn print_lines(a: &Activation) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
+fn print_lines(a: &Activation, raw: bool) -> anyhow::Result<()> {
     for l in &a.logs {
-        let _ = writeln!(out, "{} {} {}", rfc3339(l.ts_ms), &a.id.as_str()[20..], l.text);
+        outln!("{} {} {}", rfc3339(l.ts_ms), escape(short_id(a.id.as_str()), false), shown(&l.text, false, raw));
     }
-    let _ = out.flush();
+    Ok(())
 }

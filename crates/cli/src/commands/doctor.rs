@@ -32,10 +32,10 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     for c in &checks {
-        println!("{} {:<16} {}", if c.ok { "ok     " } else { "MISSING" }, c.name, c.detail);
+        outln!("{} {:<16} {}", if c.ok { "ok     " } else { "MISSING" }, c.name, c.detail);
     }
     let complete = checks.iter().all(|c| c.ok);
-    println!(
+    outln!(
         "\n{}",
         if complete {
             "sandbox: complete — every instance runs isolated"

@@ -1,6 +1,6 @@
 //! `invoke`: calls `/fn/{name}` like any HTTP client would.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -47,11 +47,12 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<ExitCod
             let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(crate::client::api_error(status, &body, true));
         }
+        // The body byte for byte, like any HTTP client: it may be binary
+        // or piped on; `flick activation ID` shows it escaped.
         Some(_) => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
+            crate::out::bytes(&bytes)?;
             if !bytes.ends_with(b"\n") && !bytes.is_empty() {
-                out.write_all(b"\n")?;
+                crate::out::bytes(b"\n")?;
             }
         }
     }

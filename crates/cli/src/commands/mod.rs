@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::New { name, runtime, dir } => functions::new(&name, &runtime, &dir),
         Command::Doctor => doctor::doctor().await,
         command => {
-            let client = Client::from_global(g)?;
+            let client = Client::connect(g).await?;
             match command {
                 Command::Deploy { dir } => functions::deploy(&client, &dir).await,
                 Command::Invoke(args) => invoke::invoke(&client, args).await,
@@ -32,8 +32,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Rollback { name, revision } => functions::rollback(&client, &name, revision).await,
                 Command::Delete { name } => functions::delete(&client, &name).await,
                 Command::Activations { name, limit } => activations::list(&client, name.as_deref(), limit).await,
-                Command::Activation { id, json } => activations::show(&client, &id, json).await,
-                Command::Logs { name, follow, limit } => activations::logs(&client, &name, follow, limit).await,
+                Command::Activation { id, json, raw } => activations::show(&client, &id, json, raw).await,
+                Command::Logs { name, follow, limit, raw } => {
+                    activations::logs(&client, &name, follow, limit, raw).await
+                }
                 Command::Up(_) | Command::New { .. } | Command::Doctor => unreachable!("handled above"),
             }
         }

@@ -204,6 +204,14 @@ fn unsafe_free_sigterm(pid: u32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
 }
 
+/// reqwest is built with rustls but no default crypto provider (see the
+/// workspace Cargo.toml): a process must install one before it builds any
+/// client, or the build panics. Every test starts flick first, so this runs
+/// before the tests' own clients are made.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Writes `files` into `<parent>/<name>/` and returns that directory.
 pub fn write_function(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = parent.join("src").join(name);
@@ -270,6 +278,7 @@ impl Flick {
             std::thread::sleep(Duration::from_millis(20));
         };
         let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_string();
+        install_tls_provider();
         let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
         let flick = Flick { dir, base: format!("http://{}", addr.trim()), key, child: Some(child), http };
         let health = flick.get_anon("/healthz");
