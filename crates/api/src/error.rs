@@ -14,6 +14,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("request body is over the {limit}-byte limit")]
     TooLarge { limit: usize },
+    #[error("the request body did not arrive within {}s", after.as_secs_f64())]
+    BodyTimeout { after: std::time::Duration },
     #[error("{0}")]
     BadRequest(String),
     #[error("no such endpoint")]
@@ -28,6 +30,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             Self::Platform(e) => match e {

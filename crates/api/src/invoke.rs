@@ -33,7 +33,7 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         state.key.check(&parts.headers)?;
     }
     let limit = state.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge { limit })?;
+    let body = crate::read_body(body, limit, &state.limits).await?;
     let headers = forwarded_headers(&parts.headers, &state.key);
     let budget = match parts.headers.get("x-flick-deadline") {
         None => None,

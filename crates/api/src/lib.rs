@@ -11,15 +11,16 @@
 //! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`;
 //! - `error`: [`ApiError`] and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
-//!   its data dir before it sends the key (merged in by the binary).
+//!   its data dir before it sends the key (merged in by the binary);
+//! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
 mod error;
 pub mod handshake;
 mod invoke;
 mod manage;
+mod serve;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,6 +29,7 @@ use flick_platform::Platform;
 
 pub use auth::AdminKey;
 pub use error::ApiError;
+pub use serve::{ConnectionLimits, serve};
 
 /// Limits the API enforces before the platform sees a request.
 #[derive(Clone, Debug)]
@@ -36,6 +38,21 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Largest deploy archive.
     pub max_archive_bytes: usize,
+    /// Time a client has to send a whole request body (408 past it).
+    pub body_read_timeout: std::time::Duration,
+}
+
+/// Reads a request body of at most `limit` bytes within the body deadline.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    limits: &ApiLimits,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::TooLarge { limit }),
+        Err(_) => Err(ApiError::BodyTimeout { after: limits.body_read_timeout }),
+    }
 }
 
 #[derive(Clone)]
@@ -62,14 +79,4 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/v1/instances", get(manage::list_instances))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

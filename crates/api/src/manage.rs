@@ -23,7 +23,7 @@ pub(crate) async fn list_functions(State(s): State<AppState>, headers: HeaderMap
 pub(crate) async fn deploy(State(s): State<AppState>, req: Request<Body>) -> ApiResult {
     s.key.check(req.headers())?;
     let limit = s.limits.max_archive_bytes;
-    let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| ApiError::TooLarge { limit })?;
+    let body = crate::read_body(req.into_body(), limit, &s.limits).await?;
     if body.is_empty() {
         return Err(ApiError::BadRequest("empty body: send the function package (.tar.gz)".into()));
     }
@@ -99,9 +99,7 @@ const MAX_ROLLBACK_BODY: usize = 4 << 10;
 pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>, req: Request<Body>) -> ApiResult {
     // The key first: nobody without it gets flick to read a body.
     s.key.check(req.headers())?;
-    let body = axum::body::to_bytes(req.into_body(), MAX_ROLLBACK_BODY)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit: MAX_ROLLBACK_BODY })?;
+    let body = crate::read_body(req.into_body(), MAX_ROLLBACK_BODY, &s.limits).await?;
     let parsed: RollbackBody = if body.is_empty() {
         RollbackBody { revision: None }
     } else {

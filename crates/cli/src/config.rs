@@ -61,6 +61,12 @@ pub struct Config {
     /// Whether `http` functions may declare `network = "host"` (their
     /// server's port is then open to the host's network, without flick's auth).
     pub allow_host_network_http: bool,
+    /// Open client connections at once (one more gets a 503).
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers (then: closed).
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body (then: 408).
+    pub body_read_timeout: Duration,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -97,6 +103,9 @@ struct FileConfig {
     max_instance_memory: Option<String>,
     stem_cells: Option<u32>,
     allow_host_network_http: Option<bool>,
+    max_connections: Option<u32>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
 }
 
 impl Config {
@@ -161,6 +170,9 @@ impl Config {
             max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
             stem_cells: file.stem_cells.unwrap_or(1),
             allow_host_network_http: file.allow_host_network_http.unwrap_or(false),
+            max_connections: file.max_connections.unwrap_or(1024),
+            header_read_timeout: duration("header_read_timeout", &file.header_read_timeout, Duration::from_secs(10))?,
+            body_read_timeout: duration("body_read_timeout", &file.body_read_timeout, Duration::from_secs(30))?,
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(
@@ -185,6 +197,12 @@ impl Config {
             if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
                 bail!("`install_env`: `{name}` is not a valid environment variable");
             }
+        }
+        if config.max_connections == 0 {
+            bail!("`max_connections` must be at least 1");
+        }
+        if config.header_read_timeout.is_zero() || config.body_read_timeout.is_zero() {
+            bail!("`header_read_timeout` and `body_read_timeout` must be above zero");
         }
         if config.activations_per_function == 0 {
             bail!("`activations_per_function` must be at least 1");

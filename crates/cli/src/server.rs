@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use flick_api::{AdminKey, ApiLimits};
+use flick_api::{AdminKey, ApiLimits, ConnectionLimits};
 use flick_package::UnpackLimits;
 use flick_platform::{InstallConfig, Platform, PlatformConfig, Retention};
 use flick_runtime::{Launcher, LogLimits, RuntimeConfig};
@@ -96,13 +96,21 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let router = flick_api::router(
         platform.clone(),
         key.clone(),
-        ApiLimits { max_body_bytes: config.max_body_bytes, max_archive_bytes: config.max_archive_bytes },
+        ApiLimits {
+            max_body_bytes: config.max_body_bytes,
+            max_archive_bytes: config.max_archive_bytes,
+            body_read_timeout: config.body_read_timeout,
+        },
     )
     .merge(flick_api::handshake::router(secret, addr));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(platform.clone().run_background(wait_for(stop_rx.clone())));
-    let server = tokio::spawn(flick_api::serve(listener, router, wait_for(stop_rx.clone())));
+    let connections = ConnectionLimits {
+        max_connections: config.max_connections as usize,
+        header_read_timeout: config.header_read_timeout,
+    };
+    let server = tokio::spawn(flick_api::serve(listener, router, connections, wait_for(stop_rx.clone())));
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
     if new_key {

@@ -449,3 +449,73 @@ fn the_http_runtime_forwards_path_and_query_exactly_as_sent() {
     assert_eq!(pids.len(), 1, "the instance was replaced along the way: {pids:?}");
     assert_eq!(flick.instances("echo-line"), 1);
 }
+
+// --- slow and greedy clients (item 9) -----------------------------------------
+
+/// Sends one byte of a never-ending header every 200 ms until flick closes
+/// the connection; true if it did (within the 30 s this client allows).
+fn trickle_until_closed(flick: &Flick) -> bool {
+    let mut s = connect(flick);
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: flick\r\nx-slow: ").is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 512];
+    for _ in 0..150 {
+        if s.write_all(b"a").is_err() {
+            return true;
+        }
+        match s.read(&mut buf) {
+            // Closed, or answered (an over-the-limit 503) and closed.
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn slow_and_greedy_clients_hold_a_bounded_number_of_connections_for_a_bounded_time() {
+    let flick = Flick::start_with(
+        &[],
+        Some("max_connections = 16\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"2s\"\n"),
+    );
+    std::thread::scope(|s| {
+        let slow: Vec<_> = (0..24).map(|_| s.spawn(|| trickle_until_closed(&flick))).collect();
+        // All slots are taken by now or soon: a connection over the limit is
+        // told so at once, request or not.
+        let mut over = None;
+        for _ in 0..50 {
+            let mut probe = connect(&flick);
+            probe.write_all(raw_request("GET", "/healthz", None, "").as_bytes()).unwrap();
+            let r = read_reply(&mut probe);
+            if r.status() == 503 {
+                over = Some(r);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let over = over.expect("no connection was ever refused at the limit");
+        assert_eq!(over.header("retry-after"), ["1"]);
+        assert!(String::from_utf8_lossy(&over.body).contains("too_many_connections"), "{over:?}");
+        for (i, t) in slow.into_iter().enumerate() {
+            assert!(t.join().unwrap(), "slow client {i} was still held by flick after 30 s");
+        }
+    });
+    // Slots come back: ordinary requests are served again.
+    assert!(flick.wait_until(Duration::from_secs(10), || flick.get_anon("/healthz").status == 200));
+
+    // A body that never arrives: 408, on the management API and the invoke path alike.
+    for path in ["/v1/functions", "/fn/nothing"] {
+        let mut s = connect(&flick);
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: flick\r\nauthorization: Bearer {}\r\ncontent-length: 1000\r\n\r\nonly-this",
+            flick.key
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let r = read_reply(&mut s);
+        assert_eq!(r.status(), 408, "{path}: {r:?}");
+    }
+}
