@@ -44,6 +44,9 @@ impl ApiError {
                 P::DependencyRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "dependencies_refused"),
                 P::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 P::HostFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "host_full"),
+                P::NotPublic(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                P::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+                P::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                 P::Store(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flick_platform::InvokeRequest;
+use flick_platform::{Caller, InvokeRequest, PlatformError};
 
 use crate::auth::AdminKey;
 use crate::{ApiError, AppState};
@@ -27,11 +27,18 @@ pub(crate) async fn invoke_path(
 
 async fn invoke(state: AppState, name: String, path: String, req: Request<Body>) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    // Check the key before revealing whether a private function exists.
-    let public = state.platform.route(&name).is_some_and(|r| r.revision.manifest.public);
-    if !public {
+    // The route is resolved once: the key check and the call are against
+    // the same revision, whatever deploys land during the body upload.
+    let route = state.platform.route(&name);
+    let caller = if route.as_ref().is_some_and(|r| r.revision.manifest.public) {
+        // The key is not required, but a caller who sends it is the admin.
+        if state.key.check(&parts.headers).is_ok() { Caller::Admin } else { Caller::Anonymous }
+    } else {
+        // Checked before revealing whether a private function exists.
         state.key.check(&parts.headers)?;
-    }
+        Caller::Admin
+    };
+    let route = route.ok_or_else(|| PlatformError::FunctionNotFound(name.clone()))?;
     let limit = state.limits.max_body_bytes;
     let body = crate::read_body(body, limit, &state.limits).await?;
     let headers = forwarded_headers(&parts.headers, &state.key);
@@ -48,7 +55,7 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         body,
         budget,
     };
-    let done = state.platform.invoke(&name, request).await?;
+    let done = state.platform.invoke(route, caller, request).await?;
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();

@@ -140,7 +140,7 @@ pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap
         .status()
         .into_iter()
         .map(|p| {
-            json!({ "function": p.function, "revision": p.revision, "instances": p.instances,
+            json!({ "function": p.function, "revision": p.revision, "revision_id": p.revision_id, "instances": p.instances,
                     "starting": p.starting, "inflight": p.inflight, "waiting": p.waiting })
         })
         .collect();

@@ -27,6 +27,9 @@ pub struct Config {
     pub activations_per_function: u32,
     /// Size budget of `flick.db`: the oldest records go to stay under it.
     pub activations_max_size: u64,
+    /// Revisions kept per function (besides the current one and the
+    /// rollback target); 0 keeps all.
+    pub revisions_per_function: u32,
     pub shutdown_grace: Duration,
     pub install_timeout: Duration,
     /// Memory (and `/tmp` size) of a dependency install's sandbox.
@@ -83,6 +86,7 @@ struct FileConfig {
     activation_max_age: Option<String>,
     activations_per_function: Option<u32>,
     activations_max_size: Option<String>,
+    revisions_per_function: Option<u32>,
     shutdown_grace: Option<String>,
     install_timeout: Option<String>,
     install_memory: Option<String>,
@@ -146,6 +150,7 @@ impl Config {
             activations_per_function: file.activations_per_function.unwrap_or(1000),
             log_capture_bytes: size("log_capture", None, &file.log_capture, 64 << 10)? as usize,
             activations_max_size: size("activations_max_size", None, &file.activations_max_size, 1 << 30)?,
+            revisions_per_function: file.revisions_per_function.unwrap_or(10),
             shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, Duration::from_secs(30))?,
             install_timeout: duration("install_timeout", &file.install_timeout, Duration::from_secs(300))?,
             install_memory: size("install_memory", None, &file.install_memory, 1 << 30)?,

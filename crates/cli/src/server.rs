@@ -25,10 +25,14 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // Owner-only: the key, the database and every function's code are inside.
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("restricting {} to its owner", data.display()))?;
+    // Before anything touches the data dir: a second flick on it would
+    // sweep the first one's cgroups and staging and delete its flick.addr.
+    let _lock = lock_data_dir(&data)?;
 
-    let (key, new_key) = AdminKey::load_or_create(&data, random_key).context("creating the admin key")?;
-    let store = SqliteStore::open(&data.join("flick.db")).context("opening the store")?;
-    let code = CodeStore::open(&data).context("opening the code store")?;
+    let (key, new_key) =
+        AdminKey::load_or_create(&data, random_key).context("creating the admin key").map_err(|e| full(e, &data))?;
+    let store = SqliteStore::open(&data.join("flick.db")).context("opening the store").map_err(|e| full(e, &data))?;
+    let code = CodeStore::open(&data).context("opening the code store").map_err(|e| full(e, &data))?;
     let interpreters = Interpreters::resolve(&config).await?;
     let runtime_dir = data.join("runtime");
     let sandbox = build_sandbox(&config, &data, &interpreters).await?;
@@ -81,6 +85,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 memory: config.install_memory,
                 env: config.install_env.clone(),
             },
+            revisions_kept: config.revisions_per_function,
         },
     )
     .await
@@ -145,6 +150,74 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
 fn log_limits(capture_bytes: usize) -> LogLimits {
     let default = LogLimits::default();
     LogLimits { max_bytes: capture_bytes, max_line_bytes: default.max_line_bytes.min(capture_bytes), ..default }
+}
+
+/// Name of the lock file in the data dir; it holds the pid of the flick
+/// that holds the lock.
+const LOCK_FILE: &str = "flick.lock";
+
+/// Takes the data dir's exclusive lock for the life of this process (the
+/// kernel releases it however the process ends) or says who holds it.
+fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| disk_full_or(e, data))
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim() {
+                "" => "another flick".to_string(),
+                pid => format!("another flick (pid {pid})"),
+            };
+            anyhow::bail!(
+                "data dir {} is in use by {holder}; stop it first, or start this one with another --data-dir",
+                data.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    let pid = std::process::id().to_string();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(|e| disk_full_or(e, data))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
+/// SQLite reports a full disk at start-up as an I/O error of its shared
+/// memory file (`xShmMap`): when a start-up step fails, a small probe write
+/// tells whether the disk is full, and the error then says so first.
+fn full(e: anyhow::Error, data: &Path) -> anyhow::Error {
+    let probe = data.join(".flick-space-probe");
+    let written = std::fs::write(&probe, vec![0u8; 64 << 10]);
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(io) if flick_store::is_disk_full(&io) => {
+            e.context(format!("the disk holding {} is full (no space left on device): free some space", data.display()))
+        }
+        _ => e,
+    }
+}
+
+/// An I/O error, or, when it is one, the plain news that the disk is full.
+fn disk_full_or(e: std::io::Error, data: &Path) -> anyhow::Error {
+    if flick_store::is_disk_full(&e) {
+        anyhow::anyhow!("the disk holding {} is full (no space left on device): free some space", data.display())
+    } else {
+        e.into()
+    }
 }
 
 async fn deploy_examples(platform: &Arc<Platform>, data: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {

@@ -61,6 +61,10 @@ pub struct Activation {
     pub seq: i64,
     pub function: String,
     pub revision: u32,
+    /// The unique id of that revision (see `Revision::id`); 0 in records
+    /// written before revision ids existed.
+    #[serde(default)]
+    pub revision_id: u64,
     pub start_ms: i64,
     pub end_ms: i64,
     pub duration_ms: f64,

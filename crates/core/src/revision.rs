@@ -4,10 +4,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::{Manifest, RuntimeKind};
 
-/// One deploy of a function: immutable, numbered from 1, identified by the
-/// sha256 of its content (code files and manifest).
+/// One deploy of a function: immutable, numbered from 1 per function for
+/// people, and identified for the platform by `id`, which never repeats in
+/// the life of a data dir (a function deleted and created again starts its
+/// numbers at 1, never its ids).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
+    /// Unique in the data dir: pools, routes and activation records are
+    /// keyed by it, never by `(function, number)`.
+    pub id: u64,
     pub function: String,
     pub number: u32,
     /// `sha256:<hex>` of the unpacked content, so identical code deploys to

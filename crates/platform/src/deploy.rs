@@ -46,33 +46,84 @@ impl Platform {
         self.scheduler.admit(&manifest).map_err(PlatformError::BadRequest)?;
         let name = manifest.name.as_str().to_string();
 
+        // From the comparison with the current revision to the route switch,
+        // no other deploy, rollback or delete of this function interleaves.
+        let _changing = self.lock_function(&name).await;
         if let Some(current) = self.store.current_revision(&name).await?
             && current.hash == unpacked.hash
         {
             return Ok(outcome(&current, true));
         }
 
+        // Installing may take minutes: not under the collector's lock.
+        let mut installed = false;
         if !self.code.has_code(&unpacked.hash) {
             self.install_dependencies(staging).await?;
-            self.code.commit_code(staging, &unpacked.hash)?;
+            installed = true;
         }
-        self.code.save_archive(archive)?;
-        let code_dir = self.code.code_dir(&unpacked.hash);
+        let shared = self.gc.read().await;
+        if !installed && !self.code.has_code(&unpacked.hash) {
+            // Collected since we looked: this copy must be complete too.
+            self.install_dependencies(staging).await?;
+        }
+        let recorded = self.record_revision(archive, staging, manifest, &unpacked.hash).await;
+        drop(shared);
+        let (rev, unchanged) = match recorded {
+            Ok(PutOutcome::Created(rev)) => (rev, false),
+            Ok(PutOutcome::Unchanged(rev)) => (rev, true),
+            Err(e) => {
+                // What this deploy wrote (code, archive) is unreferenced now,
+                // unless another revision shares it: the collector knows.
+                if let Err(gc) = self.collect_garbage().await {
+                    tracing::warn!(error = %gc, "could not clean up after a failed deploy");
+                }
+                return Err(e);
+            }
+        };
+        if !unchanged {
+            self.set_route(rev.clone());
+            tracing::info!(function = %name, revision = rev.number, revision_id = rev.id, hash = %rev.hash, "deployed");
+            self.prune_revisions(&name).await;
+        }
+        Ok(outcome(&rev, unchanged))
+    }
+
+    /// Moves the code and the archive into place and records the revision.
+    /// The caller holds the collector's lock shared.
+    async fn record_revision(
+        &self,
+        archive: &Bytes,
+        staging: &Path,
+        manifest: Manifest,
+        hash: &str,
+    ) -> Result<PutOutcome, PlatformError> {
+        self.code.commit_code(staging, hash)?;
+        let archive_hex = self.code.save_archive(archive)?;
+        let code_dir = self.code.code_dir(hash);
         let code_size = tokio::task::spawn_blocking(move || flick_package::dir_size(&code_dir))
             .await
             .map_err(|e| PlatformError::Internal(e.to_string()))?
             .unwrap_or(0);
+        let new = NewRevision { manifest, hash: hash.to_string(), code_size, archive: Some(archive_hex) };
+        Ok(self.store.put_revision(new).await?)
+    }
 
-        let put = self.store.put_revision(NewRevision { manifest, hash: unpacked.hash, code_size }).await?;
-        let (rev, unchanged) = match put {
-            PutOutcome::Created(rev) => (rev, false),
-            PutOutcome::Unchanged(rev) => (rev, true),
-        };
-        if !unchanged {
-            self.set_route(rev.clone());
-            tracing::info!(function = %name, revision = rev.number, hash = %rev.hash, "deployed");
+    /// Drops the function's revisions beyond `revisions_kept` (the caller
+    /// holds its change lock); their code goes with the next collection.
+    async fn prune_revisions(&self, name: &str) {
+        let keep = self.config.revisions_kept;
+        if keep == 0 {
+            return;
         }
-        Ok(outcome(&rev, unchanged))
+        match self.store.prune_revisions(name, keep).await {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => {
+                let numbers: Vec<u32> = gone.iter().map(|r| r.number).collect();
+                tracing::info!(function = name, revisions = ?numbers, "pruned old revisions");
+                self.gc_wanted.notify_one();
+            }
+            Err(e) => tracing::warn!(function = name, error = %e, "could not prune old revisions"),
+        }
     }
 
     /// Installs `requirements.txt` / `package.json` dependencies into the

@@ -10,6 +10,10 @@ use flick_store::StoreError;
 pub enum PlatformError {
     #[error("function `{0}` not found")]
     FunctionNotFound(String),
+    /// A call without the key reached a function that is not (or no
+    /// longer) public.
+    #[error("missing or invalid API key")]
+    NotPublic(String),
     #[error("function `{function}` has no revision {number}")]
     RevisionNotFound { function: String, number: u32 },
     #[error("activation `{0}` not found")]
@@ -17,7 +21,7 @@ pub enum PlatformError {
     #[error(transparent)]
     Name(#[from] NameError),
     #[error("invalid package: {0}")]
-    Package(#[from] PackageError),
+    Package(PackageError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("{file} line {line}: {reason}; dependencies may only refer to paths inside the package")]
@@ -31,7 +35,36 @@ pub enum PlatformError {
     #[error("the host is at its instance budget; `{function}` could not start an instance in time (retry later)")]
     HostFull { function: String },
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// A write failed for want of disk space: the server's fault, not the
+    /// request's, and worth retrying once space is freed.
+    #[error("no space left on device: {0}")]
+    StorageFull(String),
+    /// The database was held by another process past the busy timeout.
+    #[error("the database is busy (held by another process): {0}; retry later")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for PlatformError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            Self::StorageFull(e.to_string())
+        } else if e.is_busy() {
+            Self::Busy(e.to_string())
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+impl From<PackageError> for PlatformError {
+    fn from(e: PackageError) -> Self {
+        match &e {
+            // Unpacking into staging ran out of disk: not a bad package.
+            PackageError::Io { source, .. } if flick_store::is_disk_full(source) => Self::StorageFull(e.to_string()),
+            _ => Self::Package(e),
+        }
+    }
 }

@@ -79,9 +79,29 @@ impl Call {
     }
 }
 
+/// Who made a call: a caller without the key may only ever reach a
+/// public revision, also when the call moves to a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Anonymous,
+}
+
+/// How often one call follows its function to a newer revision before
+/// giving up (each time, a deploy retired the pool it was about to use).
+const MAX_REROUTES: u32 = 3;
+
 impl Platform {
-    pub async fn invoke(self: &Arc<Self>, name: &str, req: InvokeRequest) -> Result<InvokeResponse, PlatformError> {
-        let route = self.route(name).ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
+    /// Runs a call on `route`, the one route the caller resolved (with
+    /// [`Platform::route`]) and was authorised against. If that revision
+    /// is retired before the call gets an instance, the call moves to the
+    /// function's current revision, provided `caller` may call that one.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        caller: Caller,
+        req: InvokeRequest,
+    ) -> Result<InvokeResponse, PlatformError> {
         let timeout = route.revision.manifest.timeout;
         let started = Instant::now();
         let call = Call {
@@ -93,7 +113,7 @@ impl Platform {
             settled: Arc::default(),
         };
         let (this, task_route, task_call) = (self.clone(), route.clone(), call.clone());
-        let mut task = tokio::spawn(async move { this.run(task_route, req, task_call).await });
+        let mut task = tokio::spawn(async move { this.run(task_route, caller, req, task_call).await });
         let joined = match call.caller_deadline {
             None => task.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, &mut task).await {
@@ -108,7 +128,24 @@ impl Platform {
         joined.map_err(|e| PlatformError::Internal(format!("invocation task: {e}")))?
     }
 
-    async fn run(&self, route: Arc<Route>, req: InvokeRequest, call: Call) -> Result<InvokeResponse, PlatformError> {
+    /// The current route of the function `stale` belonged to, for a call
+    /// whose revision was retired before it started.
+    fn reroute(&self, stale: &Route, caller: Caller) -> Result<Arc<Route>, PlatformError> {
+        let name = &stale.revision.function;
+        let route = self.route(name).ok_or_else(|| PlatformError::FunctionNotFound(name.clone()))?;
+        if caller == Caller::Anonymous && !route.revision.manifest.public {
+            return Err(PlatformError::NotPublic(name.clone()));
+        }
+        Ok(route)
+    }
+
+    async fn run(
+        &self,
+        mut route: Arc<Route>,
+        caller: Caller,
+        req: InvokeRequest,
+        call: Call,
+    ) -> Result<InvokeResponse, PlatformError> {
         let abandoned = || PlatformError::Internal("the caller's deadline passed".into());
         let Call { ref id, start_ms, started, .. } = call;
         let request = Request {
@@ -127,46 +164,71 @@ impl Platform {
         };
         let mut record =
             Record { cold: false, prewarmed: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
-        let function = || route.revision.function.clone();
+        let function = |route: &Route| route.revision.function.clone();
+        let mut reroutes = 0;
+        let mut redelivered = false;
         // Queueing ends at the caller's deadline; a cold start it causes
         // runs to the function's (the instance is the pool's, not the caller's).
-        let (outcome, logs) = match route.pool.acquire(call.caller_deadline.unwrap_or(call.function_deadline)).await {
-            // Nobody waits for it any more: the lease goes back unused.
-            Ok(_) if call.abandoned() => return Err(abandoned()),
-            Ok(mut lease) => {
-                let exec_started = Instant::now();
-                let invoked = lease.instance().invoke(request).await;
-                record = Record {
-                    cold: lease.cold,
-                    prewarmed: lease.prewarmed || invoked.prewarmed,
-                    init: lease.init,
-                    wait: lease.wait,
-                    exec: exec_started.elapsed(),
-                };
-                if !invoked.reusable {
-                    lease.discard();
+        let (outcome, logs) = loop {
+            match route.pool.acquire(call.caller_deadline.unwrap_or(call.function_deadline)).await {
+                // Nobody waits for it any more: the lease goes back unused.
+                Ok(_) if call.abandoned() => return Err(abandoned()),
+                Ok(mut lease) => {
+                    let exec_started = Instant::now();
+                    let invoked = lease.instance().invoke(request.clone()).await;
+                    record = Record {
+                        cold: lease.cold,
+                        prewarmed: lease.prewarmed || invoked.prewarmed,
+                        init: lease.init,
+                        wait: lease.wait,
+                        exec: exec_started.elapsed(),
+                    };
+                    if !invoked.reusable {
+                        lease.discard();
+                    }
+                    // The instance died while idle and the request never
+                    // reached it: once, another instance takes it.
+                    if let Err(Failure::NotDelivered(why)) = &invoked.outcome
+                        && !redelivered
+                    {
+                        tracing::debug!(function = %route.revision.function, %why, "instance was gone; retrying on another");
+                        redelivered = true;
+                        continue;
+                    }
+                    break (invoked.outcome, invoked.logs);
                 }
-                (invoked.outcome, invoked.logs)
-            }
-            Err(e @ (AcquireError::Overloaded { .. } | AcquireError::QueueFull { .. })) => {
-                if !call.settle() {
-                    return Err(abandoned());
+                Err(AcquireError::Retired { .. }) if reroutes < MAX_REROUTES => {
+                    reroutes += 1;
+                    route = match self.reroute(&route, caller) {
+                        Ok(r) => r,
+                        Err(e) if call.settle() => return Err(e),
+                        Err(_) => return Err(abandoned()),
+                    };
                 }
-                return Err(PlatformError::Overloaded { function: function(), reason: e.to_string() });
-            }
-            Err(AcquireError::HostFull) => {
-                if !call.settle() {
-                    return Err(abandoned());
+                Err(
+                    e @ (AcquireError::Retired { .. }
+                    | AcquireError::Overloaded { .. }
+                    | AcquireError::QueueFull { .. }),
+                ) => {
+                    if !call.settle() {
+                        return Err(abandoned());
+                    }
+                    return Err(PlatformError::Overloaded { function: function(&route), reason: e.to_string() });
                 }
-                return Err(PlatformError::HostFull { function: function() });
-            }
-            Err(AcquireError::Start(e)) => {
-                record.cold = true;
-                record.init = started.elapsed();
-                match e {
-                    StartError::Init { error, logs } => (Err(Failure::Function(error)), logs),
-                    StartError::Timeout { logs } => (Err(Failure::Timeout), logs),
-                    StartError::Platform(m) => (Err(Failure::Platform(m)), Captured::default()),
+                Err(AcquireError::HostFull) => {
+                    if !call.settle() {
+                        return Err(abandoned());
+                    }
+                    return Err(PlatformError::HostFull { function: function(&route) });
+                }
+                Err(AcquireError::Start(e)) => {
+                    record.cold = true;
+                    record.init = started.elapsed();
+                    break match e {
+                        StartError::Init { error, logs } => (Err(Failure::Function(error)), logs),
+                        StartError::Timeout { logs } => (Err(Failure::Timeout), logs),
+                        StartError::Platform(m) => (Err(Failure::Platform(m)), Captured::default()),
+                    };
                 }
             }
         };
@@ -182,6 +244,7 @@ impl Platform {
             seq: 0,
             function: route.revision.function.clone(),
             revision: route.revision.number,
+            revision_id: route.revision.id,
             start_ms,
             end_ms: now_ms(),
             duration_ms: ms(started.elapsed()),
@@ -212,7 +275,7 @@ impl Platform {
         // Stored off the request path; reads flush first, so the caller can
         // still read its record right after this response. Waits only when
         // the writer's backlog is full: that bounds memory under a flood.
-        self.records.record(activation).await;
+        self.record(activation).await;
         Ok(done)
     }
 
@@ -231,6 +294,7 @@ impl Platform {
             seq: 0,
             function: route.revision.function.clone(),
             revision: route.revision.number,
+            revision_id: route.revision.id,
             start_ms: call.start_ms,
             end_ms: now_ms(),
             duration_ms: ms(waited),
@@ -258,7 +322,7 @@ impl Platform {
             },
             response,
         };
-        self.records.record(activation).await;
+        self.record(activation).await;
         done
     }
 
@@ -290,7 +354,7 @@ impl Platform {
                 (ActivationStatus::OutOfMemory, error(500, "Runtime.OutOfMemory", message, vec![]))
             }
             Err(Failure::BadRequest(m)) => (ActivationStatus::Error, error(400, "Request.Invalid", m, vec![])),
-            Err(Failure::Platform(m)) => {
+            Err(Failure::Platform(m) | Failure::NotDelivered(m)) => {
                 // The detail names host paths and interpreters: it is for
                 // the operator's log, not for whoever called (perhaps
                 // without a key).

@@ -6,7 +6,16 @@
 //! - `deploy`: archive → unpacked, hashed, dependencies installed → revision;
 //! - `invoke`: route → scheduler lease → instance → activation record;
 //! - this file: the [`Platform`] itself, its routes (function → current
-//!   revision's pool) and the read-only queries.
+//!   revision's pool), rollback, delete, garbage collection of code and
+//!   archives, and the read-only queries.
+//!
+//! # One truth for routes and revisions
+//! Revisions are identified by [`Revision::id`], which never repeats in the
+//! life of a data dir; pools, routes and activation records are keyed by
+//! it. Every change of a function (deploy, rollback, delete) holds that
+//! function's change lock from its store write through the route switch,
+//! so the store and the route table never disagree, whatever the order in
+//! which concurrent changes arrive.
 
 mod deploy;
 mod error;
@@ -14,8 +23,8 @@ mod install;
 mod invoke;
 mod records;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use flick_core::{Activation, ActivationId, FunctionInfo, FunctionName, Revision, now_ms};
@@ -24,11 +33,12 @@ use flick_runtime::InstanceSpec;
 use flick_sandbox::Sandbox;
 use flick_scheduler::{Pool, Scheduler};
 use flick_store::{ActivationQuery, CodeStore, RecordLimits, Store};
+use tokio::sync::{Notify, OwnedMutexGuard};
 
 pub use deploy::DeployOutcome;
 pub use error::PlatformError;
 pub use install::InstallConfig;
-pub use invoke::{InvokeRequest, InvokeResponse, Timing};
+pub use invoke::{Caller, InvokeRequest, InvokeResponse, Timing};
 
 /// How long activation records are kept, and how many and how much of them.
 /// Count and size are enforced with every batch of records written; age
@@ -53,7 +63,18 @@ pub struct PlatformConfig {
     pub response_capture_bytes: usize,
     /// Deploy-time dependency installs (`install.rs`).
     pub install: InstallConfig,
+    /// Revisions kept per function (the current one and the one a rollback
+    /// would go back to are always kept); older ones, their code and
+    /// archives are removed. 0 keeps every revision.
+    pub revisions_kept: u32,
 }
+
+/// How often code and archives no revision refers to are looked for, when
+/// no deploy or delete asked for it sooner.
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon garbage collection looks again when code it could remove was
+/// still in use by draining instances.
+const GC_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a function's requests go: its current revision and that revision's pool.
 #[derive(Debug)]
@@ -71,8 +92,42 @@ pub struct Platform {
     /// Read on every invocation, written on deploy/rollback/delete: a cache
     /// of the store's current revisions so the hot path does no query.
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    /// One lock per function name being changed: held from the store write
+    /// through the route switch (see the module docs).
+    changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deploys hold it shared from finding their code on disk until their
+    /// revision is recorded; garbage collection holds it exclusively, so it
+    /// never removes code a deploy is about to refer to.
+    gc: tokio::sync::RwLock<()>,
+    /// Wakes the garbage collector (after a delete or a pruning deploy).
+    gc_wanted: Notify,
+    /// Revision ids of deleted functions: a call that was in flight when
+    /// its function was deleted leaves no record (it would show up under a
+    /// new function of the same name).
+    /// A tokio lock: a record's check and its (possibly waiting) hand-over
+    /// to the writer happen under one read guard.
+    deleted: tokio::sync::RwLock<HashSet<u64>>,
     records: records::Recorder,
     config: PlatformConfig,
+}
+
+/// Holds a function's change lock; forgets the lock when no one else wants it.
+struct Changing<'a> {
+    platform: &'a Platform,
+    name: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.platform.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Waiters clone the Arc under this map lock, so a count of one
+        // means no one is waiting.
+        if locks.get(&self.name).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&self.name);
+        }
+    }
 }
 
 impl Platform {
@@ -87,40 +142,94 @@ impl Platform {
         let limits =
             RecordLimits { per_function: config.retention.per_function, max_bytes: config.retention.max_bytes };
         let records = records::Recorder::spawn(store.clone(), limits);
-        let platform = Arc::new(Self { store, code, scheduler, sandbox, routes: RwLock::default(), records, config });
+        let platform = Arc::new(Self {
+            store,
+            code,
+            scheduler,
+            sandbox,
+            routes: RwLock::default(),
+            changing: Mutex::default(),
+            gc: tokio::sync::RwLock::new(()),
+            gc_wanted: Notify::new(),
+            deleted: tokio::sync::RwLock::default(),
+            records,
+            config,
+        });
         for f in platform.store.functions().await? {
             if let Some(rev) = platform.store.current_revision(&f.name).await? {
                 platform.set_route(rev);
             }
         }
-        // Code of deleted functions is swept now, before any deploy can race it.
-        let keep = platform.store.referenced_hashes().await?;
-        let swept = platform.code.sweep(&keep)?;
-        if swept > 0 {
-            tracing::info!(swept, "removed code no revision refers to");
-        }
+        // Code and archives of deleted functions go now, before any deploy.
+        platform.collect_garbage().await?;
         Ok(platform)
+    }
+
+    /// Waits for and takes the change lock of function `name`.
+    async fn lock_function(&self, name: &str) -> Changing<'_> {
+        let lock = {
+            let mut locks = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.entry(name.to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        Changing { platform: self, name: name.to_string(), guard: Some(guard) }
+    }
+
+    /// Removes code directories and archives that no revision refers to and
+    /// no pool still runs from. Returns whether something unreferenced was
+    /// kept because draining instances still use it.
+    pub async fn collect_garbage(&self) -> Result<bool, PlatformError> {
+        let _exclusive = self.gc.write().await;
+        let mut keep = self.store.referenced_hashes().await?;
+        let archives = self.store.referenced_archives().await?;
+        let referenced: HashSet<String> = keep.iter().cloned().collect();
+        let in_use: Vec<String> =
+            self.scheduler.code_dirs_in_use().iter().filter_map(|d| self.code.hash_of_dir(d)).collect();
+        let deferred = in_use.iter().any(|h| !referenced.contains(h));
+        keep.extend(in_use);
+        let code = self.code.clone();
+        let (code_swept, archives_swept) = tokio::task::spawn_blocking(move || -> Result<_, PlatformError> {
+            Ok((code.sweep(&keep)?, code.sweep_archives(&archives)?))
+        })
+        .await
+        .map_err(|e| PlatformError::Internal(format!("garbage collection: {e}")))??;
+        if code_swept + archives_swept > 0 {
+            tracing::info!(
+                code = code_swept,
+                archives = archives_swept,
+                "removed code and archives no revision refers to"
+            );
+        }
+        Ok(deferred)
     }
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
     }
 
-    /// The current route of a function, if it exists.
+    /// The current route of a function, if it exists. Resolve it once per
+    /// request: authorise and call against the same route
+    /// ([`Platform::invoke`]).
     pub fn route(&self, name: &str) -> Option<Arc<Route>> {
-        self.routes.read().unwrap().get(name).cloned()
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
+    /// Points the function at `revision` and retires its other pools.
+    /// Callers hold the function's change lock (or run before serving).
     fn set_route(&self, revision: Revision) -> Arc<Route> {
         let spec = InstanceSpec {
             function: revision.function.clone(),
             revision: revision.number,
+            revision_id: revision.id,
             manifest: Arc::new(revision.manifest.clone()),
             code_dir: self.code.code_dir(&revision.hash),
         };
         let pool = self.scheduler.activate(spec);
         let route = Arc::new(Route { revision, pool });
-        self.routes.write().unwrap().insert(route.revision.function.clone(), route.clone());
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(route.revision.function.clone(), route.clone());
         route
     }
 
@@ -146,6 +255,7 @@ impl Platform {
     /// Points a function back at `number`, or at the revision before the
     /// current one. In-flight calls finish on the revision they started on.
     pub async fn rollback(&self, name: &str, number: Option<u32>) -> Result<Revision, PlatformError> {
+        let _changing = self.lock_function(name).await;
         let (info, _) = self.function(name).await?;
         let target = match number {
             Some(n) => n,
@@ -171,20 +281,53 @@ impl Platform {
             other => other.into(),
         })?;
         self.set_route(rev.clone());
-        tracing::info!(function = name, revision = rev.number, "rolled back");
+        tracing::info!(function = name, revision = rev.number, revision_id = rev.id, "rolled back");
         Ok(rev)
     }
 
+    /// Deletes a function: its route at once (calls in flight finish), its
+    /// revisions and records, then (once its instances are gone) its code
+    /// and archives; the WAL is checkpointed so deleted rows do not linger.
     pub async fn delete(&self, name: &str) -> Result<(), PlatformError> {
         FunctionName::new(name)?;
+        let _changing = self.lock_function(name).await;
+        let revisions = self.store.revisions(name).await?;
+        if revisions.is_empty() {
+            return Err(PlatformError::FunctionNotFound(name.into()));
+        }
+        {
+            // From here on, records of these revisions are dropped; those
+            // handed over before are stored by the flush below, then deleted.
+            let mut deleted = self.deleted.write().await;
+            deleted.extend(revisions.iter().map(|r| r.id));
+            if let Some(route) = self.route(name) {
+                deleted.insert(route.revision.id);
+            }
+        }
+        self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.scheduler.retire_function(name);
         self.records.flush(records::READ_WAIT).await;
         if !self.store.delete_function(name).await? {
             return Err(PlatformError::FunctionNotFound(name.into()));
         }
-        self.routes.write().unwrap().remove(name);
-        self.scheduler.retire_function(name);
+        if let Err(e) = self.store.checkpoint().await {
+            tracing::warn!(error = %e, "could not checkpoint the WAL after a delete");
+        }
+        self.gc_wanted.notify_one();
         tracing::info!(function = name, "deleted");
         Ok(())
+    }
+
+    /// Hands a finished call's record to the writer, unless its function
+    /// was deleted meanwhile.
+    async fn record(&self, activation: Activation) {
+        // The check and the hand-over happen under one guard, so a delete
+        // either sees this record in its flush or this call sees the delete.
+        let deleted = self.deleted.read().await;
+        if deleted.contains(&activation.revision_id) {
+            return;
+        }
+        self.records.record(activation).await;
     }
 
     pub async fn activation(&self, id: &str) -> Result<Activation, PlatformError> {
@@ -211,10 +354,25 @@ impl Platform {
         Ok(pruned)
     }
 
-    /// Background work: the scheduler's reaper and activation retention,
-    /// until `shutdown` resolves.
+    /// Background work: the scheduler's reaper, activation retention and
+    /// garbage collection of code and archives, until `shutdown` resolves.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let reaper = tokio::spawn(self.scheduler.clone().run_reaper(std::future::pending::<()>()));
+        let this = self.clone();
+        let gc = tokio::spawn(async move {
+            let mut wait = GC_INTERVAL;
+            loop {
+                let _ = tokio::time::timeout(wait, this.gc_wanted.notified()).await;
+                wait = match this.collect_garbage().await {
+                    Ok(true) => GC_RETRY,
+                    Ok(false) => GC_INTERVAL,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "garbage collection of code and archives failed");
+                        GC_INTERVAL
+                    }
+                };
+            }
+        });
         let this = self.clone();
         let retention = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -230,6 +388,7 @@ impl Platform {
         shutdown.await;
         reaper.abort();
         retention.abort();
+        gc.abort();
     }
 
     /// Stops every instance and stores the last records (after the server

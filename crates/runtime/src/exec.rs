@@ -67,7 +67,7 @@ impl ExecInstance {
     pub async fn invoke(&self, req: crate::Request) -> Invoked {
         if self.stopped.load(Ordering::SeqCst) {
             return Invoked {
-                outcome: Err(Failure::Platform("instance is stopped".into())),
+                outcome: Err(Failure::NotDelivered("instance is stopped".into())),
                 logs: Default::default(),
                 reusable: false,
                 prewarmed: false,

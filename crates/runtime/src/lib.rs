@@ -57,7 +57,10 @@ pub struct RuntimeConfig {
 #[derive(Clone, Debug)]
 pub struct InstanceSpec {
     pub function: String,
+    /// The revision's number, as the function sees it (`FLICK_FUNCTION_REVISION`).
     pub revision: u32,
+    /// The revision's unique id (see `flick_core::Revision::id`).
+    pub revision_id: u64,
     pub manifest: Arc<Manifest>,
     pub code_dir: PathBuf,
 }
@@ -116,6 +119,10 @@ pub enum Failure {
     /// (the function never saw it).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request provably never reached the function (the instance was
+    /// already gone before it was sent): safe to run on another instance.
+    #[error("{0}")]
+    NotDelivered(String),
 }
 
 /// What an invocation returns: the outcome, its logs, and whether the

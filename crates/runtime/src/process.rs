@@ -256,9 +256,12 @@ impl ProcessInstance {
     }
 
     pub async fn invoke(&self, req: Request) -> Invoked {
-        if !self.alive.load(Ordering::SeqCst) {
+        // Dead before anything was sent (it crashed or was killed while
+        // idle): the caller may run this request elsewhere.
+        if !self.alive.load(Ordering::SeqCst) || self.process.has_exited() {
+            self.stop();
             return Invoked {
-                outcome: Err(Failure::Platform("instance is no longer running".into())),
+                outcome: Err(Failure::NotDelivered("instance is no longer running".into())),
                 logs: Default::default(),
                 reusable: false,
                 prewarmed: false,
@@ -277,7 +280,18 @@ impl ProcessInstance {
             headers: &req.headers,
             len: req.body.len(),
         };
-        let _ = self.to_instance.send(protocol::encode_invoke(&header, &req.body));
+        if self.to_instance.send(protocol::encode_invoke(&header, &req.body)).is_err() {
+            // The writer is gone: nothing of this request was written.
+            self.pending.lock().unwrap().remove(&req.id);
+            let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
+            self.stop();
+            return Invoked {
+                outcome: Err(Failure::NotDelivered("instance's protocol channel is closed".into())),
+                logs,
+                reusable: false,
+                prewarmed: false,
+            };
+        }
 
         match tokio::time::timeout_at(req.deadline, rx).await {
             Ok(Ok(frame)) => {

@@ -42,6 +42,10 @@ pub enum AcquireError {
     QueueFull { waiting: u32 },
     #[error("the host is at its instance budget")]
     HostFull,
+    /// The pool's revision was replaced or deleted: it starts nothing and
+    /// leases nothing; the caller looks up the function's route again.
+    #[error("revision {revision_id} is no longer served")]
+    Retired { revision_id: u64 },
     #[error(transparent)]
     Start(#[from] StartError),
 }
@@ -65,7 +69,9 @@ pub struct Scheduler {
     launcher: Launcher,
     budget: Arc<Budget>,
     queue: QueuePolicy,
-    pools: Mutex<HashMap<(String, u32), Arc<Pool>>>,
+    /// Keyed by revision id, which never repeats: a function deleted and
+    /// created again can never find its predecessor's pool.
+    pools: Mutex<HashMap<u64, Arc<Pool>>>,
 }
 
 /// One row of [`Scheduler::status`].
@@ -73,6 +79,7 @@ pub struct Scheduler {
 pub struct PoolStatus {
     pub function: String,
     pub revision: u32,
+    pub revision_id: u64,
     pub instances: usize,
     pub starting: u32,
     pub inflight: u32,
@@ -93,27 +100,37 @@ impl Scheduler {
     /// other revisions are retired (they drain and stop, in-flight calls finish).
     pub fn activate(&self, spec: InstanceSpec) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap();
-        for ((function, revision), pool) in pools.iter() {
-            if *function == spec.function && *revision != spec.revision {
+        for (id, pool) in pools.iter() {
+            if pool.spec().function == spec.function && *id != spec.revision_id {
                 pool.retire();
             }
         }
-        let key = (spec.function.clone(), spec.revision);
+        let key = spec.revision_id;
         let pool = pools
             .entry(key)
             .or_insert_with(|| Arc::new(Pool::new(spec, self.launcher.clone(), self.budget.clone(), self.queue)))
             .clone();
+        // A rollback to a revision whose pool is still draining serves it
+        // again. Only a pool still in the map can be revived: the reaper
+        // removes drained pools under the same lock, and a removed pool
+        // stays retired for good.
         pool.state.lock().unwrap().retired = false;
         pool
     }
 
     /// Retires every pool of a deleted function.
     pub fn retire_function(&self, function: &str) {
-        for ((f, _), pool) in self.pools.lock().unwrap().iter() {
-            if f == function {
+        for pool in self.pools.lock().unwrap().values() {
+            if pool.spec().function == function {
                 pool.retire();
             }
         }
+    }
+
+    /// Code directories that instances of any pool still in the scheduler
+    /// may run from (retired pools drain first): not to be collected.
+    pub fn code_dirs_in_use(&self) -> Vec<std::path::PathBuf> {
+        self.pools.lock().unwrap().values().map(|p| p.spec().code_dir.clone()).collect()
     }
 
     /// Every pool's instances and load, for status output and tests.
@@ -121,11 +138,12 @@ impl Scheduler {
         let pools = self.pools.lock().unwrap();
         let mut out: Vec<_> = pools
             .iter()
-            .map(|((function, revision), p)| {
+            .map(|(id, p)| {
                 let st = p.state.lock().unwrap();
                 PoolStatus {
-                    function: function.clone(),
-                    revision: *revision,
+                    function: p.spec().function.clone(),
+                    revision: p.spec().revision,
+                    revision_id: *id,
                     instances: st.slots.len(),
                     starting: st.starting,
                     inflight: st.inflight(),

@@ -136,6 +136,13 @@ impl Pool {
             freed.as_mut().enable();
             let next = {
                 let mut st = self.state.lock().unwrap();
+                // Checked under the lock that `starting` is counted under:
+                // the reaper drops a pool once it is retired with nothing
+                // starting or running, and an instance started after that
+                // would hold budget no one ever gives back.
+                if st.retired {
+                    return Err(AcquireError::Retired { revision_id: self.spec.revision_id });
+                }
                 // The busiest instance with room, most recently used first:
                 // packing work onto few instances lets the others idle out.
                 let best = st

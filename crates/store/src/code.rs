@@ -164,6 +164,33 @@ impl CodeStore {
         Ok(removed)
     }
 
+    /// Removes every archive whose name (hex sha256) is not in `keep` and
+    /// returns how many went. Like [`CodeStore::sweep`], not while a deploy
+    /// is between saving its archive and recording its revision.
+    pub fn sweep_archives(&self, keep: &[String]) -> Result<u64, StoreError> {
+        let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let dir = self.archives();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read", &dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read", &dir, e))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".tar.gz")).filter(|n| is_hex64(n)) else {
+                continue;
+            };
+            if !keep.contains(hex) {
+                remove_any(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The content hash a code directory of this store stands for.
+    pub fn hash_of_dir(&self, dir: &Path) -> Option<String> {
+        let hex = dir.strip_prefix(self.code()).ok()?.to_str().filter(|n| is_hex64(n))?;
+        Some(format!("{HASH_PREFIX}{hex}"))
+    }
+
     fn archives(&self) -> PathBuf {
         self.root.join("archives")
     }
@@ -291,9 +318,16 @@ mod tests {
         assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(store.save_archive(b"abc").unwrap(), hex);
         let path = tmp.path().join("archives").join(format!("{hex}.tar.gz"));
-        assert_eq!(fs::read(path).unwrap(), b"abc");
+        assert_eq!(fs::read(&path).unwrap(), b"abc");
         assert_eq!(fs::read_dir(tmp.path().join("archives")).unwrap().count(), 1);
         assert_eq!(fs::read_dir(tmp.path().join("staging")).unwrap().count(), 0);
+
+        let other = store.save_archive(b"def").unwrap();
+        fs::write(tmp.path().join("archives/notes.txt"), b"not ours").unwrap();
+        assert_eq!(store.sweep_archives(std::slice::from_ref(&other)).unwrap(), 1);
+        assert!(!path.exists());
+        assert!(tmp.path().join("archives").join(format!("{other}.tar.gz")).is_file());
+        assert!(tmp.path().join("archives/notes.txt").is_file(), "unknown entries are left alone");
     }
 
     #[test]
@@ -307,6 +341,8 @@ mod tests {
         let dir = store.commit_code(&staged, &a).unwrap();
         assert_eq!(dir, store.code_dir(&a));
         assert_eq!(dir, tmp.path().join("code").join("a".repeat(64)));
+        assert_eq!(store.hash_of_dir(&dir), Some(a.clone()));
+        assert_eq!(store.hash_of_dir(&tmp.path().join("code/x")), None);
         assert!(store.has_code(&a));
         assert!(!staged.exists());
 

@@ -46,6 +46,19 @@ impl StoreError {
             Self::Sqlite(e) | Self::Open { source: e, .. } => {
                 e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }
+            Self::Io { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+
+    /// Another connection (a backup, an `sqlite3` shell) held the database
+    /// past the busy timeout: worth retrying later.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Self::Sqlite(e) | Self::Open { source: e, .. } => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
             _ => false,
         }
     }
@@ -53,4 +66,10 @@ impl StoreError {
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io { action, path: path.display().to_string(), source }
     }
+}
+
+/// `ENOSPC` or `EDQUOT`: no room to write, whichever limit ran out.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(EDQUOT)
 }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use flick_core::{Activation, ActivationId, FunctionInfo, Manifest, Revision};
 
 pub use code::CodeStore;
-pub use error::StoreError;
+pub use error::{StoreError, is_disk_full};
 pub use sqlite::SqliteStore;
 
 /// What a deploy hands the store: the validated manifest and content identity.
@@ -25,6 +25,8 @@ pub struct NewRevision {
     /// `sha256:<hex>` of the content.
     pub hash: String,
     pub code_size: u64,
+    /// Hex sha256 of the uploaded archive (its name in `archives/`), if kept.
+    pub archive: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +106,19 @@ pub trait Store: Send + Sync + 'static {
     async fn referenced_hashes(&self) -> Result<Vec<String>, StoreError>;
 
     /// Stores a finished activation, without record limits; returns its sequence number.
+    /// Archive names (hex sha256) still referenced by any revision.
+    async fn referenced_archives(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes a function's revisions beyond the newest `keep`, except the
+    /// current one and the one a plain rollback would go back to; returns
+    /// the deleted revisions, oldest first.
+    async fn prune_revisions(&self, name: &str, keep: u32) -> Result<Vec<Revision>, StoreError>;
+
+    /// Copies the write-ahead log into the database and empties it, so
+    /// deleted rows do not linger in the log file.
+    async fn checkpoint(&self) -> Result<(), StoreError>;
+
+    /// Stores a finished activation; returns its sequence number.
     async fn insert_activation(&self, activation: &Activation) -> Result<i64, StoreError>;
 
     /// Stores a batch of finished activations in one transaction and

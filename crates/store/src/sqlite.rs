@@ -78,6 +78,29 @@ const MIGRATIONS: &[&str] = &[
     UPDATE activations SET logs = CAST(logs_json AS BLOB);
     ALTER TABLE activations DROP COLUMN logs_json;
     ",
+    // 3: revision ids that never repeat (AUTOINCREMENT keeps the highest id
+    // ever used even after every row is gone), the archive each revision
+    // came from (to delete it with the revision) and the revision id of
+    // each activation record.
+    "
+    CREATE TABLE revisions_v2 (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        function      TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        number        INTEGER NOT NULL,
+        hash          TEXT NOT NULL,
+        manifest_json TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        code_size     INTEGER NOT NULL,
+        archive       TEXT,
+        UNIQUE (function, number)
+    );
+    INSERT INTO revisions_v2 (function, number, hash, manifest_json, created_ms, code_size)
+        SELECT function, number, hash, manifest_json, created_ms, code_size
+        FROM revisions ORDER BY created_ms, function, number;
+    DROP TABLE revisions;
+    ALTER TABLE revisions_v2 RENAME TO revisions;
+    ALTER TABLE activations ADD COLUMN revision_id INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// How long a statement waits for another process holding the database
@@ -167,6 +190,10 @@ impl SqliteStore {
 
     fn init_conn(mut conn: Connection, label: &str) -> Result<Connection, StoreError> {
         conn.pragma_update(None, "foreign_keys", true)
+            .map_err(|source| StoreError::Open { path: label.into(), source })?;
+        // Deleted rows are overwritten, not left in free pages: a deleted
+        // function's environment and records must not stay on disk.
+        conn.pragma_update(None, "secure_delete", true)
             .map_err(|source| StoreError::Open { path: label.into(), source })?;
         migrate(&mut conn, label).map_err(|e| match e {
             StoreError::Sqlite(source) => StoreError::Open { path: label.into(), source },
@@ -286,17 +313,26 @@ fn flatten<T>(r: Decoded<T>) -> Result<T, StoreError> {
     r?
 }
 
-const REVISION_COLUMNS: &str = "function, number, hash, manifest_json, created_ms, code_size";
+const REVISION_COLUMNS: &str = "id, function, number, hash, manifest_json, created_ms, code_size";
 
 fn read_revision(row: &Row<'_>) -> Decoded<Revision> {
-    let function: String = row.get(0)?;
-    let number: u32 = row.get(1)?;
-    let json: String = row.get(3)?;
+    let id: i64 = row.get(0)?;
+    let function: String = row.get(1)?;
+    let number: u32 = row.get(2)?;
+    let json: String = row.get(4)?;
     let manifest = match serde_json::from_str(&json) {
         Ok(m) => m,
         Err(e) => return Ok(Err(corrupt(format!("manifest of `{function}` revision {number}"), e))),
     };
-    Ok(Ok(Revision { function, number, hash: row.get(2)?, manifest, created_ms: row.get(4)?, code_size: row.get(5)? }))
+    Ok(Ok(Revision {
+        id: id as u64,
+        function,
+        number,
+        hash: row.get(3)?,
+        manifest,
+        created_ms: row.get(5)?,
+        code_size: row.get(6)?,
+    }))
 }
 
 fn load_revision(conn: &Connection, name: &str, number: u32) -> Result<Option<Revision>, StoreError> {
@@ -341,7 +377,8 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 }
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
-     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed";
+     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
+     revision_id";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -378,6 +415,7 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         logs_truncated: row.get(15)?,
         exec_ms: row.get(16)?,
         prewarmed: row.get(17)?,
+        revision_id: row.get::<_, i64>(18)? as u64,
     }))
 }
 
@@ -419,11 +457,14 @@ impl Store for SqliteStore {
                 )?;
             }
             tx.execute(
-                &format!("INSERT INTO revisions ({REVISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                params![name, number, new.hash, manifest_json, now, new.code_size],
+                "INSERT INTO revisions (function, number, hash, manifest_json, created_ms, code_size, archive) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![name, number, new.hash, manifest_json, now, new.code_size, new.archive],
             )?;
+            let id = tx.last_insert_rowid();
             tx.commit()?;
             Ok(PutOutcome::Created(Revision {
+                id: id as u64,
                 function: name,
                 number,
                 hash: new.hash,
@@ -522,6 +563,61 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare("SELECT DISTINCT hash FROM revisions ORDER BY hash")?;
             let hashes = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             Ok(hashes)
+        })
+        .await
+    }
+
+    async fn referenced_archives(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT DISTINCT archive FROM revisions WHERE archive IS NOT NULL ORDER BY archive")?;
+            let archives = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(archives)
+        })
+        .await
+    }
+
+    async fn prune_revisions(&self, name: &str, keep: u32) -> Result<Vec<Revision>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(current) = tx
+                .query_row("SELECT current_revision FROM functions WHERE name = ?1", [&name], |r| r.get::<_, u32>(0))
+                .optional()?
+            else {
+                return Ok(Vec::new());
+            };
+            // The newest `keep`, the current one and the one a plain
+            // rollback would pick (the newest before the current) stay.
+            let doomed: Vec<Revision> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {REVISION_COLUMNS} FROM revisions WHERE function = ?1
+                       AND number <> ?2
+                       AND number <> COALESCE((SELECT MAX(number) FROM revisions WHERE function = ?1 AND number < ?2), 0)
+                       AND number NOT IN (SELECT number FROM revisions WHERE function = ?1 ORDER BY number DESC LIMIT ?3)
+                     ORDER BY number"
+                ))?;
+                stmt.query_map(params![name, current, keep], read_revision)?.map(flatten).collect::<Result<_, _>>()?
+            };
+            for rev in &doomed {
+                tx.execute("DELETE FROM revisions WHERE id = ?1", [rev.id as i64])?;
+            }
+            tx.commit()?;
+            Ok(doomed)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            // TRUNCATE also empties the -wal file, so what a delete removed
+            // is gone from the WAL too, not only from the main file.
+            let (busy, _, _): (i64, i64, i64) =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            if busy != 0 {
+                tracing::debug!("WAL checkpoint could not complete: a reader holds an old snapshot");
+            }
+            Ok(())
         })
         .await
     }
@@ -665,7 +761,8 @@ fn insert_batch(
         let mut stmt = tx.prepare_cached(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
-             exec_ms, prewarmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             exec_ms, prewarmed, revision_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
@@ -688,6 +785,7 @@ fn insert_batch(
                 a.logs_truncated,
                 a.exec_ms,
                 a.prewarmed,
+                a.revision_id as i64,
             ]);
             match inserted.map_err(StoreError::from) {
                 Ok(_) => results.push(Ok(tx.last_insert_rowid())),
@@ -764,7 +862,12 @@ mod tests {
     }
 
     fn deploy(name: &str, runtime: &str, public: bool, hash_char: char) -> NewRevision {
-        NewRevision { manifest: manifest(name, runtime, public), hash: hash(hash_char), code_size: 1234 }
+        NewRevision {
+            manifest: manifest(name, runtime, public),
+            hash: hash(hash_char),
+            code_size: 1234,
+            archive: Some(format!("{hash_char}{name}")),
+        }
     }
 
     fn activation(function: &str, start_ms: i64) -> Activation {
@@ -773,6 +876,7 @@ mod tests {
             seq: 0,
             function: function.into(),
             revision: 1,
+            revision_id: 1,
             start_ms,
             end_ms: start_ms + 12,
             duration_ms: 11.75,
@@ -1047,9 +1151,83 @@ mod tests {
         assert_eq!(all_seqs(&store).await, [kept]);
         assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('c')]);
 
-        // A new function of the same name starts over at revision 1.
+        // A new function of the same name starts over at revision 1, but
+        // never at a revision id used before.
         let again = created(store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap());
         assert_eq!(again.number, 1);
+        assert!(again.id > 3, "revision id {} was used before", again.id);
+    }
+
+    #[tokio::test]
+    async fn revision_ids_never_repeat_even_when_every_revision_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        let first = {
+            let store = SqliteStore::open(&path).unwrap();
+            let r = created(store.put_revision(deploy("f", "python3", false, 'a')).await.unwrap());
+            assert!(store.delete_function("f").await.unwrap());
+            r
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        let again = created(store.put_revision(deploy("f", "python3", false, 'a')).await.unwrap());
+        assert_eq!((first.number, again.number), (1, 1));
+        assert!(again.id > first.id, "{} reused after {}", again.id, first.id);
+        assert_eq!(store.current_revision("f").await.unwrap().unwrap().id, again.id);
+    }
+
+    #[tokio::test]
+    async fn prune_revisions_keeps_newest_current_and_rollback_target() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        for c in ['a', 'b', 'c', 'd', 'e', 'f'] {
+            store.put_revision(deploy("p", "python3", false, c)).await.unwrap();
+        }
+        let numbers = |store: SqliteStore| async move {
+            store.revisions("p").await.unwrap().iter().map(|r| r.number).collect::<Vec<_>>()
+        };
+        // Current is 6 (the newest): keep 2 → 6 and 5 (also the rollback target).
+        let gone: Vec<u32> = store.prune_revisions("p", 2).await.unwrap().iter().map(|r| r.number).collect();
+        assert_eq!(gone, [1, 2, 3, 4]);
+        assert_eq!(numbers(store.clone()).await, [6, 5]);
+        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('e'), hash('f')]);
+        assert_eq!(store.referenced_archives().await.unwrap(), vec!["ep".to_string(), "fp".to_string()]);
+
+        // After a rollback to 5 and two deploys, current is 8 and the rollback
+        // target 7; with keep 1 only those two stay.
+        store.set_current("p", 5).await.unwrap();
+        store.put_revision(deploy("p", "python3", false, 'g')).await.unwrap();
+        store.put_revision(deploy("p", "python3", false, 'h')).await.unwrap();
+        store.set_current("p", 5).await.unwrap();
+        // Current 5 is old: it and its rollback target (none older) stay with the newest.
+        assert!(store.prune_revisions("p", 1).await.unwrap().iter().map(|r| r.number).eq([6, 7]));
+        assert_eq!(numbers(store.clone()).await, [8, 5]);
+        assert!(store.prune_revisions("nope", 1).await.unwrap().is_empty());
+        store.checkpoint().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn version_1_database_gets_revision_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("flick.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let m = serde_json::to_string(&manifest("old", "python3", false)).unwrap();
+            conn.execute("INSERT INTO functions VALUES ('old', 2, 1, 2)", []).unwrap();
+            for (n, h) in [(1, 'a'), (2, 'b')] {
+                conn.execute(
+                    "INSERT INTO revisions (function, number, hash, manifest_json, created_ms, code_size) \
+                     VALUES ('old', ?1, ?2, ?3, ?1, 1)",
+                    params![n, hash(h), m],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let revs = store.revisions("old").await.unwrap();
+        assert_eq!(revs.iter().map(|r| (r.number, r.id)).collect::<Vec<_>>(), [(2, 2), (1, 1)]);
+        let next = created(store.put_revision(deploy("old", "python3", false, 'c')).await.unwrap());
+        assert_eq!((next.number, next.id), (3, 3));
     }
 
     #[tokio::test]
