@@ -13,7 +13,9 @@
 //! function racing for it) never receives this function's requests.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -68,7 +70,7 @@ impl HostPorts {
     fn reserve(self: &Arc<Self>) -> std::io::Result<PortLease> {
         for _ in 0..64 {
             let port = free_port()?;
-            if self.taken.lock().unwrap().insert(port) {
+            if self.taken.lock().insert(port) {
                 return Ok(PortLease { ports: self.clone(), port });
             }
         }
@@ -78,7 +80,7 @@ impl HostPorts {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.ports.taken.lock().unwrap().remove(&self.port);
+        self.ports.taken.lock().remove(&self.port);
     }
 }
 
@@ -165,7 +167,7 @@ impl HttpInstance {
                         "port {port}, reserved for this instance, is held by another program"
                     )));
                 }
-                instance.idle.lock().unwrap().push(sender);
+                instance.idle.lock().push(sender);
                 return Ok(instance);
             }
             if Instant::now() + pause > deadline {
@@ -206,7 +208,7 @@ impl HttpInstance {
     /// An idle connection, or a new one.
     async fn sender(&self) -> Result<Sender, String> {
         loop {
-            let Some(mut sender) = self.idle.lock().unwrap().pop() else { break };
+            let Some(mut sender) = self.idle.lock().pop() else { break };
             if sender.ready().await.is_ok() {
                 return Ok(sender);
             }
@@ -262,7 +264,7 @@ impl HttpInstance {
                     }
                 }
             }
-            self.idle.lock().unwrap().push(sender);
+            self.idle.lock().push(sender);
             Ok::<_, Proxy>(Some(Response { status, headers, body: Bytes::from(body) }))
         };
         let (outcome, reusable) = match tokio::time::timeout_at(req.deadline, send).await {

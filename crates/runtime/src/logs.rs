@@ -15,7 +15,9 @@
 //! function writing faster blocks on its own pipe and slows only itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use flick_core::{LogLine, LogStream, now_ms};
@@ -203,7 +205,7 @@ impl LogCollector {
 
     /// Starts attributing lines to `id`, handing it what was written while idle.
     pub fn begin(&self, id: &str) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         let idle = std::mem::take(&mut st.idle);
         st.inflight.insert(id.to_string(), (idle, 0));
     }
@@ -219,7 +221,7 @@ impl LogCollector {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let done = {
-                    let st = self.state.lock().unwrap();
+                    let st = self.state.lock();
                     st.closed >= st.open || st.inflight.get(id).is_none_or(|(_, ends)| *ends >= 2)
                 };
                 if done || tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -227,14 +229,14 @@ impl LogCollector {
                 }
             }
         }
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         st.inflight.remove(id).map(|(t, _)| t.into_captured(&self.limits)).unwrap_or_default()
     }
 
     /// Everything not attributed to an invocation (e.g. output of an
     /// instance that failed to start).
     pub fn take_idle(&self) -> Captured {
-        std::mem::take(&mut self.state.lock().unwrap().idle).into_captured(&self.limits)
+        std::mem::take(&mut self.state.lock().idle).into_captured(&self.limits)
     }
 
     fn on_line(&self, stream: LogStream, mut text: String) {
@@ -244,7 +246,7 @@ impl LogCollector {
             self.on_line(stream, text);
             return self.on_line(stream, marker);
         }
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         if let Some(id) = text.strip_prefix(END_MARKER) {
             if let Some((_, ends)) = st.inflight.get_mut(id.trim_end()) {
                 *ends += 1;
@@ -273,7 +275,7 @@ impl LogCollector {
     /// Counts `bytes` dropped over budget against whatever is in flight
     /// (or the idle tail, handed to the next invocation).
     fn on_dropped(&self, bytes: u64) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         if st.inflight.is_empty() {
             st.idle.dropped += bytes;
         } else {
@@ -286,7 +288,7 @@ impl LogCollector {
     /// A kept line was cut at `max_line_bytes`: whoever keeps it keeps less
     /// than was written, and the record must say so.
     fn mark_cut(&self) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         if st.inflight.is_empty() {
             st.idle.truncated = true;
         }
@@ -296,7 +298,7 @@ impl LogCollector {
     }
 
     fn on_close(&self) {
-        self.state.lock().unwrap().closed += 1;
+        self.state.lock().closed += 1;
         self.notify.notify_waiters();
     }
 
@@ -317,7 +319,7 @@ impl LogCollector {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        self.state.lock().unwrap().open += 1;
+        self.state.lock().open += 1;
         let this = self.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; READ_CHUNK];
@@ -365,13 +367,13 @@ impl LogCollector {
         let max_line = self.limits.max_line_bytes;
         let (mut pos, mut dropped) = (0, 0u64);
         if let Mode::Drop { resume } = &mut r.mode {
-            *resume = self.budget.lock().unwrap().allows(&self.limits, Instant::now());
+            *resume = self.budget.lock().allows(&self.limits, Instant::now());
         }
         while pos < data.len() {
             let rest = &data[pos..];
             match r.mode {
                 Mode::LineStart => {
-                    let keep = self.budget.lock().unwrap().allows(&self.limits, Instant::now());
+                    let keep = self.budget.lock().allows(&self.limits, Instant::now());
                     r.mode = if keep { Mode::Keep } else { Mode::Drop { resume: false } };
                 }
                 Mode::Keep => {
@@ -383,7 +385,7 @@ impl LogCollector {
                     r.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     pos += newline.map_or(rest.len(), |i| i + 1);
                     if newline.is_some() {
-                        self.budget.lock().unwrap().charge(r.line.len() + 1);
+                        self.budget.lock().charge(r.line.len() + 1);
                         let text = String::from_utf8_lossy(&r.line).into_owned();
                         r.line.clear();
                         self.on_line(stream, text);
@@ -565,7 +567,7 @@ mod tests {
         let rest = &whole.as_bytes()[used..];
         let (used, _) = logs.split(LogStream::Stdout, rest, &mut r, false);
         assert_eq!(used, rest.len());
-        assert_eq!(logs.state.lock().unwrap().inflight["a"].1, 1, "the marker was seen");
+        assert_eq!(logs.state.lock().inflight["a"].1, 1, "the marker was seen");
         // Not a marker: an RS in dropped output is just dropped.
         let mut r = Reading { line: Vec::new(), cut: false, mode: Mode::Drop { resume: false } };
         let (used, dropped) = logs.split(LogStream::Stdout, b"ab\x1enot-a-marker\ncd", &mut r, true);

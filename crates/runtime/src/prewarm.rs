@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use flick_core::{Manifest, Network, RuntimeKind};
@@ -153,16 +155,25 @@ impl Launcher {
             tracing::warn!(function = %spec.function, error = %e, "exec stem cell unusable");
             return None;
         }
-        cell.process.set_memory(m.memory).ok()?;
+        if let Err(e) = cell.process.set_memory(m.memory) {
+            tracing::warn!(function = %spec.function, error = %e, "exec stem cell unusable: cannot set its memory limit");
+            return None;
+        }
         // Smaller than a pipe's buffer: the write cannot block.
-        let mut go = std::fs::File::from(cell.go.take()?);
-        go.write_all(&message).ok()?;
+        let Some(go) = cell.go.take() else {
+            tracing::warn!(function = %spec.function, "exec stem cell unusable: its go pipe was already used");
+            return None;
+        };
+        if let Err(e) = std::fs::File::from(go).write_all(&message) {
+            tracing::warn!(function = %spec.function, error = %e, "exec stem cell unusable: cannot hand it the program");
+            return None;
+        }
         Some(cell)
     }
 
     fn take(&self, key: Key, refill: bool) -> Option<Cell> {
         let cell = {
-            let mut ready = self.stems.ready.lock().unwrap();
+            let mut ready = self.stems.ready.lock();
             let cells = ready.get_mut(&key)?;
             // A dead cell still listed (its watcher has not run yet) is skipped.
             let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
@@ -186,8 +197,8 @@ impl Launcher {
             return;
         }
         let missing = {
-            let ready = self.stems.ready.lock().unwrap().get(&key).map_or(0, Vec::len) as u32;
-            let mut starting = self.stems.starting.lock().unwrap();
+            let ready = self.stems.ready.lock().get(&key).map_or(0, Vec::len) as u32;
+            let mut starting = self.stems.starting.lock();
             let now = starting.entry(key).or_default();
             let missing = want.saturating_sub(ready + *now);
             *now += missing;
@@ -207,7 +218,7 @@ impl Launcher {
             Ok(cell) => cell,
             Err(e) => {
                 let failures = {
-                    let mut stats = self.stems.stats.lock().unwrap();
+                    let mut stats = self.stems.stats.lock();
                     let s = stats.entry(key).or_default();
                     s.failures = s.failures.saturating_add(1);
                     s.failures
@@ -219,19 +230,19 @@ impl Launcher {
                 // Still counted as starting while it waits, so requests
                 // meanwhile do not pile up more attempts.
                 tokio::time::sleep(wait).await;
-                *self.stems.starting.lock().unwrap().entry(key).or_default() -= 1;
+                *self.stems.starting.lock().entry(key).or_default() -= 1;
                 self.refill(key);
                 return;
             }
         };
-        self.stems.stats.lock().unwrap().entry(key).or_default().failures = 0;
+        self.stems.stats.lock().entry(key).or_default().failures = 0;
         let id = self.stems.next_id.fetch_add(1, Ordering::Relaxed);
         let exited = cell.process().on_exit();
         {
             // Checked under the same lock `stop_stems` clears under, so a cell
             // is never added after the pool was emptied for good.
-            let mut ready = self.stems.ready.lock().unwrap();
-            *self.stems.starting.lock().unwrap().entry(key).or_default() -= 1;
+            let mut ready = self.stems.ready.lock();
+            *self.stems.starting.lock().entry(key).or_default() -= 1;
             if self.closed() {
                 return; // dropping the cell stops it
             }
@@ -243,7 +254,7 @@ impl Launcher {
         tokio::spawn(async move {
             exited.await;
             let removed = {
-                let mut ready = self.stems.ready.lock().unwrap();
+                let mut ready = self.stems.ready.lock();
                 let cells = ready.entry(key).or_default();
                 let before = cells.len();
                 cells.retain(|r| r.id != id);
@@ -261,7 +272,7 @@ impl Launcher {
     }
 
     fn stem_died(&self, key: Key) {
-        self.stems.stats.lock().unwrap().entry(key).or_default().died += 1;
+        self.stems.stats.lock().entry(key).or_default().died += 1;
         tracing::warn!(kind = %kind_name(key), "a stem cell died before it was used; starting another");
     }
 
@@ -297,11 +308,11 @@ impl Launcher {
     pub fn stem_counts(&self) -> Vec<StemCount> {
         let mut counts: HashMap<Key, StemCount> = HashMap::new();
         let new = |key: Key| StemCount { kind: kind_name(key), ready: 0, died: 0 };
-        for (key, cells) in self.stems.ready.lock().unwrap().iter() {
+        for (key, cells) in self.stems.ready.lock().iter() {
             counts.entry(*key).or_insert_with(|| new(*key)).ready =
                 cells.iter().filter(|r| !r.cell.process().has_exited()).count();
         }
-        for (key, stats) in self.stems.stats.lock().unwrap().iter() {
+        for (key, stats) in self.stems.stats.lock().iter() {
             counts.entry(*key).or_insert_with(|| new(*key)).died = stats.died;
         }
         let mut out: Vec<_> = counts.into_values().collect();
@@ -311,7 +322,7 @@ impl Launcher {
 
     /// Stops every stem cell and refills no more (shutdown).
     pub fn stop_stems(&self) {
-        let mut ready = self.stems.ready.lock().unwrap();
+        let mut ready = self.stems.ready.lock();
         self.stems.closed.store(true, Ordering::Relaxed);
         // Dropping a stem cell kills its process.
         ready.clear();

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use flick_core::{Manifest, RuntimeKind};
@@ -268,7 +270,7 @@ impl ProcessInstance {
             };
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(req.id.clone(), tx);
+        self.pending.lock().insert(req.id.clone(), tx);
         self.logs.begin(&req.id);
         let header = InvokeHeader {
             kind: "invoke",
@@ -282,7 +284,7 @@ impl ProcessInstance {
         };
         if self.to_instance.send(protocol::encode_invoke(&header, &req.body)).is_err() {
             // The writer is gone: nothing of this request was written.
-            self.pending.lock().unwrap().remove(&req.id);
+            self.pending.lock().remove(&req.id);
             let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
             self.stop();
             return Invoked {
@@ -314,7 +316,7 @@ impl ProcessInstance {
                 // The channel broke: the process died or spoke garbage.
                 let how = self.process.exit(Duration::from_millis(500)).await;
                 let logs = self.logs.finish(&req.id, true, MARKER_GRACE).await;
-                let broken = self.broken.lock().unwrap().take();
+                let broken = self.broken.lock().take();
                 let outcome = match (broken, how) {
                     (Some(FrameError::Malformed(m)), _) => Err(Failure::Platform(m)),
                     (_, Some(exit)) if exit.oom => Err(Failure::OutOfMemory),
@@ -329,7 +331,7 @@ impl ProcessInstance {
                 Invoked { outcome, logs, reusable: false, prewarmed: false }
             }
             Err(_) => {
-                self.pending.lock().unwrap().remove(&req.id);
+                self.pending.lock().remove(&req.id);
                 // A handler past its deadline is stuck or busy; it cannot be
                 // trusted with the next request.
                 self.stop();
@@ -355,7 +357,7 @@ async fn read_responses(
     loop {
         match protocol::read_frame(&mut reader, max_body).await {
             Ok(frame) => {
-                let waiter = pending.lock().unwrap().remove(&frame.header.id);
+                let waiter = pending.lock().remove(&frame.header.id);
                 // No waiter: that invocation timed out already; drop the answer.
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
@@ -363,7 +365,7 @@ async fn read_responses(
             }
             // Only that invocation fails; the channel is still in step.
             Err(FrameError::Refused { id, reason }) => {
-                let waiter = pending.lock().unwrap().remove(&id);
+                let waiter = pending.lock().remove(&id);
                 if let Some(waiter) = waiter {
                     let error =
                         FunctionError { kind: "Function.ResponseSizeTooLarge".into(), message: reason, trace: vec![] };
@@ -373,9 +375,9 @@ async fn read_responses(
             }
             Err(e) => {
                 alive.store(false, Ordering::SeqCst);
-                *broken.lock().unwrap() = Some(e);
+                *broken.lock() = Some(e);
                 // Dropping the senders wakes every waiting invocation.
-                pending.lock().unwrap().clear();
+                pending.lock().clear();
                 return;
             }
         }

@@ -3,7 +3,7 @@
 //! releases when the instance stops, so one busy function cannot take the
 //! whole machine.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
@@ -32,7 +32,7 @@ impl Budget {
 
     /// Reserves room for one instance of `memory` bytes, if there is any.
     pub fn try_reserve(&self, memory: u64) -> bool {
-        let mut used = self.used.lock().unwrap();
+        let mut used = self.used.lock();
         if used.0 < self.limits.max_instances && used.1 + memory <= self.limits.max_memory {
             used.0 += 1;
             used.1 += memory;
@@ -45,7 +45,7 @@ impl Budget {
 
     pub fn release(&self, memory: u64) {
         {
-            let mut used = self.used.lock().unwrap();
+            let mut used = self.used.lock();
             used.0 = used.0.saturating_sub(1);
             used.1 = used.1.saturating_sub(memory);
         }
@@ -58,7 +58,7 @@ impl Budget {
     }
 
     pub fn used(&self) -> (u32, u64) {
-        *self.used.lock().unwrap()
+        *self.used.lock()
     }
 
     pub fn limits(&self) -> BudgetLimits {

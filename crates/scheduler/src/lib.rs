@@ -13,7 +13,7 @@
 //!   `min_instances` running, drains pools of replaced revisions, and evicts
 //!   the longest-idle instances when the host budget is exhausted.
 //!
-//! Pool state is behind a short `std::sync::Mutex`, never held across an
+//! Pool state is behind a short `parking_lot::Mutex` (no poisoning: one panic cannot cascade), never held across an
 //! await: instance start-up and invocations run outside it.
 
 pub mod autoscale;
@@ -21,7 +21,9 @@ mod budget;
 mod pool;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use flick_runtime::{InstanceSpec, Launcher, StartError};
@@ -99,7 +101,7 @@ impl Scheduler {
     /// The pool of `spec`'s revision, made current: pools of the function's
     /// other revisions are retired (they drain and stop, in-flight calls finish).
     pub fn activate(&self, spec: InstanceSpec) -> Arc<Pool> {
-        let mut pools = self.pools.lock().unwrap();
+        let mut pools = self.pools.lock();
         for (id, pool) in pools.iter() {
             if pool.spec().function == spec.function && *id != spec.revision_id {
                 pool.retire();
@@ -114,13 +116,13 @@ impl Scheduler {
         // again. Only a pool still in the map can be revived: the reaper
         // removes drained pools under the same lock, and a removed pool
         // stays retired for good.
-        pool.state.lock().unwrap().retired = false;
+        pool.state.lock().retired = false;
         pool
     }
 
     /// Retires every pool of a deleted function.
     pub fn retire_function(&self, function: &str) {
-        for pool in self.pools.lock().unwrap().values() {
+        for pool in self.pools.lock().values() {
             if pool.spec().function == function {
                 pool.retire();
             }
@@ -130,16 +132,16 @@ impl Scheduler {
     /// Code directories that instances of any pool still in the scheduler
     /// may run from (retired pools drain first): not to be collected.
     pub fn code_dirs_in_use(&self) -> Vec<std::path::PathBuf> {
-        self.pools.lock().unwrap().values().map(|p| p.spec().code_dir.clone()).collect()
+        self.pools.lock().values().map(|p| p.spec().code_dir.clone()).collect()
     }
 
     /// Every pool's instances and load, for status output and tests.
     pub fn status(&self) -> Vec<PoolStatus> {
-        let pools = self.pools.lock().unwrap();
+        let pools = self.pools.lock();
         let mut out: Vec<_> = pools
             .iter()
             .map(|(id, p)| {
-                let st = p.state.lock().unwrap();
+                let st = p.state.lock();
                 PoolStatus {
                     function: p.spec().function.clone(),
                     revision: p.spec().revision,
@@ -176,7 +178,7 @@ impl Scheduler {
     /// One reaper pass: stop idle instances, relieve budget pressure, keep
     /// minimums, drop empty retired pools.
     pub fn reap(&self) {
-        let pools: Vec<_> = self.pools.lock().unwrap().values().cloned().collect();
+        let pools: Vec<_> = self.pools.lock().values().cloned().collect();
         let now = Instant::now();
         let mut bursts = Vec::new();
         for pool in &pools {
@@ -205,7 +207,7 @@ impl Scheduler {
             let want = bursts.iter().find(|(p, _)| Arc::ptr_eq(p, pool)).map_or(0, |(_, n)| *n);
             pool.prewarm(want, now);
         }
-        self.pools.lock().unwrap().retain(|_, pool| !pool.is_drained());
+        self.pools.lock().retain(|_, pool| !pool.is_drained());
     }
 
     /// Whether functions of `manifest` can run here (see [`Launcher::admit`]).
@@ -221,10 +223,10 @@ impl Scheduler {
     /// Stops every instance and stem cell (shutdown).
     pub fn stop_all(&self) {
         self.launcher.stop_stems();
-        let pools: Vec<_> = self.pools.lock().unwrap().drain().map(|(_, p)| p).collect();
+        let pools: Vec<_> = self.pools.lock().drain().map(|(_, p)| p).collect();
         for pool in pools {
             pool.retire();
-            let slots = std::mem::take(&mut pool.state.lock().unwrap().slots);
+            let slots = std::mem::take(&mut pool.state.lock().slots);
             for slot in slots {
                 pool.stop_slot(slot);
             }

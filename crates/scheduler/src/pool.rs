@@ -1,7 +1,9 @@
 //! One pool per function revision: leases on warm instances, cold starts
 //! within the bounds, a bounded wait when at the bounds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use flick_runtime::{Instance, InstanceSpec, Launcher, StartError};
@@ -101,7 +103,7 @@ struct Waiting<'a>(&'a Pool);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap().waiting -= 1;
+        self.0.state.lock().waiting -= 1;
     }
 }
 
@@ -135,7 +137,7 @@ impl Pool {
             changed.as_mut().enable();
             freed.as_mut().enable();
             let next = {
-                let mut st = self.state.lock().unwrap();
+                let mut st = self.state.lock();
                 // Checked under the lock that `starting` is counted under:
                 // the reaper drops a pool once it is retired with nothing
                 // starting or running, and an instance started after that
@@ -200,7 +202,7 @@ impl Pool {
                     if woke.is_err() {
                         // Below its own bound, the pool was held back by the host's budget.
                         let below_max = {
-                            let st = self.state.lock().unwrap();
+                            let st = self.state.lock();
                             st.slots.len() as u32 + st.starting < m.max_instances
                         };
                         return Err(if below_max {
@@ -232,7 +234,7 @@ impl Pool {
         inflight: u32,
     ) -> Result<(u64, Arc<Instance>), AcquireError> {
         let added = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock();
             st.starting -= 1;
             result.map(|instance| {
                 let instance = Arc::new(instance);
@@ -249,7 +251,7 @@ impl Pool {
 
     fn release(&self, slot_id: u64, discard: bool) {
         let removed = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock();
             let Some(i) = st.slots.iter().position(|s| s.id == slot_id) else { return };
             let slot = &mut st.slots[i];
             slot.inflight -= 1;
@@ -271,7 +273,7 @@ impl Pool {
     }
 
     pub(crate) fn retire(&self) {
-        self.state.lock().unwrap().retired = true;
+        self.state.lock().retired = true;
         self.changed.notify_waiters();
     }
 
@@ -280,7 +282,7 @@ impl Pool {
     pub(crate) fn autoscale(&self, now: Instant) -> Decision {
         let m = &self.spec.manifest;
         let policy = &m.scaling;
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         let load = st.inflight() + st.waiting;
         st.load.record(now, load, policy.stable_window);
         let in_panic = st.load.panic_until().is_some_and(|t| now < t);
@@ -314,7 +316,7 @@ impl Pool {
     /// `min_instances`), or idle in a retired pool.
     pub(crate) fn take_idle(&self, now: Instant, hold: u32) -> Vec<Slot> {
         let m = &self.spec.manifest;
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         let keep = if st.retired { 0 } else { hold.max(m.min_instances) as usize };
         let retired = st.retired;
         // Most recently used first: those are kept, the rest may go.
@@ -338,7 +340,7 @@ impl Pool {
     /// The idle instance used longest ago, beyond `min_instances`, and when
     /// it was last used: a candidate for eviction under host pressure.
     pub(crate) fn oldest_idle(&self) -> Option<Instant> {
-        let st = self.state.lock().unwrap();
+        let st = self.state.lock();
         let idle = st.slots.iter().filter(|s| s.inflight == 0).count();
         if idle == 0 || (!st.retired && st.slots.len() <= self.spec.manifest.min_instances as usize) {
             return None;
@@ -348,7 +350,7 @@ impl Pool {
 
     /// Removes the idle instance used longest ago (see [`Self::oldest_idle`]).
     pub(crate) fn evict_oldest_idle(&self) -> Option<Slot> {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         let i = st.slots.iter().enumerate().filter(|(_, s)| s.inflight == 0).min_by_key(|(_, s)| s.last_used)?.0;
         Some(st.slots.swap_remove(i))
     }
@@ -358,7 +360,7 @@ impl Pool {
         let m = &self.spec.manifest;
         let mut missing = 0;
         {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock();
             let have = st.slots.len() as u32 + st.starting;
             let want = want.max(m.min_instances).min(m.max_instances);
             let backing_off = st.prewarm_failed_at.is_some_and(|t| now < t + PREWARM_BACKOFF);
@@ -380,14 +382,14 @@ impl Pool {
                 let result = pool.launcher.start(&pool.spec, deadline).await;
                 if let Err(e) = pool.started(result, 0) {
                     tracing::warn!(function = %pool.spec.function, error = %e, "could not prewarm an instance");
-                    pool.state.lock().unwrap().prewarm_failed_at = Some(Instant::now());
+                    pool.state.lock().prewarm_failed_at = Some(Instant::now());
                 }
             });
         }
     }
 
     pub(crate) fn is_drained(&self) -> bool {
-        let st = self.state.lock().unwrap();
+        let st = self.state.lock();
         st.retired && st.slots.is_empty() && st.starting == 0
     }
 }
