@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod id;
+pub mod invocation;
 pub mod manifest;
 pub mod name;
 pub mod revision;
@@ -15,6 +16,7 @@ pub mod units;
 
 pub use activation::{Activation, ActivationStatus, LogLine, LogStream};
 pub use id::ActivationId;
+pub use invocation::{Cause, Invocation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};

@@ -1,0 +1,177 @@
+//! An invocation as the platform runs it: the one request shape of every
+//! call, whoever made it. A synchronous HTTP call, an accepted async call
+//! (stored by the queue and run later, perhaps after a restart), a retry,
+//! a trigger's event and a sequence step all become an [`Invocation`] and go
+//! through the same invoke path.
+//!
+//! It is serialisable because the queue stores it; its activation id is
+//! made by whoever accepted it (so a 202 can name the activation before it
+//! runs, and a retry keeps the same id).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ActivationId;
+
+/// What caused an invocation (shown on its activation record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// A caller waiting on `/fn/{name}`.
+    #[default]
+    Http,
+    /// A caller who asked for an async call (`X-Flick-Async: true`).
+    Async,
+    Cron,
+    Mqtt,
+    Nats,
+    #[serde(rename = "cloudevent")]
+    CloudEvent,
+    /// A step of a `runtime = "sequence"` function.
+    Sequence,
+    /// A dead letter sent back to its function (`flick dlq redrive`).
+    Redrive,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 8] =
+        [Self::Http, Self::Async, Self::Cron, Self::Mqtt, Self::Nats, Self::CloudEvent, Self::Sequence, Self::Redrive];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Async => "async",
+            Self::Cron => "cron",
+            Self::Mqtt => "mqtt",
+            Self::Nats => "nats",
+            Self::CloudEvent => "cloudevent",
+            Self::Sequence => "sequence",
+            Self::Redrive => "redrive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One call of a function: the HTTP-shaped request the runtime presents
+/// to it, and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invocation {
+    /// The activation this call records under; made by whoever accepted it.
+    pub id: ActivationId,
+    pub function: String,
+    pub method: String,
+    /// The sub-path after `/fn/{name}`, percent-decoded.
+    pub path: String,
+    /// The same sub-path as the caller sent it (still percent-encoded).
+    pub raw_path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "body_base64")]
+    pub body: Vec<u8>,
+    /// The caller's own time budget in milliseconds (`X-Flick-Deadline`),
+    /// when shorter than the function's `timeout`.
+    #[serde(default)]
+    pub budget_ms: Option<u64>,
+    #[serde(default)]
+    pub cause: Cause,
+    /// The trigger that fired it (`cron`, `mqtt`, … causes), by name.
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// 1 for the first attempt; retries count up.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The activation this one is part of (a sequence's steps).
+    #[serde(default)]
+    pub parent: Option<ActivationId>,
+    /// Where the outcome of an async call is POSTed (`X-Callback-Url`).
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// When it was accepted (ms since the epoch).
+    #[serde(default)]
+    pub accepted_ms: i64,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl Invocation {
+    /// A `POST /` with `body`, as triggers and sequences make them.
+    pub fn post(function: impl Into<String>, cause: Cause, body: Vec<u8>) -> Self {
+        Self {
+            id: ActivationId::generate(),
+            function: function.into(),
+            method: "POST".into(),
+            path: "/".into(),
+            raw_path: "/".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            budget_ms: None,
+            cause,
+            trigger: None,
+            attempt: 1,
+            parent: None,
+            callback_url: None,
+            accepted_ms: crate::now_ms(),
+        }
+    }
+}
+
+/// The body as standard base64 in JSON (bodies are bytes, not text).
+mod body_base64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(|e| serde::de::Error::custom(format!("body is not valid base64: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocations_round_trip_through_json_with_any_body() {
+        for body in [vec![], vec![0u8], vec![0, 255], vec![1, 2, 3], (0..=255u8).collect::<Vec<_>>()] {
+            let mut inv = Invocation::post("f", Cause::Cron, body);
+            inv.trigger = Some("every-10s".into());
+            let json = serde_json::to_string(&inv).unwrap();
+            assert_eq!(serde_json::from_str::<Invocation>(&json).unwrap(), inv);
+        }
+    }
+
+    #[test]
+    fn bad_base64_is_refused() {
+        let inv = Invocation::post("f", Cause::Http, b"hi".to_vec());
+        let mut v = serde_json::to_value(&inv).unwrap();
+        v["body"] = "a$==".into();
+        assert!(serde_json::from_value::<Invocation>(v).is_err());
+    }
+
+    #[test]
+    fn causes_parse_their_own_names() {
+        for c in Cause::ALL {
+            assert_eq!(Cause::parse(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert_eq!(Cause::parse("kafka"), None);
+    }
+}
