@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
+use flick_core::{ActivationId, Cause};
 use flick_store::ActivationQuery;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -115,6 +116,9 @@ pub(crate) struct ActivationParams {
     function: Option<String>,
     limit: Option<u32>,
     after_seq: Option<i64>,
+    cause: Option<String>,
+    trigger: Option<String>,
+    parent: Option<String>,
 }
 
 pub(crate) async fn list_activations(
@@ -123,7 +127,28 @@ pub(crate) async fn list_activations(
     Query(p): Query<ActivationParams>,
 ) -> ApiResult {
     s.key.check(&headers)?;
-    let query = ActivationQuery { function: p.function, after_seq: p.after_seq, limit: p.limit.unwrap_or(0) };
+    let cause = match p.cause.as_deref() {
+        None => None,
+        Some(c) => Some(Cause::parse(c).ok_or_else(|| {
+            let known: Vec<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+            ApiError::BadRequest(format!("cause must be one of {}, got `{c}`", known.join(", ")))
+        })?),
+    };
+    let parent = match p.parent.as_deref() {
+        None => None,
+        Some(id) => Some(
+            ActivationId::parse(id)
+                .ok_or_else(|| ApiError::BadRequest(format!("parent `{id}` is not an activation id")))?,
+        ),
+    };
+    let query = ActivationQuery {
+        function: p.function,
+        cause,
+        trigger: p.trigger,
+        parent,
+        after_seq: p.after_seq,
+        limit: p.limit.unwrap_or(0),
+    };
     let activations = s.platform.activations(&query).await?;
     Ok(Json(json!({ "activations": activations })).into_response())
 }

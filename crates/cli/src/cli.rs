@@ -119,11 +119,22 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
     /// List recent activations (invocation records), newest first.
     #[command(after_help = "Examples:
   flick activations
-  flick activations hello --limit 5")]
+  flick activations hello --limit 5
+  flick activations --cause async        # accepted with X-Flick-Async
+  flick activations hello --trigger every-10s
+
+Causes: http, async, cron, mqtt, nats, cloudevent, sequence, redrive.
+ATTEMPT shows `n of m` for calls that may be retried.")]
     Activations {
         name: Option<String>,
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: u32,
+        /// Only calls with this cause.
+        #[arg(long)]
+        cause: Option<String>,
+        /// Only calls fired by the trigger of this name.
+        #[arg(long)]
+        trigger: Option<String>,
     },
     /// Show one activation: status, timing, response and logs.
     #[command(after_help = "Control characters in the response and logs (terminal escapes, carriage

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::ActivationId;
+use crate::invocation::Cause;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,6 +19,11 @@ pub enum ActivationStatus {
     /// flick could not run the function (instance crashed, could not start,
     /// answered something that is not the wire protocol).
     PlatformError,
+    /// Accepted (async, trigger) and waiting in the queue. Shown for items
+    /// still in the queue; never stored as a record.
+    Queued,
+    /// Leased from the queue and running now. Shown, never stored.
+    Running,
 }
 
 impl ActivationStatus {
@@ -28,14 +34,36 @@ impl ActivationStatus {
             Self::Timeout => "timeout",
             Self::OutOfMemory => "out_of_memory",
             Self::PlatformError => "platform_error",
+            Self::Queued => "queued",
+            Self::Running => "running",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Success, Self::Error, Self::Timeout, Self::OutOfMemory, Self::PlatformError]
+        [Self::Success, Self::Error, Self::Timeout, Self::OutOfMemory, Self::PlatformError, Self::Queued, Self::Running]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
+
+    /// The call is over (a record exists): not queued or running.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+/// One earlier attempt of an activation that was retried: what went wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptOutcome {
+    /// 1-based.
+    pub attempt: u32,
+    pub status: ActivationStatus,
+    /// The HTTP status the attempt answered with (0 when it never ran).
+    #[serde(default)]
+    pub http_status: u16,
+    /// What went wrong, short (the error message or response head).
+    pub message: String,
+    pub start_ms: i64,
+    pub duration_ms: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,4 +116,22 @@ pub struct Activation {
     pub response_truncated: bool,
     pub logs: Vec<LogLine>,
     pub logs_truncated: bool,
+    /// What made the call (`http` for records written before causes existed).
+    #[serde(default)]
+    pub cause: Cause,
+    /// The trigger that fired it, by name (cron, mqtt, nats, cloudevent causes).
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// This attempt (1-based); 0 in records written before attempts existed.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Attempts it may take in all (1 for a sync call).
+    #[serde(default)]
+    pub max_attempts: u32,
+    /// The earlier attempts of a retried call, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<AttemptOutcome>,
+    /// The activation this one is part of (a sequence's steps).
+    #[serde(default)]
+    pub parent: Option<ActivationId>,
 }

@@ -14,7 +14,7 @@ pub mod name;
 pub mod revision;
 pub mod units;
 
-pub use activation::{Activation, ActivationStatus, LogLine, LogStream};
+pub use activation::{Activation, ActivationStatus, AttemptOutcome, LogLine, LogStream};
 pub use id::ActivationId;
 pub use invocation::{Cause, Invocation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};

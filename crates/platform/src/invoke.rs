@@ -259,6 +259,12 @@ impl Platform {
             response_truncated: response.body.len() > cap,
             logs: logs.lines,
             logs_truncated: logs.truncated,
+            cause: flick_core::Cause::Http,
+            trigger: None,
+            attempt: 1,
+            max_attempts: 1,
+            attempts: Vec::new(),
+            parent: None,
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
@@ -309,6 +315,12 @@ impl Platform {
             response_truncated: false,
             logs: Vec::new(),
             logs_truncated: false,
+            cause: flick_core::Cause::Http,
+            trigger: None,
+            attempt: 1,
+            max_attempts: 1,
+            attempts: Vec::new(),
+            parent: None,
         };
         let done = InvokeResponse {
             activation_id: call.id.clone(),

@@ -12,7 +12,7 @@ mod logcodec;
 mod sqlite;
 
 use async_trait::async_trait;
-use flick_core::{Activation, ActivationId, FunctionInfo, Manifest, Revision};
+use flick_core::{Activation, ActivationId, Cause, FunctionInfo, Manifest, Revision};
 
 pub use code::CodeStore;
 pub use error::{StoreError, is_disk_full};
@@ -43,6 +43,12 @@ pub enum PutOutcome {
 #[derive(Clone, Debug, Default)]
 pub struct ActivationQuery {
     pub function: Option<String>,
+    /// Only records of calls with this cause.
+    pub cause: Option<Cause>,
+    /// Only records of calls fired by the trigger of this name.
+    pub trigger: Option<String>,
+    /// Only records that are part of this activation (a sequence's steps).
+    pub parent: Option<ActivationId>,
     /// Only records stored after this sequence number (see [`Activation::seq`]).
     pub after_seq: Option<i64>,
     pub limit: u32,

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flick_core::{Activation, ActivationId, ActivationStatus, FunctionInfo, LogLine, Revision, now_ms};
+use flick_core::{
+    Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, FunctionInfo, LogLine, Revision, now_ms,
+};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -100,6 +102,21 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE revisions;
     ALTER TABLE revisions_v2 RENAME TO revisions;
     ALTER TABLE activations ADD COLUMN revision_id INTEGER NOT NULL DEFAULT 0;
+    ",
+    // 4: what caused each activation (issue 9): cause, trigger, attempt n
+    // of m with the earlier attempts' outcomes (JSON), and the parent
+    // activation (sequences). Partial indexes: most records have no
+    // trigger or parent, and those do not pay for the index.
+    "
+    ALTER TABLE activations ADD COLUMN cause TEXT NOT NULL DEFAULT 'http';
+    ALTER TABLE activations ADD COLUMN trigger TEXT;
+    ALTER TABLE activations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE activations ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE activations ADD COLUMN attempts_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE activations ADD COLUMN parent TEXT;
+    CREATE INDEX activations_cause_seq ON activations(cause, seq);
+    CREATE INDEX activations_trigger_seq ON activations(trigger, seq) WHERE trigger IS NOT NULL;
+    CREATE INDEX activations_parent_seq ON activations(parent, seq) WHERE parent IS NOT NULL;
     ",
 ];
 
@@ -378,7 +395,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
      init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
-     revision_id";
+     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -390,6 +407,22 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let status: String = row.get(10)?;
     let Some(status) = ActivationStatus::parse(&status) else {
         return Ok(Err(corrupt(what(), format!("unknown status `{status}`"))));
+    };
+    let cause: String = row.get(19)?;
+    let Some(cause) = Cause::parse(&cause) else {
+        return Ok(Err(corrupt(what(), format!("unknown cause `{cause}`"))));
+    };
+    let attempts: String = row.get(23)?;
+    let attempts: Vec<AttemptOutcome> = match serde_json::from_str(&attempts) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(corrupt(what(), format!("attempts: {e}")))),
+    };
+    let parent = match row.get::<_, Option<String>>(24)? {
+        None => None,
+        Some(p) => match ActivationId::parse(&p) {
+            Some(p) => Some(p),
+            None => return Ok(Err(corrupt(what(), "malformed parent id"))),
+        },
     };
     let blob: Vec<u8> = row.get(14)?;
     let logs: Vec<LogLine> = match logcodec::decode(&blob) {
@@ -416,6 +449,12 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         exec_ms: row.get(16)?,
         prewarmed: row.get(17)?,
         revision_id: row.get::<_, i64>(18)? as u64,
+        cause,
+        trigger: row.get(20)?,
+        attempt: row.get(21)?,
+        max_attempts: row.get(22)?,
+        attempts,
+        parent,
     }))
 }
 
@@ -661,6 +700,18 @@ impl Store for SqliteStore {
                 args.push(Value::Text(function));
                 filters.push(format!("function = ?{}", args.len()));
             }
+            if let Some(cause) = query.cause {
+                args.push(Value::Text(cause.as_str().into()));
+                filters.push(format!("cause = ?{}", args.len()));
+            }
+            if let Some(trigger) = query.trigger {
+                args.push(Value::Text(trigger));
+                filters.push(format!("trigger = ?{}", args.len()));
+            }
+            if let Some(parent) = query.parent {
+                args.push(Value::Text(parent.as_str().into()));
+                filters.push(format!("parent = ?{}", args.len()));
+            }
             if let Some(seq) = query.after_seq {
                 args.push(Value::Integer(seq));
                 filters.push(format!("seq > ?{}", args.len()));
@@ -761,8 +812,9 @@ fn insert_batch(
         let mut stmt = tx.prepare_cached(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
-             exec_ms, prewarmed, revision_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+             exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+                     ?19, ?20, ?21, ?22, ?23, ?24)",
         )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
@@ -786,6 +838,12 @@ fn insert_batch(
                 a.exec_ms,
                 a.prewarmed,
                 a.revision_id as i64,
+                a.cause.as_str(),
+                a.trigger,
+                a.attempt,
+                a.max_attempts,
+                serde_json::to_string(&a.attempts).unwrap_or_else(|_| "[]".into()),
+                a.parent.as_ref().map(|p| p.as_str()),
             ]);
             match inserted.map_err(StoreError::from) {
                 Ok(_) => results.push(Ok(tx.last_insert_rowid())),
@@ -891,6 +949,12 @@ mod tests {
             response_truncated: false,
             logs: Vec::new(),
             logs_truncated: false,
+            cause: Cause::Http,
+            trigger: None,
+            attempt: 1,
+            max_attempts: 1,
+            attempts: Vec::new(),
+            parent: None,
         }
     }
 
@@ -1000,6 +1064,42 @@ mod tests {
         assert_eq!(store.function("hello").await.unwrap().unwrap().current_revision, 1);
         assert_eq!(store.function("nope").await.unwrap(), None);
         assert_eq!(store.current_revision("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn causes_attempts_and_parents_round_trip_and_filter() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let parent = activation("seq", 1_000);
+        let mut a = activation("hello", 1_000);
+        a.cause = Cause::Cron;
+        a.trigger = Some("every-10s".into());
+        a.attempt = 3;
+        a.max_attempts = 3;
+        a.attempts = (1..=2)
+            .map(|n| AttemptOutcome {
+                attempt: n,
+                status: ActivationStatus::Error,
+                http_status: 500,
+                message: format!("boom {n}"),
+                start_ms: 900 + i64::from(n),
+                duration_ms: 1.5,
+            })
+            .collect();
+        a.parent = Some(parent.id.clone());
+        let seq = store.insert_activation(&a).await.unwrap();
+        store.insert_activation(&parent).await.unwrap();
+        assert_eq!(store.activation(&a.id).await.unwrap().unwrap(), Activation { seq, ..a.clone() });
+
+        let ids = |q: ActivationQuery| {
+            let store = &store;
+            async move { store.activations(&q).await.unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>() }
+        };
+        let only_a = vec![a.id.clone()];
+        assert_eq!(ids(ActivationQuery { cause: Some(Cause::Cron), ..Default::default() }).await, only_a);
+        assert_eq!(ids(ActivationQuery { trigger: Some("every-10s".into()), ..Default::default() }).await, only_a);
+        assert_eq!(ids(ActivationQuery { parent: Some(parent.id.clone()), ..Default::default() }).await, only_a);
+        assert_eq!(ids(ActivationQuery { cause: Some(Cause::Http), ..Default::default() }).await, vec![parent.id]);
+        assert!(ids(ActivationQuery { trigger: Some("other".into()), ..Default::default() }).await.is_empty());
     }
 
     #[tokio::test]

@@ -20,20 +20,41 @@ struct ActivationList {
     activations: Vec<Activation>,
 }
 
+/// Which records to list (the API's query parameters).
+#[derive(Default)]
+pub struct Filter<'a> {
+    pub function: Option<&'a str>,
+    pub cause: Option<&'a str>,
+    pub trigger: Option<&'a str>,
+}
+
 async fn fetch(
     client: &Client,
-    function: Option<&str>,
+    filter: &Filter<'_>,
     limit: u32,
     after_seq: Option<i64>,
 ) -> anyhow::Result<Vec<Activation>> {
-    let mut path = format!("/v1/activations?limit={limit}");
-    if let Some(f) = function {
-        path.push_str(&format!("&function={f}"));
+    // Encoded: a trigger name is the user's text.
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &limit.to_string());
+    for (k, v) in [("function", filter.function), ("cause", filter.cause), ("trigger", filter.trigger)] {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
     }
     if let Some(seq) = after_seq {
-        path.push_str(&format!("&after_seq={seq}"));
+        query.append_pair("after_seq", &seq.to_string());
     }
-    Ok(client.get::<ActivationList>(&path).await?.activations)
+    Ok(client.get::<ActivationList>(&format!("/v1/activations?{}", query.finish())).await?.activations)
+}
+
+/// `attempt n of m`, or nothing for a call that had one try.
+fn attempt_text(a: &Activation) -> String {
+    if a.max_attempts > 1 || a.attempt > 1 {
+        format!("{} of {}", a.attempt, a.max_attempts.max(a.attempt))
+    } else {
+        String::new()
+    }
 }
 
 /// Function output for the terminal: escaped unless `raw`.
@@ -46,16 +67,28 @@ fn short_id(id: &str) -> &str {
     id.get(20..).filter(|s| !s.is_empty()).unwrap_or(id)
 }
 
-pub async fn list(client: &Client, function: Option<&str>, limit: u32) -> anyhow::Result<ExitCode> {
-    let acts = fetch(client, function, limit, None).await?;
-    outln!("{:<32} {:<16} {:>4} {:<14} {:<5} {:>10}  START", "ID", "FUNCTION", "REV", "STATUS", "TYPE", "DURATION");
+pub async fn list(client: &Client, filter: &Filter<'_>, limit: u32) -> anyhow::Result<ExitCode> {
+    let acts = fetch(client, filter, limit, None).await?;
+    outln!(
+        "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>10}  START",
+        "ID",
+        "FUNCTION",
+        "REV",
+        "STATUS",
+        "CAUSE",
+        "ATTEMPT",
+        "TYPE",
+        "DURATION"
+    );
     for a in acts {
         outln!(
-            "{:<32} {:<16} {:>4} {:<14} {:<5} {:>8.1}ms  {}",
+            "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>8.1}ms  {}",
             escape(a.id.as_str(), false),
             escape(&a.function, false),
             a.revision,
             a.status.as_str(),
+            a.cause.as_str(),
+            attempt_text(&a),
             if a.cold { "cold" } else { "warm" },
             a.duration_ms,
             rfc3339(a.start_ms)
@@ -76,7 +109,32 @@ pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("flick at {} sent an unexpected answer to {what}: {e}", client.base))?;
     outln!("activation: {}", escape(a.id.as_str(), false));
     outln!("function:   {} (revision {})", escape(&a.function, false), a.revision);
-    outln!("status:     {} (HTTP {})", a.status.as_str(), a.http_status);
+    if a.status.is_final() {
+        outln!("status:     {} (HTTP {})", a.status.as_str(), a.http_status);
+    } else {
+        outln!("status:     {}", a.status.as_str());
+    }
+    match &a.trigger {
+        Some(t) => outln!("cause:      {} (trigger {})", a.cause.as_str(), escape(t, false)),
+        None => outln!("cause:      {}", a.cause.as_str()),
+    }
+    if let Some(p) = &a.parent {
+        outln!("parent:     {}", escape(p.as_str(), false));
+    }
+    let attempt = attempt_text(&a);
+    if !attempt.is_empty() {
+        outln!("attempt:    {attempt}");
+    }
+    for e in &a.attempts {
+        outln!(
+            "  attempt {} {} (HTTP {}) at {}: {}",
+            e.attempt,
+            e.status.as_str(),
+            e.http_status,
+            rfc3339(e.start_ms),
+            shown(&e.message, false, raw)
+        );
+    }
     outln!("start:      {} ({})", rfc3339(a.start_ms), if a.cold { "cold" } else { "warm" });
     outln!("duration:   {:.3} ms (init {:.3} ms, waited {:.3} ms)", a.duration_ms, a.init_ms, a.wait_ms);
     outln!("response:{}\n{}", if a.response_truncated { " (truncated)" } else { "" }, shown(&a.response, true, raw));
@@ -90,7 +148,8 @@ pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::R
 pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32, raw: bool) -> anyhow::Result<ExitCode> {
     // Make sure the function exists, for a clear error instead of silence.
     client.get::<serde_json::Value>(&format!("/v1/functions/{function}")).await?;
-    let mut recent = fetch(client, Some(function), limit, None).await?;
+    let only = Filter { function: Some(function), ..Default::default() };
+    let mut recent = fetch(client, &only, limit, None).await?;
     recent.reverse();
     let mut cursor = recent.iter().map(|a| a.seq).max().unwrap_or(0);
     for a in &recent {
@@ -102,7 +161,7 @@ pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32, raw
     // Follow until interrupted (or until a fetch fails).
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for a in fetch(client, Some(function), 1000, Some(cursor)).await? {
+        for a in fetch(client, &only, 1000, Some(cursor)).await? {
             cursor = cursor.max(a.seq);
             print_lines(&a, raw)?;
         }

@@ -31,7 +31,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Revisions { name } => functions::revisions(&client, &name).await,
                 Command::Rollback { name, revision } => functions::rollback(&client, &name, revision).await,
                 Command::Delete { name } => functions::delete(&client, &name).await,
-                Command::Activations { name, limit } => activations::list(&client, name.as_deref(), limit).await,
+                Command::Activations { name, limit, cause, trigger } => {
+                    let filter = activations::Filter {
+                        function: name.as_deref(),
+                        cause: cause.as_deref(),
+                        trigger: trigger.as_deref(),
+                    };
+                    activations::list(&client, &filter, limit).await
+                }
                 Command::Activation { id, json, raw } => activations::show(&client, &id, json, raw).await,
                 Command::Logs { name, follow, limit, raw } => {
                     activations::logs(&client, &name, follow, limit, raw).await
