@@ -7,6 +7,7 @@
 //! apply in the CLI (early feedback) and on the server (the authority).
 
 pub mod activation;
+pub mod cloudevent;
 pub mod id;
 pub mod invocation;
 pub mod manifest;
@@ -15,6 +16,7 @@ pub mod revision;
 pub mod units;
 
 pub use activation::{Activation, ActivationStatus, AttemptOutcome, LogLine, LogStream};
+pub use cloudevent::CloudEvent;
 pub use id::ActivationId;
 pub use invocation::{Cause, Invocation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};

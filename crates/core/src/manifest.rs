@@ -28,10 +28,13 @@ pub enum RuntimeKind {
     Node,
     Exec,
     Http,
+    /// No code of its own: `steps` names functions run one after another,
+    /// each one's response the next one's request (OpenWhisk sequences).
+    Sequence,
 }
 
 impl RuntimeKind {
-    pub const ALL: [RuntimeKind; 4] = [Self::Python3, Self::Node, Self::Exec, Self::Http];
+    pub const ALL: [RuntimeKind; 5] = [Self::Python3, Self::Node, Self::Exec, Self::Http, Self::Sequence];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +42,7 @@ impl RuntimeKind {
             Self::Node => "node",
             Self::Exec => "exec",
             Self::Http => "http",
+            Self::Sequence => "sequence",
         }
     }
 }
@@ -55,7 +59,7 @@ impl std::str::FromStr for RuntimeKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown runtime `{s}` (expected python3, node, exec or http)"))
+            .ok_or_else(|| format!("unknown runtime `{s}` (expected python3, node, exec, http or sequence)"))
     }
 }
 
@@ -86,7 +90,8 @@ impl Network {
 struct RawManifest {
     name: String,
     runtime: String,
-    handler: String,
+    handler: Option<String>,
+    steps: Option<Vec<String>>,
     timeout: Option<String>,
     memory: Option<String>,
     concurrency: Option<i64>,
@@ -163,7 +168,28 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub scaling: Scaling,
+    /// The functions a `runtime = "sequence"` runs, in order (empty for
+    /// every other runtime).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<FunctionName>,
 }
+
+/// Most steps a sequence may have.
+pub const MAX_STEPS: usize = 50;
+
+/// Keys of `flick.toml` that describe instances, which a sequence has none of.
+const INSTANCE_KEYS: [&str; 10] = [
+    "handler",
+    "memory",
+    "concurrency",
+    "min_instances",
+    "max_instances",
+    "keep_alive",
+    "network",
+    "tmp_size",
+    "env",
+    "scaling",
+];
 
 impl Manifest {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -190,7 +216,18 @@ impl Manifest {
 
         let name = FunctionName::new(&raw.name).map_err(|e| invalid("name", e.to_string()))?;
         let runtime: RuntimeKind = raw.runtime.parse().map_err(|e| invalid("runtime", e))?;
-        let handler = raw.handler.trim().to_string();
+        if runtime == RuntimeKind::Sequence {
+            return Self::sequence(&raw, name, |key, m| invalid(key, m));
+        }
+        if raw.steps.is_some() {
+            return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
+        }
+        let handler = raw
+            .handler
+            .as_deref()
+            .ok_or_else(|| invalid("runtime", format!("runtime `{runtime}` needs a `handler`")))?
+            .trim()
+            .to_string();
         check_handler(runtime, &handler).map_err(|e| invalid("handler", e))?;
 
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
@@ -272,11 +309,90 @@ impl Manifest {
             tmp_size,
             env: raw.env,
             scaling,
+            steps: Vec::new(),
+        })
+    }
+
+    /// The rest of a `runtime = "sequence"` manifest: `steps`, `timeout`
+    /// (the deadline of the whole chain) and `public`; keys about instances
+    /// are refused, a sequence runs none of its own.
+    fn sequence(
+        raw: &RawManifest,
+        name: FunctionName,
+        invalid: impl Fn(&str, String) -> ManifestError,
+    ) -> Result<Self, ManifestError> {
+        let present = [
+            raw.handler.is_some(),
+            raw.memory.is_some(),
+            raw.concurrency.is_some(),
+            raw.min_instances.is_some(),
+            raw.max_instances.is_some(),
+            raw.keep_alive.is_some(),
+            raw.network.is_some(),
+            raw.tmp_size.is_some(),
+            !raw.env.is_empty(),
+            raw.scaling.is_some(),
+        ];
+        if let Some((key, _)) = INSTANCE_KEYS.iter().zip(present).find(|(_, p)| *p) {
+            return Err(invalid(
+                key,
+                "has no meaning for a sequence (it runs no instance of its own; set it on its steps)".into(),
+            ));
+        }
+        let steps =
+            raw.steps.as_ref().ok_or_else(|| invalid("runtime", "a sequence needs `steps = [\"a\", \"b\"]`".into()))?;
+        if steps.is_empty() || steps.len() > MAX_STEPS {
+            return Err(invalid("steps", format!("a sequence has 1 to {MAX_STEPS} steps, not {}", steps.len())));
+        }
+        let steps = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let step = FunctionName::new(s).map_err(|e| invalid("steps", format!("step {}: {e}", i + 1)))?;
+                if step == name {
+                    return Err(invalid("steps", format!("step {}: a sequence cannot call itself", i + 1)));
+                }
+                Ok(step)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = match &raw.timeout {
+            None => Self::DEFAULT_TIMEOUT,
+            Some(t) => parse_duration(t).map_err(|e| invalid("timeout", e))?,
+        };
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(invalid("timeout", "must be between 1ms and 15m".into()));
+        }
+        Ok(Manifest {
+            name,
+            runtime: RuntimeKind::Sequence,
+            handler: String::new(),
+            timeout,
+            memory: Self::DEFAULT_MEMORY,
+            concurrency: 1,
+            min_instances: 0,
+            max_instances: Self::DEFAULT_MAX_INSTANCES,
+            keep_alive: Self::DEFAULT_KEEP_ALIVE,
+            public: raw.public.unwrap_or(false),
+            network: Network::None,
+            tmp_size: Self::DEFAULT_TMP_SIZE,
+            env: BTreeMap::new(),
+            scaling: Scaling::default(),
+            steps,
         })
     }
 
     /// The manifest as TOML, every default spelled out (what `flick` shows).
     pub fn to_toml(&self) -> String {
+        if self.runtime == RuntimeKind::Sequence {
+            let steps: Vec<String> = self.steps.iter().map(|s| toml_string(s.as_str())).collect();
+            return format!(
+                "name = {:?}\nruntime = \"sequence\"\nsteps = [{}]\ntimeout = {:?}\npublic = {}\n",
+                self.name.as_str(),
+                steps.join(", "),
+                format_duration(self.timeout),
+                self.public,
+            );
+        }
         let mut out = format!(
             "name = {:?}\nruntime = {:?}\nhandler = {}\ntimeout = {:?}\nmemory = {:?}\n\
              concurrency = {}\nmin_instances = {}\nmax_instances = {}\nkeep_alive = {:?}\npublic = {}\n\
@@ -396,6 +512,7 @@ fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
             Ok(())
         }
         RuntimeKind::Exec | RuntimeKind::Http => shell_split_ok(handler),
+        RuntimeKind::Sequence => Err("a sequence has no handler".into()),
     }
 }
 
@@ -628,6 +745,44 @@ mod tests {
                 other => panic!("{text}: expected invalid `{key}`, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn sequences_have_steps_and_nothing_about_instances() {
+        let text = "name = \"pipe\"\nruntime = \"sequence\"\nsteps = [\"a\", \"b-2\", \"a\"]\ntimeout = \"5s\"\npublic = true\n";
+        let m = Manifest::parse(text).unwrap();
+        assert_eq!(m.runtime, RuntimeKind::Sequence);
+        assert_eq!(m.steps.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["a", "b-2", "a"]);
+        assert_eq!((m.timeout, m.public, m.min_instances), (Duration::from_secs(5), true, 0));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        // Manifests stored before sequences existed still load.
+        let plain = Manifest::parse(MINIMAL).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("steps"));
+
+        let seq = "name = \"pipe\"\nruntime = \"sequence\"\n";
+        let cases = [
+            (format!("{seq}steps = []\n"), "steps", 3),
+            (format!("{seq}steps = [\"Bad\"]\n"), "steps", 3),
+            (format!("{seq}steps = [\"a\", \"pipe\"]\n"), "steps", 3),
+            (format!("{seq}steps = {:?}\n", vec!["a"; MAX_STEPS + 1]), "steps", 3),
+            (format!("{seq}steps = [\"a\"]\nhandler = \"x\"\n"), "handler", 4),
+            (format!("{seq}steps = [\"a\"]\nmemory = \"1GiB\"\n"), "memory", 4),
+            (format!("{seq}steps = [\"a\"]\n[env]\nA = \"1\"\n"), "env", 4),
+            (format!("{seq}steps = [\"a\"]\ntimeout = \"1h\"\n"), "timeout", 4),
+            (seq.to_string(), "runtime", 2),
+            (format!("{MINIMAL}steps = [\"a\"]\n"), "steps", 4),
+        ];
+        for (text, key, line) in cases {
+            match Manifest::parse(&text) {
+                Err(ManifestError::Invalid { key: k, line: l, .. }) => {
+                    assert_eq!((k.as_str(), l), (key, Some(line)), "{text}")
+                }
+                other => panic!("{text}: expected invalid `{key}`, got {other:?}"),
+            }
+        }
+        assert!(Manifest::parse(&format!("{seq}steps = \"a\"\n")).is_err(), "steps is a list");
     }
 
     #[test]

@@ -248,6 +248,11 @@ impl Launcher {
             }
             RuntimeKind::Exec => exec::ExecInstance::new(self, spec).map(Instance::Exec),
             RuntimeKind::Http => http::HttpInstance::start(self, spec, deadline).await.map(Instance::Http),
+            // The platform runs a sequence's steps itself and never asks
+            // its (empty) pool for an instance.
+            RuntimeKind::Sequence => {
+                Err(StartError::Platform(format!("`{}` is a sequence: it has no instances", spec.function)))
+            }
         }
     }
 
