@@ -4,7 +4,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flick_platform::{Caller, InvokeRequest, PlatformError};
+use flick_core::{ActivationId, Cause, Invocation, now_ms};
+use flick_platform::{Caller, PlatformError};
 
 use crate::auth::AdminKey;
 use crate::{ApiError, AppState};
@@ -46,16 +47,24 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         None => None,
         Some(v) => Some(parse_deadline(v.to_str().unwrap_or(""))?),
     };
-    let request = InvokeRequest {
+    let inv = Invocation {
+        id: ActivationId::generate(),
+        function: name,
         method: parts.method.as_str().to_string(),
         path,
         raw_path: raw_sub_path(parts.uri.path()),
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
-        body,
-        budget,
+        body: body.into(),
+        budget_ms: budget.map(|b| b.as_millis() as u64),
+        cause: Cause::Http,
+        trigger: None,
+        attempt: 1,
+        parent: None,
+        callback_url: None,
+        accepted_ms: now_ms(),
     };
-    let done = state.platform.invoke(route, caller, request).await?;
+    let done = state.platform.invoke(route, caller, inv).await?;
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();

@@ -8,28 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flick_core::{Activation, ActivationId, ActivationStatus, now_ms};
+use flick_core::{Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, Invocation, now_ms};
 use flick_runtime::{Captured, Failure, FunctionError, Request, Response, StartError};
 use flick_scheduler::AcquireError;
 use tokio::time::Instant;
 
 use crate::{Platform, PlatformError, Route};
-
-/// An HTTP request for a function, as the API parsed it.
-#[derive(Debug)]
-pub struct InvokeRequest {
-    pub method: String,
-    /// The sub-path after `/fn/{name}`, percent-decoded.
-    pub path: String,
-    /// The same sub-path as the caller sent it (still percent-encoded).
-    pub raw_path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    /// The caller's own time budget (`X-Flick-Deadline`), if shorter than
-    /// the function's `timeout`.
-    pub budget: Option<Duration>,
-}
 
 /// What the caller gets back, and the record it left.
 #[derive(Debug)]
@@ -65,6 +49,26 @@ struct Call {
     /// The caller's own deadline, when it is earlier than the function's.
     caller_deadline: Option<Instant>,
     settled: Arc<AtomicBool>,
+    /// Where the call came from, for the record of a caller who gave up.
+    origin: Arc<Origin>,
+}
+
+struct Origin {
+    cause: Cause,
+    trigger: Option<String>,
+    attempt: u32,
+    parent: Option<ActivationId>,
+}
+
+impl Origin {
+    fn of(inv: &Invocation) -> Arc<Self> {
+        Arc::new(Self {
+            cause: inv.cause,
+            trigger: inv.trigger.clone(),
+            attempt: inv.attempt,
+            parent: inv.parent.clone(),
+        })
+    }
 }
 
 impl Call {
@@ -100,20 +104,30 @@ impl Platform {
         self: &Arc<Self>,
         route: Arc<Route>,
         caller: Caller,
-        req: InvokeRequest,
+        inv: Invocation,
     ) -> Result<InvokeResponse, PlatformError> {
         let timeout = route.revision.manifest.timeout;
         let started = Instant::now();
+        let budget = inv.budget_ms.map(Duration::from_millis);
         let call = Call {
-            id: ActivationId::generate(),
+            id: inv.id.clone(),
             start_ms: now_ms(),
             started,
             function_deadline: started + timeout,
-            caller_deadline: req.budget.filter(|b| *b < timeout).map(|b| started + b),
+            caller_deadline: budget.filter(|b| *b < timeout).map(|b| started + b),
             settled: Arc::default(),
+            origin: Origin::of(&inv),
         };
         let (this, task_route, task_call) = (self.clone(), route.clone(), call.clone());
-        let mut task = tokio::spawn(async move { this.run(task_route, caller, req, task_call).await });
+        let mut task = tokio::spawn(async move {
+            let (done, activation) = this.run(task_route, caller, inv, task_call, Tries::ONE).await?;
+            // Stored off the request path; reads flush first, so the caller
+            // can still read its record right after this response. Waits
+            // only when the writer's backlog is full: that bounds memory
+            // under a flood.
+            this.record(activation).await;
+            Ok(done)
+        });
         let joined = match call.caller_deadline {
             None => task.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, &mut task).await {
@@ -143,19 +157,25 @@ impl Platform {
         &self,
         mut route: Arc<Route>,
         caller: Caller,
-        req: InvokeRequest,
+        inv: Invocation,
         call: Call,
-    ) -> Result<InvokeResponse, PlatformError> {
+        tries: Tries,
+    ) -> Result<(InvokeResponse, Activation), PlatformError> {
         let abandoned = || PlatformError::Internal("the caller's deadline passed".into());
         let Call { ref id, start_ms, started, .. } = call;
+        let mut headers = inv.headers;
+        // Which attempt this is, so a function can tell a retry from a first
+        // call; flick's to set, never the caller's.
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(ATTEMPT_HEADER));
+        headers.push((ATTEMPT_HEADER.into(), inv.attempt.to_string()));
         let request = Request {
             id: id.to_string(),
-            method: req.method,
-            path: req.path,
-            raw_path: req.raw_path,
-            query: req.query,
-            headers: req.headers,
-            body: req.body,
+            method: inv.method,
+            path: inv.path,
+            raw_path: inv.raw_path,
+            query: inv.query,
+            headers,
+            body: Bytes::from(inv.body),
             deadline: call.function_deadline,
             // What the function is told is the earlier of the two: past the
             // caller's deadline nobody waits for its answer.
@@ -259,12 +279,12 @@ impl Platform {
             response_truncated: response.body.len() > cap,
             logs: logs.lines,
             logs_truncated: logs.truncated,
-            cause: flick_core::Cause::Http,
-            trigger: None,
-            attempt: 1,
-            max_attempts: 1,
-            attempts: Vec::new(),
-            parent: None,
+            cause: inv.cause,
+            trigger: inv.trigger,
+            attempt: inv.attempt,
+            max_attempts: tries.max.max(inv.attempt),
+            attempts: tries.earlier,
+            parent: inv.parent,
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
@@ -278,11 +298,7 @@ impl Platform {
             },
             response,
         };
-        // Stored off the request path; reads flush first, so the caller can
-        // still read its record right after this response. Waits only when
-        // the writer's backlog is full: that bounds memory under a flood.
-        self.record(activation).await;
-        Ok(done)
+        Ok((done, activation))
     }
 
     /// The answer and record for a caller whose own deadline passed first:
@@ -315,12 +331,12 @@ impl Platform {
             response_truncated: false,
             logs: Vec::new(),
             logs_truncated: false,
-            cause: flick_core::Cause::Http,
-            trigger: None,
-            attempt: 1,
-            max_attempts: 1,
+            cause: call.origin.cause,
+            trigger: call.origin.trigger.clone(),
+            attempt: call.origin.attempt,
+            max_attempts: call.origin.attempt,
             attempts: Vec::new(),
-            parent: None,
+            parent: call.origin.parent.clone(),
         };
         let done = InvokeResponse {
             activation_id: call.id.clone(),
@@ -380,6 +396,21 @@ impl Platform {
         }
     }
 }
+
+/// The attempts a call may take and the outcomes of those before this one
+/// (a sync call: one, none).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tries {
+    pub max: u32,
+    pub earlier: Vec<AttemptOutcome>,
+}
+
+impl Tries {
+    pub const ONE: Self = Self { max: 1, earlier: Vec::new() };
+}
+
+/// The header that tells a function which attempt it runs (1-based).
+pub const ATTEMPT_HEADER: &str = "x-flick-attempt";
 
 struct Record {
     cold: bool,

@@ -38,7 +38,7 @@ use tokio::sync::{Notify, OwnedMutexGuard};
 pub use deploy::DeployOutcome;
 pub use error::PlatformError;
 pub use install::InstallConfig;
-pub use invoke::{Caller, InvokeRequest, InvokeResponse, Timing};
+pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
 
 /// How long activation records are kept, and how many and how much of them.
 /// Count and size are enforced with every batch of records written; age
