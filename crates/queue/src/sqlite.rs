@@ -1,0 +1,577 @@
+//! [`SqliteQueue`]: the embedded [`Queue`], its own SQLite file.
+//!
+//! Durability: WAL with `synchronous = FULL`, so a commit is on disk (the
+//! log fsync'd) before any caller hears `Ok`. Throughput comes from group
+//! commit: one writer thread (`writer.rs`) owns the only writing
+//! connection and runs everything that arrived while it was busy in one
+//! transaction, so one fsync covers up to [`QueueConfig::max_batch`]
+//! requests. Reads (`item`, `items`, `ready_functions`, `next_due_ms`) use a
+//! second connection and see the last commit without waiting for the writer
+//! (WAL lets one writer and readers work at once). `depth` comes from
+//! per-function counts the writer keeps in memory (loaded at open), which
+//! is also how `max_queued` is enforced without a `COUNT(*)` per enqueue.
+//!
+//! At open, every leased item is made ready again: the process that held
+//! the leases is gone (a file lock keeps a second process from opening the
+//! same queue), so those invocations may or may not have run, and running
+//! them again is the at-least-once promise.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flick_core::{ActivationId, Invocation, now_ms};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::writer::{Answer, Op, Request, Writer};
+use crate::{AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, Queue, QueueError, READY_COUNT_CAP};
+
+/// Schema migrations in order: entry `i` takes `user_version` from `i` to
+/// `i + 1`. Append only; never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: items and idempotency keys.
+    "
+    -- `due_ms` is the one time the dispatcher orders by: a ready item's
+    -- not-before time, a leased item's lease end (when it is handed out
+    -- again), a dead item's time of death. The invocation is JSON without
+    -- its body; the body is a blob (no base64 on disk).
+    CREATE TABLE items (
+        seq           INTEGER PRIMARY KEY,
+        id            TEXT NOT NULL UNIQUE,
+        function      TEXT NOT NULL,
+        state         INTEGER NOT NULL,
+        due_ms        INTEGER NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        attempt       INTEGER NOT NULL,
+        max_attempts  INTEGER NOT NULL,
+        deliveries    INTEGER NOT NULL DEFAULT 0,
+        enqueued_ms   INTEGER NOT NULL,
+        invocation    TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        errors        TEXT NOT NULL DEFAULT '[]'
+    );
+    -- Partial indexes: the dispatcher's scans never walk dead letters, and
+    -- dead-letter listings and trimming never walk the backlog.
+    CREATE INDEX items_due ON items(function, due_ms, seq) WHERE state < 2;
+    CREATE INDEX items_next ON items(due_ms) WHERE state < 2;
+    CREATE INDEX items_dead ON items(function, due_ms, seq) WHERE state = 2;
+    CREATE TABLE idempotency (
+        function   TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (function, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_expires ON idempotency(expires_ms);
+    ",
+];
+
+/// How long a statement waits for another connection holding the database
+/// (a backup, an `sqlite3` shell) before failing with `Busy`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The write-ahead log is checkpointed once it holds this many pages (4 KiB
+/// each: 4 MiB), and cut back to [`WAL_SIZE_LIMIT`] when it restarts.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
+const WAL_SIZE_LIMIT: i64 = 4 << 20;
+
+/// Requests waiting for the writer; beyond this, callers wait to send
+/// (backpressure instead of unbounded memory).
+const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// The queue's knobs (defaults fit `flick up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Dead letters kept per function. When one more item dies, the
+    /// function's oldest dead letters beyond this are deleted (with a
+    /// warning), so a flood of failing events cannot fill the disk.
+    pub max_dead_per_function: u64,
+    /// Requests committed together in one transaction (one fsync), at most.
+    pub max_batch: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { max_dead_per_function: 10_000, max_batch: 1024 }
+    }
+}
+
+/// State the writer publishes for the async side: counts after each
+/// commit, and the change counter dispatchers wait on.
+pub(crate) struct Shared {
+    pub(crate) path: String,
+    pub(crate) counts: Mutex<HashMap<String, Depth>>,
+    pub(crate) changes: watch::Sender<u64>,
+}
+
+/// The embedded queue. Cheap to clone (all clones share one writer).
+#[derive(Clone)]
+pub struct SqliteQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue").field("path", &self.inner.shared.path).finish()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// `None` once dropping: closing the channel stops the writer.
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: Mutex<Connection>,
+    /// Held (flock) for the queue's lifetime: one process per queue file,
+    /// because opening resets every lease.
+    _lock: std::fs::File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close the channel and wait for the writer to finish its batch and
+        // close its connection, so the file can be opened again at once.
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl SqliteQueue {
+    /// Opens the queue at `path` with the default [`QueueConfig`].
+    pub fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_with(path, QueueConfig::default())
+    }
+
+    /// Opens (creating it and its directory, mode 0600) the queue at
+    /// `path`, brings its schema up to date, makes leased items ready again
+    /// and starts the writer thread.
+    pub fn open_with(path: &Path, config: QueueConfig) -> Result<Self, QueueError> {
+        let label = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| QueueError::io("create", dir, e))?;
+        }
+        let lock = private_db_files(path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(QueueError::Locked { path: label }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(QueueError::io("lock", path, e)),
+        }
+        let open_err = |e: rusqlite::Error| match QueueError::sqlite(&label, &e) {
+            e @ (QueueError::DiskFull { .. } | QueueError::Busy { .. }) => e,
+            _ => QueueError::Open { path: label.clone(), detail: e.to_string() },
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Incremental auto-vacuum must be chosen before the first table
+        // exists; it lets the writer hand a drained backlog's pages back.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(open_err)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(QueueError::Open { path: label, detail: format!("journal mode is {mode}, not WAL") });
+        }
+        // FULL: the log is fsync'd at every commit, so an acknowledged
+        // enqueue survives power loss too, not only a crash of flick.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES).map_err(open_err)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).map_err(open_err)?;
+        // Request bodies may hold secrets: acked rows are overwritten where
+        // that costs no extra I/O (FAST), not left readable in free space.
+        conn.pragma_update(None, "secure_delete", "FAST").map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn, &label)?;
+        let counts = recover(&conn, &label)?;
+
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        reader.pragma_update(None, "query_only", true).map_err(open_err)?;
+
+        let shared = Arc::new(Shared {
+            path: label.clone(),
+            counts: Mutex::new(counts.clone()),
+            changes: watch::Sender::new(0),
+        });
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let writer = Writer::new(conn, counts, Arc::clone(&shared), config);
+        let writer = std::thread::Builder::new()
+            .name("flick-queue-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| QueueError::Open { path: label, detail: format!("start the writer thread: {e}") })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Some(writer),
+                reader: Mutex::new(reader),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.inner.shared.path)
+    }
+
+    fn closed(&self) -> QueueError {
+        QueueError::Closed { path: self.inner.shared.path.clone() }
+    }
+
+    /// Hands `op` to the writer and waits for its committed answer.
+    async fn write(&self, op: Op) -> Result<Answer, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or_else(|| self.closed())?;
+        tx.send(Request { op, reply }).await.map_err(|_| self.closed())?;
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    /// Runs `f` with the reading connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner.reader.lock(), &inner.shared.path)).await.map_err(|e| {
+            QueueError::Database { path: self.inner.shared.path.clone(), code: None, detail: e.to_string() }
+        })?
+    }
+}
+
+/// Creates the database file owner-only before SQLite opens it (it holds
+/// request bodies); SQLite gives its `-wal` and `-shm` files the database
+/// file's mode, and leftovers of an earlier run are restricted too. Returns
+/// the open file, to be locked. (The store does the same for flick.db.)
+fn private_db_files(path: &Path) -> Result<std::fs::File, QueueError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| QueueError::io("create", path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let name = Path::new(&name);
+        match std::fs::set_permissions(name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(QueueError::io("restrict permissions of", name, e));
+            }
+            _ => {}
+        }
+    }
+    Ok(file)
+}
+
+fn migrate(conn: &mut Connection, label: &str) -> Result<(), QueueError> {
+    let err = |e: rusqlite::Error| QueueError::sqlite(label, &e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(QueueError::SchemaTooNew { path: label.into(), found, supported });
+    }
+    for (done, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", done as i64 + 1).map_err(err)?;
+    }
+    if found < supported {
+        tracing::info!(path = label, from = found, to = supported, "migrated queue schema");
+    }
+    tx.commit().map_err(err)
+}
+
+/// Makes every leased item ready again (their dispatcher died with the
+/// last process) and counts the items of each function.
+fn recover(conn: &Connection, label: &str) -> Result<HashMap<String, Depth>, QueueError> {
+    let err = |e: rusqlite::Error| QueueError::sqlite(label, &e);
+    let now = now_ms();
+    let reclaimed = conn.execute("UPDATE items SET state = 0, due_ms = ?1 WHERE state = 1", [now]).map_err(err)?;
+    if reclaimed > 0 {
+        tracing::warn!(
+            path = label,
+            items = reclaimed,
+            "invocations leased when flick stopped are queued again (they may have run: at-least-once)"
+        );
+    }
+    let mut counts: HashMap<String, Depth> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT function, state, count(*) FROM items GROUP BY function, state").map_err(err)?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))).map_err(err)?;
+    for row in rows {
+        let (function, state, n) = row.map_err(err)?;
+        let depth = counts.entry(function).or_default();
+        match ItemState::from_code(state) {
+            Some(ItemState::Ready) => depth.ready += n as u64,
+            Some(ItemState::Leased) => depth.leased += n as u64,
+            Some(ItemState::Dead) => depth.dead += n as u64,
+            None => {
+                return Err(QueueError::Corrupt {
+                    what: "item state".into(),
+                    detail: format!("unknown state {state}"),
+                });
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The columns [`decode_item`] reads, in order.
+pub(crate) const ITEM_COLUMNS: &str =
+    "id, state, due_ms, not_before_ms, attempt, max_attempts, deliveries, enqueued_ms, invocation, body, errors";
+
+/// One row as an [`Item`]; a row that does not decode is `Err(Corrupt)`
+/// inside the rusqlite result (so a caller can skip or bury just that row).
+pub(crate) fn decode_item(row: &Row<'_>) -> rusqlite::Result<Result<Item, QueueError>> {
+    decode_item_at(row, 0)
+}
+
+/// [`decode_item`] on a row whose item columns start at column `at`.
+pub(crate) fn decode_item_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Result<Item, QueueError>> {
+    let id: String = row.get(at)?;
+    let state: i64 = row.get(at + 1)?;
+    let due_ms: i64 = row.get(at + 2)?;
+    let not_before_ms: i64 = row.get(at + 3)?;
+    let attempt: u32 = row.get(at + 4)?;
+    let max_attempts: u32 = row.get(at + 5)?;
+    let deliveries: u32 = row.get(at + 6)?;
+    let enqueued_ms: i64 = row.get(at + 7)?;
+    let json: String = row.get(at + 8)?;
+    let body: Vec<u8> = row.get(at + 9)?;
+    let errors: String = row.get(at + 10)?;
+    let corrupt = |what: &str, detail: String| QueueError::Corrupt { what: format!("{what} of item {id}"), detail };
+    let Some(state) = ItemState::from_code(state) else {
+        return Ok(Err(corrupt("state", format!("unknown state {state}"))));
+    };
+    let mut invocation: Invocation = match serde_json::from_str(&json) {
+        Ok(inv) => inv,
+        Err(e) => return Ok(Err(corrupt("invocation", e.to_string()))),
+    };
+    if invocation.id.as_str() != id {
+        return Ok(Err(corrupt("invocation", format!("it names activation {}", invocation.id))));
+    }
+    let errors: Vec<AttemptError> = match serde_json::from_str(&errors) {
+        Ok(errors) => errors,
+        Err(e) => return Ok(Err(corrupt("errors", e.to_string()))),
+    };
+    invocation.body = body;
+    invocation.attempt = attempt;
+    Ok(Ok(Item {
+        invocation,
+        max_attempts,
+        state,
+        not_before_ms,
+        lease_until_ms: (state == ItemState::Leased).then_some(due_ms),
+        dead_ms: (state == ItemState::Dead).then_some(due_ms),
+        deliveries,
+        errors,
+        enqueued_ms,
+    }))
+}
+
+fn db<T>(path: &str, r: rusqlite::Result<T>) -> Result<T, QueueError> {
+    r.map_err(|e| QueueError::sqlite(path, &e))
+}
+
+fn unexpected(path: &str, op: &str) -> QueueError {
+    QueueError::Database { path: path.into(), code: None, detail: format!("writer answered {op} with another kind") }
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn enqueue(&self, mut inv: Invocation, opts: EnqueueOptions) -> Result<Enqueued, QueueError> {
+        if inv.function.is_empty() {
+            return Err(QueueError::Invalid { what: "function name", detail: "it is empty".into() });
+        }
+        if let Some((key, _)) = &opts.idempotency
+            && key.is_empty()
+        {
+            return Err(QueueError::Invalid { what: "idempotency key", detail: "it is empty".into() });
+        }
+        // Serialised here, on the caller's task, so the writer thread only
+        // writes: it is the one thread every enqueue waits on.
+        let body = std::mem::take(&mut inv.body);
+        let json = serde_json::to_string(&inv)
+            .map_err(|e| QueueError::Invalid { what: "invocation", detail: e.to_string() })?;
+        let op = Op::Enqueue { id: inv.id, function: inv.function, attempt: inv.attempt.max(1), json, body, opts };
+        match self.write(op).await? {
+            Answer::Enqueued(e) => Ok(e),
+            _ => Err(unexpected(&self.inner.shared.path, "enqueue")),
+        }
+    }
+
+    async fn lease(&self, function: &str, n: usize, lease_for: Duration) -> Result<Vec<Item>, QueueError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let lease_ms = i64::try_from(lease_for.as_millis()).unwrap_or(i64::MAX / 4).max(1);
+        match self.write(Op::Lease { function: function.into(), n: n.min(10_000), lease_ms }).await? {
+            Answer::Items(items) => Ok(items),
+            _ => Err(unexpected(&self.inner.shared.path, "lease")),
+        }
+    }
+
+    async fn ready_functions(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        // Only functions with ready or leased items can have due ones; the
+        // counts in memory say which, so this never scans the whole table.
+        let candidates: Vec<String> = {
+            let counts = self.inner.shared.counts.lock();
+            let mut names: Vec<String> =
+                counts.iter().filter(|(_, d)| d.queued() > 0).map(|(f, _)| f.clone()).collect();
+            names.sort();
+            names
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn, path| {
+            let now = now_ms();
+            let mut stmt = db(
+                path,
+                conn.prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM items
+                     WHERE function = ?1 AND state < 2 AND due_ms <= ?2 LIMIT ?3)",
+                ),
+            )?;
+            let mut out = Vec::new();
+            for function in candidates {
+                let n: i64 =
+                    db(path, stmt.query_row(rusqlite::params![function, now, READY_COUNT_CAP as i64], |r| r.get(0)))?;
+                if n > 0 {
+                    out.push((function, n as u64));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_due_ms(&self) -> Result<Option<i64>, QueueError> {
+        self.read(|conn, path| {
+            db(path, conn.query_row("SELECT min(due_ms) FROM items WHERE state < 2", [], |r| r.get(0)))
+        })
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.shared.changes.subscribe()
+    }
+
+    async fn ack(&self, id: &ActivationId) -> Result<bool, QueueError> {
+        self.write_bool(Op::Ack { id: id.clone() }, "ack").await
+    }
+
+    async fn nack(&self, id: &ActivationId, retry_at_ms: i64, error: AttemptError) -> Result<bool, QueueError> {
+        self.write_bool(Op::Nack { id: id.clone(), retry_at_ms, error }, "nack").await
+    }
+
+    async fn dead(&self, id: &ActivationId, error: AttemptError) -> Result<bool, QueueError> {
+        self.write_bool(Op::Dead { id: id.clone(), error }, "dead").await
+    }
+
+    async fn redrive(&self, id: &ActivationId) -> Result<bool, QueueError> {
+        self.write_bool(Op::Redrive { id: id.clone() }, "redrive").await
+    }
+
+    async fn redrive_all(&self, function: Option<&str>) -> Result<u64, QueueError> {
+        self.write_count(Op::RedriveAll { function: function.map(str::to_owned) }, "redrive_all").await
+    }
+
+    async fn purge_dead(&self, function: Option<&str>) -> Result<u64, QueueError> {
+        self.write_count(Op::PurgeDead { function: function.map(str::to_owned) }, "purge_dead").await
+    }
+
+    async fn item(&self, id: &ActivationId) -> Result<Option<Item>, QueueError> {
+        let id = id.clone();
+        self.read(move |conn, path| {
+            let sql = format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1");
+            let mut stmt = db(path, conn.prepare_cached(&sql))?;
+            db(path, stmt.query_row([id.as_str()], decode_item).optional())?.transpose()
+        })
+        .await
+    }
+
+    async fn items(
+        &self,
+        function: Option<&str>,
+        state: Option<ItemState>,
+        limit: u32,
+    ) -> Result<Vec<Item>, QueueError> {
+        let function = function.map(str::to_owned);
+        let limit = i64::from(limit.clamp(1, 1000));
+        self.read(move |conn, path| {
+            // Spelled out per case so SQLite can use the partial indexes
+            // (it only does when the query names their condition).
+            let filter = match state {
+                None => "1",
+                Some(ItemState::Dead) => "state = 2",
+                Some(_) => "state < 2 AND state = ?2",
+            };
+            let function_filter = if function.is_some() { "function = ?1" } else { "?1 IS NULL" };
+            let sql =
+                format!("SELECT {ITEM_COLUMNS} FROM items WHERE {function_filter} AND {filter} ORDER BY seq LIMIT ?3");
+            let mut stmt = db(path, conn.prepare_cached(&sql))?;
+            let code = state.map(ItemState::code).unwrap_or(-1);
+            let rows = db(path, stmt.query_map(rusqlite::params![function, code, limit], decode_item))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(db(path, row)??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn depth(&self, function: &str) -> Result<Depth, QueueError> {
+        Ok(self.inner.shared.counts.lock().get(function).copied().unwrap_or_default())
+    }
+
+    async fn remove_function(&self, function: &str) -> Result<u64, QueueError> {
+        self.write_count(Op::RemoveFunction { function: function.into() }, "remove_function").await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        function: &str,
+        key: &str,
+        id: &ActivationId,
+        window: Duration,
+    ) -> Result<Option<ActivationId>, QueueError> {
+        if key.is_empty() {
+            return Err(QueueError::Invalid { what: "idempotency key", detail: "it is empty".into() });
+        }
+        let op = Op::Claim { function: function.into(), key: key.into(), id: id.clone(), window };
+        match self.write(op).await? {
+            Answer::Claimed(first) => Ok(first),
+            _ => Err(unexpected(&self.inner.shared.path, "claim_idempotency")),
+        }
+    }
+
+    async fn prune(&self) -> Result<u64, QueueError> {
+        self.write_count(Op::Prune, "prune").await
+    }
+}
+
+impl SqliteQueue {
+    async fn write_bool(&self, op: Op, name: &str) -> Result<bool, QueueError> {
+        match self.write(op).await? {
+            Answer::Bool(b) => Ok(b),
+            _ => Err(unexpected(&self.inner.shared.path, name)),
+        }
+    }
+
+    async fn write_count(&self, op: Op, name: &str) -> Result<u64, QueueError> {
+        match self.write(op).await? {
+            Answer::Count(n) => Ok(n),
+            _ => Err(unexpected(&self.inner.shared.path, name)),
+        }
+    }
+}
