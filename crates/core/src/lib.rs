@@ -13,6 +13,7 @@ pub mod invocation;
 pub mod manifest;
 pub mod name;
 pub mod revision;
+pub mod trigger;
 pub mod units;
 
 pub use activation::{Activation, ActivationStatus, AttemptOutcome, LogLine, LogStream};
@@ -22,6 +23,7 @@ pub use invocation::{Cause, Invocation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};
+pub use trigger::{TriggerKind, TriggerSpec};
 
 /// Milliseconds since the Unix epoch: the one timestamp format of records and the API.
 pub fn now_ms() -> i64 {

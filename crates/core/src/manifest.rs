@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::name::FunctionName;
+use crate::trigger::{RawTrigger, TriggerKind, TriggerSpec};
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
 /// The manifest's file name inside a function directory.
@@ -104,6 +105,8 @@ struct RawManifest {
     #[serde(default)]
     env: BTreeMap<String, String>,
     scaling: Option<RawScaling>,
+    #[serde(default)]
+    triggers: Vec<toml::Spanned<RawTrigger>>,
 }
 
 /// `[scaling]`: per-function overrides of the autoscaler's policy.
@@ -172,6 +175,9 @@ pub struct Manifest {
     /// every other runtime).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<FunctionName>,
+    /// `[[triggers]]`: what invokes the function besides HTTP callers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
 }
 
 /// Most steps a sequence may have.
@@ -200,7 +206,7 @@ impl Manifest {
 
     /// Parses and validates the text of a `flick.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+        let mut raw: RawManifest = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_at(text, s.start));
             ManifestError::Syntax {
                 line,
@@ -216,8 +222,10 @@ impl Manifest {
 
         let name = FunctionName::new(&raw.name).map_err(|e| invalid("name", e.to_string()))?;
         let runtime: RuntimeKind = raw.runtime.parse().map_err(|e| invalid("runtime", e))?;
+        let triggers = crate::trigger::parse_triggers(std::mem::take(&mut raw.triggers))
+            .map_err(|e| ManifestError::Invalid { line: Some(line_at(text, e.at)), key: e.key, message: e.message })?;
         if runtime == RuntimeKind::Sequence {
-            return Self::sequence(&raw, name, |key, m| invalid(key, m));
+            return Self::sequence(&raw, name, triggers, |key, m| invalid(key, m));
         }
         if raw.steps.is_some() {
             return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
@@ -310,6 +318,7 @@ impl Manifest {
             env: raw.env,
             scaling,
             steps: Vec::new(),
+            triggers,
         })
     }
 
@@ -319,6 +328,7 @@ impl Manifest {
     fn sequence(
         raw: &RawManifest,
         name: FunctionName,
+        triggers: Vec<TriggerSpec>,
         invalid: impl Fn(&str, String) -> ManifestError,
     ) -> Result<Self, ManifestError> {
         let present = [
@@ -378,6 +388,7 @@ impl Manifest {
             env: BTreeMap::new(),
             scaling: Scaling::default(),
             steps,
+            triggers,
         })
     }
 
@@ -385,13 +396,15 @@ impl Manifest {
     pub fn to_toml(&self) -> String {
         if self.runtime == RuntimeKind::Sequence {
             let steps: Vec<String> = self.steps.iter().map(|s| toml_string(s.as_str())).collect();
-            return format!(
+            let mut out = format!(
                 "name = {:?}\nruntime = \"sequence\"\nsteps = [{}]\ntimeout = {:?}\npublic = {}\n",
                 self.name.as_str(),
                 steps.join(", "),
                 format_duration(self.timeout),
                 self.public,
             );
+            self.push_triggers(&mut out);
+            return out;
         }
         let mut out = format!(
             "name = {:?}\nruntime = {:?}\nhandler = {}\ntimeout = {:?}\nmemory = {:?}\n\
@@ -424,7 +437,45 @@ impl Manifest {
                 out.push_str(&format!("{k} = {}\n", toml_string(v)));
             }
         }
+        self.push_triggers(&mut out);
         out
+    }
+
+    /// `[[triggers]]` as TOML, every default spelled out.
+    fn push_triggers(&self, out: &mut String) {
+        for t in &self.triggers {
+            out.push_str(&format!(
+                "\n[[triggers]]\nname = {}\ntype = {:?}\n",
+                toml_string(&t.name),
+                t.kind.type_name()
+            ));
+            let mut put = |k: &str, v: &str| out.push_str(&format!("{k} = {}\n", toml_string(v)));
+            match &t.kind {
+                TriggerKind::Cron { schedule, timezone } => {
+                    put("schedule", schedule);
+                    put("timezone", timezone);
+                }
+                TriggerKind::Mqtt { url, topic, qos } => {
+                    put("url", url);
+                    put("topic", topic);
+                    out.push_str(&format!("qos = {qos}\n"));
+                }
+                TriggerKind::Nats { url, subject, stream, consumer } => {
+                    put("url", url);
+                    put("subject", subject);
+                    if let Some(s) = stream {
+                        put("stream", s);
+                    }
+                    if let Some(c) = consumer {
+                        put("consumer", c);
+                    }
+                }
+                TriggerKind::CloudEvents { filter } => {
+                    let pairs: Vec<String> = filter.iter().map(|(k, v)| format!("{k} = {}", toml_string(v))).collect();
+                    out.push_str(&format!("filter = {{ {} }}\n", pairs.join(", ")));
+                }
+            }
+        }
     }
 }
 
@@ -783,6 +834,65 @@ mod tests {
             }
         }
         assert!(Manifest::parse(&format!("{seq}steps = \"a\"\n")).is_err(), "steps is a list");
+    }
+
+    #[test]
+    fn triggers_parse_with_defaults_and_round_trip() {
+        let text = format!(
+            "{MINIMAL}\n[[triggers]]\ntype = \"cron\"\nschedule = \"*/10 * * * * *\"\n\n[[triggers]]\ntype = \"cron\"\nname = \"nightly\"\nschedule = \"0 0 3 * * *\"\ntimezone = \"Europe/Rome\"\n\n\
+             [[triggers]]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopic = \"sensors/+/temperature\"\n\n\
+             [[triggers]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"orders.*\"\nstream = \"ORDERS\"\nconsumer = \"flick-orders\"\n\n\
+             [[triggers]]\ntype = \"cloudevents\"\nfilter = {{ type = \"com.example.created\", source = \"/shop\" }}\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        let names: Vec<&str> = m.triggers.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["cron-1", "nightly", "mqtt-1", "nats-1", "cloudevents-1"]);
+        assert_eq!(m.triggers[0].kind, TriggerKind::Cron { schedule: "*/10 * * * * *".into(), timezone: "UTC".into() });
+        assert!(matches!(&m.triggers[2].kind, TriggerKind::Mqtt { qos: 1, .. }), "qos 1 by default");
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "{}", m.to_toml());
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        assert!(!serde_json::to_string(&Manifest::parse(MINIMAL).unwrap()).unwrap().contains("triggers"));
+    }
+
+    #[test]
+    fn bad_triggers_name_key_and_line() {
+        let t = |body: &str| format!("{MINIMAL}[[triggers]]\n{body}");
+        let cases = [
+            (t("type = \"kafka\"\n"), "triggers.type", 5),
+            (t("type = \"cron\"\nschedule = \"* * *\"\n"), "triggers.schedule", 6),
+            (t("type = \"cron\"\nschedule = \"* * * * * *\"\ntimezone = \"Mars/Olympus\"\n"), "triggers.timezone", 7),
+            (t("type = \"cron\"\n"), "triggers.schedule", 4),
+            (t("type = \"cron\"\nschedule = \"* * * * * *\"\ntopic = \"a\"\n"), "triggers.topic", 7),
+            (t("type = \"mqtt\"\nurl = \"http://x\"\ntopic = \"a\"\n"), "triggers.url", 6),
+            (t("type = \"mqtt\"\nurl = \"mqtt://x\"\ntopic = \"a/#/b\"\n"), "triggers.topic", 7),
+            (t("type = \"mqtt\"\nurl = \"mqtt://x\"\ntopic = \"a\"\nqos = 3\n"), "triggers.qos", 8),
+            (t("type = \"nats\"\nurl = \"nats://x\"\nsubject = \"a b\"\n"), "triggers.subject", 7),
+            (t("type = \"nats\"\nurl = \"nats://x\"\nsubject = \"a\"\nstream = \"S\"\n"), "triggers.stream", 8),
+            (t("type = \"cloudevents\"\nfilter = { Type = \"x\" }\n"), "triggers.filter", 6),
+            (t("type = \"cron\"\nname = \"Bad Name\"\nschedule = \"* * * * * *\"\n"), "triggers.name", 6),
+            (
+                format!(
+                    "{}[[triggers]]\ntype = \"cron\"\nschedule = \"* * * * * *\"\nname = \"cron-1\"\n",
+                    t("type = \"cron\"\nschedule = \"* * * * * *\"\n")
+                ),
+                "triggers.name",
+                10,
+            ),
+        ];
+        for (text, key, line) in cases {
+            match Manifest::parse(&text) {
+                Err(ManifestError::Invalid { key: k, line: l, message }) => {
+                    assert_eq!((k.as_str(), l), (key, Some(line)), "{text}\n{message}")
+                }
+                other => panic!("{text}: expected invalid `{key}`, got {other:?}"),
+            }
+        }
+        let err = Manifest::parse(&t("type = \"cron\"\nschedule = \"* * * * * *\"\nsurprise = 1\n")).unwrap_err();
+        assert!(matches!(err, ManifestError::Syntax { line: Some(7), .. }), "{err}");
+        assert!(err.to_string().contains("surprise"), "{err}");
+        let err = Manifest::parse(&t("schedule = \"* * * * * *\"\n")).unwrap_err();
+        assert!(err.to_string().contains("type"), "{err}");
     }
 
     #[test]

@@ -97,6 +97,45 @@ fn runtime_and_handler() -> impl Strategy<Value = (&'static str, String)> {
     ]
 }
 
+/// The tables of up to three `[[triggers]]` (each its own table here, so
+/// `render` writes a header per trigger).
+const TRIGGER_TABLES: [&str; 3] = ["triggers.0", "triggers.1", "triggers.2"];
+
+/// The lines of one valid trigger (without its table).
+fn trigger_lines() -> impl Strategy<Value = Vec<(String, String)>> {
+    let s = |k: &str, v: &str| (k.to_string(), toml_string(v));
+    let zone = proptest::option::of(select(vec!["UTC", "Europe/Rome", "America/New_York", "Asia/Kolkata"]));
+    prop_oneof![
+        ("(\\*/[1-9]|[0-5]?[0-9]|\\*) (\\*|[0-5]?[0-9]) \\* \\* \\* \\*", zone).prop_map(move |(sched, zone)| {
+            let mut l = vec![s("type", "cron"), s("schedule", &sched)];
+            l.extend(zone.map(|z| s("timezone", z)));
+            l
+        }),
+        ("[a-z0-9$]{1,5}(/([a-z0-9 ]{1,5}|\\+)){0,3}(/#)?", proptest::option::of(0u8..=1)).prop_map(
+            move |(topic, qos)| {
+                let mut l = vec![s("type", "mqtt"), s("url", "mqtt://127.0.0.1:1883"), s("topic", &topic)];
+                l.extend(qos.map(|q| ("qos".to_string(), q.to_string())));
+                l
+            }
+        ),
+        ("[a-z0-9_-]{1,5}(\\.([a-z0-9_-]{1,5}|\\*)){0,3}(\\.>)?", proptest::option::of(("[A-Z_]{1,8}", "[a-z-]{1,8}")))
+            .prop_map(move |(subject, js)| {
+                let mut l = vec![s("type", "nats"), s("url", "nats://localhost"), s("subject", &subject)];
+                if let Some((stream, consumer)) = js {
+                    l.push(s("stream", &stream));
+                    l.push(s("consumer", &consumer));
+                }
+                l
+            }),
+        proptest::collection::btree_map("[a-z0-9]{1,20}", ".{1,12}", 1..4)
+            .prop_filter("payload", |m| !m.contains_key("data"))
+            .prop_map(move |filter| {
+                let pairs: Vec<String> = filter.iter().map(|(k, v)| format!("{k} = {}", toml_string(v))).collect();
+                vec![s("type", "cloudevents"), ("filter".to_string(), format!("{{ {} }}", pairs.join(", ")))]
+            }),
+    ]
+}
+
 /// A valid manifest, as lines in a random order inside their tables.
 fn valid_lines() -> impl Strategy<Value = Vec<Line>> {
     let top = (
@@ -114,12 +153,14 @@ fn valid_lines() -> impl Strategy<Value = Vec<Line>> {
     let env = proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,12}", any::<String>(), 0..4)
         .prop_filter("reserved", |m| m.keys().all(|k| !k.starts_with("FLICK_") && k != "PORT"));
     let scaling = proptest::option::of((1u32..=10, 11u32..=100));
-    (top, env, scaling, any::<prop::sample::Index>()).prop_map(
+    let triggers = proptest::collection::vec((trigger_lines(), any::<bool>()), 0..=TRIGGER_TABLES.len());
+    (top, env, scaling, any::<prop::sample::Index>(), triggers).prop_map(
         |(
             (name, (runtime, handler), timeout, memory, concurrency, instances, keep, public, network, tmp),
             env,
             scaling,
             shuffle,
+            triggers,
         )| {
             let mut top = vec![
                 ("name", toml_string(&name)),
@@ -161,6 +202,13 @@ fn valid_lines() -> impl Strategy<Value = Vec<Line>> {
             for (k, v) in env {
                 lines.push(Line { table: "env", key: k, value: toml_string(&v) });
             }
+            for (i, (trigger, named)) in triggers.into_iter().enumerate() {
+                let table = TRIGGER_TABLES[i];
+                if named {
+                    lines.push(Line { table, key: "name".into(), value: toml_string(&format!("t{i}")) });
+                }
+                lines.extend(trigger.into_iter().map(|(key, value)| Line { table, key, value }));
+            }
             lines
         },
     )
@@ -175,7 +223,10 @@ fn render(lines: &[Line]) -> (String, Vec<usize>) {
     for l in lines {
         if l.table != table {
             table = l.table;
-            text.push_str(&format!("\n[{table}]\n"));
+            match table.split_once('.') {
+                Some((array, _)) => text.push_str(&format!("\n[[{array}]]\n")),
+                None => text.push_str(&format!("\n[{table}]\n")),
+            }
             line_no += 2;
         }
         text.push_str(&format!("{} = {}\n", l.key, l.value));
@@ -223,6 +274,32 @@ fn bad_value(key: &str) -> BoxedStrategy<String> {
         }
         "panic_threshold" => {
             prop_oneof![Just("1.0".to_string()), Just("11.0".to_string()), Just("inf".to_string())].boxed()
+        }
+        "type" => "[a-z]{1,8}"
+            .prop_filter("real", |s| !["cron", "mqtt", "nats", "cloudevents"].contains(&s.as_str()))
+            .prop_map(|s| toml_string(&s))
+            .boxed(),
+        "schedule" => prop_oneof![Just("\"* * *\""), Just("\"61 * * * * *\""), Just("\"\""), Just("\"@often\"")]
+            .prop_map(String::from)
+            .boxed(),
+        "timezone" => {
+            prop_oneof![Just("\"Mars/Olympus\""), Just("\"utc \""), Just("\"\"")].prop_map(String::from).boxed()
+        }
+        "url" => prop_oneof![Just("\"http://x\""), Just("\"mqtts://x\""), Just("\"x\""), Just("\"nats://x/p\"")]
+            .prop_map(String::from)
+            .boxed(),
+        "topic" => prop_oneof![Just("\"a/#/b\""), Just("\"a+\""), Just("\"\"")].prop_map(String::from).boxed(),
+        "qos" => prop_oneof![Just("2"), Just("-1"), Just("99999999999")].prop_map(String::from).boxed(),
+        "subject" => prop_oneof![Just("\"a b\""), Just("\"a..b\""), Just("\"a.>.b\""), Just("\"\"")]
+            .prop_map(String::from)
+            .boxed(),
+        "stream" | "consumer" => {
+            prop_oneof![Just("\"a.b\""), Just("\"a b\""), Just("\"\"")].prop_map(String::from).boxed()
+        }
+        "filter" => {
+            prop_oneof![Just("{ Type = \"x\" }"), Just("{}"), Just("{ type = \"\" }"), Just("{ data = \"x\" }")]
+                .prop_map(String::from)
+                .boxed()
         }
         _ => return wrong_type.boxed(),
     };
@@ -279,6 +356,8 @@ proptest! {
             prop_oneof![
                 "[a-z_]{1,14} = (\"[^\"\\n]{0,20}\"|-?[0-9]{1,22}|[0-9.e+-]{1,10}|true|false|\\[\\]|\\{\\})",
                 "\\[(env|scaling|[a-z]{1,6})\\]",
+                "\\[\\[(triggers|[a-z]{1,6})\\]\\]",
+                "(type|schedule|timezone|url|topic|qos|subject|stream|consumer|filter) = .{0,24}",
                 "(name|runtime|handler|timeout|memory|concurrency|min_instances|max_instances|keep_alive|public|network|tmp_size) = .{0,20}",
                 "#.{0,20}",
                 ".{0,30}",
