@@ -106,6 +106,11 @@ impl Platform {
         caller: Caller,
         inv: Invocation,
     ) -> Result<InvokeResponse, PlatformError> {
+        if route.revision.manifest.runtime == flick_core::RuntimeKind::Sequence {
+            // Its steps are calls of their own (`sequence.rs`); boxed, as
+            // a step may be a sequence again.
+            return Box::pin(self.invoke_sequence(route, inv, Vec::new())).await;
+        }
         let timeout = route.revision.manifest.timeout;
         let started = Instant::now();
         let budget = inv.budget_ms.map(Duration::from_millis);
@@ -420,12 +425,18 @@ struct Record {
     exec: Duration,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// An error answer in the shape Lambda clients parse.
-fn error_response(id: &ActivationId, status: u16, kind: &str, message: String, trace: Vec<String>) -> Response {
+pub(crate) fn error_response(
+    id: &ActivationId,
+    status: u16,
+    kind: &str,
+    message: String,
+    trace: Vec<String>,
+) -> Response {
     Response {
         status,
         headers: vec![("content-type".into(), "application/json".into())],

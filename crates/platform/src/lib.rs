@@ -5,6 +5,8 @@
 //! # Layout
 //! - `deploy`: archive → unpacked, hashed, dependencies installed → revision;
 //! - `invoke`: route → scheduler lease → instance → activation record;
+//! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
+//!   parent record;
 //! - this file: the [`Platform`] itself, its routes (function → current
 //!   revision's pool), rollback, delete, garbage collection of code and
 //!   archives, and the read-only queries.
@@ -22,6 +24,7 @@ mod error;
 mod install;
 mod invoke;
 mod records;
+mod sequence;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
