@@ -348,6 +348,78 @@ fn a_callers_deadline_ends_only_its_own_wait() {
     assert_eq!((status, serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"].clone()), (200, pid));
 }
 
+/// Calls `name` with a caller deadline; returns the status and activation id.
+fn give_up_after(flick: &Flick, name: &str, body: &str, deadline_ms: u64) -> (u16, String) {
+    let r = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/fn/{name}", flick.base))
+        .bearer_auth(&flick.key)
+        .header("x-flick-deadline", deadline_ms.to_string())
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    let id = r.headers().get("x-flick-activation-id").map(|v| v.to_str().unwrap().to_string());
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    let id = id.unwrap_or_else(|| panic!("{status} without an activation id: {text}"));
+    assert!(status != 504 || text.contains("Caller.DeadlineExceeded"), "{text}");
+    (status, id)
+}
+
+/// The record of `id` once it exists (it is written when the invocation
+/// ends, which for an abandoned one is after its caller's 504).
+fn record_when_done(flick: &Flick, id: &str) -> serde_json::Value {
+    let path = format!("/v1/activations/{id}");
+    assert!(flick.wait_until(Duration::from_secs(30), || flick.get(&path).status == 200), "no record for {id}");
+    flick.activation(id)
+}
+
+/// A caller that gives up ends only its own wait: what the invocation did
+/// afterwards is not lost. Its record, written when it finishes, has the
+/// real outcome, logs and timings, and says when the caller gave up and
+/// what that caller saw (504). A call abandoned while still queued is
+/// recorded as such, and never runs.
+#[test]
+fn an_abandoned_invocation_is_recorded_with_its_real_outcome() {
+    let flick = Flick::start();
+    let code = "import time\ndef handler(event, context):\n    print('began', event['n'], flush=True)\n    \
+                time.sleep(event['sleep'])\n    print('ended', event['n'], flush=True)\n    return 'done'\n";
+    flick.deploy_py("patient", "timeout = \"30s\"\nconcurrency = 1\nmax_instances = 1\n", code);
+    let (status, _) = give_up_after(&flick, "patient", r#"{"n": 0, "sleep": 0}"#, 20_000);
+    assert_eq!(status, 200);
+
+    std::thread::scope(|s| {
+        // The first call reaches the one instance and outlives its caller;
+        // the second queues behind it and its caller gives up first.
+        let running = s.spawn(|| give_up_after(&flick, "patient", r#"{"n": 1, "sleep": 2}"#, 500));
+        std::thread::sleep(Duration::from_millis(200));
+        let (status, queued) = give_up_after(&flick, "patient", r#"{"n": 2, "sleep": 0}"#, 300);
+        assert_eq!(status, 504);
+        let (status, ran) = running.join().unwrap();
+        assert_eq!(status, 504);
+
+        let v = record_when_done(&flick, &ran);
+        assert_eq!((v["status"].as_str(), v["http_status"].as_u64()), (Some("success"), Some(504)), "{v}");
+        let gave_up = v["caller_gave_up_ms"].as_f64().unwrap_or_else(|| panic!("no caller_gave_up_ms: {v}"));
+        assert!(gave_up >= 500.0 && gave_up < v["duration_ms"].as_f64().unwrap(), "{v}");
+        assert!(v["exec_ms"].as_f64().unwrap() >= 1900.0, "{v}");
+        let logs: Vec<&str> = v["logs"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap()).collect();
+        assert!(logs.iter().any(|l| l.contains("began 1")) && logs.iter().any(|l| l.contains("ended 1")), "{v}");
+        assert!(v["response"].as_str().unwrap().contains("done"), "{v}");
+
+        let v = record_when_done(&flick, &queued);
+        assert_eq!((v["status"].as_str(), v["http_status"].as_u64()), (Some("timeout"), Some(504)), "{v}");
+        assert!(v["caller_gave_up_ms"].as_f64().is_some_and(|ms| ms >= 300.0), "{v}");
+        assert_eq!(v["exec_ms"].as_f64(), Some(0.0), "{v}");
+        assert!(v["response"].as_str().unwrap().contains("waiting for an instance"), "{v}");
+    });
+    // The queued call never ran: no instance printed its marker.
+    let all = flick.get("/v1/activations?function=patient").text();
+    assert!(!all.contains("began 2"), "{all}");
+}
+
 /// A 40 KB exception message, a body over `max_response` and a header line
 /// over the protocol's limit each fail their own request only: a slow call
 /// in flight on the same instance finishes, and the instance serves on.

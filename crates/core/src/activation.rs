@@ -109,9 +109,11 @@ pub struct Activation {
     #[serde(default)]
     pub prewarmed: bool,
     pub status: ActivationStatus,
-    /// The HTTP status the caller received.
+    /// The HTTP status the caller received: 504 when the caller gave up
+    /// first (see `caller_gave_up_ms`), whatever the function answered.
     pub http_status: u16,
-    /// The response body (or error), lossily decoded and capped.
+    /// The response body (or error), lossily decoded and capped: the
+    /// function's own answer, also when its caller no longer waited for it.
     pub response: String,
     pub response_truncated: bool,
     pub logs: Vec<LogLine>,
@@ -134,4 +136,11 @@ pub struct Activation {
     /// The activation this one is part of (a sequence's steps).
     #[serde(default)]
     pub parent: Option<ActivationId>,
+    /// When the caller's own deadline (`X-Flick-Deadline`) ended its wait,
+    /// in milliseconds after `start_ms`; `None` if it waited for the end.
+    /// The invocation ran on regardless: `status`, `logs` and timings are
+    /// what it really did (or, with `exec_ms` 0, that it was abandoned
+    /// while still waiting for an instance and never ran).
+    #[serde(default)]
+    pub caller_gave_up_ms: Option<f64>,
 }

@@ -1,10 +1,11 @@
 //! The invocation path: route → scheduler lease → instance → activation record.
 //!
-//! Each invocation runs in its own task, so a caller that hangs up does not
-//! cancel it half-way: it finishes, frees its slot and leaves its record.
+//! Each invocation runs in its own task, so a caller that hangs up (or
+//! whose `X-Flick-Deadline` passes) does not cancel it half-way: it
+//! finishes, frees its slot and leaves its record, which says when the
+//! caller gave up.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,8 +38,10 @@ pub struct Timing {
 
 /// One call's clocks and who answers it. The invocation runs in its own
 /// task to the function's `timeout`; the caller waits at most until its own
-/// deadline (`X-Flick-Deadline`). Whichever side settles first answers and
-/// records: the task with the outcome, or the caller with a timeout.
+/// deadline (`X-Flick-Deadline`). Whichever side settles first answers:
+/// the task with the outcome, or the caller with a 504. The record is
+/// always the task's, written when the invocation ends, so it holds what
+/// really happened (and, if the caller settled, when it gave up).
 #[derive(Clone)]
 struct Call {
     id: ActivationId,
@@ -48,9 +51,17 @@ struct Call {
     function_deadline: Instant,
     /// The caller's own deadline, when it is earlier than the function's.
     caller_deadline: Option<Instant>,
-    settled: Arc<AtomicBool>,
-    /// Where the call came from, for the record of a caller who gave up.
+    settled: Arc<OnceLock<Settled>>,
+    /// Where the call came from, for its record.
     origin: Arc<Origin>,
+}
+
+/// Who answered the caller.
+#[derive(Clone, Copy, Debug)]
+enum Settled {
+    Task,
+    /// The caller's deadline, this long after the start.
+    CallerGaveUp(Duration),
 }
 
 struct Origin {
@@ -72,14 +83,30 @@ impl Origin {
 }
 
 impl Call {
-    /// Claims the answer and the record for this side; false if the other
-    /// side already has them.
+    /// Claims the answer for the task; false if the caller already gave up.
     fn settle(&self) -> bool {
-        !self.settled.swap(true, Ordering::SeqCst)
+        self.settled.set(Settled::Task).is_ok() || matches!(self.settled.get(), Some(Settled::Task))
     }
 
-    fn abandoned(&self) -> bool {
-        self.settled.load(Ordering::SeqCst)
+    /// Claims the answer for the caller's deadline; false if the task
+    /// answered first.
+    fn give_up(&self) -> bool {
+        let at = self.started.elapsed();
+        self.settled.set(Settled::CallerGaveUp(at)).is_ok()
+    }
+
+    /// When the caller gave up, if it did.
+    fn gave_up(&self) -> Option<Duration> {
+        match self.settled.get() {
+            Some(Settled::CallerGaveUp(at)) => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// The caller no longer waits: its deadline has passed, whether or not
+    /// the timer that ends its wait has fired yet.
+    fn caller_is_gone(&self) -> bool {
+        self.gave_up().is_some() || self.caller_deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -139,8 +166,8 @@ impl Platform {
                 Ok(joined) => joined,
                 // The caller's deadline ends its wait, not the invocation:
                 // that runs on (the instance may serve others) to its end
-                // or the function's own timeout, and its answer is dropped.
-                Err(_) if call.settle() => return Ok(self.caller_gave_up(&route, &call).await),
+                // or the function's own timeout, and records what it did.
+                Err(_) if call.give_up() => return Ok(caller_gave_up(&call)),
                 Err(_) => task.await,
             },
         };
@@ -166,7 +193,6 @@ impl Platform {
         call: Call,
         tries: Tries,
     ) -> Result<(InvokeResponse, Activation), PlatformError> {
-        let abandoned = || PlatformError::Internal("the caller's deadline passed".into());
         let Call { ref id, start_ms, started, .. } = call;
         let mut headers = inv.headers;
         // Which attempt this is, so a function can tell a retry from a first
@@ -187,8 +213,7 @@ impl Platform {
             deadline_ms: start_ms
                 + call.caller_deadline.unwrap_or(call.function_deadline).duration_since(started).as_millis() as i64,
         };
-        let mut record =
-            Record { cold: false, prewarmed: false, init: Duration::ZERO, wait: Duration::ZERO, exec: Duration::ZERO };
+        let mut record = Record::default();
         let function = |route: &Route| route.revision.function.clone();
         let mut reroutes = 0;
         let mut redelivered = false;
@@ -196,8 +221,12 @@ impl Platform {
         // runs to the function's (the instance is the pool's, not the caller's).
         let (outcome, logs) = loop {
             match route.pool.acquire(call.caller_deadline.unwrap_or(call.function_deadline)).await {
-                // Nobody waits for it any more: the lease goes back unused.
-                Ok(_) if call.abandoned() => return Err(abandoned()),
+                // Nobody waits for it any more: the lease goes back unused,
+                // and the record says the call never ran.
+                Ok(lease) if call.caller_is_gone() => {
+                    let record = Record { cold: lease.cold, prewarmed: lease.prewarmed, init: lease.init, ..record };
+                    return Ok(self.abandoned_in_queue(&route, &call, record, &tries));
+                }
                 Ok(mut lease) => {
                     let exec_started = Instant::now();
                     let invoked = lease.instance().invoke(request.clone()).await;
@@ -226,25 +255,25 @@ impl Platform {
                     reroutes += 1;
                     route = match self.reroute(&route, caller) {
                         Ok(r) => r,
-                        Err(e) if call.settle() => return Err(e),
-                        Err(_) => return Err(abandoned()),
+                        Err(e) => return self.refuse(&route, &call, e, &tries),
                     };
+                }
+                // The wait ended because the caller's deadline did: a 504
+                // for the caller, not the pool's 429 or 503.
+                Err(AcquireError::Overloaded { .. } | AcquireError::HostFull) if call.caller_is_gone() => {
+                    let record = Record { wait: started.elapsed(), ..record };
+                    return Ok(self.abandoned_in_queue(&route, &call, record, &tries));
                 }
                 Err(
                     e @ (AcquireError::Retired { .. }
                     | AcquireError::Overloaded { .. }
                     | AcquireError::QueueFull { .. }),
                 ) => {
-                    if !call.settle() {
-                        return Err(abandoned());
-                    }
-                    return Err(PlatformError::Overloaded { function: function(&route), reason: e.to_string() });
+                    let e = PlatformError::Overloaded { function: function(&route), reason: e.to_string() };
+                    return self.refuse(&route, &call, e, &tries);
                 }
                 Err(AcquireError::HostFull) => {
-                    if !call.settle() {
-                        return Err(abandoned());
-                    }
-                    return Err(PlatformError::HostFull { function: function(&route) });
+                    return self.refuse(&route, &call, PlatformError::HostFull { function: function(&route) }, &tries);
                 }
                 Err(AcquireError::Start(e)) => {
                     record.cold = true;
@@ -259,37 +288,94 @@ impl Platform {
         };
 
         if !call.settle() {
-            tracing::debug!(function = %route.revision.function, activation = %id, "answer after the caller's deadline dropped");
-            return Err(abandoned());
+            tracing::debug!(function = %route.revision.function, activation = %id, "answer after the caller's deadline: recorded only");
         }
         let (status, response) = self.respond(&route, id, outcome);
+        Ok(self.finish(&route, &call, status, response, logs, record, &tries))
+    }
+
+    /// A call refused before it reached an instance: the error for its
+    /// caller, or, if that caller had already given up, a record that the
+    /// call was abandoned.
+    fn refuse(
+        &self,
+        route: &Route,
+        call: &Call,
+        error: PlatformError,
+        tries: &Tries,
+    ) -> Result<(InvokeResponse, Activation), PlatformError> {
+        if call.settle() {
+            return Err(error);
+        }
+        let record = Record { wait: call.started.elapsed(), ..Record::default() };
+        Ok(self.abandoned_in_queue(route, call, record, tries))
+    }
+
+    /// The answer and record of a call whose caller's deadline passed
+    /// before it reached an instance: it never runs.
+    fn abandoned_in_queue(
+        &self,
+        route: &Route,
+        call: &Call,
+        record: Record,
+        tries: &Tries,
+    ) -> (InvokeResponse, Activation) {
+        // The timer that ends the caller's wait may not have fired yet.
+        call.give_up();
+        let gave_up = call.gave_up().unwrap_or_else(|| call.started.elapsed());
+        let message = format!(
+            "the caller's deadline (X-Flick-Deadline) passed after {} ms while the call was waiting for an \
+             instance; it was abandoned and never ran",
+            gave_up.as_millis()
+        );
+        let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
+        self.finish(route, call, ActivationStatus::Timeout, response, Captured::default(), record, tries)
+    }
+
+    /// The answer and the record of what an invocation did. If its caller
+    /// gave up first, the record keeps the real outcome and says when.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        route: &Route,
+        call: &Call,
+        status: ActivationStatus,
+        response: Response,
+        logs: Captured,
+        record: Record,
+        tries: &Tries,
+    ) -> (InvokeResponse, Activation) {
         let cap = self.config.response_capture_bytes;
+        let gave_up = call.gave_up();
+        let origin = &call.origin;
         let activation = Activation {
-            id: id.clone(),
+            id: call.id.clone(),
             seq: 0,
             function: route.revision.function.clone(),
             revision: route.revision.number,
             revision_id: route.revision.id,
-            start_ms,
+            start_ms: call.start_ms,
             end_ms: now_ms(),
-            duration_ms: ms(started.elapsed()),
+            duration_ms: ms(call.started.elapsed()),
             init_ms: ms(record.init),
             wait_ms: ms(record.wait),
             exec_ms: ms(record.exec),
             cold: record.cold,
             prewarmed: record.prewarmed,
             status,
-            http_status: response.status,
+            // What the caller saw: its own 504 if it gave up first.
+            http_status: if gave_up.is_some() { 504 } else { response.status },
             response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
             response_truncated: response.body.len() > cap,
             logs: logs.lines,
             logs_truncated: logs.truncated,
-            cause: inv.cause,
-            trigger: inv.trigger,
-            attempt: inv.attempt,
-            max_attempts: tries.max.max(inv.attempt),
-            attempts: tries.earlier,
-            parent: inv.parent,
+            cause: origin.cause,
+            trigger: origin.trigger.clone(),
+            attempt: origin.attempt,
+            max_attempts: tries.max.max(origin.attempt),
+            attempts: tries.earlier.clone(),
+            parent: origin.parent.clone(),
+            caller_gave_up_ms: gave_up.map(ms),
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
@@ -303,60 +389,7 @@ impl Platform {
             },
             response,
         };
-        Ok((done, activation))
-    }
-
-    /// The answer and record for a caller whose own deadline passed first:
-    /// a timeout for this caller only. The invocation, if it reached an
-    /// instance, goes on there; nothing of it is recorded.
-    async fn caller_gave_up(&self, route: &Route, call: &Call) -> InvokeResponse {
-        let waited = call.started.elapsed();
-        let message = format!(
-            "the caller's deadline (X-Flick-Deadline) passed after {} ms; the call was abandoned",
-            waited.as_millis()
-        );
-        let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
-        let activation = Activation {
-            id: call.id.clone(),
-            seq: 0,
-            function: route.revision.function.clone(),
-            revision: route.revision.number,
-            revision_id: route.revision.id,
-            start_ms: call.start_ms,
-            end_ms: now_ms(),
-            duration_ms: ms(waited),
-            init_ms: 0.0,
-            wait_ms: 0.0,
-            exec_ms: 0.0,
-            cold: false,
-            prewarmed: false,
-            status: ActivationStatus::Timeout,
-            http_status: response.status,
-            response: String::from_utf8_lossy(&response.body).into_owned(),
-            response_truncated: false,
-            logs: Vec::new(),
-            logs_truncated: false,
-            cause: call.origin.cause,
-            trigger: call.origin.trigger.clone(),
-            attempt: call.origin.attempt,
-            max_attempts: call.origin.attempt,
-            attempts: Vec::new(),
-            parent: call.origin.parent.clone(),
-        };
-        let done = InvokeResponse {
-            activation_id: call.id.clone(),
-            status: ActivationStatus::Timeout,
-            timing: Timing {
-                wait_ms: 0.0,
-                init_ms: 0.0,
-                exec_ms: 0.0,
-                total_ms: activation.duration_ms,
-                prewarmed: false,
-            },
-            response,
-        };
-        self.record(activation).await;
-        done
+        (done, activation)
     }
 
     /// The HTTP answer for an outcome: the function's own response, or an
@@ -417,12 +450,33 @@ impl Tries {
 /// The header that tells a function which attempt it runs (1-based).
 pub const ATTEMPT_HEADER: &str = "x-flick-attempt";
 
+#[derive(Clone, Copy, Default)]
 struct Record {
     cold: bool,
     prewarmed: bool,
     init: Duration,
     wait: Duration,
     exec: Duration,
+}
+
+/// The answer for a caller whose own deadline passed first: a 504 for
+/// this caller only. Nothing is recorded here: the invocation goes on (or
+/// is dropped from the queue) and records what it did when it ends.
+fn caller_gave_up(call: &Call) -> InvokeResponse {
+    let waited = call.gave_up().unwrap_or_else(|| call.started.elapsed());
+    let message = format!(
+        "the caller's deadline (X-Flick-Deadline) passed after {} ms and ended its wait, not the invocation: \
+         what that does is recorded under activation {} when it ends",
+        waited.as_millis(),
+        call.id
+    );
+    let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
+    InvokeResponse {
+        activation_id: call.id.clone(),
+        status: ActivationStatus::Timeout,
+        timing: Timing { wait_ms: 0.0, init_ms: 0.0, exec_ms: 0.0, total_ms: ms(waited), prewarmed: false },
+        response,
+    }
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {

@@ -223,6 +223,7 @@ impl Platform {
             max_attempts: inv.attempt,
             attempts: Vec::new(),
             parent: inv.parent.clone(),
+            caller_gave_up_ms: None,
         };
         self.record(activation).await;
         Ok(InvokeResponse {

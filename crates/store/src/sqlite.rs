@@ -118,6 +118,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX activations_trigger_seq ON activations(trigger, seq) WHERE trigger IS NOT NULL;
     CREATE INDEX activations_parent_seq ON activations(parent, seq) WHERE parent IS NOT NULL;
     ",
+    // 5: when the caller gave up on an invocation that ran on (NULL: it
+    // waited for the answer).
+    "
+    ALTER TABLE activations ADD COLUMN caller_gave_up_ms REAL;
+    ",
 ];
 
 /// How long a statement waits for another process holding the database
@@ -395,7 +400,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
      init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
-     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent";
+     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -455,6 +460,7 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         max_attempts: row.get(22)?,
         attempts,
         parent,
+        caller_gave_up_ms: row.get(25)?,
     }))
 }
 
@@ -812,9 +818,10 @@ fn insert_batch(
         let mut stmt = tx.prepare_cached(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
-             exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent) \
+             exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, \
+             caller_gave_up_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                     ?19, ?20, ?21, ?22, ?23, ?24)",
+                     ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
@@ -844,6 +851,7 @@ fn insert_batch(
                 a.max_attempts,
                 serde_json::to_string(&a.attempts).unwrap_or_else(|_| "[]".into()),
                 a.parent.as_ref().map(|p| p.as_str()),
+                a.caller_gave_up_ms,
             ]);
             match inserted.map_err(StoreError::from) {
                 Ok(_) => results.push(Ok(tx.last_insert_rowid())),
@@ -955,6 +963,7 @@ mod tests {
             max_attempts: 1,
             attempts: Vec::new(),
             parent: None,
+            caller_gave_up_ms: None,
         }
     }
 
@@ -1128,6 +1137,7 @@ mod tests {
             LogLine { ts_ms: 1_002, stream: LogStream::Stderr, text: "ünïcode \"quoted\"\n".into() },
         ];
         a.logs_truncated = true;
+        a.caller_gave_up_ms = Some(250.5);
         let seq = store.insert_activation(&a).await.unwrap();
         assert!(seq > 0);
 

@@ -137,6 +137,9 @@ pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::R
     }
     outln!("start:      {} ({})", rfc3339(a.start_ms), if a.cold { "cold" } else { "warm" });
     outln!("duration:   {:.3} ms (init {:.3} ms, waited {:.3} ms)", a.duration_ms, a.init_ms, a.wait_ms);
+    if let Some(ms) = a.caller_gave_up_ms {
+        outln!("caller:     gave up after {ms:.3} ms (X-Flick-Deadline) and got HTTP 504; the call ran on");
+    }
     outln!("response:{}\n{}", if a.response_truncated { " (truncated)" } else { "" }, shown(&a.response, true, raw));
     outln!("logs:{}", if a.logs_truncated { " (earlier lines dropped)" } else { "" });
     for l in &a.logs {
