@@ -122,6 +122,7 @@ Exits 1 when the invocation did not succeed (the error is still printed).")]
   flick activations hello --limit 5
   flick activations --cause async        # accepted with X-Flick-Async
   flick activations hello --trigger every-10s
+  flick activations --parent <ID>         # the steps of a sequence call
 
 Causes: http, async, cron, mqtt, nats, cloudevent, sequence, redrive.
 ATTEMPT shows `n of m` for calls that may be retried.")]
@@ -135,6 +136,9 @@ ATTEMPT shows `n of m` for calls that may be retried.")]
         /// Only calls fired by the trigger of this name.
         #[arg(long)]
         trigger: Option<String>,
+        /// Only the steps of this sequence activation.
+        #[arg(long)]
+        parent: Option<String>,
     },
     /// Show one activation: status, timing, response and logs.
     #[command(after_help = "Control characters in the response and logs (terminal escapes, carriage
@@ -177,10 +181,11 @@ unless started with --insecure-no-sandbox).")]
     #[command(after_help = "Examples:
   flick new hello --runtime python3
   flick new api --runtime http
-  flick new hasher --runtime exec")]
+  flick new hasher --runtime exec
+  flick new pipeline --runtime sequence   # steps = [\"a\", \"b\"]: each output the next input")]
     New {
         name: String,
-        #[arg(long, short = 'r', default_value = "python3", value_parser = ["python3", "node", "exec", "http"])]
+        #[arg(long, short = 'r', default_value = "python3", value_parser = ["python3", "node", "exec", "http", "sequence"])]
         runtime: String,
         /// Parent directory (default: current directory).
         #[arg(long, default_value = ".")]

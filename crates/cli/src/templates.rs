@@ -34,6 +34,9 @@ pub const EXAMPLES: &[Example] = &[
             ("server.py", include_str!("../../../examples/echo-http/server.py")),
         ],
     ),
+    // Last: its steps are the examples above (a sequence finds its steps
+    // when it is called, so the order only matters for reading).
+    ("hello-sequence", "sequence", &[("flick.toml", include_str!("../../../examples/hello-sequence/flick.toml"))]),
 ];
 
 /// Writes an example's files into `dir/<name>`, renamed to `name`.

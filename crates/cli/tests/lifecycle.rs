@@ -684,11 +684,11 @@ fn restart_keeps_functions_and_records_and_applies_retention() {
 }
 
 #[test]
-fn up_with_examples_serves_all_four_without_a_key() {
+fn up_with_examples_serves_all_five_without_a_key() {
     let flick = Flick::start_with(&["--examples"], None);
     let all_there = flick.wait_until(Duration::from_secs(30), || {
         let v = flick.get("/v1/functions").json();
-        v["functions"].as_array().map(|a| a.len()) == Some(4)
+        v["functions"].as_array().map(|a| a.len()) == Some(5)
     });
     assert!(all_there, "examples not deployed: {}", flick.get("/v1/functions").text());
 
@@ -711,6 +711,13 @@ fn up_with_examples_serves_all_four_without_a_key() {
     assert_eq!(echo["method"], "POST", "{echo}");
     assert_eq!(echo["path"], "/some/path?x=1", "{echo}");
     assert_eq!(echo["body"], "ping", "{echo}");
+
+    // The sequence: hello-python's greeting, hashed by sha512.
+    let r = flick.request("POST", "/fn/hello-sequence", &b"{\"name\":\"Ada\"}"[..], false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let digest = r.text();
+    let hex = digest.split_whitespace().next().unwrap_or("");
+    assert!(hex.len() == 128 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{digest}");
 
     // Public invoke does not open the management API.
     assert_eq!(flick.get_anon("/v1/functions").status, 401);

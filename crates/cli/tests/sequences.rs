@@ -62,6 +62,11 @@ fn three_steps_chain_their_outputs_under_one_parent() {
         assert!(lines.iter().any(|l| l.contains(id)), "the parent names child {id}: {lines:?}");
     }
     assert_eq!(flick.instances("pipeline"), 0, "a sequence never has instances of its own");
+    let listed = flick.cli_ok(&["activations", "--parent", &parent]);
+    for step in ["add-one", "times-ten", "shout"] {
+        assert!(listed.contains(step), "{listed}");
+    }
+    assert!(!listed.contains("pipeline"), "{listed}");
 }
 
 #[test]
@@ -140,4 +145,21 @@ fn public_sequences_run_private_steps_that_stay_closed_to_anonymous_callers() {
     let r = flick.invoke("dangling", "{\"n\": 1}");
     assert_eq!(r.status, 500);
     assert!(r.text().contains("`nowhere` does not exist"), "{}", r.text());
+}
+
+#[test]
+fn flick_new_scaffolds_a_sequence_that_deploys() {
+    let flick = Flick::start();
+    let parent = flick.data_dir().join("scaffolds");
+    std::fs::create_dir_all(&parent).unwrap();
+    let out = flick.cli_ok(&["new", "pipe", "--runtime", "sequence", "--dir", parent.to_str().unwrap()]);
+    assert!(out.contains("created"), "{out}");
+    let toml = std::fs::read_to_string(parent.join("pipe").join("flick.toml")).unwrap();
+    assert!(toml.contains("name = \"pipe\"") && toml.contains("runtime = \"sequence\""), "{toml}");
+    let out = flick.deploy(&parent.join("pipe"));
+    assert!(out.contains("pipe"), "{out}");
+    // Its example steps are not deployed here: the call names the missing one.
+    let r = flick.invoke("pipe", "{}");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("`hello-python` does not exist"), "{}", r.text());
 }

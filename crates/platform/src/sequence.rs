@@ -45,14 +45,28 @@ struct Step {
 }
 
 impl Platform {
-    /// Runs a sequence call: the steps in order, then the parent record.
-    /// `chain` holds the sequences this call is nested in (outermost first).
+    /// Runs a sequence call and stores its parent record.
     pub(crate) async fn invoke_sequence(
         self: &Arc<Self>,
         route: Arc<Route>,
         inv: Invocation,
         chain: Vec<String>,
     ) -> Result<InvokeResponse, PlatformError> {
+        let (done, activation) = self.run_sequence(route, inv, chain).await;
+        self.record(activation).await;
+        Ok(done)
+    }
+
+    /// Runs a sequence call: the steps in order (each recorded as it
+    /// ends). Returns the answer and the parent record, not yet stored (the
+    /// dispatcher stores an async call's record itself). `chain` holds the
+    /// sequences this call is nested in (outermost first).
+    pub(crate) async fn run_sequence(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        inv: Invocation,
+        chain: Vec<String>,
+    ) -> (InvokeResponse, Activation) {
         let m = &route.revision.manifest;
         let name = route.revision.function.clone();
         let started = Instant::now();
@@ -225,8 +239,7 @@ impl Platform {
             parent: inv.parent.clone(),
             caller_gave_up_ms: None,
         };
-        self.record(activation).await;
-        Ok(InvokeResponse {
+        let done = InvokeResponse {
             activation_id: id,
             status,
             timing: Timing {
@@ -237,7 +250,8 @@ impl Platform {
                 prewarmed: false,
             },
             response,
-        })
+        };
+        (done, activation)
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Filter<'a> {
     pub function: Option<&'a str>,
     pub cause: Option<&'a str>,
     pub trigger: Option<&'a str>,
+    pub parent: Option<&'a str>,
 }
 
 async fn fetch(
@@ -37,7 +38,9 @@ async fn fetch(
     // Encoded: a trigger name is the user's text.
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query.append_pair("limit", &limit.to_string());
-    for (k, v) in [("function", filter.function), ("cause", filter.cause), ("trigger", filter.trigger)] {
+    for (k, v) in
+        [("function", filter.function), ("cause", filter.cause), ("trigger", filter.trigger), ("parent", filter.parent)]
+    {
         if let Some(v) = v {
             query.append_pair(k, v);
         }

@@ -168,7 +168,7 @@ pub async fn delete(client: &Client, name: &str) -> anyhow::Result<ExitCode> {
 pub fn new(name: &str, runtime: &str, dir: &Path) -> anyhow::Result<ExitCode> {
     flick_core::FunctionName::new(name)?;
     let Some(example) = crate::templates::for_runtime(runtime) else {
-        bail!("unknown runtime `{runtime}` (python3, node, exec or http)");
+        bail!("unknown runtime `{runtime}` (python3, node, exec, http or sequence)");
     };
     let path = crate::templates::write(example, name, dir)?;
     outln!("created {} ({runtime}); deploy it with:\n  flick deploy {}", path.display(), path.display());

@@ -31,11 +31,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Revisions { name } => functions::revisions(&client, &name).await,
                 Command::Rollback { name, revision } => functions::rollback(&client, &name, revision).await,
                 Command::Delete { name } => functions::delete(&client, &name).await,
-                Command::Activations { name, limit, cause, trigger } => {
+                Command::Activations { name, limit, cause, trigger, parent } => {
                     let filter = activations::Filter {
                         function: name.as_deref(),
                         cause: cause.as_deref(),
                         trigger: trigger.as_deref(),
+                        parent: parent.as_deref(),
                     };
                     activations::list(&client, &filter, limit).await
                 }
