@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flick_core::{Cause, Invocation};
-use flick_queue::{EnqueueOptions, Queue, SqliteQueue};
+use flick_queue::{EnqueueOptions, Queue, SqliteQueue, WriterStats};
 
 struct Args {
     seconds: f64,
@@ -64,15 +64,28 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn report(what: &str, concurrency: usize, accepted: u64, elapsed: Duration, mut latencies_us: Vec<u64>) {
+fn report(
+    what: &str,
+    concurrency: usize,
+    accepted: u64,
+    elapsed: Duration,
+    mut latencies_us: Vec<u64>,
+    stats: WriterStats,
+) {
     latencies_us.sort_unstable();
     let rate = accepted as f64 / elapsed.as_secs_f64();
     let (p50, p99) = (percentile(&latencies_us, 0.5), percentile(&latencies_us, 0.99));
+    let batches = stats.batches.max(1) as f64;
+    let (group, busy, commit) =
+        (stats.requests as f64 / batches, stats.busy_us as f64 / batches, stats.commit_us as f64 / batches);
     println!(
-        "{{\"what\":\"{what}\",\"concurrency\":{concurrency},\"accepted\":{accepted},\"seconds\":{:.3},\"per_s\":{rate:.0},\"p50_us\":{p50},\"p99_us\":{p99}}}",
-        elapsed.as_secs_f64()
+        "{{\"what\":\"{what}\",\"concurrency\":{concurrency},\"accepted\":{accepted},\"seconds\":{:.3},\"per_s\":{rate:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"commits\":{},\"group\":{group:.1},\"batch_us\":{busy:.0},\"commit_us\":{commit:.0}}}",
+        elapsed.as_secs_f64(),
+        stats.batches
     );
-    eprintln!("{what:<28} {concurrency:>5} {rate:>12.0}/s   p50 {p50:>7} µs   p99 {p99:>7} µs");
+    eprintln!(
+        "{what:<28} {concurrency:>5} {rate:>9.0}/s  p50 {p50:>6} µs  p99 {p99:>6} µs  {group:>6.1}/commit  batch {busy:>6.0} µs (commit {commit:>6.0})"
+    );
 }
 
 /// Plain SQLite, same journal and sync settings as the queue: `batch` rows
@@ -89,7 +102,7 @@ fn baseline(dir: &Path, batch: usize, seconds: f64, body: usize) {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
-    let (mut rows, mut latencies) = (0u64, Vec::new());
+    let (mut rows, mut latencies, mut commit_us) = (0u64, Vec::new(), 0u64);
     while Instant::now() < deadline {
         let t = Instant::now();
         let tx = conn.unchecked_transaction().unwrap();
@@ -103,16 +116,21 @@ fn baseline(dir: &Path, batch: usize, seconds: f64, body: usize) {
                 .unwrap();
             rows += 1;
         }
+        let committing = Instant::now();
         tx.commit().unwrap();
         latencies.push(t.elapsed().as_micros() as u64);
+        commit_us += committing.elapsed().as_micros() as u64;
     }
     let what = if batch == 1 { "sqlite, 1 row per commit" } else { "sqlite, 100 rows per commit" };
-    report(what, 1, rows, start.elapsed(), latencies);
+    let commits = latencies.len() as u64;
+    let busy_us = latencies.iter().sum();
+    let stats = WriterStats { batches: commits, requests: rows, busy_us, commit_us };
+    report(what, 1, rows, start.elapsed(), latencies, stats);
 }
 
 /// `concurrency` tasks enqueueing into a fresh queue for `seconds`.
-async fn queue(dir: &Path, concurrency: usize, seconds: f64, body: usize) {
-    let q = SqliteQueue::open(&dir.join(format!("queue-{concurrency}.db"))).unwrap();
+async fn queue(dir: &Path, run: usize, concurrency: usize, seconds: f64, body: usize) {
+    let q = SqliteQueue::open(&dir.join(format!("queue-{run}-{concurrency}.db"))).unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -140,7 +158,7 @@ async fn queue(dir: &Path, concurrency: usize, seconds: f64, body: usize) {
     let elapsed = start.elapsed();
     // Everything counted is in the file (it was acknowledged).
     assert_eq!(q.depth("bench").await.unwrap().ready, accepted);
-    report("flick-queue enqueue", concurrency, accepted, elapsed, latencies);
+    report("flick-queue enqueue", concurrency, accepted, elapsed, latencies, q.writer_stats());
 }
 
 fn main() {
@@ -150,7 +168,7 @@ fn main() {
     baseline(scratch.path(), 1, args.seconds, args.body);
     baseline(scratch.path(), 100, args.seconds, args.body);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    for &c in &args.concurrency {
-        rt.block_on(queue(scratch.path(), c, args.seconds, args.body));
+    for (run, &c) in args.concurrency.iter().enumerate() {
+        rt.block_on(queue(scratch.path(), run, c, args.seconds, args.body));
     }
 }

@@ -30,7 +30,7 @@ mod sqlite;
 mod writer;
 
 pub use error::QueueError;
-pub use sqlite::{QueueConfig, SqliteQueue};
+pub use sqlite::{QueueConfig, SqliteQueue, WriterStats};
 
 /// How an invocation is enqueued.
 #[derive(Clone, Debug, PartialEq, Eq)]

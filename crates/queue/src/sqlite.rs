@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -92,11 +93,16 @@ pub struct QueueConfig {
     pub max_dead_per_function: u64,
     /// Requests committed together in one transaction (one fsync), at most.
     pub max_batch: usize,
+    /// A cap on the database's size (SQLite's `max_page_count`): beyond
+    /// it, writes fail with [`QueueError::DiskFull`] as if the disk were
+    /// full (nothing of them stored) until acks and purges free pages.
+    /// `None`: the file system is the limit.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_dead_per_function: 10_000, max_batch: 1024 }
+        Self { max_dead_per_function: 10_000, max_batch: 1024, max_bytes: None }
     }
 }
 
@@ -106,6 +112,29 @@ pub(crate) struct Shared {
     pub(crate) path: String,
     pub(crate) counts: Mutex<HashMap<String, Depth>>,
     pub(crate) changes: watch::Sender<u64>,
+    pub(crate) stats: WriterCounters,
+}
+
+/// Running totals of the writer (diagnostics and the benchmark).
+#[derive(Default)]
+pub(crate) struct WriterCounters {
+    pub(crate) batches: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) busy_us: AtomicU64,
+    pub(crate) commit_us: AtomicU64,
+}
+
+/// What the writer has done since the queue was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions run (each one fsync when it changed something).
+    pub batches: u64,
+    /// Requests answered (requests ÷ batches is the mean group size).
+    pub requests: u64,
+    /// Time spent in batches, from `BEGIN` to the last answer (µs).
+    pub busy_us: u64,
+    /// Of which in `COMMIT` (the fsync), µs.
+    pub commit_us: u64,
 }
 
 /// The embedded queue. Cheap to clone (all clones share one writer).
@@ -185,6 +214,12 @@ impl SqliteQueue {
         conn.pragma_update(None, "secure_delete", "FAST").map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn, &label)?;
+        if let Some(max) = config.max_bytes {
+            let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(open_err)?;
+            let pages = i64::try_from(max).unwrap_or(i64::MAX) / page.max(512);
+            // SQLite never sets it below the current size; it only stops growth.
+            conn.pragma_update(None, "max_page_count", pages.max(1)).map_err(open_err)?;
+        }
         let counts = recover(&conn, &label)?;
 
         let reader = Connection::open(path).map_err(open_err)?;
@@ -195,6 +230,7 @@ impl SqliteQueue {
             path: label.clone(),
             counts: Mutex::new(counts.clone()),
             changes: watch::Sender::new(0),
+            stats: WriterCounters::default(),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let writer = Writer::new(conn, counts, Arc::clone(&shared), config);
@@ -211,6 +247,17 @@ impl SqliteQueue {
                 _lock: lock,
             }),
         })
+    }
+
+    /// The writer's running totals: batches, requests, time.
+    pub fn writer_stats(&self) -> WriterStats {
+        let s = &self.inner.shared.stats;
+        WriterStats {
+            batches: s.batches.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+            busy_us: s.busy_us.load(Ordering::Relaxed),
+            commit_us: s.commit_us.load(Ordering::Relaxed),
+        }
     }
 
     /// The database file.

@@ -480,3 +480,51 @@ async fn a_corrupt_item_goes_to_the_dead_letter_list_instead_of_blocking_its_fun
     }
     assert_eq!(q.purge_dead(Some("f")).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_full_disk_refuses_with_nothing_acknowledged_and_recovers_when_space_is_freed() {
+    // SQLite's page cap fails writes with SQLITE_FULL exactly as a full
+    // file system does, without needing one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let config = QueueConfig { max_bytes: Some(256 * 1024), ..QueueConfig::default() };
+    let q = SqliteQueue::open_with(&path, config).unwrap();
+    let body = vec![b'x'; 2000];
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    // Concurrent enqueuers, so refusals land inside batches with others.
+    for _ in 0..20 {
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let q = q.clone();
+                let i = inv("f", &body);
+                tokio::spawn(async move { (i.id.clone(), q.enqueue(i, opts()).await) })
+            })
+            .collect();
+        for t in tasks {
+            match t.await.unwrap() {
+                (id, Ok(_)) => accepted.push(id),
+                (id, Err(e)) => {
+                    assert!(e.is_disk_full(), "{e}");
+                    assert!(e.is_transient());
+                    assert!(matches!(e, QueueError::DiskFull { .. }), "{e:?}");
+                    refused.push(id);
+                }
+            }
+        }
+    }
+    assert!(!accepted.is_empty() && !refused.is_empty(), "{} accepted, {} refused", accepted.len(), refused.len());
+    assert_eq!(q.depth("f").await.unwrap().ready, accepted.len() as u64, "counts only what was stored");
+    // Acks free room: accepting works again.
+    for id in &accepted[..accepted.len() / 2] {
+        assert!(q.ack(id).await.unwrap());
+    }
+    q.enqueue(inv("f", &body), opts()).await.unwrap();
+    drop(q);
+    let q = SqliteQueue::open(&path).unwrap();
+    for id in &accepted[accepted.len() / 2..] {
+        assert!(q.item(id).await.unwrap().is_some(), "accepted {id} lost");
+    }
+    for id in &refused {
+        assert!(q.item(id).await.unwrap().is_none(), "refused {id} was stored");
+    }
+}
