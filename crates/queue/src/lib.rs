@@ -189,6 +189,9 @@ impl Depth {
     }
 }
 
+/// Idempotency keys longer than this are refused ([`QueueError::Invalid`]).
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Counts returned by [`Queue::ready_functions`] are capped at this.
 pub const READY_COUNT_CAP: u64 = 1024;
 

@@ -133,7 +133,22 @@ impl Writer {
             }
             last_len = batch.len();
             let started = Instant::now();
-            self.run_batch(&mut batch);
+            // A bug must not stop every later enqueue: a batch that panics
+            // is rolled back, its callers get an error (their senders are
+            // dropped: `Closed`), and the writer carries on with the counts
+            // of the last commit.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(&mut batch)));
+            if ran.is_err() {
+                tracing::error!(
+                    path = self.shared.path,
+                    requests = batch.len(),
+                    "queue writer panicked in a batch; it was rolled back"
+                );
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                batch.clear();
+            }
             last_took = started.elapsed();
             if self.last_maintenance.elapsed() >= MAINTAIN_EVERY {
                 self.last_maintenance = Instant::now();

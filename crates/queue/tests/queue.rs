@@ -442,6 +442,13 @@ async fn invalid_input_is_refused_by_name() {
     let keyed = EnqueueOptions { idempotency: Some((String::new(), Duration::from_secs(1))), ..opts() };
     let e = q.enqueue(inv("f", b""), keyed).await.unwrap_err();
     assert!(e.to_string().contains("idempotency key"), "{e}");
+    let long = "k".repeat(flick_queue::MAX_KEY_BYTES + 1);
+    let keyed = EnqueueOptions { idempotency: Some((long.clone(), Duration::from_secs(1))), ..opts() };
+    let e = q.enqueue(inv("f", b""), keyed).await.unwrap_err();
+    assert!(e.to_string().contains("1025 bytes"), "{e}");
+    let e = q.claim_idempotency("f", &long, &ActivationId::generate(), Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, QueueError::Invalid { what: "idempotency key", .. }), "{e:?}");
+    assert_eq!(q.depth("f").await.unwrap(), Default::default(), "nothing stored");
 }
 
 #[tokio::test]
