@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,6 +115,34 @@ pub(crate) struct Shared {
     pub(crate) counts: Mutex<HashMap<String, Depth>>,
     pub(crate) changes: watch::Sender<u64>,
     pub(crate) stats: WriterCounters,
+    pub(crate) clock: Clock,
+}
+
+/// The queue's time: the wall clock (ms since the epoch), except that it
+/// never goes back. Items are due at the time they were accepted, so if
+/// the system clock were stepped back an hour, an hour of accepted items
+/// would wait for it to catch up; instead the queue's time stands still
+/// until it does (retries and lease expiries are late by that much, never
+/// fresh items). Carried across restarts by the newest item's stamp. A
+/// wall clock more than [`MAX_STANDSTILL_MS`] behind is taken as it is
+/// (a clock that had been set far ahead, now corrected): standing still
+/// for longer would hold every retry and expired lease that long.
+pub(crate) struct Clock(AtomicI64);
+
+/// How far the queue's time may run ahead of the wall clock (a day).
+const MAX_STANDSTILL_MS: i64 = 24 * 3600 * 1000;
+
+impl Clock {
+    pub(crate) fn now(&self) -> i64 {
+        let wall = now_ms();
+        let ahead = self.0.load(Ordering::Relaxed);
+        if ahead - wall > MAX_STANDSTILL_MS {
+            tracing::warn!(ahead_ms = ahead - wall, "the system clock went back more than a day: the queue follows it");
+            self.0.store(wall, Ordering::Relaxed);
+            return wall;
+        }
+        self.0.fetch_max(wall, Ordering::Relaxed).max(wall)
+    }
 }
 
 /// Running totals of the writer (diagnostics and the benchmark).
@@ -222,7 +250,7 @@ impl SqliteQueue {
             // SQLite never sets it below the current size; it only stops growth.
             conn.pragma_update(None, "max_page_count", pages.max(1)).map_err(open_err)?;
         }
-        let counts = recover(&conn, &label)?;
+        let (counts, clock) = recover(&conn, &label)?;
 
         let reader = Connection::open(path).map_err(open_err)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
@@ -233,6 +261,7 @@ impl SqliteQueue {
             counts: Mutex::new(counts.clone()),
             changes: watch::Sender::new(0),
             stats: WriterCounters::default(),
+            clock: Clock(AtomicI64::new(clock)),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let writer = Writer::new(conn, counts, Arc::clone(&shared), config);
@@ -340,9 +369,15 @@ fn migrate(conn: &mut Connection, label: &str) -> Result<(), QueueError> {
 
 /// Makes every leased item ready again (their dispatcher died with the
 /// last process) and counts the items of each function.
-fn recover(conn: &Connection, label: &str) -> Result<HashMap<String, Depth>, QueueError> {
+/// Returns them with the queue's clock (see [`Clock`]).
+fn recover(conn: &Connection, label: &str) -> Result<(HashMap<String, Depth>, i64), QueueError> {
     let err = |e: rusqlite::Error| QueueError::sqlite(label, &e);
-    let now = now_ms();
+    // The newest item was stamped with the clock as it last was.
+    let newest: Option<i64> = conn
+        .query_row("SELECT enqueued_ms FROM items ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    let now = now_ms().max(newest.unwrap_or(0));
     let reclaimed = conn.execute("UPDATE items SET state = 0, due_ms = ?1 WHERE state = 1", [now]).map_err(err)?;
     if reclaimed > 0 {
         tracing::warn!(
@@ -370,7 +405,7 @@ fn recover(conn: &Connection, label: &str) -> Result<HashMap<String, Depth>, Que
             }
         }
     }
-    Ok(counts)
+    Ok((counts, now))
 }
 
 /// The columns [`decode_item`] reads, in order.
@@ -494,8 +529,8 @@ impl Queue for SqliteQueue {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
+        let now = self.inner.shared.clock.now();
         self.read(move |conn, path| {
-            let now = now_ms();
             let mut stmt = db(
                 path,
                 conn.prepare_cached(

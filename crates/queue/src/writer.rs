@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use flick_core::{ActivationId, now_ms};
+use flick_core::ActivationId;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -169,7 +169,7 @@ impl Writer {
 
     fn run_batch_inner(&mut self, batch: &mut Vec<Request>) {
         let path = self.shared.path.clone();
-        let now = now_ms();
+        let now = self.shared.clock.now();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let e = QueueError::sqlite(&path, &e);
             for request in batch.drain(..) {

@@ -535,3 +535,48 @@ async fn a_full_disk_refuses_with_nothing_acknowledged_and_recovers_when_space_i
         assert!(q.item(id).await.unwrap().is_none(), "refused {id} was stored");
     }
 }
+
+#[tokio::test]
+async fn items_accepted_before_the_clock_stepped_back_are_not_held_back() {
+    // Simulated by stamping stored items an hour ahead of the wall clock,
+    // as if they were accepted before the system clock was set back.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let early = inv("f", b"");
+    {
+        let q = SqliteQueue::open(&path).unwrap();
+        q.enqueue(early.clone(), opts()).await.unwrap();
+    }
+    let ahead = now_ms() + 3_600_000;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE items SET due_ms = ?1, not_before_ms = ?1, enqueued_ms = ?1", [ahead]).unwrap();
+    drop(conn);
+    let q = SqliteQueue::open(&path).unwrap();
+    let later = inv("f", b"");
+    q.enqueue(later.clone(), opts()).await.unwrap();
+    assert_eq!(q.ready_functions().await.unwrap(), vec![("f".to_string(), 2)]);
+    let leased = q.lease("f", 10, LEASE).await.unwrap();
+    assert_eq!(leased.iter().map(|i| i.id().clone()).collect::<Vec<_>>(), vec![early.id, later.id]);
+    assert!(leased[1].enqueued_ms >= ahead, "the queue's time does not go back");
+}
+
+#[tokio::test]
+async fn the_queue_clock_does_not_stand_still_for_more_than_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let far = inv("f", b"");
+    {
+        let q = SqliteQueue::open(&path).unwrap();
+        q.enqueue(far.clone(), opts()).await.unwrap();
+    }
+    let years_ahead = now_ms() + 3 * 365 * 24 * 3_600_000;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE items SET due_ms = ?1, not_before_ms = ?1, enqueued_ms = ?1", [years_ahead]).unwrap();
+    drop(conn);
+    let q = SqliteQueue::open(&path).unwrap();
+    // A retry an hour from now stays an hour from now.
+    let fresh = inv("f", b"");
+    q.enqueue(fresh.clone(), opts()).await.unwrap();
+    assert!(q.nack(&fresh.id, now_ms() + 3_600_000, err("later")).await.unwrap());
+    assert!(q.lease("f", 10, LEASE).await.unwrap().is_empty(), "neither is due by the wall clock");
+}
