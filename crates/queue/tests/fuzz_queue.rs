@@ -1,6 +1,7 @@
-//! Property test: random sequences of queue operations (and reopenings)
-//! against a simple in-memory model; after every step the depths agree,
-//! and every few steps the whole stored content does.
+//! Property test (a fuzz target, see RELIABILITY.md): random sequences of
+//! queue operations (and reopenings) against a simple in-memory model;
+//! after every step the depths agree, and every few steps the whole stored
+//! content does.
 //!
 //! `FLICK_FUZZ_CASES` sets the number of cases (default 24).
 
