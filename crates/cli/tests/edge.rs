@@ -526,6 +526,47 @@ fn the_http_runtime_forwards_path_and_query_exactly_as_sent() {
 
 /// Sends one byte of a never-ending header every 200 ms until flick closes
 /// the connection; true if it did (within the 30 s this client allows).
+/// Reads until the server closes; true if it closed without sending more.
+fn closed_quietly(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => rest.is_empty(),
+        // A reset after the answer also ends the connection.
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && rest.is_empty(),
+    }
+}
+
+/// A client that began a request but did not finish its headers in time is
+/// told so (408, `Connection: close`) before the close — also when the
+/// partial request came in one packet behind a complete one — while others
+/// are served meanwhile. A kept-alive connection with no new request is
+/// simply closed (normal HTTP).
+#[test]
+fn a_slow_request_head_gets_a_408_before_the_close() {
+    let flick = Flick::start_with(&[], Some("header_read_timeout = \"1s\"\n"));
+    let mut slow = connect(&flick);
+    slow.write_all(b"GET /v1/functions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut pipelined = connect(&flick);
+    let both = format!("{}GET /v1/functions HTTP/1.1\r\nHost: x\r\n", raw_request("GET", "/healthz", None, ""));
+    pipelined.write_all(both.as_bytes()).unwrap();
+    let mut idle = connect(&flick);
+    idle.write_all(raw_request("GET", "/healthz", None, "").as_bytes()).unwrap();
+    assert_eq!(read_reply(&mut idle).status(), 200);
+    // While the slow heads stall, the server serves others.
+    for _ in 0..3 {
+        assert_eq!(flick.get_anon("/healthz").status, 200);
+    }
+    assert_eq!(read_reply(&mut pipelined).status(), 200, "the complete request is answered");
+    for (what, s) in [("slow", &mut slow), ("pipelined", &mut pipelined)] {
+        let r = read_reply(s);
+        assert_eq!(r.status(), 408, "{what}: {r:?}");
+        assert_eq!(r.header("connection"), ["close"], "{what}: {r:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("request_timeout"), "{what}: {r:?}");
+        assert!(closed_quietly(s), "{what}: the connection stayed open after the 408");
+    }
+    assert!(closed_quietly(&mut idle), "an idle kept-alive connection got an answer it did not ask for");
+}
+
 fn trickle_until_closed(flick: &Flick) -> bool {
     let mut s = connect(flick);
     s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
