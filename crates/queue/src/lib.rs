@@ -18,6 +18,7 @@
 //! - `error.rs`: [`QueueError`].
 //! - `sqlite.rs`: [`SqliteQueue`]: opening, schema, recovery, reads.
 //! - `writer.rs`: the writer thread: every write, group-committed.
+//! - `conformance.rs`: the trait's contract as checks any implementation runs.
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 use flick_core::{ActivationId, Invocation};
 use serde::{Deserialize, Serialize};
 
+pub mod conformance;
 mod error;
 mod sqlite;
 mod writer;
