@@ -20,6 +20,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no such endpoint")]
     NoRoute,
+    /// Allowed in, but not to do this (what, and why, in the message).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Platform(#[from] PlatformError),
 }
@@ -33,10 +36,12 @@ impl ApiError {
             Self::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Platform(e) => match e {
-                P::FunctionNotFound(_) | P::RevisionNotFound { .. } | P::ActivationNotFound(_) => {
-                    (StatusCode::NOT_FOUND, "not_found")
-                }
+                P::FunctionNotFound(_)
+                | P::RevisionNotFound { .. }
+                | P::ActivationNotFound(_)
+                | P::DeadLetterNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 P::Name(_) | P::Package(_) | P::Manifest(_) | P::BadRequest(_) => {
                     (StatusCode::BAD_REQUEST, "bad_request")
                 }
@@ -47,6 +52,8 @@ impl ApiError {
                 P::NotPublic(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
                 P::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
                 P::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                P::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+                P::InProgress(_) => (StatusCode::CONFLICT, "in_progress"),
                 P::Store(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
@@ -56,6 +63,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let in_progress = match &self {
+            Self::Platform(PlatformError::InProgress(id)) => HeaderValue::try_from(id.as_str()).ok(),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
@@ -69,6 +80,9 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Some(id) = in_progress {
+            resp.headers_mut().insert("x-flick-activation-id", id);
         }
         resp
     }

@@ -1,11 +1,13 @@
-//! `ANY /fn/{name}[/{rest}]`: synchronous invocation over HTTP.
+//! `ANY /fn/{name}[/{rest}]`: invocation over HTTP, synchronous or (with
+//! `X-Flick-Async: true`) accepted into the durable queue with a 202;
+//! `Idempotency-Key` and (admin only) `X-Callback-Url` on top.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flick_core::{ActivationId, Cause, Invocation, now_ms};
-use flick_platform::{Caller, PlatformError};
+use flick_platform::{Caller, Idempotent, PlatformError};
 
 use crate::auth::AdminKey;
 use crate::{ApiError, AppState};
@@ -40,6 +42,28 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         Caller::Admin
     };
     let route = route.ok_or_else(|| PlatformError::FunctionNotFound(name.clone()))?;
+    // Headers are checked before the body is read: a bad one costs no upload.
+    let is_async = match single_header(&parts.headers, ASYNC_HEADER)? {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!("X-Flick-Async must be `true` or `false`, got `{}`", shown(v))));
+        }
+    };
+    let idempotency_key = single_header(&parts.headers, IDEMPOTENCY_HEADER)?.map(check_idempotency_key).transpose()?;
+    let callback_url = match single_header(&parts.headers, CALLBACK_HEADER)? {
+        None => None,
+        // Only the admin may make flick send requests somewhere (else any
+        // caller of a public function could aim flick at inner hosts).
+        Some(_) if caller != Caller::Admin => {
+            return Err(ApiError::Forbidden("X-Callback-Url needs the admin key".into()));
+        }
+        Some(_) if !is_async => {
+            return Err(ApiError::BadRequest("X-Callback-Url is only for async calls (X-Flick-Async: true)".into()));
+        }
+        Some(v) => Some(check_callback_url(v)?),
+    };
     let limit = state.limits.max_body_bytes;
     let body = crate::read_body(body, limit, &state.limits).await?;
     let headers = forwarded_headers(&parts.headers, &state.key);
@@ -57,14 +81,36 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         headers,
         body: body.into(),
         budget_ms: budget.map(|b| b.as_millis() as u64),
-        cause: Cause::Http,
+        cause: if is_async { Cause::Async } else { Cause::Http },
         trigger: None,
         attempt: 1,
         parent: None,
-        callback_url: None,
+        callback_url,
         accepted_ms: now_ms(),
     };
-    let done = state.platform.invoke(route, caller, inv).await?;
+    if is_async {
+        let submitted = state.platform.submit(route, caller, inv, idempotency_key).await?;
+        let body = serde_json::json!({
+            "activation_id": submitted.id.as_str(),
+            "status": "queued",
+            "existing": submitted.existing,
+        });
+        let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::try_from(submitted.id.as_str()) {
+            resp.headers_mut().insert("x-flick-activation-id", v);
+        }
+        if submitted.existing {
+            resp.headers_mut().insert("x-flick-idempotent-replay", HeaderValue::from_static("true"));
+        }
+        return Ok(resp);
+    }
+    let done = match idempotency_key {
+        None => state.platform.invoke(route, caller, inv).await?,
+        Some(key) => match state.platform.invoke_idempotent(route, caller, inv, &key).await? {
+            Idempotent::Ran(done) => done,
+            Idempotent::Replay(first) => return Ok(replay(&first)),
+        },
+    };
     let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, done.response.body).into_response();
     let h = resp.headers_mut();
@@ -85,6 +131,80 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     Ok(resp)
 }
 
+const ASYNC_HEADER: &str = "x-flick-async";
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const CALLBACK_HEADER: &str = "x-callback-url";
+/// Longest `Idempotency-Key` (Stripe's and the IETF draft's keys are far shorter).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Longest `X-Callback-Url`.
+const MAX_CALLBACK_URL: usize = 2048;
+
+/// A header flick reads itself: absent, or one value of text.
+fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(format!("{} was sent more than once", display_name(name))));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("{} must be visible ASCII text", display_name(name))))
+}
+
+fn display_name(name: &str) -> &'static str {
+    match name {
+        ASYNC_HEADER => "X-Flick-Async",
+        IDEMPOTENCY_HEADER => "Idempotency-Key",
+        CALLBACK_HEADER => "X-Callback-Url",
+        _ => "a header",
+    }
+}
+
+/// A caller's value in an error message: cut, control characters escaped.
+fn shown(v: &str) -> String {
+    v.chars().take(64).flat_map(char::escape_default).collect()
+}
+
+fn check_idempotency_key(v: &str) -> Result<String, ApiError> {
+    if v.is_empty() || v.len() > MAX_IDEMPOTENCY_KEY || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters without spaces (got {} bytes)",
+            v.len()
+        )));
+    }
+    Ok(v.to_string())
+}
+
+fn check_callback_url(v: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("X-Callback-Url {why}"));
+    if v.len() > MAX_CALLBACK_URL {
+        return Err(bad(&format!("is longer than {MAX_CALLBACK_URL} bytes")));
+    }
+    let url = url::Url::parse(v).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(&format!("must be http or https, not `{}`", shown(url.scheme()))));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    Ok(url.to_string())
+}
+
+/// The first call's stored outcome, for a repeated `Idempotency-Key`: its
+/// status and recorded body (capped as records are), not run again.
+fn replay(first: &flick_core::Activation) -> Response {
+    let status = StatusCode::from_u16(first.http_status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, first.response.clone()).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(first.id.as_str()) {
+        h.insert("x-flick-activation-id", v);
+    }
+    h.insert("x-flick-status", HeaderValue::from_static(first.status.as_str()));
+    h.insert("x-flick-idempotent-replay", HeaderValue::from_static("true"));
+    resp
+}
+
 /// The caller's headers as the function gets them. The admin key is
 /// flick's, never the function's: a header carrying it in any spelling
 /// (`bearer`, `BEARER  `, another scheme) is dropped. Values that are not
@@ -93,6 +213,8 @@ fn forwarded_headers(headers: &HeaderMap, key: &AdminKey) -> Vec<(String, String
     headers
         .iter()
         .filter(|(_, v)| !key.appears_in(v.as_bytes()))
+        // Where flick sends the outcome is flick's business, not the function's.
+        .filter(|(n, _)| n.as_str() != CALLBACK_HEADER)
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect()
 }

@@ -8,7 +8,8 @@
 //! # Layout
 //! - `auth`: the admin API key and the bearer check;
 //! - `invoke`: `ANY /fn/{name}[/{rest}]`;
-//! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`;
+//! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`,
+//!   `/v1/dlq…` (dead letters of async calls);
 //! - `error`: [`ApiError`] and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
@@ -77,6 +78,10 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/v1/activations", get(manage::list_activations))
         .route("/v1/activations/{id}", get(manage::get_activation))
         .route("/v1/instances", get(manage::list_instances))
+        .route("/v1/dlq", get(manage::list_dead).delete(manage::purge_dead))
+        .route("/v1/dlq/redrive", post(manage::redrive_all))
+        .route("/v1/dlq/{id}", get(manage::get_dead))
+        .route("/v1/dlq/{id}/redrive", post(manage::redrive_dead))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }

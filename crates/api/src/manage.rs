@@ -1,4 +1,5 @@
-//! `/v1/…`: the management API (functions, revisions, activations, instances).
+//! `/v1/…`: the management API (functions, revisions, activations,
+//! instances, dead letters).
 
 use axum::Json;
 use axum::body::Body;
@@ -181,4 +182,76 @@ pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap
                     "max_instances": limits.max_instances, "max_memory": limits.max_memory },
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DlqParams {
+    function: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A dead letter as the API shows it: the stored call (its body as base64,
+/// as it would be retried) and every failed attempt.
+fn dead_letter_json(item: &flick_platform::Item, with_request: bool) -> Value {
+    let inv = &item.invocation;
+    let mut v = json!({
+        "id": inv.id.as_str(),
+        "function": inv.function,
+        "cause": inv.cause,
+        "trigger": inv.trigger,
+        "attempts": item.errors.len().max(inv.attempt as usize),
+        "max_attempts": item.max_attempts,
+        "enqueued_ms": item.enqueued_ms,
+        "dead_ms": item.dead_ms,
+        "last_error": item.errors.last(),
+    });
+    if with_request {
+        v["errors"] = json!(item.errors);
+        v["request"] = json!({
+            "method": inv.method, "path": inv.path, "query": inv.query,
+            "headers": inv.headers, "body_bytes": inv.body.len(),
+        });
+        v["invocation"] = serde_json::to_value(inv).unwrap_or(Value::Null);
+    }
+    v
+}
+
+/// `GET /v1/dlq[?function=NAME]`
+pub(crate) async fn list_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
+    s.key.check(&headers)?;
+    let items = s.platform.dead_letters(p.function.as_deref(), p.limit.unwrap_or(100)).await?;
+    let dead: Vec<Value> = items.iter().map(|i| dead_letter_json(i, false)).collect();
+    Ok(Json(json!({ "dead_letters": dead })).into_response())
+}
+
+/// `GET /v1/dlq/{id}`
+pub(crate) async fn get_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    let item = s.platform.dead_letter(&id).await?;
+    Ok(Json(dead_letter_json(&item, true)).into_response())
+}
+
+/// `POST /v1/dlq/{id}/redrive`
+pub(crate) async fn redrive_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    s.key.check(&headers)?;
+    s.platform.redrive(&id).await?;
+    Ok(Json(json!({ "redriven": 1, "id": id })).into_response())
+}
+
+/// `POST /v1/dlq/redrive[?function=NAME]`: every dead letter (of one function).
+pub(crate) async fn redrive_all(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<DlqParams>,
+) -> ApiResult {
+    s.key.check(&headers)?;
+    let n = s.platform.redrive_all(p.function.as_deref()).await?;
+    Ok(Json(json!({ "redriven": n })).into_response())
+}
+
+/// `DELETE /v1/dlq[?function=NAME]`
+pub(crate) async fn purge_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
+    s.key.check(&headers)?;
+    let n = s.platform.purge_dead_letters(p.function.as_deref()).await?;
+    Ok(Json(json!({ "purged": n })).into_response())
 }

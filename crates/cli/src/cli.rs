@@ -93,8 +93,13 @@ changes nothing and says so.")]
   flick invoke sha512 -d @README.md
   echo hi | flick invoke sha512 -d @-
   flick invoke api -X GET --path /users/7 --query 'verbose=1'
+  flick invoke resize --async -d @photo.json      # queued; prints the activation id
+  flick invoke resize --async --idempotency-key order-42 -d @photo.json
+  flick invoke resize --async --callback-url http://127.0.0.1:9000/done
 
-Exits 1 when the invocation did not succeed (the error is still printed).")]
+Exits 1 when the invocation did not succeed (the error is still printed).
+--async returns once the call is stored durably (202); follow it with
+`flick activation ID` (queued, running, then its outcome).")]
     Invoke(InvokeArgs),
     /// List functions.
     #[command(visible_alias = "ls")]
@@ -172,6 +177,18 @@ escaped, e.g. \\x1b, so a function cannot drive your terminal.")]
         #[arg(long)]
         raw: bool,
     },
+    /// Dead letters: async calls that failed every attempt.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  flick dlq ls                  every function's dead letters
+  flick dlq ls resize
+  flick dlq show ID             the stored request and each attempt's error
+  flick dlq redrive ID          run it again (attempt 1, cause redrive)
+  flick dlq redrive --all resize
+  flick dlq purge resize        delete them"
+    )]
+    Dlq(DlqCommand),
     /// Check which isolation features this host gives instances.
     #[command(after_help = "Starts a probe process in a full sandbox and reports what it can and cannot do.
 Exits 1 if the sandbox is incomplete (then `flick up` refuses to run functions
@@ -216,6 +233,39 @@ pub struct UpArgs {
     pub insecure_no_sandbox: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this function's.
+        name: Option<String>,
+        #[arg(long, short = 'n', default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one dead letter: its request and the error of each attempt.
+    Show {
+        id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their function.
+    Redrive {
+        /// The dead letter to redrive.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter (of the function named by --function, or all).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this function's.
+        #[arg(long, requires = "all")]
+        function: Option<String>,
+    },
+    /// Delete dead letters (of one function, or all).
+    Purge { name: Option<String> },
+}
+
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
     pub name: String,
@@ -237,4 +287,14 @@ pub struct InvokeArgs {
     /// Also print status, activation id and headers to stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// Queue the call and return at once (X-Flick-Async: true); prints the
+    /// activation id.
+    #[arg(long = "async")]
+    pub is_async: bool,
+    /// Idempotency-Key: a repeat within the window returns the first call.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// With --async: where flick POSTs the outcome (X-Callback-Url; needs the admin key).
+    #[arg(long, requires = "is_async")]
+    pub callback_url: Option<String>,
 }

@@ -70,6 +70,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's body (then: 408).
     pub body_read_timeout: Duration,
+    /// Async calls: share of instances, backlog bound, retry backoff,
+    /// idempotency window, callbacks.
+    pub asynchronous: flick_platform::AsyncConfig,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -110,6 +113,13 @@ struct FileConfig {
     max_connections: Option<u32>,
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
+    async_share: Option<f64>,
+    max_queued: Option<u64>,
+    retry_base: Option<String>,
+    retry_cap: Option<String>,
+    idempotency_window: Option<String>,
+    callback_timeout: Option<String>,
+    callback_attempts: Option<u32>,
 }
 
 impl Config {
@@ -178,6 +188,19 @@ impl Config {
             max_connections: file.max_connections.unwrap_or(1024),
             header_read_timeout: duration("header_read_timeout", &file.header_read_timeout, Duration::from_secs(10))?,
             body_read_timeout: duration("body_read_timeout", &file.body_read_timeout, Duration::from_secs(30))?,
+            asynchronous: {
+                let d = flick_platform::AsyncConfig::default();
+                flick_platform::AsyncConfig {
+                    async_share: file.async_share.unwrap_or(d.async_share),
+                    max_queued: file.max_queued.unwrap_or(d.max_queued),
+                    retry_base: duration("retry_base", &file.retry_base, d.retry_base)?,
+                    retry_cap: duration("retry_cap", &file.retry_cap, d.retry_cap)?,
+                    idempotency_window: duration("idempotency_window", &file.idempotency_window, d.idempotency_window)?,
+                    callback_timeout: duration("callback_timeout", &file.callback_timeout, d.callback_timeout)?,
+                    callback_attempts: file.callback_attempts.unwrap_or(d.callback_attempts),
+                    shutdown_grace: d.shutdown_grace,
+                }
+            },
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(
@@ -208,6 +231,22 @@ impl Config {
         }
         if config.header_read_timeout.is_zero() || config.body_read_timeout.is_zero() {
             bail!("`header_read_timeout` and `body_read_timeout` must be above zero");
+        }
+        let a = &config.asynchronous;
+        if !(a.async_share > 0.0 && a.async_share <= 1.0) {
+            bail!("`async_share` must be above 0 and at most 1, not {}", a.async_share);
+        }
+        if a.max_queued == 0 {
+            bail!("`max_queued` must be at least 1");
+        }
+        if a.retry_base.is_zero() || a.retry_cap < a.retry_base {
+            bail!("`retry_base` must be above zero and `retry_cap` at least `retry_base`");
+        }
+        if a.idempotency_window.is_zero() {
+            bail!("`idempotency_window` must be above zero");
+        }
+        if a.callback_timeout.is_zero() || !(1..=10).contains(&a.callback_attempts) {
+            bail!("`callback_timeout` must be above zero and `callback_attempts` between 1 and 10");
         }
         if config.activations_per_function == 0 {
             bail!("`activations_per_function` must be at least 1");

@@ -32,6 +32,12 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let (key, new_key) =
         AdminKey::load_or_create(&data, random_key).context("creating the admin key").map_err(|e| full(e, &data))?;
     let store = SqliteStore::open(&data.join("flick.db")).context("opening the store").map_err(|e| full(e, &data))?;
+    // Accepted async calls: their own file, so a flood of them never
+    // competes with records for flick.db's writer. Opening it makes the
+    // leases a killed flick held ready again.
+    let queue = flick_queue::SqliteQueue::open(&data.join("queue.db"))
+        .context("opening the async queue")
+        .map_err(|e| full(e.into(), &data))?;
     let code = CodeStore::open(&data).context("opening the code store").map_err(|e| full(e, &data))?;
     let interpreters = Interpreters::resolve(&config).await?;
     let runtime_dir = data.join("runtime");
@@ -62,6 +68,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     );
     let platform = Platform::new(
         Arc::new(store),
+        Arc::new(queue),
         code,
         scheduler,
         sandbox_for_installs,
@@ -86,6 +93,10 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 env: config.install_env.clone(),
             },
             revisions_kept: config.revisions_per_function,
+            asynchronous: flick_platform::AsyncConfig {
+                shutdown_grace: config.shutdown_grace,
+                ..config.asynchronous.clone()
+            },
         },
     )
     .await

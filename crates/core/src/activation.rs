@@ -143,4 +143,25 @@ pub struct Activation {
     /// while still waiting for an instance and never ran).
     #[serde(default)]
     pub caller_gave_up_ms: Option<f64>,
+    /// What became of the `X-Callback-Url` delivery of the outcome, if one
+    /// was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackOutcome>,
+}
+
+/// The delivery of an async call's outcome to its `X-Callback-Url`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackOutcome {
+    pub url: String,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    /// Tries made (bounded, with backoff).
+    pub attempts: u32,
+    /// The receiver's last HTTP status, if it answered at all.
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// Why the last try failed (connection refused, timeout, a non-2xx).
+    #[serde(default)]
+    pub error: Option<String>,
+    pub end_ms: i64,
 }

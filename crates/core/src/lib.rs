@@ -16,7 +16,7 @@ pub mod revision;
 pub mod trigger;
 pub mod units;
 
-pub use activation::{Activation, ActivationStatus, AttemptOutcome, LogLine, LogStream};
+pub use activation::{Activation, ActivationStatus, AttemptOutcome, CallbackOutcome, LogLine, LogStream};
 pub use cloudevent::CloudEvent;
 pub use id::ActivationId;
 pub use invocation::{Cause, Invocation};

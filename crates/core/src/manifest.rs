@@ -102,6 +102,8 @@ struct RawManifest {
     public: Option<bool>,
     network: Option<String>,
     tmp_size: Option<String>,
+    retries: Option<i64>,
+    max_queued: Option<i64>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     scaling: Option<RawScaling>,
@@ -178,6 +180,40 @@ pub struct Manifest {
     /// `[[triggers]]`: what invokes the function besides HTTP callers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerSpec>,
+    /// Retries of a failed async call (its attempts are `retries + 1`).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The most async calls that may wait for this function; `None`: the
+    /// server's default (`max_queued` in config.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u64>,
+}
+
+fn default_retries() -> u32 {
+    Manifest::DEFAULT_RETRIES
+}
+
+/// Most retries a manifest may ask for.
+pub const MAX_RETRIES: u32 = 10;
+/// Largest `max_queued` a manifest may ask for.
+pub const MAX_QUEUED_LIMIT: u64 = 10_000_000;
+
+/// `retries` and `max_queued`, checked (shared by every runtime).
+fn async_keys(
+    raw: &RawManifest,
+    invalid: &impl Fn(&str, String) -> ManifestError,
+) -> Result<(u32, Option<u64>), ManifestError> {
+    let retries = match raw.retries {
+        None => Manifest::DEFAULT_RETRIES,
+        Some(n) if (0..=i64::from(MAX_RETRIES)).contains(&n) => n as u32,
+        Some(n) => return Err(invalid("retries", format!("{n} is out of range 0..={MAX_RETRIES}"))),
+    };
+    let max_queued = match raw.max_queued {
+        None => None,
+        Some(n) if (1..=MAX_QUEUED_LIMIT as i64).contains(&n) => Some(n as u64),
+        Some(n) => return Err(invalid("max_queued", format!("{n} is out of range 1..={MAX_QUEUED_LIMIT}"))),
+    };
+    Ok((retries, max_queued))
 }
 
 /// Most steps a sequence may have.
@@ -203,6 +239,7 @@ impl Manifest {
     pub const DEFAULT_MAX_INSTANCES: u32 = 10;
     pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
     pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+    pub const DEFAULT_RETRIES: u32 = 2;
 
     /// Parses and validates the text of a `flick.toml`.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
@@ -230,6 +267,7 @@ impl Manifest {
         if raw.steps.is_some() {
             return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
         }
+        let (retries, max_queued) = async_keys(&raw, &invalid)?;
         let handler = raw
             .handler
             .as_deref()
@@ -319,6 +357,8 @@ impl Manifest {
             scaling,
             steps: Vec::new(),
             triggers,
+            retries,
+            max_queued,
         })
     }
 
@@ -372,6 +412,7 @@ impl Manifest {
         if timeout.is_zero() || timeout > MAX_TIMEOUT {
             return Err(invalid("timeout", "must be between 1ms and 15m".into()));
         }
+        let (retries, max_queued) = async_keys(raw, &invalid)?;
         Ok(Manifest {
             name,
             runtime: RuntimeKind::Sequence,
@@ -389,11 +430,25 @@ impl Manifest {
             scaling: Scaling::default(),
             steps,
             triggers,
+            retries,
+            max_queued,
         })
     }
 
     /// The manifest as TOML, every default spelled out (what `flick` shows).
     pub fn to_toml(&self) -> String {
+        let mut out = self.to_toml_base();
+        // After the top-level keys, before any table.
+        let mut extra = format!("retries = {}\n", self.retries);
+        if let Some(n) = self.max_queued {
+            extra.push_str(&format!("max_queued = {n}\n"));
+        }
+        let at = out.find("\n[").map_or(out.len(), |i| i + 1);
+        out.insert_str(at, &extra);
+        out
+    }
+
+    fn to_toml_base(&self) -> String {
         if self.runtime == RuntimeKind::Sequence {
             let steps: Vec<String> = self.steps.iter().map(|s| toml_string(s.as_str())).collect();
             let mut out = format!(
@@ -685,6 +740,27 @@ mod tests {
         assert!(!m.public);
         assert_eq!(m.network, Network::None);
         assert_eq!(m.tmp_size, 64 << 20);
+    }
+
+    #[test]
+    fn retries_and_max_queued_default_bound_and_name_their_line() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        assert_eq!((m.retries, m.max_queued), (2, None));
+        let m = Manifest::parse(&format!("{MINIMAL}retries = 0\nmax_queued = 50\n")).unwrap();
+        assert_eq!((m.retries, m.max_queued), (0, Some(50)));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        for (extra, key) in [("retries = 11", "retries"), ("retries = -1", "retries"), ("max_queued = 0", "max_queued")]
+        {
+            match Manifest::parse(&format!("{MINIMAL}{extra}\n")) {
+                Err(ManifestError::Invalid { line: Some(4), key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        assert!(Manifest::parse(&format!("{MINIMAL}retry = 3\n")).is_err(), "unknown keys stay rejected");
+        // Revisions stored before these keys existed read with the defaults.
+        let mut json = serde_json::to_value(Manifest::parse(MINIMAL).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("retries");
+        assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().retries, 2);
     }
 
     #[test]

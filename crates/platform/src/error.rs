@@ -43,8 +43,29 @@ pub enum PlatformError {
     /// The database was held by another process past the busy timeout.
     #[error("the database is busy (held by another process): {0}; retry later")]
     Busy(String),
+    /// The function's async backlog is at its `max_queued`: nothing was stored.
+    #[error("function `{function}` has {queued} calls waiting, its limit (max_queued) is {limit}; retry later")]
+    QueueFull { function: String, queued: u64, limit: u64 },
+    /// A repeated `Idempotency-Key` whose first call has not finished yet.
+    #[error("a call with this Idempotency-Key is still running: activation {0}; retry later for its result")]
+    InProgress(flick_core::ActivationId),
+    #[error("dead letter `{0}` not found")]
+    DeadLetterNotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<flick_queue::QueueError> for PlatformError {
+    fn from(e: flick_queue::QueueError) -> Self {
+        use flick_queue::QueueError as Q;
+        match e {
+            Q::Full { function, queued, limit } => Self::QueueFull { function, queued, limit },
+            e if e.is_disk_full() => Self::StorageFull(e.to_string()),
+            e @ (Q::Busy { .. } | Q::Closed { .. }) => Self::Busy(e.to_string()),
+            Q::Invalid { what, detail } => Self::BadRequest(format!("invalid {what}: {detail}")),
+            e => Self::Internal(format!("queue: {e}")),
+        }
+    }
 }
 
 impl From<StoreError> for PlatformError {

@@ -185,6 +185,29 @@ impl Platform {
         Ok(route)
     }
 
+    /// Runs one attempt of `inv` without a caller deadline (queued calls:
+    /// nobody waits), returning its answer and its record, which the
+    /// caller stores (or not, when the attempt is retried).
+    pub(crate) async fn run_attempt(
+        &self,
+        route: Arc<Route>,
+        caller: Caller,
+        inv: Invocation,
+        tries: Tries,
+    ) -> Result<(InvokeResponse, Activation), PlatformError> {
+        let started = Instant::now();
+        let call = Call {
+            id: inv.id.clone(),
+            start_ms: now_ms(),
+            started,
+            function_deadline: started + route.revision.manifest.timeout,
+            caller_deadline: None,
+            settled: Arc::default(),
+            origin: Origin::of(&inv),
+        };
+        self.run(route, caller, inv, call, tries).await
+    }
+
     async fn run(
         &self,
         mut route: Arc<Route>,
@@ -376,6 +399,7 @@ impl Platform {
             attempts: tries.earlier.clone(),
             parent: origin.parent.clone(),
             caller_gave_up_ms: gave_up.map(ms),
+            callback: None,
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),

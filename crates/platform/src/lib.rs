@@ -20,6 +20,7 @@
 //! which concurrent changes arrive.
 
 mod deploy;
+mod dispatch;
 mod error;
 mod install;
 mod invoke;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use flick_core::{Activation, ActivationId, FunctionInfo, FunctionName, Revision, now_ms};
 use flick_package::UnpackLimits;
+use flick_queue::{ItemState, Queue};
 use flick_runtime::InstanceSpec;
 use flick_sandbox::Sandbox;
 use flick_scheduler::{Pool, Scheduler};
@@ -39,7 +41,9 @@ use flick_store::{ActivationQuery, CodeStore, RecordLimits, Store};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 pub use deploy::DeployOutcome;
+pub use dispatch::{AsyncConfig, Idempotent, Submitted, retryable};
 pub use error::PlatformError;
+pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
 
@@ -70,6 +74,8 @@ pub struct PlatformConfig {
     /// would go back to are always kept); older ones, their code and
     /// archives are removed. 0 keeps every revision.
     pub revisions_kept: u32,
+    /// Async calls: shares, backlog bounds, retries, callbacks.
+    pub asynchronous: AsyncConfig,
 }
 
 /// How often code and archives no revision refers to are looked for, when
@@ -88,6 +94,9 @@ pub struct Route {
 
 pub struct Platform {
     store: Arc<dyn Store>,
+    /// Accepted async calls (durable), run by the dispatcher.
+    queue: Arc<dyn Queue>,
+    dispatch: dispatch::Dispatch,
     code: CodeStore,
     scheduler: Arc<Scheduler>,
     /// Runs dependency installs (instances are started by the scheduler's).
@@ -137,6 +146,7 @@ impl Platform {
     /// Loads every function's current revision and makes its pool ready.
     pub async fn new(
         store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
         code: CodeStore,
         scheduler: Arc<Scheduler>,
         sandbox: Sandbox,
@@ -147,6 +157,8 @@ impl Platform {
         let records = records::Recorder::spawn(store.clone(), limits);
         let platform = Arc::new(Self {
             store,
+            queue,
+            dispatch: dispatch::Dispatch::new(),
             code,
             scheduler,
             sandbox,
@@ -309,6 +321,12 @@ impl Platform {
         }
         self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         self.scheduler.retire_function(name);
+        // Its queued calls and dead letters go with it (a call running now
+        // finds its item gone when it acks).
+        let removed = self.queue.remove_function(name).await?;
+        if removed > 0 {
+            tracing::info!(function = name, removed, "removed its queued calls and dead letters");
+        }
         self.records.flush(records::READ_WAIT).await;
         if !self.store.delete_function(name).await? {
             return Err(PlatformError::FunctionNotFound(name.into()));
@@ -333,10 +351,38 @@ impl Platform {
         self.records.record(activation).await;
     }
 
+    /// Like [`Platform::record`], returning once the record is stored
+    /// (`false`: dropped or refused).
+    async fn record_stored(&self, activation: Activation) -> bool {
+        let deleted = self.deleted.read().await;
+        if deleted.contains(&activation.revision_id) {
+            return false;
+        }
+        let stored = self.records.record_stored(activation).await;
+        // The guard only orders the hand-over against a delete; the wait
+        // for the commit happens without it.
+        drop(deleted);
+        stored.await.unwrap_or(false)
+    }
+
     pub async fn activation(&self, id: &str) -> Result<Activation, PlatformError> {
         let parsed = ActivationId::parse(id).ok_or_else(|| PlatformError::ActivationNotFound(id.into()))?;
+        // The queue first: its item is acked only after the final record is
+        // stored, so a call is always found in one or the other.
+        let queued = self.queue.item(&parsed).await?;
+        if let Some(item) = &queued
+            && item.state != ItemState::Dead
+        {
+            return Ok(self.queued_activation(item));
+        }
         self.records.flush(records::READ_WAIT).await;
-        self.store.activation(&parsed).await?.ok_or_else(|| PlatformError::ActivationNotFound(id.into()))
+        match self.store.activation(&parsed).await? {
+            Some(a) => Ok(a),
+            // A dead letter whose record retention already removed.
+            None => queued
+                .map(|item| self.queued_activation(&item))
+                .ok_or_else(|| PlatformError::ActivationNotFound(id.into())),
+        }
     }
 
     pub async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, PlatformError> {
@@ -361,6 +407,7 @@ impl Platform {
     /// garbage collection of code and archives, until `shutdown` resolves.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let reaper = tokio::spawn(self.scheduler.clone().run_reaper(std::future::pending::<()>()));
+        let dispatcher = tokio::spawn(self.clone().run_dispatcher());
         let this = self.clone();
         let gc = tokio::spawn(async move {
             let mut wait = GC_INTERVAL;
@@ -389,6 +436,10 @@ impl Platform {
             }
         });
         shutdown.await;
+        // Stop leasing and let running async calls finish (bounded), while
+        // the reaper still runs.
+        self.stop_dispatch();
+        let _ = dispatcher.await;
         reaper.abort();
         retention.abort();
         gc.abort();

@@ -54,7 +54,8 @@ struct Room {
 }
 
 enum Msg {
-    Record(Box<Activation>, Room),
+    /// A record, and who wants to know once it is stored (or refused).
+    Record(Box<Activation>, Room, Option<oneshot::Sender<bool>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -86,6 +87,20 @@ impl Recorder {
 
     /// Hands a record to the writer, first waiting for room in the backlog.
     pub async fn record(&self, activation: Activation) {
+        self.hand_over(activation, None).await;
+    }
+
+    /// Hands a record over (waiting for room) and returns what tells when
+    /// the writer is done with it: `true` once it is committed, `false` if
+    /// the store refused it (say, a record with its id exists) or storing
+    /// it kept failing. The dispatcher acks a queued call only after that.
+    pub async fn record_stored(&self, activation: Activation) -> oneshot::Receiver<bool> {
+        let (done, stored) = oneshot::channel();
+        self.hand_over(activation, Some(done)).await;
+        stored
+    }
+
+    async fn hand_over(&self, activation: Activation, done: Option<oneshot::Sender<bool>>) {
         let kib = (record_bytes(&activation).div_ceil(1024)).min(BACKLOG_BYTES >> 10) as u32;
         let (Ok(record), Ok(bytes)) =
             (self.records.clone().acquire_owned().await, self.kib.clone().acquire_many_owned(kib).await)
@@ -93,7 +108,7 @@ impl Recorder {
             unreachable!("the backlog semaphores are never closed");
         };
         let room = Room { _record: record, _bytes: bytes };
-        if self.tx.send(Msg::Record(Box::new(activation), room)).is_err() {
+        if self.tx.send(Msg::Record(Box::new(activation), room, done)).is_err() {
             tracing::error!("activation writer is gone; a record was lost");
         }
     }
@@ -118,6 +133,7 @@ impl Recorder {
 async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Msg>, limits: RecordLimits) {
     let mut batch: Vec<Activation> = Vec::new();
     let mut rooms: Vec<Room> = Vec::new();
+    let mut waiters: Vec<Option<oneshot::Sender<bool>>> = Vec::new();
     let mut flushes = Vec::new();
     // Written since the last maintenance, and when that was.
     let mut dirty = false;
@@ -140,17 +156,23 @@ async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Ms
         // Take whatever else is already queued, up to a batch.
         while let Some(msg) = next {
             match msg {
-                Msg::Record(activation, room) => {
+                Msg::Record(activation, room, done) => {
                     bytes += record_bytes(&activation);
                     batch.push(*activation);
                     rooms.push(room);
+                    waiters.push(done);
                 }
                 Msg::Flush(done) => flushes.push(done),
             }
             next = if batch.len() < BATCH_RECORDS && bytes < BATCH_BYTES { rx.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            store_batch(&*store, &batch, limits).await;
+            let stored = store_batch(&*store, &batch, limits).await;
+            for (done, stored) in waiters.drain(..).zip(stored) {
+                if let Some(done) = done {
+                    let _ = done.send(stored);
+                }
+            }
             batch.clear();
             // Only now, committed, do they leave the backlog.
             rooms.clear();
@@ -167,23 +189,26 @@ async fn write_batches(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Ms
     }
 }
 
-/// Stores one batch, retrying for as long as the failure is of the moment.
-async fn store_batch(store: &dyn Store, batch: &[Activation], limits: RecordLimits) {
+/// Stores one batch, retrying for as long as the failure is of the moment;
+/// says of each record whether it is stored.
+async fn store_batch(store: &dyn Store, batch: &[Activation], limits: RecordLimits) -> Vec<bool> {
     let mut delay = RETRY_FIRST;
     let mut failures = 0u32;
     loop {
         match store.insert_activations(batch, limits).await {
             Ok(results) => {
+                let mut stored = Vec::with_capacity(batch.len());
                 for (a, result) in batch.iter().zip(results) {
-                    if let Err(e) = result {
+                    if let Err(e) = &result {
                         tracing::error!(activation = %a.id, function = %a.function, error = %e,
                             "the store refused this activation record; the rest of its batch is stored");
                     }
+                    stored.push(result.is_ok());
                 }
                 if failures > 0 {
                     tracing::info!(records = batch.len(), failures, "stored activation records after retrying");
                 }
-                return;
+                return stored;
             }
             Err(e) if e.is_transient() || failures + 1 < PERMANENT_ATTEMPTS => {
                 failures += 1;
@@ -200,7 +225,7 @@ async fn store_batch(store: &dyn Store, batch: &[Activation], limits: RecordLimi
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), failures = failures + 1,
                     "activation records lost: storing them keeps failing with an error that retrying does not fix");
-                return;
+                return vec![false; batch.len()];
             }
         }
     }

@@ -238,6 +238,7 @@ impl Platform {
             attempts: Vec::new(),
             parent: inv.parent.clone(),
             caller_gave_up_ms: None,
+            callback: None,
         };
         let done = InvokeResponse {
             activation_id: id,

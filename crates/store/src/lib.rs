@@ -12,7 +12,7 @@ mod logcodec;
 mod sqlite;
 
 use async_trait::async_trait;
-use flick_core::{Activation, ActivationId, Cause, FunctionInfo, Manifest, Revision};
+use flick_core::{Activation, ActivationId, CallbackOutcome, Cause, FunctionInfo, Manifest, Revision};
 
 pub use code::CodeStore;
 pub use error::{StoreError, is_disk_full};
@@ -138,6 +138,14 @@ pub trait Store: Send + Sync + 'static {
     async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError>;
 
     async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError>;
+
+    /// Deletes one record (a dead letter being redriven runs again under
+    /// its id); `false` if there was none.
+    async fn delete_activation(&self, id: &ActivationId) -> Result<bool, StoreError>;
+
+    /// Notes on a stored record how its callback delivery went; `false` if
+    /// there is no such record.
+    async fn set_callback(&self, id: &ActivationId, outcome: &CallbackOutcome) -> Result<bool, StoreError>;
 
     /// Retention: deletes activations that started before `older_than_ms`, and
     /// all but the newest `keep_per_function` of each function. Returns how many went.

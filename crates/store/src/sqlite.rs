@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flick_core::{
-    Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, FunctionInfo, LogLine, Revision, now_ms,
+    Activation, ActivationId, ActivationStatus, AttemptOutcome, CallbackOutcome, Cause, FunctionInfo, LogLine,
+    Revision, now_ms,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -122,6 +123,11 @@ const MIGRATIONS: &[&str] = &[
     // waited for the answer).
     "
     ALTER TABLE activations ADD COLUMN caller_gave_up_ms REAL;
+    ",
+    // 6: the outcome of an async call's callback delivery (JSON), written
+    // after the record itself.
+    "
+    ALTER TABLE activations ADD COLUMN callback_json TEXT;
     ",
 ];
 
@@ -400,7 +406,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
      init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
-     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms";
+     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms, callback_json";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -427,6 +433,13 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         Some(p) => match ActivationId::parse(&p) {
             Some(p) => Some(p),
             None => return Ok(Err(corrupt(what(), "malformed parent id"))),
+        },
+    };
+    let callback = match row.get::<_, Option<String>>(26)? {
+        None => None,
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(c) => Some(c),
+            Err(e) => return Ok(Err(corrupt(what(), format!("callback: {e}")))),
         },
     };
     let blob: Vec<u8> = row.get(14)?;
@@ -461,6 +474,7 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         attempts,
         parent,
         caller_gave_up_ms: row.get(25)?,
+        callback,
     }))
 }
 
@@ -695,6 +709,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_activation(&self, id: &ActivationId) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| Ok(conn.execute("DELETE FROM activations WHERE id = ?1", [&id])? > 0)).await
+    }
+
+    async fn set_callback(&self, id: &ActivationId, outcome: &CallbackOutcome) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        let json = serde_json::to_string(outcome).map_err(|e| corrupt(format!("activation {id}"), e))?;
+        self.with_conn(move |conn| {
+            Ok(conn.execute("UPDATE activations SET callback_json = ?2 WHERE id = ?1", params![id, json])? > 0)
+        })
+        .await
+    }
+
     async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError> {
         let query = query.clone();
         self.with_reader(move |conn| {
@@ -819,9 +847,9 @@ fn insert_batch(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
              exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, \
-             caller_gave_up_ms) \
+             caller_gave_up_ms, callback_json) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                     ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
         )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
@@ -852,6 +880,7 @@ fn insert_batch(
                 serde_json::to_string(&a.attempts).unwrap_or_else(|_| "[]".into()),
                 a.parent.as_ref().map(|p| p.as_str()),
                 a.caller_gave_up_ms,
+                a.callback.as_ref().and_then(|c| serde_json::to_string(c).ok()),
             ]);
             match inserted.map_err(StoreError::from) {
                 Ok(_) => results.push(Ok(tx.last_insert_rowid())),
@@ -964,6 +993,7 @@ mod tests {
             attempts: Vec::new(),
             parent: None,
             caller_gave_up_ms: None,
+            callback: None,
         }
     }
 
@@ -1109,6 +1139,20 @@ mod tests {
         assert_eq!(ids(ActivationQuery { parent: Some(parent.id.clone()), ..Default::default() }).await, only_a);
         assert_eq!(ids(ActivationQuery { cause: Some(Cause::Http), ..Default::default() }).await, vec![parent.id]);
         assert!(ids(ActivationQuery { trigger: Some("other".into()), ..Default::default() }).await.is_empty());
+
+        let cb = CallbackOutcome {
+            url: "http://127.0.0.1:9/cb".into(),
+            delivered: false,
+            attempts: 3,
+            http_status: Some(500),
+            error: Some("HTTP 500".into()),
+            end_ms: 2_000,
+        };
+        assert!(store.set_callback(&a.id, &cb).await.unwrap());
+        assert_eq!(store.activation(&a.id).await.unwrap().unwrap().callback, Some(cb.clone()));
+        assert!(store.delete_activation(&a.id).await.unwrap());
+        assert!(!store.delete_activation(&a.id).await.unwrap());
+        assert!(!store.set_callback(&a.id, &cb).await.unwrap());
     }
 
     #[tokio::test]

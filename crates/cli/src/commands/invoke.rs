@@ -27,6 +27,15 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<ExitCod
         url = format!("{url}?{q}");
     }
     let mut rb = client.request(method, &url).body(body);
+    if args.is_async {
+        rb = rb.header("x-flick-async", "true");
+    }
+    if let Some(key) = &args.idempotency_key {
+        rb = rb.header("idempotency-key", key.as_str());
+    }
+    if let Some(cb) = &args.callback_url {
+        rb = rb.header("x-callback-url", cb.as_str());
+    }
     for h in &args.header {
         let Some((k, v)) = h.split_once(':') else { bail!("header `{h}` must be `Name: value`") };
         rb = rb.header(k.trim(), v.trim());
@@ -41,6 +50,20 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<ExitCod
         }
     }
     let bytes = resp.bytes().await.context("reading the response")?;
+    if args.is_async && status == reqwest::StatusCode::ACCEPTED {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(id) = body.get("activation_id").and_then(|v| v.as_str()) else {
+            bail!("flick accepted the call but sent no activation id");
+        };
+        let id = crate::out::escape(id, false);
+        if body.get("existing").and_then(|v| v.as_bool()) == Some(true) {
+            eprintln!("already accepted with this idempotency key: activation {id}");
+        } else {
+            eprintln!("queued: activation {id}  (see `flick activation {id}`)");
+        }
+        outln!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
     match flick_status.as_deref() {
         // No flick status: the platform refused the call (401, 404, 413, 429).
         None => {

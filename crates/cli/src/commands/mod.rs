@@ -2,6 +2,7 @@
 //! same `/v1` API any client uses.
 
 mod activations;
+mod dlq;
 mod doctor;
 mod functions;
 mod invoke;
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Logs { name, follow, limit, raw } => {
                     activations::logs(&client, &name, follow, limit, raw).await
                 }
+                Command::Dlq(cmd) => dlq::run(&client, cmd).await,
                 Command::Up(_) | Command::New { .. } | Command::Doctor => unreachable!("handled above"),
             }
         }
