@@ -37,7 +37,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // leases a killed flick held ready again.
     let queue = flick_queue::SqliteQueue::open(&data.join("queue.db"))
         .context("opening the async queue")
-        .map_err(|e| full(e.into(), &data))?;
+        .map_err(|e| full(e, &data))?;
     let code = CodeStore::open(&data).context("opening the code store").map_err(|e| full(e, &data))?;
     let interpreters = Interpreters::resolve(&config).await?;
     let runtime_dir = data.join("runtime");

@@ -446,6 +446,9 @@ impl Platform {
             self.settle(self.queue.ack(&id).await, &id, "ack");
             return;
         };
+        if route.revision.manifest.runtime == flick_core::RuntimeKind::Sequence {
+            return self.deliver_sequence(route, item, slot).await;
+        }
         let tries = Tries { max: item.max_attempts, earlier: item.errors.iter().map(attempt_outcome).collect() };
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
@@ -484,6 +487,35 @@ impl Platform {
             tracing::warn!(activation = %id, function, "the final record of an async call was not stored");
         }
         self.finish_queued(&item, activation, done.as_ref()).await;
+    }
+
+    /// A queued call of a sequence: one attempt through the sync path
+    /// (which records the parent and each step itself); its record decides
+    /// ack or dead letter. Its steps are not retried one by one.
+    async fn deliver_sequence(self: &Arc<Self>, route: Arc<Route>, item: Item, slot: Slot) {
+        let id = item.id().clone();
+        if let Err(e) = self.invoke(route, Caller::Admin, item.invocation.clone()).await {
+            tracing::warn!(activation = %id, error = %e, "queued sequence could not run");
+        }
+        drop(slot);
+        self.records.flush(crate::records::READ_WAIT * 30).await;
+        match self.store.activation(&id).await {
+            Ok(Some(record)) => self.finish_queued(&item, record, None).await,
+            // Refused before it ran (no record): a dead letter to look at.
+            Ok(None) => {
+                let error = AttemptError {
+                    attempt: item.invocation.attempt,
+                    status: ActivationStatus::PlatformError.as_str().into(),
+                    message: "the sequence could not run (see the server log)".into(),
+                    start_ms: now_ms(),
+                    duration_ms: 0.0,
+                };
+                self.settle(self.queue.dead(&id, error).await, &id, "dead");
+            }
+            Err(e) => {
+                tracing::warn!(activation = %id, error = %e, "could not read the sequence's record; it runs again after its lease")
+            }
+        }
     }
 
     /// The last steps once a call's record is stored: callback, then ack
