@@ -324,6 +324,64 @@ fn a_warm_instance_that_died_while_idle_is_replaced_without_an_error() {
     assert_eq!(record["cold"], true, "served by a new instance: {record}");
 }
 
+/// An http server that names its process when asked (`?comm=NAME`), so a
+/// test can find it and kill it from outside.
+const NAMED_SERVER: &str = r#"import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import urlparse, parse_qs
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        comm = parse_qs(urlparse(self.path).query).get("comm")
+        if comm:
+            open("/proc/self/comm", "w").write(comm[0])
+        body = json.dumps({"ok": True, "pid": os.getpid()}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// The same for the http runtime: the server of an idle instance was killed
+/// (its kept-alive connection and its port are gone). The request was never
+/// written to it, so another instance takes it: no 502.
+#[test]
+fn an_http_instance_whose_server_died_while_idle_is_replaced_without_an_error() {
+    let flick = Flick::start();
+    let comm = format!("fkh{}", std::process::id());
+    let dir = write_function(
+        flick.data_dir(),
+        "fragile-http",
+        &[
+            ("flick.toml", &manifest("fragile-http", "http", "python3 server.py", "keep_alive = \"5m\"\n")),
+            ("server.py", NAMED_SERVER),
+        ],
+    );
+    flick.deploy(&dir);
+    for round in 0..2 {
+        let r = flick.request("GET", &format!("/fn/fragile-http/?comm={comm}"), Vec::new(), true);
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        let victims = processes_named(&comm);
+        assert_eq!(victims.len(), 1, "round {round}: {victims:?}");
+        let _ = Command::new("kill").args(["-KILL", &victims[0].to_string()]).status();
+        assert!(flick.wait_until(Duration::from_secs(10), || processes_named(&comm).is_empty()));
+        // Round 0 calls at once (the pool may not have noticed yet); round 1
+        // after the instance's exit was surely seen.
+        if round == 1 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let r = flick.request("GET", "/fn/fragile-http/", Vec::new(), true);
+        assert_eq!(r.status, 200, "round {round}: the request never reached the dead server, yet: {}", r.text());
+        let record = flick.activation(&r.activation_id());
+        assert_eq!(record["status"], "success", "round {round}: {record}");
+        assert_eq!(record["cold"], true, "round {round}: served by a new instance: {record}");
+    }
+}
+
 fn processes_named(comm: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()

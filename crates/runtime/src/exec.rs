@@ -119,10 +119,14 @@ impl ExecInstance {
             Ok(c) => c,
             Err(e) => {
                 // Nothing ran: this instance holds no state to lose, so it
-                // stays usable whoever's fault the failed start was.
+                // stays usable whoever's fault the failed start was. The
+                // program never started, so it certainly never got the
+                // request: a platform fault (no pids, no memory for the
+                // sandbox, a cgroup that would not take it) may be retried
+                // once; a handler that cannot run is the function's error.
                 let outcome = match crate::spawn_failure(&self.spec.manifest.handler, e) {
                     Ok(error) => Failure::Function(error),
-                    Err(platform) => Failure::Platform(platform),
+                    Err(platform) => Failure::NotDelivered(platform),
                 };
                 return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true, prewarmed: false };
             }

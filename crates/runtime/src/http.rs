@@ -217,6 +217,11 @@ impl HttpInstance {
     }
 
     pub async fn invoke(&self, req: Request) -> Invoked {
+        if self.process.has_exited() {
+            // Known dead before anything was sent: another instance may take it.
+            let outcome = Err(Failure::NotDelivered("the function's server had exited".into()));
+            return Invoked { outcome, logs: Default::default(), reusable: false, prewarmed: false };
+        }
         self.logs.begin(&req.id);
         // Exactly as the caller sent it: decoding here would let `%3F`, `%23`
         // or `%2e%2e%2f` change what the server is asked for.
@@ -232,9 +237,26 @@ impl HttpInstance {
                     builder = builder.header(name, value);
                 }
             }
-            let request = builder.body(Full::new(req.body.clone())).map_err(Proxy::BadRequest)?;
-            let mut sender = self.sender().await.map_err(Proxy::Connect)?;
-            let resp = sender.send_request(request).await.map_err(|e| Proxy::Exchange(e.to_string()))?;
+            let mut request = builder.body(Full::new(req.body.clone())).map_err(Proxy::BadRequest)?;
+            // hyper hands a request back when not one byte of it was written
+            // (the kept-alive connection had closed): then it is certain the
+            // server never saw it, and a new connection may carry it.
+            let mut fresh = false;
+            let (resp, sender) = loop {
+                let sender = if fresh { self.connect().await } else { self.sender().await };
+                let mut sender = sender.map_err(Proxy::Connect)?;
+                match sender.try_send_request(request).await {
+                    Ok(resp) => break (resp, sender),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if !fresh => {
+                            fresh = true;
+                            request = unsent;
+                        }
+                        Some(_) => return Err(Proxy::Connect(e.into_error().to_string())),
+                        None => return Err(Proxy::Exchange(e.into_error().to_string())),
+                    },
+                }
+            };
             let status = resp.status().as_u16();
             // Names the server's `Connection` header lists are hop-by-hop too.
             let listed: Vec<String> = resp
@@ -295,20 +317,24 @@ impl HttpInstance {
                 };
                 (Err(Failure::Function(error)), true)
             }
-            Ok(Err(Proxy::Exchange(e) | Proxy::Connect(e))) => {
-                match self.process.exit(Duration::from_millis(200)).await {
-                    Some(exit) if exit.oom => (Err(Failure::OutOfMemory), false),
-                    Some(exit) => (
-                        Err(Failure::Function(FunctionError {
-                            kind: "Runtime.ExitError".into(),
-                            message: format!("server {exit} during the request"),
-                            trace: vec![],
-                        })),
-                        false,
-                    ),
-                    None => (Err(Failure::Platform(format!("proxying to the function's server: {e}"))), false),
-                }
+            // No connection took the request: not one byte of it reached
+            // the server, so another instance may run it. This one is dead
+            // or does not take connections: it goes.
+            Ok(Err(Proxy::Connect(e))) => {
+                (Err(Failure::NotDelivered(format!("the function's server took no connection: {e}"))), false)
             }
+            Ok(Err(Proxy::Exchange(e))) => match self.process.exit(Duration::from_millis(200)).await {
+                Some(exit) if exit.oom => (Err(Failure::OutOfMemory), false),
+                Some(exit) => (
+                    Err(Failure::Function(FunctionError {
+                        kind: "Runtime.ExitError".into(),
+                        message: format!("server {exit} during the request"),
+                        trace: vec![],
+                    })),
+                    false,
+                ),
+                None => (Err(Failure::Platform(format!("proxying to the function's server: {e}"))), false),
+            },
         };
         if !reusable {
             self.process.kill();
@@ -328,7 +354,7 @@ impl HttpInstance {
 enum Proxy {
     /// The request cannot be expressed to the server.
     BadRequest(hyper::http::Error),
-    /// No connection to the server.
+    /// No connection to the server took the request: nothing of it was sent.
     Connect(String),
     /// The connection broke during the exchange.
     Exchange(String),
