@@ -23,6 +23,10 @@ pub enum ApiError {
     /// Allowed in, but not to do this (what, and why, in the message).
     #[error("{0}")]
     Forbidden(String),
+    /// A malformed CloudEvent (`POST /events`): the body names the
+    /// attribute and, in a batch, the index.
+    #[error("malformed CloudEvent: {0}")]
+    Event(#[from] flick_core::cloudevent::EventError),
     #[error(transparent)]
     Platform(#[from] PlatformError),
 }
@@ -37,6 +41,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Event(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
             Self::Platform(e) => match e {
                 P::FunctionNotFound(_)
                 | P::RevisionNotFound { .. }
@@ -70,7 +75,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = Json(serde_json::json!({ "error": { "code": code, "message": self.to_string() } }));
+        let mut error = serde_json::json!({ "code": code, "message": self.to_string() });
+        if let Self::Event(e) = &self {
+            error["attribute"] = e.attribute.clone().into();
+            error["index"] = e.index.into();
+        }
+        let body = Json(serde_json::json!({ "error": error }));
         let mut resp = (status, body).into_response();
         match status {
             StatusCode::UNAUTHORIZED => {

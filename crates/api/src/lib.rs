@@ -10,6 +10,7 @@
 //! - `invoke`: `ANY /fn/{name}[/{rest}]`;
 //! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…` (dead letters of async calls);
+//! - `events`: `POST /events`, CloudEvents in binary, structured and batched mode;
 //! - `error`: [`ApiError`] and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
@@ -17,6 +18,7 @@
 
 mod auth;
 mod error;
+mod events;
 pub mod handshake;
 mod invoke;
 mod manage;
@@ -71,6 +73,7 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/fn/{name}", any(invoke::invoke_root))
         .route("/fn/{name}/", any(invoke::invoke_root))
         .route("/fn/{name}/{*rest}", any(invoke::invoke_path))
+        .route("/events", post(events::post_events))
         .route("/v1/functions", get(manage::list_functions).post(manage::deploy))
         .route("/v1/functions/{name}", get(manage::get_function).delete(manage::delete_function))
         .route("/v1/functions/{name}/revisions", get(manage::list_revisions))

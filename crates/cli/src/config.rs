@@ -73,6 +73,8 @@ pub struct Config {
     /// Async calls: share of instances, backlog bound, retry backoff,
     /// idempotency window, callbacks.
     pub asynchronous: flick_platform::AsyncConfig,
+    /// Reply hops a CloudEvent may travel before routing stops (loop guard).
+    pub event_max_hops: u32,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -120,6 +122,7 @@ struct FileConfig {
     idempotency_window: Option<String>,
     callback_timeout: Option<String>,
     callback_attempts: Option<u32>,
+    event_max_hops: Option<u32>,
 }
 
 impl Config {
@@ -201,6 +204,7 @@ impl Config {
                     shutdown_grace: d.shutdown_grace,
                 }
             },
+            event_max_hops: file.event_max_hops.unwrap_or(flick_platform::DEFAULT_MAX_HOPS),
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(

@@ -97,6 +97,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 shutdown_grace: config.shutdown_grace,
                 ..config.asynchronous.clone()
             },
+            event_max_hops: config.event_max_hops,
         },
     )
     .await

@@ -465,7 +465,7 @@ impl Platform {
                 other => break other,
             }
         };
-        let (done, activation) = match result {
+        let (done, mut activation) = match result {
             Ok((done, activation)) => (Some(done), activation),
             Err(PlatformError::FunctionNotFound(_)) => {
                 tracing::warn!(activation = %id, function, "function deleted while its call was queued: dropped");
@@ -482,6 +482,14 @@ impl Platform {
             tracing::debug!(activation = %id, function, attempt, status = activation.status.as_str(), "attempt failed; retrying later");
             self.settle(self.queue.nack(&id, retry_at, attempt_error(&activation)).await, &id, "nack");
             return;
+        }
+        // A CloudEvent's function may answer with an event: routed on
+        // (events.rs) before the record is stored, with a note on it.
+        if let Some(done) = &done
+            && activation.status == ActivationStatus::Success
+        {
+            let r = &done.response;
+            activation.logs.extend(self.route_reply(&item.invocation, r.status, &r.headers, &r.body).await);
         }
         if !self.record_stored(activation.clone()).await {
             tracing::warn!(activation = %id, function, "the final record of an async call was not stored");

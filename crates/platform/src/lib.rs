@@ -5,6 +5,8 @@
 //! # Layout
 //! - `deploy`: archive → unpacked, hashed, dependencies installed → revision;
 //! - `invoke`: route → scheduler lease → instance → activation record;
+//! - `events`: CloudEvents to the functions whose triggers match, and
+//!   reply events routed on with loop protection;
 //! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
 //!   parent record;
 //! - this file: the [`Platform`] itself, its routes (function → current
@@ -22,6 +24,7 @@
 mod deploy;
 mod dispatch;
 mod error;
+mod events;
 mod install;
 mod invoke;
 mod records;
@@ -43,6 +46,7 @@ use tokio::sync::{Notify, OwnedMutexGuard};
 pub use deploy::DeployOutcome;
 pub use dispatch::{AsyncConfig, Idempotent, Submitted, retryable};
 pub use error::PlatformError;
+pub use events::{DEFAULT_MAX_HOPS, EventDelivery};
 pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
@@ -76,6 +80,8 @@ pub struct PlatformConfig {
     pub revisions_kept: u32,
     /// Async calls: shares, backlog bounds, retries, callbacks.
     pub asynchronous: AsyncConfig,
+    /// How many reply hops a CloudEvent may travel (`events.rs`).
+    pub event_max_hops: u32,
 }
 
 /// How often code and archives no revision refers to are looked for, when

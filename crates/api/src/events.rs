@@ -1,0 +1,55 @@
+//! `POST /events`: CloudEvents over HTTP, in the three content modes of the
+//! HTTP binding (binary: `ce-*` headers and the body as data; structured:
+//! `application/cloudevents+json`; batched: `application/cloudevents-batch+json`).
+//!
+//! Every event is parsed and validated before any is routed, so a batch
+//! with one malformed event is refused whole (400 naming the attribute and
+//! index) and nothing of it runs. Valid events go to
+//! [`Platform::publish_event`](flick_platform::Platform::publish_event),
+//! which makes one durable async invocation per matching trigger.
+//!
+//! The admin key is required, public functions or not: an event fans out
+//! to every function whose trigger matches it, and who may publish into
+//! that is the operator's decision, not each function's.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flick_core::cloudevent;
+
+use crate::{ApiError, AppState};
+
+/// Most events one batch may hold (each may fan out to many functions).
+pub const MAX_BATCH: usize = 1000;
+
+pub(crate) async fn post_events(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    state.key.check(&parts.headers)?;
+    let body = crate::read_body(body, state.limits.max_body_bytes, &state.limits).await?;
+    let headers: Vec<(&str, &[u8])> = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let events = cloudevent::from_http(headers.iter().copied(), &body)?;
+    if events.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds at most {MAX_BATCH} events, this one {}; split it",
+            events.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut routed = 0;
+    for event in &events {
+        let deliveries = state.platform.publish_event(event).await?;
+        routed += deliveries.len();
+        out.push(serde_json::json!({
+            "id": event.id(),
+            "source": event.source(),
+            "type": event.ty(),
+            "deliveries": deliveries,
+        }));
+    }
+    let mut resp = (StatusCode::ACCEPTED, Json(serde_json::json!({ "events": out, "routed": routed }))).into_response();
+    // How many invocations the events became; 0 says no trigger matched.
+    resp.headers_mut().insert("x-flick-routed", HeaderValue::from(routed));
+    Ok(resp)
+}
