@@ -14,6 +14,8 @@ times. Each run measures, on fresh SQLite files in WAL mode with
   flick-queue enqueue  N       N tasks calling `SqliteQueue::enqueue` in a loop
                                (tokio, 2 worker threads); each Ok is committed
                                and fsync'd (group commit)
+  flick-queue lease 4 + 4 acks 64 tasks draining the last backlog: lease 4,
+                               ack each (the queue's drain ceiling)
 
 and prints medians over the rounds: accepted per second, enqueue latency
 p50/p99, requests per commit. Raw results go to bench/results/queue-<ts>.json.

@@ -2,11 +2,13 @@
 //! accepted enqueues per second at several numbers of concurrent enqueuers,
 //! every one committed with `synchronous = FULL`, and in the same run the
 //! baselines of plain SQLite with the same settings: one fsync'd
-//! transaction per row, and rows in transactions of 100.
+//! transaction per row, and rows in transactions of 100. Then the backlog
+//! of the last measurement is drained by `--drain-workers` tasks (64)
+//! leasing 4 items at a time and acking each: the queue's own drain rate.
 //!
 //! ```text
 //! cargo run --release -p flick-queue --example enqueue_bench -- \
-//!     [--seconds 3] [--concurrency 1,16,256] [--dir /tmp] [--body 128]
+//!     [--seconds 3] [--concurrency 1,16,256] [--dir /tmp] [--body 128] [--drain-workers 64]
 //! ```
 //!
 //! Prints one JSON object per measurement on stdout (for the harness) and a
@@ -23,10 +25,12 @@ struct Args {
     concurrency: Vec<usize>,
     dir: PathBuf,
     body: usize,
+    drain_workers: usize,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { seconds: 3.0, concurrency: vec![1, 16, 256], dir: std::env::temp_dir(), body: 128 };
+    let mut args =
+        Args { seconds: 3.0, concurrency: vec![1, 16, 256], dir: std::env::temp_dir(), body: 128, drain_workers: 64 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -37,7 +41,8 @@ fn parse_args() -> Args {
             }
             "--dir" => args.dir = PathBuf::from(value),
             "--body" => args.body = value.parse().expect("--body: bytes"),
-            other => panic!("unknown flag {other} (--seconds, --concurrency, --dir, --body)"),
+            "--drain-workers" => args.drain_workers = value.parse().expect("--drain-workers: a number"),
+            other => panic!("unknown flag {other} (--seconds, --concurrency, --dir, --body, --drain-workers)"),
         }
     }
     args
@@ -161,6 +166,46 @@ async fn queue(dir: &Path, run: usize, concurrency: usize, seconds: f64, body: u
     report("flick-queue enqueue", concurrency, accepted, elapsed, latencies, q.writer_stats());
 }
 
+/// `workers` tasks each leasing 4 items at a time and acking each, on the
+/// backlog `queue` left in `file`, for `seconds` or until it is empty: the
+/// queue's own ceiling for draining (no function runs).
+async fn drain(file: &Path, workers: usize, seconds: f64) {
+    let q = SqliteQueue::open(file).unwrap();
+    let backlog = q.depth("bench").await.unwrap().ready;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let (mut n, mut latencies) = (0u64, Vec::new());
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let items = q.lease("bench", 4, Duration::from_secs(600)).await.unwrap();
+                    if items.is_empty() {
+                        break;
+                    }
+                    for item in items {
+                        assert!(q.ack(item.id()).await.unwrap());
+                        n += 1;
+                    }
+                    latencies.push(started.elapsed().as_micros() as u64);
+                }
+                (n, latencies)
+            })
+        })
+        .collect();
+    let (mut acked, mut latencies) = (0, Vec::new());
+    for t in tasks {
+        let (n, l) = t.await.unwrap();
+        acked += n;
+        latencies.extend(l);
+    }
+    let elapsed = start.elapsed();
+    eprintln!("drain: {acked} of a backlog of {backlog} leased and acked");
+    report("flick-queue lease 4 + 4 acks", workers, acked, elapsed, latencies, q.writer_stats());
+}
+
 fn main() {
     let args = parse_args();
     let scratch = tempfile::Builder::new().prefix("queue-bench-").tempdir_in(&args.dir).unwrap();
@@ -170,5 +215,11 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for (run, &c) in args.concurrency.iter().enumerate() {
         rt.block_on(queue(scratch.path(), run, c, args.seconds, args.body));
+    }
+    if args.drain_workers > 0
+        && let Some((run, &c)) = args.concurrency.iter().enumerate().next_back()
+    {
+        let file = scratch.path().join(format!("queue-{run}-{c}.db"));
+        rt.block_on(drain(&file, args.drain_workers, args.seconds));
     }
 }

@@ -409,8 +409,24 @@ fn recover(conn: &Connection, label: &str) -> Result<(HashMap<String, Depth>, i6
 }
 
 /// The columns [`decode_item`] reads, in order.
-pub(crate) const ITEM_COLUMNS: &str =
-    "id, state, due_ms, not_before_ms, attempt, max_attempts, deliveries, enqueued_ms, invocation, body, errors";
+pub(crate) const ITEM_COLUMNS: &str = "id, state, due_ms, not_before_ms, attempt, max_attempts, deliveries, enqueued_ms, invocation, body, errors, function";
+
+/// Fields of a stored invocation's JSON that live in columns of their own
+/// (or, for `body`, as a blob): left out of the JSON, put back on reading.
+const COLUMN_FIELDS: [&str; 4] = ["id", "function", "body", "attempt"];
+
+/// An invocation (its body already taken out) as stored: JSON without the
+/// fields that have columns and without nulls (absent means the same to
+/// its deserialiser), about a quarter fewer bytes to write and fsync per
+/// item than its full JSON.
+fn encode_invocation(inv: &Invocation) -> Result<String, QueueError> {
+    let invalid = |e: serde_json::Error| QueueError::Invalid { what: "invocation", detail: e.to_string() };
+    let mut value = serde_json::to_value(inv).map_err(invalid)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.retain(|name, v| !v.is_null() && !COLUMN_FIELDS.contains(&name.as_str()));
+    }
+    serde_json::to_string(&value).map_err(invalid)
+}
 
 /// One row as an [`Item`]; a row that does not decode is `Err(Corrupt)`
 /// inside the rusqlite result (so a caller can skip or bury just that row).
@@ -431,17 +447,28 @@ pub(crate) fn decode_item_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Resul
     let json: String = row.get(at + 8)?;
     let body: Vec<u8> = row.get(at + 9)?;
     let errors: String = row.get(at + 10)?;
+    let function: String = row.get(at + 11)?;
     let corrupt = |what: &str, detail: String| QueueError::Corrupt { what: format!("{what} of item {id}"), detail };
     let Some(state) = ItemState::from_code(state) else {
         return Ok(Err(corrupt("state", format!("unknown state {state}"))));
     };
-    let mut invocation: Invocation = match serde_json::from_str(&json) {
+    // The column fields go back in (rows written before they were left
+    // out carry them in the JSON too: the columns win).
+    let fields = match serde_json::from_str::<serde_json::Value>(&json) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("id".into(), id.clone().into());
+            fields.insert("function".into(), function.into());
+            fields.insert("body".into(), "".into());
+            fields.insert("attempt".into(), attempt.into());
+            serde_json::Value::Object(fields)
+        }
+        Ok(_) => return Ok(Err(corrupt("invocation", "not a JSON object".into()))),
+        Err(e) => return Ok(Err(corrupt("invocation", e.to_string()))),
+    };
+    let mut invocation: Invocation = match serde_json::from_value(fields) {
         Ok(inv) => inv,
         Err(e) => return Ok(Err(corrupt("invocation", e.to_string()))),
     };
-    if invocation.id.as_str() != id {
-        return Ok(Err(corrupt("invocation", format!("it names activation {}", invocation.id))));
-    }
     let errors: Vec<AttemptError> = match serde_json::from_str(&errors) {
         Ok(errors) => errors,
         Err(e) => return Ok(Err(corrupt("errors", e.to_string()))),
@@ -496,8 +523,7 @@ impl Queue for SqliteQueue {
         // Serialised here, on the caller's task, so the writer thread only
         // writes: it is the one thread every enqueue waits on.
         let body = std::mem::take(&mut inv.body);
-        let json = serde_json::to_string(&inv)
-            .map_err(|e| QueueError::Invalid { what: "invocation", detail: e.to_string() })?;
+        let json = encode_invocation(&inv)?;
         let op = Op::Enqueue { id: inv.id, function: inv.function, attempt: inv.attempt.max(1), json, body, opts };
         match self.write(op).await? {
             Answer::Enqueued(e) => Ok(e),

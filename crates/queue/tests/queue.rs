@@ -299,3 +299,33 @@ async fn the_queue_clock_does_not_stand_still_for_more_than_a_day() {
     assert!(q.nack(&fresh.id, now_ms() + 3_600_000, err("later")).await.unwrap());
     assert!(q.lease("f", 10, LEASE).await.unwrap().is_empty(), "neither is due by the wall clock");
 }
+
+#[tokio::test]
+async fn stored_json_leaves_out_column_fields_and_full_json_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let mut full = inv("f", b"body");
+    full.trigger = Some("t".into());
+    let compact = inv("f", b"");
+    {
+        let q = SqliteQueue::open(&path).unwrap();
+        q.enqueue(full.clone(), opts()).await.unwrap();
+        q.enqueue(compact.clone(), opts()).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored: String =
+        conn.query_row("SELECT invocation FROM items WHERE id = ?1", [compact.id.as_str()], |r| r.get(0)).unwrap();
+    assert!(!stored.contains(compact.id.as_str()) && !stored.contains("null"), "{stored}");
+    // A row as the first version of the queue wrote it: the whole invocation.
+    let mut legacy = full.clone();
+    legacy.body = Vec::new();
+    conn.execute(
+        "UPDATE items SET invocation = ?2 WHERE id = ?1",
+        [full.id.as_str(), &serde_json::to_string(&legacy).unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let q = SqliteQueue::open(&path).unwrap();
+    assert_eq!(q.item(&full.id).await.unwrap().unwrap().invocation, full);
+    assert_eq!(q.item(&compact.id).await.unwrap().unwrap().invocation, compact);
+}
