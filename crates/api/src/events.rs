@@ -18,6 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flick_core::cloudevent;
+use flick_platform::PlatformError;
 
 use crate::{ApiError, AppState};
 
@@ -36,10 +37,27 @@ pub(crate) async fn post_events(State(state): State<AppState>, req: Request<Body
             events.len()
         )));
     }
-    let mut out = Vec::with_capacity(events.len());
+    // The events of a batch are submitted at once, so the queue's group
+    // commit takes them in a few fsyncs rather than one each.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, event) in events.into_iter().enumerate() {
+        let platform = state.platform.clone();
+        tasks.spawn(async move {
+            let deliveries = platform.publish_event(&event).await;
+            (i, event, deliveries)
+        });
+    }
+    let mut done = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        done.push(joined.map_err(|e| ApiError::Platform(PlatformError::Internal(format!("routing an event: {e}"))))?);
+    }
+    done.sort_by_key(|(i, _, _)| *i);
+    let mut out = Vec::with_capacity(done.len());
     let mut routed = 0;
-    for event in &events {
-        let deliveries = state.platform.publish_event(event).await?;
+    for (_, event, deliveries) in done {
+        // The first failure answers (429/503/507); the events before it
+        // are accepted, and a resent batch is deduplicated (README).
+        let deliveries = deliveries?;
         routed += deliveries.len();
         out.push(serde_json::json!({
             "id": event.id(),

@@ -352,3 +352,37 @@ fn reply_events_are_routed_on_and_loops_stop() {
     let list = flick.get("/v1/activations?function=echo").json();
     assert_eq!(list["activations"].as_array().unwrap().len(), 1, "{list}");
 }
+
+#[test]
+fn events_reach_sequences_and_loops_through_events_are_refused() {
+    let flick = Flick::start_with(&[], Some("event_max_hops = 3\n"));
+    flick.deploy_py("show", "", SHOW);
+    let seq = format!(
+        "name = \"on-order\"\nruntime = \"sequence\"\nsteps = [\"show\"]\n{}",
+        cloudevents_trigger("type = \"order.created\"")
+    );
+    flick.deploy_files("on-order", &[("flick.toml", &seq)]);
+    let answer = post_ok(&flick, &BINARY, b"{\"total\": 1}");
+    let got = deliveries(&answer);
+    assert_eq!(got.len(), 1, "{answer}");
+    let rec = finished(&flick, &got[0].1);
+    assert_eq!((rec["function"].as_str(), rec["status"].as_str()), (Some("on-order"), Some("success")), "{rec}");
+    // Its first step got the event in binary mode.
+    let seen = response_json(&rec);
+    assert_eq!(seen["ce"]["ce-id"], "evt-1");
+    assert_eq!(seen["data"], serde_json::json!({"total": 1}));
+
+    // An event that already travelled past the hop limit (a loop through
+    // something that posts back to /events) is refused, naming flickhops.
+    let mut hot = BINARY.to_vec();
+    hot.push(("ce-flickhops", "4"));
+    let r = post(&flick, &hot, b"{}", Some(&flick.key));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("flickhops"), "{}", r.text());
+    // A batch over the bound is refused whole.
+    let one = r#"{"specversion":"1.0","id":"x","source":"/s","type":"t"}"#;
+    let big = format!("[{}]", vec![one; 1001].join(","));
+    let r = post(&flick, &[("content-type", "application/cloudevents-batch+json")], big.as_bytes(), Some(&flick.key));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("1000"), "{}", r.text());
+}

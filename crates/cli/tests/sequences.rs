@@ -163,3 +163,59 @@ fn flick_new_scaffolds_a_sequence_that_deploys() {
     assert_eq!(r.status, 500);
     assert!(r.text().contains("`hello-python` does not exist"), "{}", r.text());
 }
+
+/// `POST /fn/{name}` with extra headers and the key.
+fn send(flick: &Flick, name: &str, body: &str, headers: &[(&str, &str)]) -> common::Reply {
+    let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let mut rb = client.post(format!("{}/fn/{name}", flick.base)).bearer_auth(&flick.key).body(body.to_string());
+    for (n, v) in headers {
+        rb = rb.header(*n, *v);
+    }
+    let resp = rb.send().unwrap();
+    common::Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().unwrap().to_vec(),
+    }
+}
+
+#[test]
+fn async_sequences_run_from_the_queue_and_the_timeout_bounds_the_chain() {
+    let flick = Flick::start();
+    flick.deploy_py("add-one", "", ADD_ONE_PY);
+    flick.deploy_py(
+        "slow",
+        "timeout = \"30s\"\n",
+        "import time\ndef handler(event, context):\n    time.sleep(5)\n    return event\n",
+    );
+    flick.deploy_files("twice", &[("flick.toml", &sequence("twice", &["add-one", "add-one"], ""))]);
+    flick.deploy_files(
+        "hurried",
+        &[("flick.toml", &sequence("hurried", &["add-one", "slow", "add-one"], "timeout = \"1s\"\n"))],
+    );
+
+    // Async: accepted, then run by the dispatcher under the same id.
+    let r = send(&flick, "twice", "{\"n\": 1}", &[("x-flick-async", "true")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.activation_id();
+    let mut rec = serde_json::Value::Null;
+    assert!(
+        flick.wait_until(std::time::Duration::from_secs(60), || {
+            rec = flick.get(&format!("/v1/activations/{id}")).json();
+            rec["status"] == "success"
+        }),
+        "{rec}"
+    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(rec["response"].as_str().unwrap()).unwrap()["n"], 3);
+    let children = flick.get(&format!("/v1/activations?parent={id}")).json();
+    assert_eq!(children["activations"].as_array().unwrap().len(), 2, "{children}");
+
+    // The sequence's 1s timeout ends the chain in its slow middle step,
+    // though that step's own timeout is 30s; the third step never runs.
+    let r = flick.invoke("hurried", "{\"n\": 1}");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let msg = r.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(msg.contains("step 2") && msg.contains("`slow`"), "{msg}");
+    let parent = r.activation_id();
+    assert_eq!(flick.activation(&parent)["status"], "timeout");
+}
