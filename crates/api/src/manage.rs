@@ -65,6 +65,9 @@ pub(crate) async fn get_function(
     value["manifest"] = manifest;
     value["env_names"] = json!(revision.manifest.env.keys().collect::<Vec<_>>());
     value["url"] = json!(format!("/fn/{name}"));
+    // Its async calls: waiting (ready), running (leased), dead letters.
+    let depth = s.platform.queue_depth(&name).await?;
+    value["queue"] = json!({ "ready": depth.ready, "leased": depth.leased, "dead": depth.dead });
     Ok(Json(value).into_response())
 }
 

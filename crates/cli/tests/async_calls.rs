@@ -374,3 +374,41 @@ fn a_sigkill_with_1000_accepted_calls_loses_none() {
     }
     assert_eq!(recorded, ids.into_iter().collect::<HashSet<_>>());
 }
+
+#[test]
+fn a_sync_repeat_while_the_first_call_runs_gets_409_with_its_id() {
+    let flick = Flick::start();
+    deploy_sh(&flick, "slow", "", "sleep 2\ncat\n");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| send(&flick, "slow", "first", &[("idempotency-key", "k1")], true));
+        // Once the first call runs, it holds the key until it ends.
+        assert!(flick.wait_until(Duration::from_secs(10), || flick.pool_stat("slow", "inflight") == 1));
+        let conflict = send(&flick, "slow", "second", &[("idempotency-key", "k1")], true);
+        assert_eq!(conflict.status, 409, "{}", conflict.text());
+        let first = first.join().unwrap();
+        assert_eq!((first.status, first.text().as_str()), (200, "first"));
+        assert_eq!(conflict.activation_id(), first.activation_id());
+    });
+    let again = send(&flick, "slow", "third", &[("idempotency-key", "k1")], true);
+    assert_eq!((again.status, again.text().as_str()), (200, "first"));
+}
+
+#[test]
+fn deleting_a_function_removes_its_queued_calls_and_dead_letters() {
+    let flick = Flick::start_with(&[], Some(FAST_RETRIES));
+    deploy_sh(&flick, "gone", "max_instances = 1\nretries = 0\n", "sleep 1\nexit 1\n");
+    let ids: Vec<String> = (0..5).map(|_| submit(&flick, "gone", "")).collect();
+    // The first dies (a dead letter) while the others wait.
+    assert!(flick.wait_until(Duration::from_secs(30), || flick.get(&format!("/v1/dlq/{}", ids[0])).status == 200));
+    let depth = flick.get("/v1/functions/gone").json()["queue"].clone();
+    assert!(depth["ready"].as_u64().unwrap() + depth["leased"].as_u64().unwrap() >= 1, "{depth}");
+    flick.cli_ok(&["delete", "gone"]);
+    assert_eq!(flick.get(&format!("/v1/dlq/{}", ids[0])).status, 404);
+    // A new function of the same name runs none of the old calls.
+    deploy_sh(&flick, "gone", "", "cat\n");
+    std::thread::sleep(Duration::from_secs(2));
+    for id in &ids {
+        let r = flick.get(&format!("/v1/activations/{id}"));
+        assert_eq!(r.status, 404, "{id} is still queued, recorded or ran on the new function: {}", r.text());
+    }
+}
