@@ -8,6 +8,9 @@ use std::time::Duration;
 use flick_sandbox::{Cgroup, Spawned};
 use tokio::sync::watch;
 
+/// Longest the reaper waits for a sandbox's exit report after reaping it.
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+
 /// A running process; killing it kills its whole process group.
 #[derive(Debug)]
 pub struct ProcessHandle {
@@ -62,15 +65,22 @@ impl ProcessHandle {
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let tx = Arc::new(tx);
+        // Resolves once the report (if one is expected) was read or will
+        // never come: the reaper must not answer with the sandbox's own
+        // exit (0 whatever the program did) while a report is on its way.
+        let mut reported = None;
         if let Some(fd) = exit_report {
             // The sandbox reports the program's exit before tearing itself
             // down: answer from that, and let the teardown finish on its own.
             let (tx, cgroup) = (tx.clone(), cgroup.clone());
+            let (done, wait) = tokio::sync::oneshot::channel::<()>();
+            reported = Some(wait);
             tokio::spawn(async move {
                 if let Some(mut exit) = read_report(fd).await {
                     exit.oom = cgroup.is_some_and(|cg| cg.oom_killed());
                     let _ = tx.send(Some(exit));
                 }
+                let _ = done.send(());
             });
         }
         let flag = exited.clone();
@@ -81,6 +91,11 @@ impl ProcessHandle {
                 Err(_) => Exit { code: None, signal: None, oom: false },
             };
             flag.store(true, Ordering::SeqCst);
+            // The sandbox is gone, so its report is in the pipe or never
+            // will be; the bound only guards against a leaked write end.
+            if let Some(wait) = reported {
+                let _ = tokio::time::timeout(REPORT_WAIT, wait).await;
+            }
             exit.oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
             // A reported exit, if any, says more than the sandbox's own.
             tx.send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
