@@ -283,10 +283,12 @@ fn a_relay_to_the_real_flick_cannot_borrow_its_proof() {
                 std::thread::spawn(move || {
                     let mut chunk = [0u8; 8192];
                     while let Ok(n) = c_read.read(&mut chunk) {
+                        // Noted before it is passed on: once the answer is
+                        // back, the test reads what the relay saw.
+                        seen.lock().unwrap().extend_from_slice(&chunk[..n]);
                         if n == 0 || s_write.write_all(&chunk[..n]).is_err() {
                             break;
                         }
-                        seen.lock().unwrap().extend_from_slice(&chunk[..n]);
                     }
                 });
                 let (mut s_read, mut c_write) = (server, client);
