@@ -356,9 +356,11 @@ fn reply_events_are_routed_on_and_loops_stop() {
 #[test]
 fn events_reach_sequences_and_loops_through_events_are_refused() {
     let flick = Flick::start_with(&[], Some("event_max_hops = 3\n"));
-    flick.deploy_py("show", "", SHOW);
+    // A sequence whose (only) step answers with a reply event.
+    flick.deploy_py("replier", "", REPLIER);
+    flick.deploy_py("audit", &cloudevents_trigger("type = \"order.processed\""), SHOW);
     let seq = format!(
-        "name = \"on-order\"\nruntime = \"sequence\"\nsteps = [\"show\"]\n{}",
+        "name = \"on-order\"\nruntime = \"sequence\"\nsteps = [\"replier\"]\n{}",
         cloudevents_trigger("type = \"order.created\"")
     );
     flick.deploy_files("on-order", &[("flick.toml", &seq)]);
@@ -367,10 +369,18 @@ fn events_reach_sequences_and_loops_through_events_are_refused() {
     assert_eq!(got.len(), 1, "{answer}");
     let rec = finished(&flick, &got[0].1);
     assert_eq!((rec["function"].as_str(), rec["status"].as_str()), (Some("on-order"), Some("success")), "{rec}");
-    // Its first step got the event in binary mode.
-    let seen = response_json(&rec);
-    assert_eq!(seen["ce"]["ce-id"], "evt-1");
-    assert_eq!(seen["data"], serde_json::json!({"total": 1}));
+    // Its first step got the event in binary mode, and the sequence's
+    // answer (that step's reply event) went on to `audit`.
+    assert_eq!(response_json(&rec), serde_json::json!({"processed": {"total": 1}}));
+    assert!(rec["logs"].to_string().contains("routed to audit"), "{rec}");
+    let mut audit = None;
+    assert!(flick.wait_until(Duration::from_secs(60), || {
+        let list = flick.get("/v1/activations?function=audit").json();
+        audit = list["activations"].as_array().unwrap().first().cloned();
+        audit.as_ref().is_some_and(|a| a["status"] == "success")
+    }));
+    let seen = response_json(&audit.unwrap());
+    assert_eq!(seen["ce"]["ce-id"], "reply-evt-1");
 
     // An event that already travelled past the hop limit (a loop through
     // something that posts back to /events) is refused, naming flickhops.

@@ -497,33 +497,22 @@ impl Platform {
         self.finish_queued(&item, activation, done.as_ref()).await;
     }
 
-    /// A queued call of a sequence: one attempt through the sync path
-    /// (which records the parent and each step itself); its record decides
-    /// ack or dead letter. Its steps are not retried one by one.
+    /// A queued call of a sequence: one attempt (its steps are recorded as
+    /// they end and are not retried one by one); the parent's record, with
+    /// a note on any reply event its answer carried (routed as for any
+    /// function's, `events.rs`), decides ack or dead letter.
     async fn deliver_sequence(self: &Arc<Self>, route: Arc<Route>, item: Item, slot: Slot) {
         let id = item.id().clone();
-        if let Err(e) = self.invoke(route, Caller::Admin, item.invocation.clone()).await {
-            tracing::warn!(activation = %id, error = %e, "queued sequence could not run");
-        }
+        let (done, mut record) = self.run_sequence(route, item.invocation.clone(), Vec::new()).await;
         drop(slot);
-        self.records.flush(crate::records::READ_WAIT * 30).await;
-        match self.store.activation(&id).await {
-            Ok(Some(record)) => self.finish_queued(&item, record, None).await,
-            // Refused before it ran (no record): a dead letter to look at.
-            Ok(None) => {
-                let error = AttemptError {
-                    attempt: item.invocation.attempt,
-                    status: ActivationStatus::PlatformError.as_str().into(),
-                    message: "the sequence could not run (see the server log)".into(),
-                    start_ms: now_ms(),
-                    duration_ms: 0.0,
-                };
-                self.settle(self.queue.dead(&id, error).await, &id, "dead");
-            }
-            Err(e) => {
-                tracing::warn!(activation = %id, error = %e, "could not read the sequence's record; it runs again after its lease")
-            }
+        if record.status == ActivationStatus::Success {
+            let r = &done.response;
+            record.logs.extend(self.route_reply(&item.invocation, r.status, &r.headers, &r.body).await);
         }
+        if !self.record_stored(record.clone()).await {
+            tracing::warn!(activation = %id, "the record of a queued sequence was not stored");
+        }
+        self.finish_queued(&item, record, Some(&done)).await;
     }
 
     /// The last steps once a call's record is stored: callback, then ack
