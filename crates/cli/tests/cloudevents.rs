@@ -342,6 +342,19 @@ fn reply_events_are_routed_on_and_loops_stop() {
     let list = flick.get("/v1/activations?function=audit").json();
     assert_eq!(list["activations"].as_array().unwrap().len(), 1, "only the event-caused reply reached audit: {list}");
 
+    // A malformed reply is not routed; the replying activation says why.
+    flick.deploy_py(
+        "bad-replier",
+        &cloudevents_trigger("type = \"bad\""),
+        "def handler(event, context):\n    return {'statusCode': 200, 'headers': {'ce-specversion': '1.0', 'ce-type': 'x', 'ce-source': '/b'}, 'body': ''}\n",
+    );
+    let answer =
+        post_ok(&flick, &[("ce-specversion", "1.0"), ("ce-id", "b"), ("ce-source", "/t"), ("ce-type", "bad")], b"{}");
+    let rec = finished(&flick, &deliveries(&answer)[0].1);
+    assert_eq!(rec["status"], "success", "a bad reply does not fail the call: {rec}");
+    let logs = rec["logs"].to_string();
+    assert!(logs.contains("not a valid CloudEvent") && logs.contains("`id`"), "{logs}");
+
     // A function answering with the event it got is not handed it again.
     let answer =
         post_ok(&flick, &[("ce-specversion", "1.0"), ("ce-id", "e"), ("ce-source", "/t"), ("ce-type", "echo")], b"{}");
