@@ -21,7 +21,15 @@ Medians over the rounds are printed; raw numbers go to bench/results/async-<ts>.
 Standard library + wrk only. Nothing here asserts on a time.
 """
 
+import sys
+from pathlib import Path
+
+# bench/queue.py would shadow the standard library's `queue` (used by
+# concurrent.futures): keep this directory off the import path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
+import concurrent.futures as cf
 import json
 import os
 import platform
@@ -58,7 +66,7 @@ end
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each accept measurement")
+    p.add_argument("--seconds", type=int, default=5, help="length of each accept measurement")
     p.add_argument("--connections", default="1,32,128", help="wrk connections, comma-separated")
     p.add_argument("--drain", type=int, default=2000, help="calls in the drain backlog")
     p.add_argument("--no-build", action="store_true")
@@ -120,7 +128,7 @@ def deploy(flick, work):
 def accept(flick, work, connections, seconds):
     lua = work / "async.lua"
     lua.write_text(WRK_LUA % flick.key)
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), flick.base + "/fn/noop"]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(lua), flick.base + "/fn/noop"]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     r = json.loads(next(l for l in out.splitlines() if l.startswith("WRK_JSON"))[9:])
     ok = r["requests"] - r["status_errors"]
@@ -133,19 +141,25 @@ def drain(work, n):
     flick = Flick(data)
     deploy(flick, work)
     # The backlog: accepted with 32 parallel posters, then flick stops with it queued.
-    import concurrent.futures as cf
-    with cf.ThreadPoolExecutor(32) as pool:
-        codes = list(pool.map(lambda _: flick.post("/fn/noop", headers={"X-Flick-Async": "true"}), range(n)))
+    try:
+        with cf.ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(lambda _: flick.post("/fn/noop", headers={"X-Flick-Async": "true"}), range(n)))
+    except BaseException:
+        flick.stop()
+        raise
     assert all(c == 202 for c in codes)
     flick.stop()
     started = time.monotonic()
     flick = Flick(data)
-    first = flick.depth()
-    while flick.depth() > 0:
-        time.sleep(0.05)
-    elapsed = time.monotonic() - started
-    records = len(flick.get("/v1/activations?function=noop&limit=1000")["activations"])
-    flick.stop()
+    try:
+        first = flick.depth()
+        deadline = time.time() + 600
+        while flick.depth() > 0 and time.time() < deadline:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        records = len(flick.get("/v1/activations?function=noop&limit=1000")["activations"])
+    finally:
+        flick.stop()
     return {"backlog_at_restart": first, "seconds": elapsed, "drained_per_s": first / elapsed, "records_seen": records}
 
 
@@ -169,9 +183,11 @@ def main():
         with tempfile.TemporaryDirectory(dir=REPO / "target") as tmp:
             work = Path(tmp)
             flick = Flick(work / "data")
-            deploy(flick, work)
-            acc = [accept(flick, work, c, args.seconds) for c in conns]
-            flick.stop()
+            try:
+                deploy(flick, work)
+                acc = [accept(flick, work, c, args.seconds) for c in conns]
+            finally:
+                flick.stop()
             dr = drain(work, args.drain)
             rounds.append({"accept": acc, "drain": dr})
             print(f"round {i + 1}: " + ", ".join(f"c{a['connections']} {a['accepted_per_s']:.0f}/s" for a in acc)
