@@ -75,6 +75,11 @@ pub struct Config {
     pub asynchronous: flick_platform::AsyncConfig,
     /// Reply hops a CloudEvent may travel before routing stops (loop guard).
     pub event_max_hops: u32,
+    /// Size cap of `queue.db`: beyond it async accepts answer 507 (nothing
+    /// of them stored) until the backlog drains.
+    pub queue_max_size: u64,
+    /// Dead letters kept per function (the oldest go first beyond it).
+    pub dead_letters_per_function: u64,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -123,6 +128,8 @@ struct FileConfig {
     callback_timeout: Option<String>,
     callback_attempts: Option<u32>,
     event_max_hops: Option<u32>,
+    queue_max_size: Option<String>,
+    dead_letters_per_function: Option<u64>,
 }
 
 impl Config {
@@ -205,6 +212,8 @@ impl Config {
                 }
             },
             event_max_hops: file.event_max_hops.unwrap_or(flick_platform::DEFAULT_MAX_HOPS),
+            queue_max_size: size("queue_max_size", None, &file.queue_max_size, 4 << 30)?,
+            dead_letters_per_function: file.dead_letters_per_function.unwrap_or(10_000),
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(
@@ -261,9 +270,22 @@ impl Config {
                 flick_core::units::format_size(MIN_ACTIVATIONS_MAX_SIZE)
             );
         }
+        if config.queue_max_size < MIN_QUEUE_MAX_SIZE {
+            bail!(
+                "`queue_max_size` must be at least {} (the queue's schema and one large call must fit)",
+                flick_core::units::format_size(MIN_QUEUE_MAX_SIZE)
+            );
+        }
+        if config.dead_letters_per_function == 0 {
+            bail!("`dead_letters_per_function` must be at least 1");
+        }
         Ok(config)
     }
 }
+
+/// The smallest `queue.db` cap: the schema plus a call with a body of the
+/// default `max_body`, so the cap never refuses every call.
+const MIN_QUEUE_MAX_SIZE: u64 = 8 << 20;
 
 /// The smallest database budget that holds a batch of records beside the
 /// functions and revisions.
@@ -327,6 +349,26 @@ mod tests {
         std::fs::write(dir.path().join("config.toml"), "activations_max_size = \"1MiB\"\n").unwrap();
         let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
         assert!(err.contains("activations_max_size") && err.contains("at least"), "{err}");
+    }
+
+    #[test]
+    fn queue_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.queue_max_size, c.dead_letters_per_function), (4 << 30, 10_000));
+        std::fs::write(dir.path().join("config.toml"), "queue_max_size = \"64MiB\"\ndead_letters_per_function = 5\n")
+            .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.queue_max_size, c.dead_letters_per_function), (64 << 20, 5));
+        for (text, key) in [
+            ("queue_max_size = \"1MiB\"\n", "queue_max_size"),
+            ("queue_max_size = \"lots\"\n", "queue_max_size"),
+            ("dead_letters_per_function = 0\n", "dead_letters_per_function"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

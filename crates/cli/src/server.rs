@@ -35,7 +35,12 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // Accepted async calls: their own file, so a flood of them never
     // competes with records for flick.db's writer. Opening it makes the
     // leases a killed flick held ready again.
-    let queue = flick_queue::SqliteQueue::open(&data.join("queue.db"))
+    let queue_config = flick_queue::QueueConfig {
+        max_bytes: Some(config.queue_max_size),
+        max_dead_per_function: config.dead_letters_per_function,
+        ..flick_queue::QueueConfig::default()
+    };
+    let queue = flick_queue::SqliteQueue::open_with(&data.join("queue.db"), queue_config)
         .context("opening the async queue")
         .map_err(|e| full(e, &data))?;
     let code = CodeStore::open(&data).context("opening the code store").map_err(|e| full(e, &data))?;

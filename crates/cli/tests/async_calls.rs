@@ -337,6 +337,43 @@ fn max_queued_answers_429_and_loses_nothing_it_accepted() {
 }
 
 #[test]
+fn a_full_queue_answers_507_to_async_calls_while_sync_calls_run_and_loses_nothing() {
+    // The smallest cap; a slow function keeps 1 MiB calls queued.
+    let flick = Flick::start_with(&[], Some("queue_max_size = \"8MiB\"\n"));
+    deploy_sh(&flick, "slow", "max_instances = 1\n", "sleep 0.5\nwc -c\n");
+    let big = "x".repeat(1 << 20);
+    let mut accepted = Vec::new();
+    let mut full = 0;
+    for _ in 0..16 {
+        let r = send(&flick, "slow", &big, &[("x-flick-async", "true")], true);
+        match r.status {
+            202 => accepted.push(r.activation_id()),
+            507 => {
+                full += 1;
+                assert!(r.text().contains("storage_full"), "{}", r.text());
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(full > 0, "16 MiB of queued calls against an 8 MiB queue: none refused");
+    assert!(!accepted.is_empty(), "an 8 MiB queue accepted no 1 MiB call");
+    // The records database is another file: sync calls keep working.
+    let r = send(&flick, "slow", "sync", &[], true);
+    assert_eq!((r.status, r.text().trim()), (200, "4"));
+    for id in &accepted {
+        let a = outcome(&flick, id, Duration::from_secs(120));
+        assert_eq!((a["status"].as_str(), a["response"].as_str().map(str::trim)), (Some("success"), Some("1048576")));
+    }
+    // Drained: room again.
+    let r = send(&flick, "slow", &big, &[("x-flick-async", "true")], true);
+    assert_eq!(r.status, 202, "{}", r.text());
+    outcome(&flick, &r.activation_id(), Duration::from_secs(60));
+    // Refused calls left nothing behind.
+    let list = flick.get("/v1/activations?function=slow&limit=1000").json();
+    assert_eq!(list["activations"].as_array().unwrap().len(), accepted.len() + 2, "{list}");
+}
+
+#[test]
 fn a_sigkill_with_1000_accepted_calls_loses_none() {
     let flick = Flick::start_with(&[], Some(FAST_RETRIES));
     deploy_sh(&flick, "tick", "max_instances = 4\nmax_queued = 5000\n", "cat\n");
