@@ -52,6 +52,14 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         }
     };
     let idempotency_key = single_header(&parts.headers, IDEMPOTENCY_HEADER)?.map(check_idempotency_key).transpose()?;
+    // Anonymous callers cannot be told apart, so their keys would share one
+    // space with each other and the admin's: a caller who guessed or saw a
+    // key would get someone else's stored result. Keys need the admin key.
+    if idempotency_key.is_some() && caller != Caller::Admin {
+        return Err(ApiError::Forbidden(
+            "Idempotency-Key needs the admin key (anonymous callers' keys would replay others' results)".into(),
+        ));
+    }
     let callback_url = match single_header(&parts.headers, CALLBACK_HEADER)? {
         None => None,
         // Only the admin may make flick send requests somewhere (else any
@@ -187,6 +195,10 @@ fn check_callback_url(v: &str) -> Result<String, ApiError> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
+    }
+    // Credentials would be kept in the queue and shown on the record.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not contain a user name or password"));
     }
     Ok(url.to_string())
 }

@@ -218,6 +218,7 @@ fn bad_header_values_get_a_400_naming_the_header() {
     let flick = Flick::start();
     deploy_sh(&flick, "echo", "public = true\n", "cat\n");
     let long = "k".repeat(300);
+    let huge_url = format!("http://127.0.0.1:9/{}", "a".repeat(4000));
     for (headers, named) in [
         (vec![("x-flick-async", "yes")], "X-Flick-Async"),
         (vec![("idempotency-key", "has space")], "Idempotency-Key"),
@@ -225,6 +226,13 @@ fn bad_header_values_get_a_400_naming_the_header() {
         (vec![("x-flick-async", "true"), ("x-callback-url", "ftp://127.0.0.1/x")], "X-Callback-Url"),
         (vec![("x-flick-async", "true"), ("x-callback-url", "not a url")], "X-Callback-Url"),
         (vec![("x-callback-url", "http://127.0.0.1:9/")], "X-Callback-Url"),
+        (vec![("x-flick-async", "true"), ("x-callback-url", "file:///etc/passwd")], "X-Callback-Url"),
+        (vec![("x-flick-async", "true"), ("x-callback-url", "javascript:alert(1)")], "X-Callback-Url"),
+        (vec![("x-flick-async", "true"), ("x-callback-url", "http://user:secret@127.0.0.1:9/")], "X-Callback-Url"),
+        (vec![("x-flick-async", "true"), ("x-callback-url", huge_url.as_str())], "X-Callback-Url"),
+        (vec![("x-flick-async", "1")], "X-Flick-Async"),
+        (vec![("x-flick-async", "")], "X-Flick-Async"),
+        (vec![("x-flick-async", "true"), ("x-flick-async", "true")], "X-Flick-Async"),
     ] {
         let r = send(&flick, "echo", "", &headers, true);
         assert_eq!(r.status, 400, "{headers:?}: {}", r.text());
@@ -257,6 +265,52 @@ fn anonymous_callers_cannot_set_callbacks_enqueue_private_calls_or_read_the_queu
     ] {
         assert_eq!(flick.request(method, &path, Vec::new(), false).status, 401, "{method} {path}");
     }
+}
+
+#[test]
+fn an_anonymous_flood_of_a_public_function_is_bounded_and_cannot_borrow_idempotency_keys() {
+    let flick = Flick::start();
+    deploy_sh(&flick, "open", "public = true\nmax_queued = 3\nmax_instances = 1\n", "sleep 0.3\ncat\n");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..20 {
+        let r = send(&flick, "open", &format!("anon {i}"), &[("x-flick-async", "true")], false);
+        match r.status {
+            202 => accepted.push(r.activation_id()),
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(refused > 0, "20 quick anonymous calls against max_queued = 3: none refused");
+    for id in &accepted {
+        assert_eq!(outcome(&flick, id, Duration::from_secs(60))["status"], "success");
+    }
+
+    // The admin's keyed calls: an anonymous caller with the same key gets
+    // neither their result nor their id.
+    let admin = send(&flick, "open", "admin secret", &[("idempotency-key", "order-1")], true);
+    assert_eq!((admin.status, admin.text().as_str()), (200, "admin secret"));
+    let queued =
+        send(&flick, "open", "admin queued", &[("x-flick-async", "true"), ("idempotency-key", "order-2")], true);
+    assert_eq!(queued.status, 202, "{}", queued.text());
+    for (key, is_async) in
+        [("order-1", false), ("order-1", true), ("order-2", false), ("order-2", true), ("new", false)]
+    {
+        let mut headers = vec![("idempotency-key", key)];
+        if is_async {
+            headers.push(("x-flick-async", "true"));
+        }
+        let r = send(&flick, "open", "anon", &headers, false);
+        assert_eq!(r.status, 403, "{key} async={is_async}: {}", r.text());
+        assert!(r.text().contains("Idempotency-Key"), "{}", r.text());
+        assert!(!r.text().contains("admin secret") && !r.text().contains("admin queued"), "{}", r.text());
+        assert!(r.header("x-flick-activation-id").is_none(), "{key}: an id leaked");
+    }
+    // Still the admin's first result for the admin.
+    let again = send(&flick, "open", "other", &[("idempotency-key", "order-1")], true);
+    assert_eq!((again.status, again.text().as_str()), (200, "admin secret"));
+    // Anonymous calls without a key are still served.
+    assert_eq!(send(&flick, "open", "plain", &[], false).text(), "plain");
 }
 
 /// A one-connection HTTP server: returns the request head and body it got.
@@ -441,6 +495,13 @@ fn deleting_a_function_removes_its_queued_calls_and_dead_letters() {
     assert!(depth["ready"].as_u64().unwrap() + depth["leased"].as_u64().unwrap() >= 1, "{depth}");
     flick.cli_ok(&["delete", "gone"]);
     assert_eq!(flick.get(&format!("/v1/dlq/{}", ids[0])).status, 404);
+    // Its dead letter cannot be redriven: a clear 404, and the CLI says so.
+    let r = flick.request("POST", &format!("/v1/dlq/{}/redrive", ids[0]), Vec::new(), true);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains(&ids[0]), "{}", r.text());
+    let out = flick.cli(&["dlq", "redrive", &ids[0]]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&ids[0]), "{}", String::from_utf8_lossy(&out.stderr));
     // A new function of the same name runs none of the old calls.
     deploy_sh(&flick, "gone", "", "cat\n");
     std::thread::sleep(Duration::from_secs(2));
