@@ -510,3 +510,22 @@ fn deleting_a_function_removes_its_queued_calls_and_dead_letters() {
         assert_eq!(r.status, 404, "{id} is still queued, recorded or ran on the new function: {}", r.text());
     }
 }
+
+#[test]
+fn an_async_call_of_a_sequence_runs_the_chain_and_a_failing_one_is_a_dead_letter() {
+    let flick = Flick::start();
+    deploy_sh(&flick, "upper", "", "tr a-z A-Z\n");
+    deploy_sh(&flick, "exclaim", "", "cat\necho '!'\n");
+    deploy_sh(&flick, "broken", "", "exit 1\n");
+    let seq = |name: &str, steps: &str| format!("name = \"{name}\"\nruntime = \"sequence\"\nsteps = [{steps}]\n");
+    flick.deploy_files("chain", &[("flick.toml", &seq("chain", "\"upper\", \"exclaim\""))]);
+    flick.deploy_files("bad-chain", &[("flick.toml", &seq("bad-chain", "\"upper\", \"broken\""))]);
+    let id = submit(&flick, "chain", "hi");
+    let a = outcome(&flick, &id, Duration::from_secs(60));
+    assert_eq!((a["status"].as_str(), a["cause"].as_str()), (Some("success"), Some("async")), "{a}");
+    assert_eq!(a["response"].as_str().unwrap().split_whitespace().collect::<String>(), "HI!");
+    let id = submit(&flick, "bad-chain", "hi");
+    let a = outcome(&flick, &id, Duration::from_secs(60));
+    assert_eq!(a["status"], "error", "{a}");
+    assert!(flick.wait_until(Duration::from_secs(10), || flick.get(&format!("/v1/dlq/{id}")).status == 200));
+}
