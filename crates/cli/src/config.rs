@@ -372,6 +372,34 @@ mod tests {
     }
 
     #[test]
+    fn async_keys_default_parse_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.asynchronous.async_share, c.asynchronous.max_queued), (0.5, 100_000));
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "async_share = 0.25\nmax_queued = 7\nretry_base = \"50ms\"\nretry_cap = \"2s\"\nidempotency_window = \"1h\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.asynchronous.async_share, c.asynchronous.max_queued), (0.25, 7));
+        assert_eq!(c.asynchronous.retry_base, Duration::from_millis(50));
+        assert_eq!(c.asynchronous.idempotency_window, Duration::from_secs(3600));
+        for (text, key) in [
+            ("async_share = 0.0\n", "async_share"),
+            ("async_share = 1.5\n", "async_share"),
+            ("max_queued = 0\n", "max_queued"),
+            ("retry_base = \"1s\"\nretry_cap = \"10ms\"\n", "retry_cap"),
+            ("callback_attempts = 0\n", "callback_attempts"),
+            ("retry_base = \"soon\"\n", "retry_base"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), "max_bodee = \"1MiB\"\n").unwrap();
