@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use flick_core::ActivationId;
+use flick_sqlite::is_disk_full;
 use rusqlite::ErrorCode;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -92,10 +93,4 @@ impl QueueError {
         }
         Self::Io { action, path: path.display().to_string(), source: Arc::new(source) }
     }
-}
-
-/// `ENOSPC` or `EDQUOT`: no room to write, whichever limit ran out.
-fn is_disk_full(e: &std::io::Error) -> bool {
-    const EDQUOT: i32 = 122;
-    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(EDQUOT)
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flick_core::{ActivationId, Invocation, now_ms};
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::writer::{Answer, Op, Request, Writer};
@@ -321,50 +321,17 @@ impl SqliteQueue {
     }
 }
 
-/// Creates the database file owner-only before SQLite opens it (it holds
-/// request bodies); SQLite gives its `-wal` and `-shm` files the database
-/// file's mode, and leftovers of an earlier run are restricted too. Returns
-/// the open file, to be locked. (The store does the same for flick.db.)
 fn private_db_files(path: &Path) -> Result<std::fs::File, QueueError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| QueueError::io("create", path, e))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let name = Path::new(&name);
-        match std::fs::set_permissions(name, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(QueueError::io("restrict permissions of", name, e));
-            }
-            _ => {}
-        }
-    }
-    Ok(file)
+    flick_sqlite::private_db_files(path).map_err(|e| QueueError::io(e.action, &e.path, e.source))
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), QueueError> {
-    let err = |e: rusqlite::Error| QueueError::sqlite(label, &e);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
-    let supported = MIGRATIONS.len() as i64;
-    if found > supported {
-        return Err(QueueError::SchemaTooNew { path: label.into(), found, supported });
-    }
-    for (done, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", done as i64 + 1).map_err(err)?;
-    }
-    if found < supported {
-        tracing::info!(path = label, from = found, to = supported, "migrated queue schema");
-    }
-    tx.commit().map_err(err)
+    flick_sqlite::migrate(conn, MIGRATIONS, label, "queue").map_err(|e| match e {
+        flick_sqlite::MigrateError::TooNew { found, supported } => {
+            QueueError::SchemaTooNew { path: label.into(), found, supported }
+        }
+        flick_sqlite::MigrateError::Sqlite(e) => QueueError::sqlite(label, &e),
+    })
 }
 
 /// Makes every leased item ready again (their dispatcher died with the

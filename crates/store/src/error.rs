@@ -1,5 +1,7 @@
 //! Errors of the store.
 
+pub use flick_sqlite::is_disk_full;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("function `{0}` not found")]
@@ -66,10 +68,4 @@ impl StoreError {
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io { action, path: path.display().to_string(), source }
     }
-}
-
-/// `ENOSPC` or `EDQUOT`: no room to write, whichever limit ran out.
-pub fn is_disk_full(e: &std::io::Error) -> bool {
-    const EDQUOT: i32 = 122;
-    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(EDQUOT)
 }

@@ -260,32 +260,10 @@ impl SqliteStore {
     }
 }
 
-/// Makes the database file (and its `-wal`/`-shm`, if a previous run left
-/// them) owner-only before SQLite opens it: it holds environment values,
-/// responses and logs. SQLite would create it 0644, and gives the `-wal` and
-/// `-shm` files it creates the database file's mode, so creating the file
-/// 0600 first covers all three.
+/// Owner-only `flick.db` (and `-wal`/`-shm`) before SQLite opens it: it
+/// holds environment values, responses and logs.
 fn private_db_files(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StoreError::io("create", path, e))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let file = Path::new(&file);
-        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(StoreError::io("restrict permissions of", file, e));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    flick_sqlite::private_db_files(path).map(drop).map_err(|e| StoreError::io(e.action, &e.path, e.source))
 }
 
 /// `PRAGMA auto_vacuum` value of incremental mode.
@@ -311,21 +289,12 @@ fn convert_to_incremental_vacuum(conn: &Connection, label: &str) {
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let supported = MIGRATIONS.len() as i64;
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { path: label.into(), found, supported });
-    }
-    for (done, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", done as i64 + 1)?;
-    }
-    if found < supported {
-        tracing::info!(path = label, from = found, to = supported, "migrated database schema");
-    }
-    tx.commit()?;
-    Ok(())
+    flick_sqlite::migrate(conn, MIGRATIONS, label, "database").map_err(|e| match e {
+        flick_sqlite::MigrateError::TooNew { found, supported } => {
+            StoreError::SchemaTooNew { path: label.into(), found, supported }
+        }
+        flick_sqlite::MigrateError::Sqlite(e) => e.into(),
+    })
 }
 
 fn corrupt(what: String, detail: impl ToString) -> StoreError {
