@@ -173,6 +173,10 @@ fn log_limits(capture_bytes: usize) -> LogLimits {
 /// that holds the lock.
 const LOCK_FILE: &str = "flick.lock";
 
+/// How long start-up waits for a lock whose holder has exited but whose
+/// not-yet-exec'd children still share it.
+const ORPHANED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Takes the data dir's exclusive lock for the life of this process (the
 /// kernel releases it however the process ends) or says who holds it.
 fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
@@ -186,22 +190,36 @@ fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
         .open(&path)
         .map_err(|e| disk_full_or(e, data))
         .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let holder = match pid.trim() {
-                "" => "another flick".to_string(),
-                pid => format!("another flick (pid {pid})"),
-            };
-            anyhow::bail!(
-                "data dir {} is in use by {holder}; stop it first, or start this one with another --data-dir",
-                data.display()
-            );
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.rewind().and_then(|()| file.read_to_string(&mut pid));
+                let pid = pid.trim();
+                // A flick that was SIGKILLed is gone at once, but a child it
+                // forked and had not yet exec'd (a stem cell waiting for its
+                // code) shares the lock until its parent-death signal lands:
+                // wait for that, briefly, instead of refusing to start.
+                let holder_gone = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                if holder_gone && started.elapsed() < ORPHANED_LOCK_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let holder = match pid {
+                    "" => "another flick".to_string(),
+                    pid if holder_gone => format!("the children of a flick that has exited (pid {pid})"),
+                    pid => format!("another flick (pid {pid})"),
+                };
+                anyhow::bail!(
+                    "data dir {} is in use by {holder}; stop it first, or start this one with another --data-dir",
+                    data.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
         }
     }
     let pid = std::process::id().to_string();
