@@ -54,7 +54,7 @@ def parse_args():
     p.add_argument(
         "--baseline",
         metavar="FLICK_BINARY",
-        help="another flick binary (e.g. a build of an older commit) measured side by side in the cold section",
+        help="another flick binary (e.g. a build of an older commit) measured side by side in the cold and warm sections",
     )
     args = p.parse_args()
     if args.baseline and not Path(args.baseline).is_file():

@@ -52,7 +52,7 @@ class Flick:
 
     def __init__(self, ctx, label, sandbox=True, port=0, config=None, binary=None):
         self.ctx = ctx
-        self.binary = binary or ctx.flick  # the deploy CLI is always ctx.flick
+        self.binary = binary or ctx.flick  # the server, and the CLI that deploys to it
         self.label = label
         self.sandbox = sandbox
         self.config = config or {}  # written to <data-dir>/config.toml
@@ -110,7 +110,9 @@ class Flick:
         return (self.data / "admin.key").read_text().strip()
 
     def deploy(self, fn_dir):
-        cmd = [self.ctx.flick, "deploy", fn_dir]
+        # The server's own CLI: an older build's server may not speak the
+        # newer CLI's handshake.
+        cmd = [self.binary, "deploy", fn_dir]
         self.ctx.record(["FLICK_DATA_DIR=" + str(self.data)] + cmd)
         env = dict(os.environ, FLICK_DATA_DIR=str(self.data))
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

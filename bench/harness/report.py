@@ -259,6 +259,30 @@ def _warm(d):
                 "flick spends around `total` (HTTP handling, task hand-offs, the activation record).",
             )
         )
+    vs = d.get("vs_baseline_build")
+    if vs:
+        rows = [
+            [
+                kind,
+                us(c["p50_c1_us"][0]),
+                us(c["p50_c1_us"][1]),
+                times(c["p50_c1_ratio"]),
+                rps(c["rps_c32"][0]),
+                rps(c["rps_c32"][1]),
+                times(c["rps_c32_ratio"]),
+            ]
+            for kind, c in vs.items()
+        ]
+        out.append(
+            (
+                "2d. This build against the baseline build (both sandboxed, same rounds)",
+                ["function", "p50 1 client µs", "baseline µs", "this ÷ baseline", "req/s 32 clients", "baseline",
+                 "this ÷ baseline"],
+                rows,
+                "Baseline: the binary given with `--baseline`, serving the same functions in the same "
+                "interleaved wrk rounds.",
+            )
+        )
     return out
 
 

@@ -10,7 +10,11 @@ against the same handler without flick, in the same run.
   /fn/{name}, against the very same server script hit directly.
 
 flick runs sandboxed (the default); the same functions on a second flick with
---insecure-no-sandbox show what the sandbox costs on the warm path. The load
+--insecure-no-sandbox show what the sandbox costs on the warm path. With
+`--baseline BINARY`, a third flick (that binary, sandboxed) serves the same
+functions in the same interleaved rounds: "this build ÷ baseline build" is
+then measured under the same load, which on a shared machine matters more
+than any absolute figure. The load
 generator is wrk (one thread, POST `{}`); see load.py for the rounds.
 
 Then, where the time goes at 1 client: sequential requests from one Python
@@ -39,10 +43,13 @@ FLICK_FUNCTIONS = {
 
 def run(ctx):
     sandboxed, unsandboxed = Flick(ctx, "warm-sandbox"), Flick(ctx, "warm-nosandbox", sandbox=False)
+    servers = [(sandboxed, ""), (unsandboxed, " (no sandbox)")]
+    if ctx.baseline:
+        servers.append((Flick(ctx, "warm-baseline", binary=ctx.baseline), " (baseline build)"))
     direct = []
     try:
         targets = {}
-        for srv, suffix in ((sandboxed, ""), (unsandboxed, " (no sandbox)")):
+        for srv, suffix in servers:
             srv.start()
             for kind, manifest in FLICK_FUNCTIONS.items():
                 srv.deploy(make_function(ctx, kind, f"warm-{kind}", **manifest))
@@ -59,16 +66,22 @@ def run(ctx):
         targets["bare python3 (baseline)"] = f"http://127.0.0.1:{python_port}/"
         targets["http server direct (baseline)"] = f"http://127.0.0.1:{http_port}/"
         results = load.measure(ctx, targets)
-        breakdown = {
-            label: _breakdown(ctx, targets[label])
-            for label in ("flick python3", "flick http", "http server direct (baseline)")
+        labels = ["flick python3", "flick http", "http server direct (baseline)"]
+        if ctx.baseline:
+            labels += ["flick python3 (baseline build)", "flick http (baseline build)"]
+        breakdown = {label: _breakdown(ctx, targets[label]) for label in labels}
+        return {
+            "targets": targets,
+            "results": results,
+            "comparisons": _compare(results),
+            "vs_baseline_build": _vs_build(results),
+            "breakdown": breakdown,
         }
-        return {"targets": targets, "results": results, "comparisons": _compare(results), "breakdown": breakdown}
     finally:
         for proc in direct:
             procs.stop(proc)
-        sandboxed.stop()
-        unsandboxed.stop()
+        for srv, _ in servers:
+            srv.stop()
 
 
 def _start_direct(ctx, cmd, port, label):
@@ -125,5 +138,22 @@ def _compare(results):
         out[name] = {
             "added_p50_us": fr["c1"]["p50_us"] - br["c1"]["p50_us"],
             "throughput_ratio": stats.ratio(fr["c32"]["rps"], br["c32"]["rps"]),
+        }
+    return out
+
+
+def _vs_build(results):
+    """This build against the `--baseline` build, both sandboxed, same rounds:
+    p50 at 1 client and throughput at 32 clients, this ÷ baseline."""
+    out = {}
+    for kind in FLICK_FUNCTIONS:
+        this, then = results.get(f"flick {kind}"), results.get(f"flick {kind} (baseline build)")
+        if not (this and then):
+            continue
+        out[kind] = {
+            "p50_c1_us": [this["c1"]["p50_us"], then["c1"]["p50_us"]],
+            "p50_c1_ratio": stats.ratio(this["c1"]["p50_us"], then["c1"]["p50_us"]),
+            "rps_c32": [this["c32"]["rps"], then["c32"]["rps"]],
+            "rps_c32_ratio": stats.ratio(this["c32"]["rps"], then["c32"]["rps"]),
         }
     return out
