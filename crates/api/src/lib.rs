@@ -14,6 +14,8 @@
 //! - `error`: [`ApiError`] and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
+//! - `triggers`: `GET /v1/triggers[/{function}]`, the triggers' state
+//!   (merged in by the binary, which runs the triggers manager);
 //! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
@@ -23,6 +25,7 @@ pub mod handshake;
 mod invoke;
 mod manage;
 mod serve;
+pub mod triggers;
 
 use std::sync::Arc;
 

@@ -121,6 +121,23 @@ Exits 1 when the invocation did not succeed (the error is still printed).
     Rollback { name: String, revision: Option<u32> },
     /// Delete a function, its revisions and its activation records.
     Delete { name: String },
+    /// List triggers (cron, MQTT, NATS, CloudEvents) with their state and counts.
+    #[command(after_help = "Examples:
+  flick triggers                 every function's triggers
+  flick triggers hello           the triggers of one function
+  flick triggers --json          everything, as the API returns it
+
+STATE: connected (subscribed), scheduled (cron), retrying (broker unreachable:
+LAST ERROR says why and when the next attempt is), passive (cloudevents, matched
+by POST /events), stopped. FIRED and FAILED count since flick started.
+Triggers are declared in flick.toml under [[triggers]] (see README).")]
+    Triggers {
+        /// Only this function's triggers.
+        name: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List recent activations (invocation records), newest first.
     #[command(after_help = "Examples:
   flick activations

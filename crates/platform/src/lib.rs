@@ -110,6 +110,9 @@ pub struct Platform {
     /// Read on every invocation, written on deploy/rollback/delete: a cache
     /// of the store's current revisions so the hot path does no query.
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    /// Bumped after every change of `routes` (deploy, rollback, delete):
+    /// what followers of deploys (the triggers manager) wait on.
+    route_changes: tokio::sync::watch::Sender<u64>,
     /// One lock per function name being changed: held from the store write
     /// through the route switch (see the module docs).
     changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -169,6 +172,7 @@ impl Platform {
             scheduler,
             sandbox,
             routes: RwLock::default(),
+            route_changes: tokio::sync::watch::channel(0).0,
             changing: Mutex::default(),
             gc: tokio::sync::RwLock::new(()),
             gc_wanted: Notify::new(),
@@ -224,6 +228,11 @@ impl Platform {
         Ok(deferred)
     }
 
+    /// The store (for state kept beside the platform's, e.g. cron ticks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
     }
@@ -251,7 +260,19 @@ impl Platform {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(route.revision.function.clone(), route.clone());
+        self.route_changes.send_modify(|v| *v += 1);
         route
+    }
+
+    /// A receiver that sees a new value after every deploy, rollback and
+    /// delete (once the route table shows it).
+    pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route_changes.subscribe()
+    }
+
+    /// Every function's current route (its revision carries the manifest).
+    pub fn routes_snapshot(&self) -> Vec<Arc<Route>> {
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
 
     pub async fn functions(&self) -> Result<Vec<FunctionInfo>, PlatformError> {
@@ -326,6 +347,7 @@ impl Platform {
             }
         }
         self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.route_changes.send_modify(|v| *v += 1);
         self.scheduler.retire_function(name);
         // Its queued calls and dead letters go with it (a call running now
         // finds its item gone when it acks).

@@ -154,4 +154,17 @@ pub trait Store: Send + Sync + 'static {
     /// Gives freed space back to the file system (a bounded step of
     /// incremental vacuum) and checkpoints the write-ahead log, truncating it.
     async fn maintain(&self) -> Result<Maintenance, StoreError>;
+
+    /// The last tick a cron trigger fired: the schedule (with its zone) it
+    /// belonged to and its time in ms. Deleted with the function.
+    async fn trigger_tick(&self, function: &str, trigger: &str) -> Result<Option<(String, i64)>, StoreError>;
+
+    /// Records the last tick a cron trigger fired.
+    async fn set_trigger_tick(
+        &self,
+        function: &str,
+        trigger: &str,
+        schedule: &str,
+        tick_ms: i64,
+    ) -> Result<(), StoreError>;
 }

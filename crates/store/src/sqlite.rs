@@ -129,6 +129,17 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE activations ADD COLUMN callback_json TEXT;
     ",
+    // 7: the last tick each cron trigger fired, with the schedule it
+    // belonged to (flick-triggers' catch-up rule after downtime).
+    "
+    CREATE TABLE trigger_ticks (
+        function TEXT NOT NULL,
+        trigger  TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        tick_ms  INTEGER NOT NULL,
+        PRIMARY KEY (function, trigger)
+    );
+    ",
 ];
 
 /// How long a statement waits for another process holding the database
@@ -579,6 +590,7 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM activations WHERE function = ?1", [&name])?;
             tx.execute("DELETE FROM revisions WHERE function = ?1", [&name])?;
+            tx.execute("DELETE FROM trigger_ticks WHERE function = ?1", [&name])?;
             let deleted = tx.execute("DELETE FROM functions WHERE name = ?1", [&name])?;
             tx.commit()?;
             Ok(deleted > 0)
@@ -751,6 +763,39 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok((old + surplus) as u64)
+        })
+        .await
+    }
+
+    async fn trigger_tick(&self, function: &str, trigger: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let (function, trigger) = (function.to_string(), trigger.to_string());
+        self.with_conn(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT schedule, tick_ms FROM trigger_ticks WHERE function = ?1 AND trigger = ?2",
+                    params![function, trigger],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_trigger_tick(
+        &self,
+        function: &str,
+        trigger: &str,
+        schedule: &str,
+        tick_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (function, trigger, schedule) = (function.to_string(), trigger.to_string(), schedule.to_string());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO trigger_ticks (function, trigger, schedule, tick_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (function, trigger) DO UPDATE SET schedule = excluded.schedule, tick_ms = excluded.tick_ms",
+                params![function, trigger, schedule, tick_ms],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -1254,6 +1299,20 @@ mod tests {
         // Age and count together in one call.
         assert_eq!(store.prune_activations(1_001, 1).await.unwrap(), 3 + 1);
         assert_eq!(all_seqs(&store).await, [b[1], a[4]]);
+    }
+
+    #[tokio::test]
+    async fn trigger_ticks_are_kept_per_trigger_and_go_with_the_function() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store.put_revision(deploy("cronned", "python3", false, 'a')).await.unwrap();
+        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), None);
+        store.set_trigger_tick("cronned", "tick", "* * * * * * UTC", 1000).await.unwrap();
+        store.set_trigger_tick("cronned", "tick", "* * * * * * UTC", 2000).await.unwrap();
+        store.set_trigger_tick("cronned", "other", "0 * * * * * UTC", 5).await.unwrap();
+        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), Some(("* * * * * * UTC".into(), 2000)));
+        assert!(store.delete_function("cronned").await.unwrap());
+        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), None);
+        assert_eq!(store.trigger_tick("cronned", "other").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod dlq;
 mod doctor;
 mod functions;
 mod invoke;
+mod triggers;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     activations::list(&client, &filter, limit).await
                 }
+                Command::Triggers { name, json } => triggers::list(&client, name.as_deref(), json).await,
                 Command::Activation { id, json, raw } => activations::show(&client, &id, json, raw).await,
                 Command::Logs { name, follow, limit, raw } => {
                     activations::logs(&client, &name, follow, limit, raw).await
