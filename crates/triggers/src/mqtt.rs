@@ -12,7 +12,8 @@
 //!
 //! Two tasks per trigger: one polls the connection (it must keep polling
 //! for keep-alives while an event waits for the queue), one hands messages
-//! to the sink in order and acks them.
+//! to the sink in order and acks them; a third, at stop, queues the
+//! goodbye after the submitter's last ack.
 
 use std::time::Duration;
 
@@ -50,19 +51,50 @@ pub(crate) async fn run(ctx: Ctx, url: String, topic: String, qos: u8, mut stop:
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = mpsc::channel::<Publish>(BUFFER);
     let submitter = tokio::spawn(submit_loop(ctx.clone(), client.clone(), rx, stop.clone()));
+    // Stopping goes through the connection's own request queue, never by
+    // cancelling a poll half-way (rumqttc's poll is not cancel-safe: a
+    // dropped poll can lose the unsubscribe and the goodbye). Once the
+    // submitter has queued the ack of the message in hand: unsubscribe (on
+    // removal, so the broker stops keeping messages for a session no one
+    // will resume), then disconnect; the poll loop ends when the broker
+    // has closed the connection after the disconnect.
+    let goodbye = {
+        let (client, topic, mut stop) = (client.clone(), topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s != Stop::Run).await;
+            let _ = submitter.await;
+            // On removal the disconnect follows the broker's UNSUBACK
+            // (the poll loop sends it): a goodbye right behind the
+            // unsubscribe can be processed first.
+            if *stop.borrow() == Stop::Removed {
+                let _ = client.unsubscribe(topic).await;
+            } else {
+                let _ = client.disconnect().await;
+            }
+        })
+    };
 
     let mut delays = crate::backoff();
+    let mut connected = false;
     loop {
-        let event = tokio::select! {
-            _ = stop.wait_for(|s| *s != Stop::Run) => break,
-            event = eventloop.poll() => event,
+        let event = if connected {
+            eventloop.poll().await
+        } else {
+            // Not connected (or connecting): nothing to lose by cancelling.
+            tokio::select! {
+                _ = stop.wait_for(|s| *s != Stop::Run) => break,
+                event = eventloop.poll() => event,
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connected = true;
                 tracing::debug!(function = %ctx.function, trigger = %ctx.trigger, session_present = ack.session_present, "mqtt connected");
                 // Subscribing again on a kept session is harmless, and
                 // needed when the broker lost it.
-                if let Err(e) = client.try_subscribe(topic.clone(), qos) {
+                if *stop.borrow() == Stop::Run
+                    && let Err(e) = client.try_subscribe(topic.clone(), qos)
+                {
                     ctx.tracker.failed(format!("subscribing: {e}"));
                 }
             }
@@ -76,22 +108,36 @@ pub(crate) async fn run(ctx: Ctx, url: String, topic: String, qos: u8, mut stop:
                     delays = crate::backoff();
                 }
             }
+            // Written is not yet processed: the broker closing the
+            // connection (the next poll's error) says it was, so a
+            // successor with the same client id finds the session as this
+            // one left it.
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+                break;
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                let _ = client.try_disconnect();
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => match tx.try_send(p) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(p)) if p.qos == QoS::AtMostOnce => {
                     ctx.tracker.failed("a QoS 0 message was dropped: the trigger is behind");
                 }
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    // QoS 1 deliveries are bounded by the broker's in-flight
-                    // window, so this wait is short and rare.
-                    if tx.send(p).await.is_err() {
-                        break;
-                    }
+                // QoS 1 deliveries are bounded by the broker's in-flight
+                // window, so the buffer is never full of them; should it
+                // be, the message stays unacked and comes again.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    ctx.tracker.failed("a QoS 1 message was left unacked: the trigger is behind");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             },
             Ok(_) => {}
             Err(e) => {
+                connected = false;
+                if *stop.borrow() != Stop::Run {
+                    break;
+                }
                 let wait = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::debug!(function = %ctx.function, trigger = %ctx.trigger, error = %e, "mqtt connection failed");
                 ctx.tracker.retrying(format!("mqtt {}: {e}", flick_core::trigger::redact_url(&url)), wait);
@@ -101,33 +147,18 @@ pub(crate) async fn run(ctx: Ctx, url: String, topic: String, qos: u8, mut stop:
             }
         }
     }
-
-    // Let the submitter finish the message in hand (and queue its ack),
-    // then say goodbye: on removal, unsubscribe first so the broker stops
-    // keeping messages for a session no one will resume.
-    drop(tx);
-    let _ = submitter.await;
-    let removed = *stop.borrow() == Stop::Removed;
-    if removed {
-        let _ = client.try_unsubscribe(topic.clone());
-    }
-    let _ = client.try_disconnect();
-    let flush = async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    goodbye.abort();
     ctx.tracker.set_state(TriggerState::Stopped);
 }
 
 /// Hands messages to the sink in order; acks each QoS 1 message once its
 /// invocation is queued. Stops after the message in hand when asked to.
 async fn submit_loop(ctx: Ctx, client: AsyncClient, mut rx: mpsc::Receiver<Publish>, mut stop: watch::Receiver<Stop>) {
-    while let Some(p) = rx.recv().await {
+    loop {
+        let p = tokio::select! {
+            p = rx.recv() => match p { Some(p) => p, None => return },
+            _ = stop.wait_for(|s| *s != Stop::Run) => return,
+        };
         let inv = crate::event::invocation(&ctx.function, Cause::Mqtt, &ctx.trigger, event(&ctx.trigger, &p));
         let mut delays = crate::backoff();
         loop {
@@ -151,9 +182,6 @@ async fn submit_loop(ctx: Ctx, client: AsyncClient, mut rx: mpsc::Receiver<Publi
                     }
                 }
             }
-        }
-        if *stop.borrow() != Stop::Run {
-            return;
         }
     }
 }
