@@ -19,6 +19,7 @@ const EXAMPLES: &str = "Examples:
   curl -H \"Authorization: Bearer $(cat .flick/admin.key)\" localhost:8080/fn/hello
   flick activations hello              recent invocations
   flick logs hello -f                  follow its logs
+  flick triggers                       cron/MQTT/NATS triggers and their state
   FLICK_URL=https://flick.example.com FLICK_TOKEN=flk_… flick list
                                        use a flick on another machine
 

@@ -125,6 +125,14 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         },
     )
     .merge(flick_api::handshake::router(secret, addr));
+    // Triggers follow deploys: sources start, restart and stop with the
+    // revisions that declare them; a broker that is down only shows in
+    // their state.
+    let triggers = flick_triggers::Manager::new(
+        flick_triggers::PlatformSink::new(platform.clone()),
+        flick_triggers::ManagerConfig { instance: instance_id(&data), stop_grace: TRIGGER_STOP_GRACE },
+    );
+    let router = router.merge(flick_api::triggers::router(triggers.clone(), platform.clone(), key.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(platform.clone().run_background(wait_for(stop_rx.clone())));
@@ -133,6 +141,14 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         header_read_timeout: config.header_read_timeout,
     };
     let server = tokio::spawn(flick_api::serve(listener, router, connections, wait_for(stop_rx.clone())));
+    let trigger_task = {
+        let p = platform.clone();
+        tokio::spawn(triggers.run(
+            platform.route_changes(),
+            move || flick_triggers::wanted_from_routes(&p),
+            wait_for(stop_rx.clone()),
+        ))
+    };
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
     if new_key {
@@ -151,6 +167,9 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("calls still in flight after the grace period; stopping them"),
     }
+    // Sources stop before the platform: the events in hand are queued (and
+    // acked to their brokers) first; broker sessions stay for the restart.
+    let _ = trigger_task.await;
     let _ = background.await;
     platform.shutdown().await;
     // Instances are stopped; remove their cgroups now rather than leave
@@ -160,6 +179,21 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.join(SECRET_FILE));
     say!("flick stopped");
     Ok(())
+}
+
+/// How long stopping waits for a trigger source to hand over the event in hand.
+const TRIGGER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells this data dir's broker clients from another flick's on the same
+/// broker (part of every MQTT client id): FNV-1a of the data dir's path,
+/// stable across restarts and builds.
+fn instance_id(data: &Path) -> String {
+    let hash = data
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{:08x}", hash >> 32)
 }
 
 /// What an invocation's log capture keeps: the configured tail, and no line

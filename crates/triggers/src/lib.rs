@@ -8,7 +8,7 @@
 //! # Layout
 //! - `sink`: the [`Sink`] seam: where a fired event goes (durably queued,
 //!   or called and answered for NATS request-reply), and where a cron
-//!   trigger's last tick is kept (the platform's is wired in by `flick up`).
+//!   trigger's last tick is kept. [`PlatformSink`] is the real one.
 //! - `manager`: reconciles running sources with the current revisions and
 //!   keeps each trigger's [`TriggerStatus`].
 //! - `cron`, `mqtt`, `nats`: one source each; `event`: the JSON events
@@ -22,10 +22,12 @@ mod event;
 mod manager;
 mod mqtt;
 mod nats;
+mod platform;
 mod sink;
 mod status;
 
 pub use manager::{Manager, ManagerConfig, Wanted};
+pub use platform::{PlatformSink, wanted_from_routes};
 pub use sink::{Reply, Sink, SinkError};
 pub use status::{TriggerState, TriggerStatus};
 
