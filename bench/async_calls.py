@@ -21,13 +21,6 @@ Medians over the rounds are printed; raw numbers go to bench/results/async-<ts>.
 Standard library + wrk only. Nothing here asserts on a time.
 """
 
-import sys
-from pathlib import Path
-
-# bench/queue.py would shadow the standard library's `queue` (used by
-# concurrent.futures): keep this directory off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import concurrent.futures as cf
 import json

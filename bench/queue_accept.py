@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Accept rate of flick's durable queue (crates/queue), one command:
 
-    python3 bench/queue.py                       # 5 rounds of 5 s per measurement
-    python3 bench/queue.py --rounds 3 --seconds 3 --concurrency 1,16,256,1024
+    python3 bench/queue_accept.py                       # 5 rounds of 5 s per measurement
+    python3 bench/queue_accept.py --rounds 3 --seconds 3 --concurrency 1,16,256,1024
 
 Builds `cargo build --release -p flick-queue --example enqueue_bench` (under
 `nice -n 10`; minutes on 2 cores the first time), then runs it `--rounds`
