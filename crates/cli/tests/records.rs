@@ -163,7 +163,18 @@ fn a_flood_without_a_key_stays_under_the_record_budget_and_memory_stays_flat() {
     assert_eq!(last["logs_truncated"], true);
     let logs: usize = last["logs"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().len()).sum();
     assert!(logs > 0 && logs <= 16 << 10, "{logs} bytes of logs kept");
-    assert!(last["logs"][0]["text"].as_str().unwrap().contains('\u{1}'), "log bytes are kept as printed");
+    // Control bytes reach the records as printed, not escaped. The
+    // instance's log budget may drop a flooded call's whole output (with a
+    // note saying so), so any kept record of the noise will do.
+    let has_noise = |a: &serde_json::Value| {
+        a["logs"].as_array().unwrap().iter().any(|l| l["text"].as_str().unwrap().contains('\u{1}'))
+    };
+    let ids = stored_ids(&flick, "echo");
+    assert!(
+        ids.iter().any(|id| has_noise(&flick.activation(id))),
+        "log bytes are kept as printed: no kept record of {} shows the noise's control bytes",
+        ids.len()
+    );
     let kept = stored_ids(&flick, "echo").len();
     assert!(kept > 100 && kept < 2200, "{kept} records kept");
 }
