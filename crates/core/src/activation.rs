@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::ActivationId;
-use crate::invocation::Cause;
+use crate::invocation::{Cause, Invocation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,4 +164,41 @@ pub struct CallbackOutcome {
     #[serde(default)]
     pub error: Option<String>,
     pub end_ms: i64,
+}
+
+impl Activation {
+    /// The record of `inv` before any of it ran: who and what caused it,
+    /// with `status` and `start_ms`; revision, timings and outcome are for
+    /// the caller to fill in (struct update syntax).
+    pub fn of(inv: &Invocation, status: ActivationStatus, start_ms: i64) -> Self {
+        Self {
+            id: inv.id.clone(),
+            seq: 0,
+            function: inv.function.clone(),
+            revision: 0,
+            revision_id: 0,
+            start_ms,
+            end_ms: start_ms,
+            duration_ms: 0.0,
+            init_ms: 0.0,
+            wait_ms: 0.0,
+            exec_ms: 0.0,
+            cold: false,
+            prewarmed: false,
+            status,
+            http_status: 0,
+            response: String::new(),
+            response_truncated: false,
+            logs: Vec::new(),
+            logs_truncated: false,
+            cause: inv.cause,
+            trigger: inv.trigger.clone(),
+            attempt: inv.attempt,
+            max_attempts: inv.attempt,
+            attempts: Vec::new(),
+            parent: inv.parent.clone(),
+            caller_gave_up_ms: None,
+            callback: None,
+        }
+    }
 }

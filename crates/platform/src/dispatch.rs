@@ -300,33 +300,12 @@ impl Platform {
             }
         };
         Activation {
-            id: inv.id.clone(),
-            seq: 0,
-            function: inv.function.clone(),
             revision: route.as_ref().map_or(0, |r| r.revision.number),
             revision_id: route.as_ref().map_or(0, |r| r.revision.id),
-            start_ms: item.enqueued_ms,
             end_ms: 0,
-            duration_ms: 0.0,
-            init_ms: 0.0,
-            wait_ms: 0.0,
-            exec_ms: 0.0,
-            cold: false,
-            prewarmed: false,
-            status,
-            http_status: 0,
-            response: String::new(),
-            response_truncated: false,
-            logs: Vec::new(),
-            logs_truncated: false,
-            cause: inv.cause,
-            trigger: inv.trigger.clone(),
-            attempt: inv.attempt,
             max_attempts: item.max_attempts,
             attempts: item.errors.iter().map(attempt_outcome).collect(),
-            parent: inv.parent.clone(),
-            caller_gave_up_ms: None,
-            callback: None,
+            ..Activation::of(inv, status, item.enqueued_ms)
         }
     }
 
@@ -548,36 +527,16 @@ impl Platform {
     /// A record for an attempt flick could not run at all.
     fn failed_attempt(&self, route: &Route, item: &Item, tries: &Tries, e: &PlatformError) -> Activation {
         let inv = &item.invocation;
-        let now = now_ms();
         Activation {
-            id: inv.id.clone(),
-            seq: 0,
             function: route.revision.function.clone(),
             revision: route.revision.number,
             revision_id: route.revision.id,
-            start_ms: now,
-            end_ms: now,
-            duration_ms: 0.0,
-            init_ms: 0.0,
-            wait_ms: 0.0,
-            exec_ms: 0.0,
-            cold: false,
-            prewarmed: false,
-            status: ActivationStatus::PlatformError,
             http_status: 503,
             response: serde_json::json!({ "errorType": "Platform.Unavailable", "errorMessage": e.to_string() })
                 .to_string(),
-            response_truncated: false,
-            logs: Vec::new(),
-            logs_truncated: false,
-            cause: inv.cause,
-            trigger: inv.trigger.clone(),
-            attempt: inv.attempt,
             max_attempts: item.max_attempts,
             attempts: tries.earlier.clone(),
-            parent: inv.parent.clone(),
-            caller_gave_up_ms: None,
-            callback: None,
+            ..Activation::of(inv, ActivationStatus::PlatformError, now_ms())
         }
     }
 

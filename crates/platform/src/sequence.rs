@@ -213,32 +213,17 @@ impl Platform {
         let cap = self.config.response_capture_bytes;
         let activation = Activation {
             id: id.clone(),
-            seq: 0,
             function: name.clone(),
             revision: route.revision.number,
             revision_id: route.revision.id,
-            start_ms,
             end_ms: now_ms(),
             duration_ms: ms(elapsed),
-            init_ms: 0.0,
-            wait_ms: 0.0,
             exec_ms: ms(elapsed),
-            cold: false,
-            prewarmed: false,
-            status,
             http_status: response.status,
             response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
             response_truncated: response.body.len() > cap,
             logs,
-            logs_truncated: false,
-            cause: inv.cause,
-            trigger: inv.trigger.clone(),
-            attempt: inv.attempt,
-            max_attempts: inv.attempt,
-            attempts: Vec::new(),
-            parent: inv.parent.clone(),
-            caller_gave_up_ms: None,
-            callback: None,
+            ..Activation::of(&inv, status, start_ms)
         };
         let done = InvokeResponse {
             activation_id: id,
