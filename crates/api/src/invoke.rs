@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flick_core::{ActivationId, Cause, Invocation, now_ms};
+use flick_core::{ActivationId, Cause, Invocation, Presentation, now_ms};
 use flick_platform::{Caller, Idempotent, PlatformError};
 
 use crate::auth::AdminKey;
@@ -95,6 +95,8 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
         parent: None,
         callback_url,
         accepted_ms: now_ms(),
+        presentation: Presentation::Http,
+        client_context: None,
     };
     if is_async {
         let submitted = state.platform.submit(route, caller, inv, idempotency_key).await?;

@@ -62,6 +62,36 @@ impl fmt::Display for Cause {
     }
 }
 
+/// How an invocation's request is presented to the function's handler.
+///
+/// The surface that accepted the call decides: an HTTP route hands the
+/// function an HTTP request; an API whose payload *is* the event (Lambda's
+/// Invoke, OpenWhisk's action invoke) hands it the event itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presentation {
+    /// The request as an HTTP request (method, path, headers, body), shaped
+    /// by the handler's shape (an API-Gateway event, OpenWhisk's `__ow_*`
+    /// fields, …), its answer read as an HTTP response.
+    #[default]
+    Http,
+    /// The body is the event itself: a lambda handler gets
+    /// `handler(json(body), context)`, an openwhisk one `main(params)`, an
+    /// openfaas one `handle(body)`; exec and http functions get the body as
+    /// it is. The handler's return value is the answer verbatim (its JSON),
+    /// never mapped to an HTTP response.
+    Direct,
+}
+
+impl Presentation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Direct => "direct",
+        }
+    }
+}
+
 /// One call of a function: the HTTP-shaped request the runtime presents
 /// to it, and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +129,14 @@ pub struct Invocation {
     /// When it was accepted (ms since the epoch).
     #[serde(default)]
     pub accepted_ms: i64,
+    /// How the handler is shown the request (default: as HTTP; queued
+    /// items written before this field existed read as that).
+    #[serde(default)]
+    pub presentation: Presentation,
+    /// A Lambda caller's client context (`X-Amz-Client-Context`: base64 of a
+    /// JSON object), shown to lambda handlers as `context.client_context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_context: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -124,6 +162,8 @@ impl Invocation {
             parent: None,
             callback_url: None,
             accepted_ms: crate::now_ms(),
+            presentation: Presentation::Http,
+            client_context: None,
         }
     }
 }
@@ -164,6 +204,29 @@ mod tests {
         let mut v = serde_json::to_value(&inv).unwrap();
         v["body"] = "a$==".into();
         assert!(serde_json::from_value::<Invocation>(v).is_err());
+    }
+
+    #[test]
+    fn invocations_queued_before_presentation_existed_read_as_http() {
+        // An item as the queue stored it before `presentation` and
+        // `client_context` were fields.
+        let old = r#"{"id":"0123456789abcdef0123456789abcdef","function":"f","method":"POST","path":"/","raw_path":"/",
+            "query":"","headers":[],"body":"aGk=","budget_ms":null,"cause":"async","trigger":null,"attempt":1,
+            "parent":null,"callback_url":null,"accepted_ms":5}"#;
+        let inv: Invocation = serde_json::from_str(old).unwrap();
+        assert_eq!(inv.presentation, Presentation::Http);
+        assert_eq!(inv.client_context, None);
+        assert_eq!(inv.body, b"hi");
+    }
+
+    #[test]
+    fn presentation_and_client_context_round_trip() {
+        let mut inv = Invocation::post("f", Cause::Async, b"{}".to_vec());
+        inv.presentation = Presentation::Direct;
+        inv.client_context = Some("eyJjdXN0b20iOnt9fQ==".into());
+        let json = serde_json::to_value(&inv).unwrap();
+        assert_eq!(json["presentation"], "direct");
+        assert_eq!(serde_json::from_value::<Invocation>(json).unwrap(), inv);
     }
 
     #[test]

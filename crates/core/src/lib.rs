@@ -19,7 +19,7 @@ pub mod units;
 pub use activation::{Activation, ActivationStatus, AttemptOutcome, CallbackOutcome, LogLine, LogStream};
 pub use cloudevent::CloudEvent;
 pub use id::ActivationId;
-pub use invocation::{Cause, Invocation};
+pub use invocation::{Cause, Invocation, Presentation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};

@@ -235,6 +235,8 @@ impl Platform {
             // caller's deadline nobody waits for its answer.
             deadline_ms: start_ms
                 + call.caller_deadline.unwrap_or(call.function_deadline).duration_since(started).as_millis() as i64,
+            presentation: inv.presentation,
+            client_context: inv.client_context,
         };
         let mut record = Record::default();
         let function = |route: &Route| route.revision.function.clone();

@@ -248,5 +248,8 @@ fn next_input(original: &Invocation, response: &Response) -> Invocation {
     inv.headers =
         response.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-type")).take(1).cloned().collect();
     inv.accepted_ms = original.accepted_ms;
+    // A chain called with an event passes events along: each step's
+    // answer is the next one's event, as it was the first one's.
+    inv.presentation = original.presentation;
     inv
 }

@@ -42,7 +42,8 @@ function configure() {
   NAME = env.FLICK_FUNCTION_NAME || '';
   REVISION = env.FLICK_FUNCTION_REVISION || '';
   MEMORY = env.FLICK_MEMORY_MB || '';
-  ARN = 'arn:aws:lambda:local:000000000000:function:' + NAME;
+  // FLICK_FUNCTION_ARN carries the region and account flick is configured with.
+  ARN = env.FLICK_FUNCTION_ARN || 'arn:aws:lambda:local:000000000000:function:' + NAME;
   LOG_GROUP = '/aws/lambda/' + NAME;
   LOG_STREAM = `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${REVISION}]${require('crypto')
     .randomBytes(16)
@@ -271,9 +272,23 @@ function headerObject(h) {
 
 const kDeadline = Symbol('deadline');
 
-// What AWS Lambda passes as `context`, plus flick's `http`.
+// The frame's client_context (base64 of a JSON object, as the caller sent
+// X-Amz-Client-Context), parsed as aws-lambda-ric gives it; undefined when
+// absent or not that.
+function clientContext(text) {
+  if (typeof text !== 'string' || !text) return undefined;
+  try {
+    const v = JSON.parse(Buffer.from(text, 'base64').toString('utf8'));
+    return isPlainObject(v) ? v : undefined;
+  } catch (_) {
+    return undefined;
+  }
+}
+
+// What AWS Lambda passes as `context`, plus flick's `http` (absent when the
+// body is the event itself).
 class Context {
-  constructor(h) {
+  constructor(h, direct) {
     this.callbackWaitsForEmptyEventLoop = true;
     this.functionName = NAME;
     this.functionVersion = REVISION;
@@ -282,7 +297,9 @@ class Context {
     this.awsRequestId = h.id;
     this.logGroupName = LOG_GROUP;
     this.logStreamName = LOG_STREAM;
-    this.http = { method: h.method, path: h.path, query: h.query, headers: headerObject(h) };
+    if (!direct) this.http = { method: h.method, path: h.path, query: h.query, headers: headerObject(h) };
+    const cc = clientContext(h.client_context);
+    if (cc !== undefined) this.clientContext = cc;
     this[kDeadline] = Number(h.deadline_ms) || 0;
   }
 
@@ -291,7 +308,10 @@ class Context {
   }
 }
 
-function makeCaller(fn, exportName) {
+// {presentation: [call, toResponse]}: how the handler is called and its value
+// read, for a request shown as HTTP and for one whose body is the event
+// itself (`direct`: Lambda's Invoke, OpenWhisk's action invoke).
+function makeCallers(fn, exportName) {
   if (exportName === 'main') {
     const call = (h, body) => {
       // fromEntries, not assignment: a "__proto__" key stays a plain key.
@@ -316,30 +336,35 @@ function makeCaller(fn, exportName) {
       entries.push(['__ow_path', h.path === undefined ? '/' : h.path]);
       return fn(Object.fromEntries(entries));
     };
-    return [call, openwhiskResponse];
+    // The params alone, as a non-web action gets them: no __ow_* fields.
+    const direct = (h, body) => fn(parseEvent(body));
+    return { http: [call, openwhiskResponse], direct: [direct, jsonResponse] };
   }
-  if (fn.length >= 3) {
-    const call = (h, body) => {
-      const event = parseEvent(body);
-      const context = new Context(h);
-      return new Promise((resolve, reject) => {
-        const callback = (err, result) => {
-          if (err !== undefined && err !== null) reject(err);
-          else resolve(result);
-        };
-        // The pre-callback Lambda API, still found in old code.
-        context.done = callback;
-        context.succeed = (result) => callback(null, result);
-        context.fail = (err) => callback(err === undefined || err === null ? new Error('failed') : err);
-        // Lambda settles on whichever comes first: the callback or a returned promise.
-        const r = fn(event, context, callback);
-        if (r !== null && typeof r === 'object' && typeof r.then === 'function') r.then(resolve, reject);
-      });
-    };
-    return [call, lambdaResponse];
-  }
-  const call = (h, body) => fn(parseEvent(body), new Context(h));
-  return [call, lambdaResponse];
+  const lambda = (direct) => {
+    if (fn.length >= 3) {
+      return (h, body) => {
+        const event = parseEvent(body);
+        const context = new Context(h, direct);
+        return new Promise((resolve, reject) => {
+          const callback = (err, result) => {
+            if (err !== undefined && err !== null) reject(err);
+            else resolve(result);
+          };
+          // The pre-callback Lambda API, still found in old code.
+          context.done = callback;
+          context.succeed = (result) => callback(null, result);
+          context.fail = (err) => callback(err === undefined || err === null ? new Error('failed') : err);
+          // Lambda settles on whichever comes first: the callback or a returned promise.
+          const r = fn(event, context, callback);
+          if (r !== null && typeof r === 'object' && typeof r.then === 'function') r.then(resolve, reject);
+        });
+      };
+    }
+    return (h, body) => fn(parseEvent(body), new Context(h, direct));
+  };
+  // Direct: the JSON of the return value is the answer, verbatim; an object
+  // with a statusCode is an event's result like any other.
+  return { http: [lambda(false), lambdaResponse], direct: [lambda(true), jsonResponse] };
 }
 
 function isFile(p) {
@@ -414,15 +439,14 @@ async function loadHandler() {
   if (typeof fn !== 'function') {
     throw new InitError('Runtime.HandlerNotFound', `${stem}.${exportName} is not a function`);
   }
-  return makeCaller(fn, exportName);
+  return makeCallers(fn, exportName);
 }
 
 // --- serving -----------------------------------------------------------------
 
 // Invocations not yet answered.
 const inflight = new Set();
-let call = null;
-let toResponse = null;
+let callers = null;
 
 function settle(inv) {
   if (inv.done) return false;
@@ -435,7 +459,7 @@ function succeed(inv, value) {
   if (inv.done) return;
   let res;
   try {
-    res = toResponse(value);
+    res = inv.toResponse(value);
   } catch (e) {
     fail(inv, e, 'Runtime.MarshalError', 'Unable to marshal response: ' + describe(e).message);
     return;
@@ -460,7 +484,7 @@ function fail(inv, err, kind, message) {
 function run(inv, h, body) {
   let r;
   try {
-    r = call(h, body);
+    r = inv.call(h, body);
     if (r !== null && (typeof r === 'object' || typeof r === 'function') && typeof r.then === 'function') {
       r.then(
         (v) => succeed(inv, v),
@@ -476,7 +500,9 @@ function run(inv, h, body) {
 }
 
 function invoke(h, body) {
-  const inv = { id: h.id, done: false };
+  // A presentation this bootstrap does not know (a newer flick) is shown as HTTP.
+  const [call, toResponse] = (h.presentation === 'direct' && callers.direct) || callers.http;
+  const inv = { id: h.id, done: false, call, toResponse };
   inflight.add(inv);
   if (als !== null) als.run(inv, run, inv, h, body);
   else run(inv, h, body);
@@ -574,9 +600,8 @@ function initFailed(e) {
 // read now, whether this process started as it or as a stem cell.
 function start() {
   configure();
-  loadHandler().then((caller) => {
-    call = caller[0];
-    toResponse = caller[1];
+  loadHandler().then((made) => {
+    callers = made;
     // Output of the load belongs to no invocation; flick keeps it for the
     // first. (Writes to pipes are synchronous: there is nothing to flush.)
     send({ type: 'ready' });

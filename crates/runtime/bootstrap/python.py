@@ -286,6 +286,52 @@ def _parse_event(body):
         return body.decode("utf-8", "replace")
 
 
+class CognitoIdentity(object):
+    """`context.identity`, as awslambdaric gives it (empty unless a caller
+    sent a Cognito identity, which only Lambda's mobile SDKs do)."""
+
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, identity=None):
+        identity = identity if isinstance(identity, dict) else {}
+        self.cognito_identity_id = identity.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = identity.get("cognitoIdentityPoolId")
+
+
+class Client(object):
+    __slots__ = ("installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name")
+
+    def __init__(self, d):
+        for name in self.__slots__:
+            setattr(self, name, d.get(name))
+
+
+class ClientContext(object):
+    """`context.client_context`: the caller's X-Amz-Client-Context."""
+
+    __slots__ = ("client", "custom", "env")
+
+    def __init__(self, d):
+        client = d.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
+        self.custom = d.get("custom")
+        self.env = d.get("env")
+
+
+def _client_context(text):
+    """The frame's client_context (base64 of a JSON object, as the caller sent
+    X-Amz-Client-Context), or None when absent or not that."""
+    if not text:
+        return None
+    import base64
+
+    try:
+        d = _loads(base64.b64decode(text, validate=True))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return ClientContext(d) if isinstance(d, dict) else None
+
+
 def _make_context_class():
     name = os.environ.get("FLICK_FUNCTION_NAME", "")
     version = os.environ.get("FLICK_FUNCTION_REVISION", "")
@@ -301,16 +347,22 @@ def _make_context_class():
         function_name = name
         function_version = version
         memory_limit_in_mb = memory
-        invoked_function_arn = "arn:aws:lambda:local:000000000000:function:" + name
+        # FLICK_FUNCTION_ARN carries the region and account flick is configured with.
+        invoked_function_arn = os.environ.get("FLICK_FUNCTION_ARN") or (
+            "arn:aws:lambda:local:000000000000:function:" + name
+        )
         log_group_name = "/aws/lambda/" + name
         log_stream_name = stream
-        identity = None
         client_context = None
 
-        def __init__(self, rid, deadline_ms, http):
-            self.aws_request_id = rid
+        def __init__(self, h, http):
+            self.aws_request_id = h.get("id")
             self.http = http
-            self._deadline_ms = deadline_ms
+            self._deadline_ms = h.get("deadline_ms") or 0
+            self.identity = CognitoIdentity()
+            cc = h.get("client_context")
+            if cc:
+                self.client_context = _client_context(cc)
 
         def get_remaining_time_in_millis(self):
             left = self._deadline_ms - int(time.time() * 1000)
@@ -345,16 +397,24 @@ def _http_info(h):
     }
 
 
-def _make_caller(fn, shape):
-    # Everything that depends only on the shape is settled here, once, so the
-    # per-call path is one closure call.
+def _make_callers(fn, shape):
+    """{presentation: (call, to_response)}: how the handler is called and its
+    value read, for a request shown as HTTP and for one whose body is the
+    event itself (`direct`: Lambda's Invoke, OpenWhisk's action invoke).
+    Everything that depends only on the shape is settled here, once, so the
+    per-call path is one closure call."""
     if shape == "lambda":
         Context = _make_context_class()
 
         def call(h, body):
-            return fn(_parse_event(body), Context(h.get("id"), h.get("deadline_ms") or 0, _http_info(h)))
+            return fn(_parse_event(body), Context(h, _http_info(h)))
 
-        return call, _lambda_response
+        def call_direct(h, body):
+            return fn(_parse_event(body), Context(h, None))
+
+        # Direct: the JSON of the return value is the answer, verbatim; a
+        # dict with a statusCode is an event's result like any other.
+        return {"http": (call, _lambda_response), "direct": (call_direct, _json_response)}
 
     if shape == "openwhisk":
         from urllib.parse import parse_qsl
@@ -376,19 +436,23 @@ def _make_caller(fn, shape):
             args["__ow_path"] = h.get("path", "/")
             return fn(args)
 
-        return call, _openwhisk_response
+        def call_direct(h, body):
+            # The params alone, as a non-web action gets them: no __ow_* fields.
+            return fn(_parse_event(body))
+
+        return {"http": (call, _openwhisk_response), "direct": (call_direct, _json_response)}
 
     if shape == "openfaas":
 
         def call(h, body):
             return fn(body.decode("utf-8", "replace"))
 
-        return call, _openfaas_response
+        return {"http": (call, _openfaas_response), "direct": (call, _openfaas_response)}
 
     def call(h, body):
         return fn()
 
-    return call, _openfaas_response
+    return {"http": (call, _openfaas_response), "direct": (call, _openfaas_response)}
 
 
 def _signature(fn):
@@ -516,7 +580,9 @@ def _respond(rid, value, to_response):
 def _serve(channel, fn, shape, is_coro, concurrency):
     global _send_lock, _start_lock
 
-    call, to_response = _make_caller(fn, shape)
+    callers = _make_callers(fn, shape)
+    # A presentation this bootstrap does not know (a newer flick) is shown as HTTP.
+    http_caller = callers["http"]
     if concurrency > 1:
         import threading
 
@@ -526,6 +592,7 @@ def _serve(channel, fn, shape, is_coro, concurrency):
 
     def invoke(h, body):
         rid = h.get("id")
+        call, to_response = callers.get(h.get("presentation"), http_caller)
         try:
             value = call(h, body)
             if hasattr(type(value), "__await__"):
@@ -537,6 +604,7 @@ def _serve(channel, fn, shape, is_coro, concurrency):
 
     async def invoke_async(h, body):
         rid = h.get("id")
+        call, to_response = callers.get(h.get("presentation"), http_caller)
         try:
             value = call(h, body)
             if hasattr(type(value), "__await__"):

@@ -163,7 +163,18 @@ class Instance(object):
         return self.early.pop(rid)
 
     @staticmethod
-    def invoke_frame(rid, body=b"", method="POST", path="/", query="", headers=None, deadline_ms=None):
+    def invoke_frame(
+        rid,
+        body=b"",
+        method="POST",
+        path="/",
+        query="",
+        headers=None,
+        deadline_ms=None,
+        presentation=None,
+        client_context=None,
+        raw_path=None,
+    ):
         if isinstance(body, str):
             body = body.encode()
         header = {
@@ -174,8 +185,12 @@ class Instance(object):
             "path": path,
             "query": query,
             "headers": headers if headers is not None else [["content-type", "application/json"]],
-            "len": len(body),
         }
+        # Absent as from a flick that predates them: the bootstraps must cope.
+        for key, value in (("presentation", presentation), ("client_context", client_context), ("raw_path", raw_path)):
+            if value is not None:
+                header[key] = value
+        header["len"] = len(body)
         return json.dumps(header).encode() + b"\n" + body
 
     def send(self, data):
@@ -328,6 +343,22 @@ PY = {
             "main.py": """
                 def handler(event, context):
                     return {"event": event, "kind": type(event).__name__}
+            """
+        },
+        "main.handler",
+    ),
+    "context": (
+        {
+            "main.py": """
+                def handler(event, context):
+                    cc = context.client_context
+                    return {
+                        "arn": context.invoked_function_arn,
+                        "has_http": context.http is not None,
+                        "custom": cc.custom if cc else None,
+                        "env": cc.env if cc else None,
+                        "app_title": cc.client.app_title if cc and cc.client else None,
+                    }
             """
         },
         "main.handler",
@@ -540,6 +571,23 @@ NODE_SRC = {
     ),
     "raw_event": (
         {"index.js": "exports.handler = async (event) => ({ event, kind: typeof event });\n"},
+        "index.handler",
+    ),
+    "context": (
+        {
+            "index.js": """
+                exports.handler = async (event, context) => {
+                  const cc = context.clientContext;
+                  return {
+                    arn: context.invokedFunctionArn,
+                    has_http: context.http !== undefined,
+                    custom: cc ? cc.custom : null,
+                    env: cc ? cc.env : null,
+                    app_title: cc && cc.client ? cc.client.app_title : null,
+                  };
+                };
+            """
+        },
         "index.handler",
     ),
     "big_echo": (
@@ -948,6 +996,58 @@ class BootstrapContract(object):
         self.assertEqual(out, b"moved")
         # An empty dict is a JSON result, not an empty HTTP response.
         self.assertEqual(self.json_result(inst, "empty", query="empty=1"), {})
+
+    # --- presentation: the body is the event itself ---
+
+    def test_direct_lambda_answer_is_the_return_value_verbatim(self):
+        inst = self.start_ready("http")
+        # Shown as HTTP, a statusCode dict is an HTTP response...
+        header, out = self.result(inst, "as-http", json.dumps({"case": "full"}))
+        self.assertEqual(header["status"], 201)
+        # ...and as an event's result, it is just JSON.
+        got = self.json_result(inst, "direct", {"case": "full"}, presentation="direct")
+        self.assertEqual(got["statusCode"], 201)
+        self.assertEqual(got["body"], "<b>hi</b>")
+        self.assertEqual(got["multiValueHeaders"]["Set-Cookie"], ["a=1", "b=2"])
+        self.assertEqual(self.json_result(inst, "direct-list", {"case": "list"}, presentation="direct"), [1, "two"])
+        # An unknown presentation (a newer flick's) is shown as HTTP.
+        header, _ = self.result(inst, "future", json.dumps({"case": "full"}), presentation="telepathy")
+        self.assertEqual(header["status"], 201)
+
+    def test_direct_lambda_event_is_the_body(self):
+        inst = self.start_ready("raw_event")
+        got = self.json_result(inst, "d1", {"k": [1]}, presentation="direct", method="GET", path="/x", query="a=1")
+        self.assertEqual(got["event"], {"k": [1]})
+        self.assertEqual(self.json_result(inst, "d2", None, presentation="direct")["event"], {})
+
+    def test_direct_openwhisk_gets_its_params_alone(self):
+        inst = self.start_ready("openwhisk")
+        got = self.json_result(
+            inst, "ow-direct", {"c": 1, "web": "1x"}, presentation="direct", query="a=1", headers=[["x-h", "v"]]
+        )
+        self.assertEqual(got, {"args": {"c": 1, "web": "1x"}})
+        # A result shaped like a web response is still the result.
+        got = self.json_result(inst, "ow-web", {"web": "1"}, presentation="direct")
+        self.assertEqual(got, {"statusCode": 302, "headers": {"location": "/elsewhere"}, "body": "moved"})
+
+    def test_context_arn_client_context_and_http(self):
+        arn = "arn:aws:lambda:eu-west-1:123456789012:function:echo-fn"
+        inst = self.start_ready("context", env={"FLICK_FUNCTION_ARN": arn})
+        cc = {"client": {"app_title": "app", "installation_id": "i-1"}, "custom": {"k": "v"}, "env": {"e": "1"}}
+        encoded = base64.b64encode(json.dumps(cc).encode()).decode()
+        got = self.json_result(inst, "c1", {}, presentation="direct", client_context=encoded)
+        self.assertEqual(
+            got, {"arn": arn, "has_http": False, "custom": {"k": "v"}, "env": {"e": "1"}, "app_title": "app"}
+        )
+        got = self.json_result(inst, "c2", {})
+        self.assertEqual(got, {"arn": arn, "has_http": True, "custom": None, "env": None, "app_title": None})
+        # A client context that is not base64 JSON is none at all.
+        got = self.json_result(inst, "c3", {}, client_context="%%%not-base64")
+        self.assertEqual(got["custom"], None)
+        # Without FLICK_FUNCTION_ARN, the local ARN.
+        inst = self.start_ready("context")
+        got = self.json_result(inst, "c4", {})
+        self.assertEqual(got["arn"], "arn:aws:lambda:local:000000000000:function:echo-fn")
 
     # --- async, errors, logs ---
 

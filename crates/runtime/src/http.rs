@@ -227,11 +227,15 @@ impl HttpInstance {
         // or `%2e%2e%2f` change what the server is asked for.
         let target =
             if req.query.is_empty() { req.raw_path.clone() } else { format!("{}?{}", req.raw_path, req.query) };
+        // The body as the event: a POST of it, whatever method the surface
+        // that accepted the call was reached with.
+        let method = match req.presentation {
+            flick_core::Presentation::Http => req.method.as_str(),
+            flick_core::Presentation::Direct => "POST",
+        };
         let send = async {
-            let mut builder = hyper::Request::builder()
-                .method(req.method.as_str())
-                .uri(target)
-                .header("host", format!("127.0.0.1:{}", self.port));
+            let mut builder =
+                hyper::Request::builder().method(method).uri(target).header("host", format!("127.0.0.1:{}", self.port));
             for (name, value) in &req.headers {
                 if !HOP_BY_HOP.contains(&name.as_str()) && name != "content-length" {
                     builder = builder.header(name, value);

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flick_core::{Manifest, RuntimeKind};
+use flick_core::{Manifest, Presentation, RuntimeKind};
 use flick_sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -83,6 +83,10 @@ pub struct Request {
     pub body: Bytes,
     pub deadline: Instant,
     pub deadline_ms: i64,
+    /// Whether the handler sees an HTTP request or the body as its event.
+    pub presentation: Presentation,
+    /// A Lambda caller's client context (base64 JSON), for `context.client_context`.
+    pub client_context: Option<String>,
 }
 
 #[derive(Clone, Debug)]

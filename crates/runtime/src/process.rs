@@ -280,6 +280,8 @@ impl ProcessInstance {
             path: &req.path,
             query: &req.query,
             headers: &req.headers,
+            presentation: req.presentation.as_str(),
+            client_context: req.client_context.as_deref(),
             len: req.body.len(),
         };
         if self.to_instance.send(protocol::encode_invoke(&header, &req.body)).is_err() {

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! bootstrap → flick  {"type":"ready"}  |  {"type":"init_error","error":{…}}
-//! flick → bootstrap  {"type":"invoke","id":…,"deadline_ms":…,"method":…,"path":…,"query":…,"headers":[[k,v]…],"len":N} + N bytes
+//! flick → bootstrap  {"type":"invoke","id":…,"deadline_ms":…,"method":…,"path":…,"query":…,"headers":[[k,v]…],
+//!                     "presentation":"http"|"direct"[,"client_context":…],"len":N} + N bytes
 //! bootstrap → flick  {"type":"result","id":…,"status":200,"headers":[[k,v]…],"len":N} + N bytes
 //!                  | {"type":"error","id":…,"error":{"type":…,"message":…,"trace":[…]}}
 //! ```
@@ -28,6 +29,12 @@ pub struct InvokeHeader<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub headers: &'a [(String, String)],
+    /// `http`: the handler sees the request as HTTP; `direct`: the body is
+    /// its event, the return value its answer verbatim.
+    pub presentation: &'static str,
+    /// A Lambda caller's `X-Amz-Client-Context` (base64 JSON), when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_context: Option<&'a str>,
     pub len: usize,
 }
 

@@ -172,6 +172,8 @@ proptest! {
                 path,
                 query: "",
                 headers,
+                presentation: "http",
+                client_context: Some(path),
                 len: body.len(),
             };
             stream.extend(encode_invoke(&header, body));
