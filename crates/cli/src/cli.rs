@@ -249,6 +249,14 @@ pub struct UpArgs {
     /// only for hosts that cannot sandbox, and only for code you trust.
     #[arg(long, env = "FLICK_INSECURE_NO_SANDBOX")]
     pub insecure_no_sandbox: bool,
+    /// The AWS region in functions' ARNs and `AWS_REGION` (default: us-east-1;
+    /// config file: `[lambda] region`).
+    #[arg(long, env = "FLICK_LAMBDA_REGION")]
+    pub lambda_region: Option<String>,
+    /// The 12-digit AWS account id in functions' ARNs (default:
+    /// 000000000000; config file: `[lambda] account`).
+    #[arg(long, env = "FLICK_LAMBDA_ACCOUNT")]
+    pub lambda_account: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

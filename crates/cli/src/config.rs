@@ -80,6 +80,8 @@ pub struct Config {
     pub queue_max_size: u64,
     /// Dead letters kept per function (the oldest go first beyond it).
     pub dead_letters_per_function: u64,
+    /// Region and account of functions' ARNs (`[lambda]`).
+    pub lambda: flick_core::LambdaIdentity,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -130,6 +132,16 @@ struct FileConfig {
     event_max_hops: Option<u32>,
     queue_max_size: Option<String>,
     dead_letters_per_function: Option<u64>,
+    #[serde(default)]
+    lambda: FileLambda,
+}
+
+/// `[lambda]`: the identity Lambda-style clients and code see.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLambda {
+    region: Option<String>,
+    account: Option<String>,
 }
 
 impl Config {
@@ -214,6 +226,13 @@ impl Config {
             event_max_hops: file.event_max_hops.unwrap_or(flick_platform::DEFAULT_MAX_HOPS),
             queue_max_size: size("queue_max_size", None, &file.queue_max_size, 4 << 30)?,
             dead_letters_per_function: file.dead_letters_per_function.unwrap_or(10_000),
+            lambda: {
+                use flick_core::LambdaIdentity as Id;
+                let region = args.lambda_region.as_deref().or(file.lambda.region.as_deref()).unwrap_or(Id::DEFAULT_REGION);
+                let account =
+                    args.lambda_account.as_deref().or(file.lambda.account.as_deref()).unwrap_or(Id::DEFAULT_ACCOUNT);
+                Id::new(region, account).map_err(|e| anyhow::anyhow!("`[lambda]`: {e}"))?
+            },
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(
@@ -311,7 +330,16 @@ mod tests {
     use super::*;
 
     fn args() -> UpArgs {
-        UpArgs { listen: None, config: None, max_body: None, log: None, examples: false, insecure_no_sandbox: false }
+        UpArgs {
+            listen: None,
+            config: None,
+            max_body: None,
+            log: None,
+            examples: false,
+            insecure_no_sandbox: false,
+            lambda_region: None,
+            lambda_account: None,
+        }
     }
 
     #[test]
@@ -396,6 +424,26 @@ mod tests {
             std::fs::write(dir.path().join("config.toml"), text).unwrap();
             let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn lambda_identity_layers_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.lambda, flick_core::LambdaIdentity::default());
+        std::fs::write(dir.path().join("config.toml"), "[lambda]\nregion = \"eu-west-3\"\naccount = \"123456789012\"\n")
+            .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.lambda.region.as_str(), c.lambda.account.as_str()), ("eu-west-3", "123456789012"));
+        let mut a = args();
+        a.lambda_region = Some("ap-south-1".into());
+        let c = Config::load(&a, dir.path()).unwrap();
+        assert_eq!((c.lambda.region.as_str(), c.lambda.account.as_str()), ("ap-south-1", "123456789012"));
+        for text in ["[lambda]\nregion = \"Mars\"\n", "[lambda]\naccount = \"12\"\n", "[lambda]\nzone = \"x\"\n"] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains("lambda") || err.contains("zone"), "{text}: {err}");
         }
     }
 

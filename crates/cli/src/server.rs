@@ -58,6 +58,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             max_response_bytes: config.max_response_bytes,
             stem_cells: config.stem_cells,
             allow_host_network_http: config.allow_host_network_http,
+            lambda: config.lambda.clone(),
         },
         sandbox,
     )
@@ -103,6 +104,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
                 ..config.asynchronous.clone()
             },
             event_max_hops: config.event_max_hops,
+            lambda: config.lambda.clone(),
         },
     )
     .await

@@ -7,6 +7,7 @@
 //! apply in the CLI (early feedback) and on the server (the authority).
 
 pub mod activation;
+pub mod aws;
 pub mod cloudevent;
 pub mod id;
 pub mod invocation;
@@ -17,6 +18,7 @@ pub mod trigger;
 pub mod units;
 
 pub use activation::{Activation, ActivationStatus, AttemptOutcome, CallbackOutcome, LogLine, LogStream};
+pub use aws::LambdaIdentity;
 pub use cloudevent::CloudEvent;
 pub use id::ActivationId;
 pub use invocation::{Cause, Invocation, Presentation};

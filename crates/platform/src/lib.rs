@@ -82,6 +82,8 @@ pub struct PlatformConfig {
     pub asynchronous: AsyncConfig,
     /// How many reply hops a CloudEvent may travel (`events.rs`).
     pub event_max_hops: u32,
+    /// Region and account of functions' ARNs (`[lambda]` in flick's config).
+    pub lambda: flick_core::LambdaIdentity,
 }
 
 /// How often code and archives no revision refers to are looked for, when

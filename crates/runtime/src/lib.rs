@@ -51,7 +51,15 @@ pub struct RuntimeConfig {
     /// the host's network, where anyone who can reach the port bypasses
     /// flick's authentication. Off unless the operator says so.
     pub allow_host_network_http: bool,
+    /// Region and account of functions' ARNs (`[lambda]` in flick's config).
+    pub lambda: flick_core::LambdaIdentity,
 }
+
+/// The version Lambda-style code is told it runs (`AWS_LAMBDA_FUNCTION_VERSION`):
+/// flick's revisions are not Lambda's published versions, and the Lambda API
+/// reports every function's code as `$LATEST`; the revision number is in
+/// `FLICK_FUNCTION_REVISION`.
+pub const LAMBDA_VERSION: &str = "$LATEST";
 
 /// Everything needed to start an instance of one revision.
 #[derive(Clone, Debug)]
@@ -265,10 +273,9 @@ impl Launcher {
     /// the Lambda variables that Lambda-style code reads.
     fn env(&self, spec: &InstanceSpec) -> Vec<(String, String)> {
         let m = &spec.manifest;
-        let mut env: Vec<(String, String)> = m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let code = self.sandbox.code_path(&spec.code_dir).display().to_string();
         let memory_mb = (m.memory >> 20).to_string();
-        env.extend([
+        let ours: Vec<(String, String)> = vec![
             ("FLICK_FUNCTION_NAME".into(), spec.function.clone()),
             ("FLICK_FUNCTION_REVISION".into(), spec.revision.to_string()),
             ("FLICK_HANDLER".into(), m.handler.clone()),
@@ -276,12 +283,30 @@ impl Launcher {
             ("FLICK_MEMORY_MB".into(), memory_mb.clone()),
             ("FLICK_CONCURRENCY".into(), m.concurrency.to_string()),
             ("FLICK_TIMEOUT_MS".into(), m.timeout.as_millis().to_string()),
+            ("FLICK_FUNCTION_ARN".into(), self.config.lambda.function_arn(&spec.function)),
             ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.function.clone()),
-            ("AWS_LAMBDA_FUNCTION_VERSION".into(), spec.revision.to_string()),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), LAMBDA_VERSION.into()),
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), memory_mb),
+            ("AWS_LAMBDA_LOG_GROUP_NAME".into(), flick_core::aws::log_group(&spec.function)),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME".into(),
+                flick_core::aws::log_stream(flick_core::now_ms(), LAMBDA_VERSION, &flick_core::aws::instance_id()),
+            ),
+            ("AWS_REGION".into(), self.config.lambda.region.clone()),
+            ("AWS_DEFAULT_REGION".into(), self.config.lambda.region.clone()),
             ("LAMBDA_TASK_ROOT".into(), code),
             ("_HANDLER".into(), m.handler.clone()),
-        ]);
+        ];
+        // A user's variable of the same name is dropped, not merely placed
+        // first: a C `getenv` finds the first of two, and a stem cell's
+        // specialise frame or a go message would keep both.
+        let mut env: Vec<(String, String)> = m
+            .env
+            .iter()
+            .filter(|(k, _)| !ours.iter().any(|(o, _)| o == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(ours);
         env
     }
 
