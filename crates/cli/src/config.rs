@@ -228,7 +228,8 @@ impl Config {
             dead_letters_per_function: file.dead_letters_per_function.unwrap_or(10_000),
             lambda: {
                 use flick_core::LambdaIdentity as Id;
-                let region = args.lambda_region.as_deref().or(file.lambda.region.as_deref()).unwrap_or(Id::DEFAULT_REGION);
+                let region =
+                    args.lambda_region.as_deref().or(file.lambda.region.as_deref()).unwrap_or(Id::DEFAULT_REGION);
                 let account =
                     args.lambda_account.as_deref().or(file.lambda.account.as_deref()).unwrap_or(Id::DEFAULT_ACCOUNT);
                 Id::new(region, account).map_err(|e| anyhow::anyhow!("`[lambda]`: {e}"))?
@@ -432,8 +433,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(&args(), dir.path()).unwrap();
         assert_eq!(c.lambda, flick_core::LambdaIdentity::default());
-        std::fs::write(dir.path().join("config.toml"), "[lambda]\nregion = \"eu-west-3\"\naccount = \"123456789012\"\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[lambda]\nregion = \"eu-west-3\"\naccount = \"123456789012\"\n",
+        )
+        .unwrap();
         let c = Config::load(&args(), dir.path()).unwrap();
         assert_eq!((c.lambda.region.as_str(), c.lambda.account.as_str()), ("eu-west-3", "123456789012"));
         let mut a = args();

@@ -42,7 +42,15 @@ fn every_runtime_gets_the_lambda_identity_from_the_config() {
     flick.deploy_files(
         "py-id",
         &[
-            ("flick.toml", &manifest("py-id", "python3", "main.handler", "memory = \"128MiB\"\n[env]\nAWS_REGION = \"xx-fake-9\"\n")),
+            (
+                "flick.toml",
+                &manifest(
+                    "py-id",
+                    "python3",
+                    "main.handler",
+                    "memory = \"128MiB\"\n[env]\nAWS_REGION = \"xx-fake-9\"\n",
+                ),
+            ),
             ("main.py", PY_ENV),
         ],
     );
@@ -56,7 +64,10 @@ fn every_runtime_gets_the_lambda_identity_from_the_config() {
     flick.deploy_files(
         "py-cold",
         &[
-            ("flick.toml", &manifest("py-cold", "python3", "main.handler", "memory = \"128MiB\"\ntmp_size = \"8MiB\"\n")),
+            (
+                "flick.toml",
+                &manifest("py-cold", "python3", "main.handler", "memory = \"128MiB\"\ntmp_size = \"8MiB\"\n"),
+            ),
             ("main.py", PY_ENV),
         ],
     );
