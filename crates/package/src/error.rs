@@ -37,6 +37,13 @@ pub enum PackageError {
     #[error("archive is not a valid tar.gz: {reason}")]
     Corrupt { reason: String },
 
+    /// An entry that inflates to far more than it takes in the archive.
+    #[error("archive entry `{path}` inflates to over {ratio} times its compressed size: refused as a zip bomb")]
+    CompressionRatio { path: String, ratio: u64 },
+
+    #[error("not a valid zip file: {reason}")]
+    CorruptZip { reason: String },
+
     #[error("archive has no flick.toml at its root")]
     MissingManifest,
 

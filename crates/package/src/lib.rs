@@ -9,6 +9,11 @@
 //! is in the package, never on how it was archived, so a redeploy of
 //! unchanged code is recognised whatever tool built the archive.
 //!
+//! Code that arrives in another form (a Lambda zip, inline code) becomes a
+//! package in memory: [`zip::read`] checks and reads a zip as untrusted
+//! input, [`pack_files`] writes the same deterministic tar.gz as
+//! [`pack_dir`].
+//!
 //! Unix only: the format carries exec bits and symlinks, which is what the
 //! runtimes need.
 
@@ -20,12 +25,13 @@ mod paths;
 #[cfg(test)]
 mod testutil;
 mod unpack;
+pub mod zip;
 
 use std::fs;
 use std::path::Path;
 
 pub use error::PackageError;
-pub use pack::pack_dir;
+pub use pack::{PackedFile, pack_dir, pack_files};
 pub use unpack::{UnpackLimits, Unpacked, unpack};
 
 /// Size in bytes of all regular files under `dir` (after dependency install).

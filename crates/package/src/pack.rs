@@ -1,6 +1,8 @@
 //! Packing a function directory into a package, deterministically: the same
 //! tree gives the same bytes on any machine, whatever the mtimes or owners.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::PermissionsExt;
@@ -18,10 +20,61 @@ use crate::paths;
 /// The ignore file read from the root of the function directory.
 const IGNORE_FILE: &str = ".flickignore";
 
-enum Item {
+pub(crate) enum Item<'a> {
     Dir,
-    File { exec: bool },
-    Symlink { target: String },
+    /// `data` is `None` for a file read from the directory being packed.
+    File {
+        exec: bool,
+        data: Option<&'a [u8]>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+/// One file of a package built in memory (from a zip upload, an inline
+/// action's code, a generated `flick.toml`): see [`pack_files`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackedFile {
+    /// Relative path with `/` separators, e.g. `lib/util.py`.
+    pub path: String,
+    /// The file's bytes; for a symlink, its target.
+    pub contents: Vec<u8>,
+    /// Owner exec bit (packed as mode 0o755 instead of 0o644).
+    pub exec: bool,
+    /// `contents` is a symlink target, not data.
+    pub symlink: bool,
+}
+
+impl PackedFile {
+    /// A plain (non-executable) file.
+    pub fn file(path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        Self { path: path.into(), contents: contents.into(), exec: false, symlink: false }
+    }
+
+    /// An executable file (a `bootstrap`, a script).
+    pub fn executable(path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        Self { path: path.into(), contents: contents.into(), exec: true, symlink: false }
+    }
+
+    /// A symlink to `target`, relative to the link's directory.
+    pub fn symlink(path: impl Into<String>, target: impl Into<String>) -> Self {
+        Self { path: path.into(), contents: target.into().into_bytes(), exec: false, symlink: true }
+    }
+}
+
+impl std::fmt::Debug for PackedFile {
+    // The contents can be megabytes: shown by size only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("PackedFile");
+        out.field("path", &self.path).field("exec", &self.exec);
+        if self.symlink {
+            out.field("symlink", &String::from_utf8_lossy(&self.contents));
+        } else {
+            out.field("bytes", &self.contents.len());
+        }
+        out.finish()
+    }
 }
 
 /// Packs `dir` into a gzip'd tar in memory. Deterministic: entries sorted by
@@ -36,6 +89,74 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     let rules = load_ignore_rules(dir)?;
     let items = collect(dir, &rules)?;
     write_archive(dir, &items)
+}
+
+/// Packs files held in memory into a package, the same deterministic
+/// tar.gz `pack_dir` writes (sorted, fixed metadata, parent directories
+/// listed), so surfaces that receive code in another form (a Lambda zip,
+/// an OpenWhisk action's inline code) deploy through the one deploy path.
+///
+/// `files` must hold a regular `flick.toml` at the root (usually generated
+/// by the caller). The rules `unpack` applies are checked here, naming the
+/// file: relative paths without `..`, no path twice, no file below a file
+/// or a symlink, symlink targets inside the package with `..` only in
+/// front. The order of `files` does not matter.
+pub fn pack_files(files: &[PackedFile]) -> Result<Vec<u8>, PackageError> {
+    let tree = file_tree(files)?;
+    match tree.get(MANIFEST_FILE) {
+        Some(Item::File { .. }) => {}
+        _ => return Err(PackageError::MissingManifest),
+    }
+    let mut items: Vec<(String, Item)> = tree.into_iter().collect();
+    items.sort_by(|(a, _), (b, _)| a.split('/').cmp(b.split('/')));
+    write_archive(Path::new("<memory>"), &items)
+}
+
+/// Checks `files` as one tree and returns it by normalised path, with the
+/// parent directories the paths imply.
+pub(crate) fn file_tree(files: &[PackedFile]) -> Result<BTreeMap<String, Item<'_>>, PackageError> {
+    let mut tree: BTreeMap<String, Item> = BTreeMap::new();
+    for file in files {
+        let reject = |reason: &str| PackageError::unsafe_entry(&file.path, reason);
+        let components = paths::entry_components(&file.path).map_err(reject)?;
+        let Some((_, parents)) = components.split_last() else {
+            return Err(reject("the path names the package root"));
+        };
+        let mut key = String::new();
+        for parent in parents {
+            if !key.is_empty() {
+                key.push('/');
+            }
+            key.push_str(parent);
+            match tree.get(&key) {
+                Some(Item::Dir) => {}
+                None => {
+                    tree.insert(key.clone(), Item::Dir);
+                }
+                Some(Item::Symlink { .. }) => {
+                    return Err(reject(&format!(
+                        "its parent `{key}` is a symlink; nothing may be written through one"
+                    )));
+                }
+                Some(Item::File { .. }) => return Err(reject(&format!("its parent `{key}` is a file"))),
+            }
+        }
+        let item = if file.symlink {
+            let target =
+                std::str::from_utf8(&file.contents).map_err(|_| reject("the symlink target is not valid utf-8"))?;
+            Item::Symlink { target: paths::symlink_target(parents, target).map_err(|r| reject(&r))? }
+        } else {
+            Item::File { exec: file.exec, data: Some(&file.contents) }
+        };
+        let key = components.join("/");
+        match tree.get(&key) {
+            None => {}
+            Some(Item::Dir) => return Err(reject("a directory of that name holds other files")),
+            Some(_) => return Err(reject("duplicate entry: the path appears twice")),
+        }
+        tree.insert(key, item);
+    }
+    Ok(tree)
 }
 
 fn check_manifest(dir: &Path) -> Result<(), PackageError> {
@@ -63,7 +184,7 @@ fn load_ignore_rules(dir: &Path) -> Result<IgnoreRules, PackageError> {
 
 /// Walks `dir` and returns what goes into the package, sorted component by
 /// component so every directory comes right before its contents.
-fn collect(dir: &Path, rules: &IgnoreRules) -> Result<Vec<(String, Item)>, PackageError> {
+fn collect(dir: &Path, rules: &IgnoreRules) -> Result<Vec<(String, Item<'static>)>, PackageError> {
     let mut items = Vec::new();
     // An explicit stack: `node_modules` can nest deeply.
     let mut pending = vec![String::new()];
@@ -92,7 +213,7 @@ fn collect(dir: &Path, rules: &IgnoreRules) -> Result<Vec<(String, Item)>, Packa
                 items.push((rel, Item::Dir));
             } else if kind.is_file() {
                 let mode = entry.metadata().map_err(PackageError::io(&abs))?.permissions().mode();
-                items.push((rel, Item::File { exec: mode & 0o100 != 0 }));
+                items.push((rel, Item::File { exec: mode & 0o100 != 0, data: None }));
             } else if kind.is_symlink() {
                 let target = symlink_target(&abs, &rel)?;
                 items.push((rel, Item::Symlink { target }));
@@ -132,14 +253,17 @@ fn write_archive(dir: &Path, items: &[(String, Item)]) -> Result<Vec<u8>, Packag
                 header.set_size(0);
                 builder.append_data(&mut header, format!("{rel}/"), io::empty())
             }
-            Item::File { exec } => {
+            Item::File { exec, data } => {
                 // Read whole so the size in the header is the size written,
                 // even if the file changes while we pack.
-                let data = fs::read(&path).map_err(PackageError::io(&path))?;
+                let data = match data {
+                    Some(data) => Cow::Borrowed(*data),
+                    None => Cow::Owned(fs::read(&path).map_err(PackageError::io(&path))?),
+                };
                 header.set_entry_type(EntryType::Regular);
                 header.set_mode(if *exec { 0o755 } else { 0o644 });
                 header.set_size(data.len() as u64);
-                builder.append_data(&mut header, rel, data.as_slice())
+                builder.append_data(&mut header, rel, data.as_ref())
             }
             Item::Symlink { target } => {
                 header.set_entry_type(EntryType::Symlink);
@@ -479,5 +603,48 @@ mod tests {
         let link = dest.path().join("d".repeat(80)).join("link");
         assert_eq!(fs::read_link(link).unwrap(), Path::new(&target));
         assert_eq!(listing(dest.path()).len(), listing(src.path()).len());
+    }
+
+    #[test]
+    fn pack_files_matches_pack_dir() {
+        let src = function_dir();
+        let files = [
+            PackedFile::symlink("util.py", "lib/util.py"),
+            PackedFile::file("main.py", fs::read(src.path().join("main.py")).unwrap()),
+            PackedFile::executable("run.sh", fs::read(src.path().join("run.sh")).unwrap()),
+            PackedFile::file("lib/util.py", "X = 1\n"),
+            PackedFile::file("flick.toml", MANIFEST),
+        ];
+        let archive = pack_files(&files).unwrap();
+        // The same bytes as packing the same tree from disk, in any order.
+        assert_eq!(archive, pack_dir(src.path()).unwrap());
+        let mut reversed = files.to_vec();
+        reversed.reverse();
+        assert_eq!(pack_files(&reversed).unwrap(), archive);
+        assert_eq!(unpack_fresh(&archive).1.hash, hash_of(src.path()));
+    }
+
+    #[test]
+    fn pack_files_refuses_what_unpack_would() {
+        let manifest = PackedFile::file("flick.toml", MANIFEST);
+        let refused = |extra: Vec<PackedFile>, expected: &str| {
+            let mut files = vec![manifest.clone()];
+            files.extend(extra);
+            let err = pack_files(&files).expect_err(expected).to_string();
+            assert!(err.contains(expected), "`{err}` should contain `{expected}`");
+        };
+        refused(vec![PackedFile::file("../x", "")], "`..`");
+        refused(vec![PackedFile::file("/x", "")], "absolute");
+        refused(vec![PackedFile::file("", "")], "empty");
+        refused(vec![PackedFile::file("./", "")], "root");
+        refused(vec![PackedFile::file("a", ""), PackedFile::file("./a", "")], "duplicate");
+        refused(vec![PackedFile::file("a", ""), PackedFile::file("a/b", "")], "parent `a` is a file");
+        refused(vec![PackedFile::file("a/b", ""), PackedFile::file("a", "")], "directory");
+        refused(vec![PackedFile::symlink("l", "../out")], "outside");
+        refused(vec![PackedFile::symlink("l", "/etc")], "absolute");
+        refused(vec![PackedFile::symlink("l", "lib"), PackedFile::file("l/x", "")], "symlink");
+        assert!(matches!(pack_files(&[PackedFile::file("main.py", "")]), Err(PackageError::MissingManifest)));
+        let dir_manifest = [PackedFile::file("flick.toml/x", "")];
+        assert!(matches!(pack_files(&dir_manifest), Err(PackageError::MissingManifest)));
     }
 }
