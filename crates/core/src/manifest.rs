@@ -104,8 +104,12 @@ struct RawManifest {
     tmp_size: Option<String>,
     retries: Option<i64>,
     max_queued: Option<i64>,
+    web: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// `[params]`: default parameters (any TOML values but dates).
+    #[serde(default)]
+    params: BTreeMap<String, toml::Value>,
     scaling: Option<RawScaling>,
     #[serde(default)]
     triggers: Vec<toml::Spanned<RawTrigger>>,
@@ -187,6 +191,17 @@ pub struct Manifest {
     /// server's default (`max_queued` in config.toml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u64>,
+    /// `[params]`: default parameters of the function. A surface that
+    /// passes the event as a JSON object (OpenWhisk's invoke and web
+    /// actions) merges the caller's parameters over these; the native
+    /// `/fn` path passes the request as it came.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// `web = true`: callable without the key through web-action routes
+    /// (OpenWhisk's `web-export`), which present the request as parameters.
+    /// `public` is what opens `/fn/{name}`; this opens only those routes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub web: bool,
 }
 
 fn default_retries() -> u32 {
@@ -262,7 +277,7 @@ impl Manifest {
         let triggers = crate::trigger::parse_triggers(std::mem::take(&mut raw.triggers))
             .map_err(|e| ManifestError::Invalid { line: Some(line_at(text, e.at)), key: e.key, message: e.message })?;
         if runtime == RuntimeKind::Sequence {
-            return Self::sequence(&raw, name, triggers, |key, m| invalid(key, m));
+            return Self::sequence(&mut raw, name, triggers, |key, m| invalid(key, m));
         }
         if raw.steps.is_some() {
             return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
@@ -340,6 +355,8 @@ impl Manifest {
             ));
         }
 
+        let params = params(std::mem::take(&mut raw.params), |key, m| invalid(key, m))?;
+
         Ok(Manifest {
             name,
             runtime,
@@ -359,6 +376,8 @@ impl Manifest {
             triggers,
             retries,
             max_queued,
+            params,
+            web: raw.web.unwrap_or(false),
         })
     }
 
@@ -366,7 +385,7 @@ impl Manifest {
     /// (the deadline of the whole chain) and `public`; keys about instances
     /// are refused, a sequence runs none of its own.
     fn sequence(
-        raw: &RawManifest,
+        raw: &mut RawManifest,
         name: FunctionName,
         triggers: Vec<TriggerSpec>,
         invalid: impl Fn(&str, String) -> ManifestError,
@@ -413,6 +432,7 @@ impl Manifest {
             return Err(invalid("timeout", "must be between 1ms and 15m".into()));
         }
         let (retries, max_queued) = async_keys(raw, &invalid)?;
+        let params = params(std::mem::take(&mut raw.params), &invalid)?;
         Ok(Manifest {
             name,
             runtime: RuntimeKind::Sequence,
@@ -432,6 +452,8 @@ impl Manifest {
             triggers,
             retries,
             max_queued,
+            params,
+            web: raw.web.unwrap_or(false),
         })
     }
 
@@ -443,8 +465,16 @@ impl Manifest {
         if let Some(n) = self.max_queued {
             extra.push_str(&format!("max_queued = {n}\n"));
         }
+        if self.web {
+            extra.push_str("web = true\n");
+        }
         let at = out.find("\n[").map_or(out.len(), |i| i + 1);
         out.insert_str(at, &extra);
+        // Stored params were checked at parse time, so they print back.
+        if let Ok(section) = params_toml(&self.params) {
+            let at = out.find("\n[[triggers]]").map_or(out.len(), |i| i + 1);
+            out.insert_str(at, &section);
+        }
         out
     }
 
@@ -670,6 +700,83 @@ fn check_env_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Bound of `[params]` as JSON: they travel with every call that merges them.
+pub const MAX_PARAMS_BYTES: usize = 64 << 10;
+
+/// `[params]` checked and turned into JSON (dates, which JSON lacks, are refused).
+fn params(
+    raw: BTreeMap<String, toml::Value>,
+    invalid: impl Fn(&str, String) -> ManifestError,
+) -> Result<BTreeMap<String, serde_json::Value>, ManifestError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in raw {
+        let json = toml_to_json(&value).map_err(|e| invalid("params", format!("`{key}`: {e}")))?;
+        out.insert(key, json);
+    }
+    let bytes = serde_json::to_vec(&out).map_or(0, |v| v.len());
+    if bytes > MAX_PARAMS_BYTES {
+        return Err(invalid("params", format!("take {bytes} bytes as JSON; the limit is {MAX_PARAMS_BYTES}")));
+    }
+    Ok(out)
+}
+
+fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map(J::Number).ok_or("nan and inf have no JSON form")?
+        }
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(_) => return Err("dates have no JSON form (write them as strings)".into()),
+        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => {
+            J::Object(t.iter().map(|(k, v)| Ok((k.clone(), toml_to_json(v)?))).collect::<Result<_, String>>()?)
+        }
+    })
+}
+
+/// `params` as a `[params]` section of a `flick.toml` (empty text for
+/// none). Surfaces that generate manifests use it; `null` (TOML has no
+/// such value) and integers beyond i64 are refused, naming the parameter.
+pub fn params_toml(params: &BTreeMap<String, serde_json::Value>) -> Result<String, String> {
+    if params.is_empty() {
+        return Ok(String::new());
+    }
+    let mut out = String::from("\n[params]\n");
+    for (key, value) in params {
+        let v = json_to_toml(value).map_err(|e| format!("parameter `{key}`: {e}"))?;
+        out.push_str(&format!("{} = {v}\n", toml_string(key)));
+    }
+    Ok(out)
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Result<String, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => return Err("null values are not supported (leave the parameter out)".into()),
+        J::Bool(b) => b.to_string(),
+        J::Number(n) if n.is_i64() => n.to_string(),
+        J::Number(n) if n.is_u64() => return Err(format!("{n} is beyond the 64-bit signed range")),
+        J::Number(n) => {
+            let f = n.as_f64().ok_or("not a number")?;
+            // TOML floats need a fraction or an exponent.
+            let text = format!("{f:?}");
+            if text.contains(['.', 'e', 'E']) { text } else { format!("{text}.0") }
+        }
+        J::String(s) => toml_string(s),
+        J::Array(a) => format!("[{}]", a.iter().map(json_to_toml).collect::<Result<Vec<_>, _>>()?.join(", ")),
+        J::Object(o) => {
+            let pairs = o
+                .iter()
+                .map(|(k, v)| Ok(format!("{} = {}", toml_string(k), json_to_toml(v)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            format!("{{ {} }}", pairs.join(", "))
+        }
+    })
+}
+
 /// 1-based line of a byte offset.
 fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -740,6 +847,40 @@ mod tests {
         assert!(!m.public);
         assert_eq!(m.network, Network::None);
         assert_eq!(m.tmp_size, 64 << 20);
+    }
+
+    #[test]
+    fn params_and_web_parse_print_back_and_refuse_what_json_lacks() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        assert!(m.params.is_empty() && !m.web);
+        let text = format!(
+            "{MINIMAL}web = true\n[params]\nname = \"Ada\"\nn = 3\nf = 1.5\nlist = [1, \"two\", true]\nnested = {{ a = {{ b = 1 }} }}\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        assert!(m.web);
+        assert_eq!(
+            serde_json::to_value(&m.params).unwrap(),
+            serde_json::json!({"name": "Ada", "n": 3, "f": 1.5, "list": [1, "two", true], "nested": {"a": {"b": 1}}})
+        );
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        // Surfaces generate `[params]` from JSON with the same rules.
+        let section = params_toml(&m.params).unwrap();
+        assert_eq!(Manifest::parse(&format!("{MINIMAL}{section}")).unwrap().params, m.params);
+        let mut bad = BTreeMap::new();
+        bad.insert("x".to_string(), serde_json::Value::Null);
+        assert!(params_toml(&bad).unwrap_err().contains("`x`"));
+        bad.insert("x".to_string(), serde_json::json!(u64::MAX));
+        assert!(params_toml(&bad).is_err());
+        match Manifest::parse(&format!("{MINIMAL}[params]\nwhen = 1979-05-27\n")) {
+            Err(ManifestError::Invalid { key, message, .. }) => assert!(key == "params" && message.contains("`when`")),
+            other => panic!("{other:?}"),
+        }
+        let big = format!("{MINIMAL}[params]\nx = \"{}\"\n", "y".repeat(MAX_PARAMS_BYTES));
+        assert!(matches!(Manifest::parse(&big), Err(ManifestError::Invalid { key, .. }) if key == "params"));
+        // Old revisions (stored before these keys) read with the defaults.
+        let mut v = serde_json::to_value(Manifest::parse(MINIMAL).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("params");
+        assert!(serde_json::from_value::<Manifest>(v).unwrap().params.is_empty());
     }
 
     #[test]
