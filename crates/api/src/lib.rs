@@ -11,6 +11,8 @@
 //! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…` (dead letters of async calls);
 //! - `events`: `POST /events`, CloudEvents in binary, structured and batched mode;
+//! - `openwhisk`: OpenWhisk's REST API under `/api/v1/` (actions,
+//!   activations, web actions), with its own auth and error shape;
 //! - `error`: [`ApiError`] and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
@@ -24,6 +26,7 @@ mod events;
 pub mod handshake;
 mod invoke;
 mod manage;
+mod openwhisk;
 mod serve;
 pub mod triggers;
 
@@ -88,6 +91,7 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/v1/dlq/redrive", post(manage::redrive_all))
         .route("/v1/dlq/{id}", get(manage::get_dead))
         .route("/v1/dlq/{id}/redrive", post(manage::redrive_dead))
+        .merge(openwhisk::routes())
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }

@@ -395,6 +395,31 @@ impl Platform {
         stored.await.unwrap_or(false)
     }
 
+    /// One file at the top of a revision's code, for surfaces that show
+    /// what was deployed (OpenWhisk's `exec.code`): a plain name (no `/`,
+    /// no `..`), a regular file (never followed through a symlink) of at
+    /// most `max` bytes. `None` when there is no such file, or it is larger.
+    pub async fn code_file(&self, revision: &Revision, file: &str, max: u64) -> Result<Option<Vec<u8>>, PlatformError> {
+        if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+            return Ok(None);
+        }
+        let path = self.code.code_dir(&revision.hash).join(file);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Vec<u8>>> {
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if !meta.is_file() || meta.len() > max {
+                return Ok(None);
+            }
+            std::fs::read(&path).map(Some)
+        });
+        read.await
+            .map_err(|e| PlatformError::Internal(e.to_string()))?
+            .map_err(|e| PlatformError::Internal(e.to_string()))
+    }
+
     pub async fn activation(&self, id: &str) -> Result<Activation, PlatformError> {
         let parsed = ActivationId::parse(id).ok_or_else(|| PlatformError::ActivationNotFound(id.into()))?;
         // The queue first: its item is acked only after the final record is

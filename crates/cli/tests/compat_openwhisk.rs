@@ -1,0 +1,102 @@
+//! The OpenWhisk API against a real flick, driven by the real `openwhisk`
+//! npm client (tests/compat/openwhisk_client.js): string-code and zip
+//! actions in python and node, get/list/update/delete, blocking and
+//! non-blocking invokes, activations, web actions over plain HTTP, and the
+//! attacker's side (no key, wrong key, other namespace, anonymous calls of
+//! non-web actions, malformed JSON, unknown kinds, oversized bodies, a zip
+//! with `..`). The Rust side then checks what the client saw against
+//! flick's own API.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Flick;
+
+fn compat_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/compat")
+}
+
+/// A zip made with Python's zipfile: `entries` are (name, text).
+fn zip(dir: &Path, file: &str, entries: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(file);
+    let script = "import json, sys, zipfile\n\
+                  with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n\
+                  \x20   for name, text in json.loads(sys.argv[2]):\n\
+                  \x20       z.writestr(name, text)\n";
+    let list = serde_json::to_string(entries).unwrap();
+    let out = Command::new("python3").args(["-c", script]).arg(&path).arg(list).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+#[test]
+fn the_openwhisk_npm_client_works_against_flick() {
+    let compat = compat_dir();
+    assert!(
+        compat.join("node_modules/openwhisk").is_dir(),
+        "the openwhisk npm client is missing: run `bash tests/compat/install.sh`"
+    );
+    let flick = Flick::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let py = zip(
+        scratch.path(),
+        "py.zip",
+        &[
+            (
+                "__main__.py",
+                "from helper import note\ndef main(args):\n    return {'doubled': args['n'] * 2, 'helper': note}\n",
+            ),
+            ("helper.py", "note = 'from helper.py'\n"),
+        ],
+    );
+    let node = zip(
+        scratch.path(),
+        "node.zip",
+        &[
+            ("package.json", r#"{"name": "t", "main": "lib/t.js"}"#),
+            ("lib/t.js", "exports.entry = (p) => ({ tripled: p.n * 3 });\n"),
+        ],
+    );
+    let evil =
+        zip(scratch.path(), "evil.zip", &[("__main__.py", "def main(a): return a\n"), ("../../escape.py", "x = 1\n")]);
+
+    let out = Command::new("node")
+        .arg(compat.join("openwhisk_client.js"))
+        .env("FLICK_URL", &flick.base)
+        .env("FLICK_KEY", &flick.key)
+        .env("OW_ZIP_PY", &py)
+        .env("OW_ZIP_NODE", &node)
+        .env("OW_ZIP_EVIL", &evil)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the client script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .expect("a RESULT line");
+
+    // What the client saw is what flick recorded.
+    let blocking = flick.activation(result["blocking"].as_str().unwrap());
+    assert_eq!((blocking["function"].as_str(), blocking["status"].as_str()), (Some("hello-py"), Some("success")));
+    // The non-blocking call's record went with its action (deleted since).
+    assert_eq!(flick.get(&format!("/v1/activations/{}", result["async"].as_str().unwrap())).status, 404);
+    // The call whose caller stopped waiting ran on to its end.
+    let slow = result["slow"].as_str().unwrap().to_string();
+    assert!(
+        flick.wait_until(std::time::Duration::from_secs(30), || flick.get(&format!("/v1/activations/{slow}")).status
+            == 200)
+    );
+    let rec = flick.activation(&slow);
+    assert_eq!(rec["status"].as_str(), Some("success"), "{rec}");
+    // Parameters and web-export live in the manifest, surface-neutral.
+    let f = flick.get("/v1/functions/web").json();
+    assert_eq!(f["manifest"]["web"], serde_json::json!(true));
+    assert_eq!(f["manifest"]["params"], serde_json::json!({"greeting": "hey"}));
+    // Nothing of the refused requests exists.
+    assert_eq!(flick.get("/v1/functions/evil").status, 404);
+    assert!(!flick.data_dir().join("escape.py").exists());
+}
