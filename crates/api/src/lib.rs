@@ -18,6 +18,7 @@
 //!   its data dir before it sends the key (merged in by the binary);
 //! - `triggers`: `GET /v1/triggers[/{function}]`, the triggers' state
 //!   (merged in by the binary, which runs the triggers manager);
+//! - `lambda`: the AWS Lambda REST API (`/2015-03-31/functions…`, SigV4);
 //! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
@@ -25,6 +26,7 @@ mod error;
 mod events;
 pub mod handshake;
 mod invoke;
+mod lambda;
 mod manage;
 mod openwhisk;
 mod serve;
@@ -92,6 +94,7 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/v1/dlq/{id}", get(manage::get_dead))
         .route("/v1/dlq/{id}/redrive", post(manage::redrive_dead))
         .merge(openwhisk::routes())
+        .merge(lambda::routes())
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }

@@ -239,6 +239,18 @@ impl Platform {
         &self.scheduler
     }
 
+    /// Region and account in functions' ARNs (`[lambda]` in flick's config).
+    pub fn lambda_identity(&self) -> &flick_core::LambdaIdentity {
+        &self.config.lambda
+    }
+
+    /// Where a revision's unpacked code lives (read-only to callers: surfaces
+    /// read back what they deployed, e.g. the Lambda API's function
+    /// settings that have no manifest key).
+    pub fn code_dir(&self, revision: &Revision) -> std::path::PathBuf {
+        self.code.code_dir(&revision.hash)
+    }
+
     /// The current route of a function, if it exists. Resolve it once per
     /// request: authorise and call against the same route
     /// ([`Platform::invoke`]).
