@@ -213,6 +213,19 @@ def invoke():
     assert err["errorType"] == "ValueError" and "asked to fail: on purpose" in err["errorMessage"], err
     assert isinstance(err["stackTrace"], list) and err["stackTrace"], err
 
+    slow = zip_of({"slow.py": "import time\ndef handler(event, context):\n    time.sleep(5)\n"})
+    lam.create_function(FunctionName="py-slow", Runtime="python3.11", Role=ROLE, Handler="slow.handler", Code={"ZipFile": slow}, Timeout=1)
+    timed_out = lam.invoke(FunctionName="py-slow")
+    assert timed_out["StatusCode"] == 200 and timed_out["FunctionError"] == "Unhandled", timed_out
+    err = payload(timed_out)
+    assert err["errorType"] == "Sandbox.Timedout" and err["errorMessage"], err
+
+    # A client context reaches the handler's context.
+    ctx = base64.b64encode(json.dumps({"custom": {"who": "boto3"}}).encode()).decode()
+    echo = zip_of({"echo.py": "def handler(event, context):\n    cc = context.client_context\n    return getattr(cc, 'custom', None) if cc is not None else None\n"})
+    lam.create_function(FunctionName="py-ctx", Runtime="python3.12", Role=ROLE, Handler="echo.handler", Code={"ZipFile": echo})
+    assert payload(lam.invoke(FunctionName="py-ctx", ClientContext=ctx)) == {"who": "boto3"}
+
     legacy = lam.invoke_async(FunctionName="py-inv", InvokeArgs=b'{"n": 8}')
     assert legacy["Status"] == 202, legacy
     print(json.dumps({"async": queued["ResponseMetadata"]["RequestId"], "legacy": legacy["ResponseMetadata"]["RequestId"]}))

@@ -120,3 +120,35 @@ fn boto3_with_a_wrong_secret_or_unknown_key_is_refused() {
     assert!(out["unknown_key"].as_str().unwrap().contains("nobody"), "{out}");
     assert_eq!(flick.get("/v1/functions").json()["functions"].as_array().unwrap().len(), 0);
 }
+
+/// What no SDK would send: no signature, a bearer key, path tricks, an
+/// unknown operation. Each gets Lambda's shape and changes nothing.
+#[test]
+fn unsigned_and_odd_requests_get_lambda_errors() {
+    let flick = Flick::start();
+    let lambda_error = |r: &common::Reply, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert_eq!(r.header("x-amzn-errortype").as_deref(), Some(code), "{}", r.text());
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.text());
+        assert!(r.header("x-amzn-requestid").is_some());
+    };
+    let body = br#"{"FunctionName":"x","Runtime":"python3.12","Role":"r","Handler":"a.b","Code":{"ZipFile":""}}"#;
+    // Unsigned, and with flick's own bearer key (not a SigV4 signature).
+    let r = flick.request("POST", "/2015-03-31/functions", body.to_vec(), false);
+    lambda_error(&r, 403, "MissingAuthenticationTokenException");
+    let r = flick.request("POST", "/2015-03-31/functions", body.to_vec(), true);
+    lambda_error(&r, 403, "IncompleteSignatureException");
+    for path in [
+        "/2015-03-31/functions/..%2F..%2Fv1%2Ffunctions/invocations",
+        "/2015-03-31/functions/x/invocations/../../../v1/functions",
+        "/2015-03-31/functions/%00/invocations",
+    ] {
+        let r = flick.request("POST", path, b"{}".to_vec(), false);
+        assert!(r.status == 403 || r.status == 404, "{path}: {} {}", r.status, r.text());
+        assert!(r.header("x-amzn-errortype").is_some() || r.status == 404, "{path}: {}", r.text());
+    }
+    // An operation flick does not serve, even unsigned, is never flick's own 404 page.
+    let r = flick.request("GET", "/2017-03-31/tags/arn:aws:lambda:us-east-1:000000000000:function:x", vec![], false);
+    lambda_error(&r, 403, "MissingAuthenticationTokenException");
+    assert_eq!(flick.get("/v1/functions").json()["functions"].as_array().unwrap().len(), 0);
+}
