@@ -586,4 +586,69 @@ mod tests {
         assert_eq!(canonical_query(""), "");
         assert_eq!(percent_decode("%zz%4"), b"%zz%4");
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Whatever the Authorization header says: no panic, and never
+            /// a verified request without the secret's signature.
+            #[test]
+            fn any_authorization_header_is_refused_without_a_panic(
+                auth in prop_oneof![
+                    "\\PC{0,200}",
+                    ("[A-Za-z0-9/]{0,40}", "[a-z;-]{0,40}", "[0-9a-f]{0,70}").prop_map(|(c, h, s)| format!(
+                        "AWS4-HMAC-SHA256 Credential={c}, SignedHeaders={h}, Signature={s}"
+                    )),
+                ],
+                date in prop_oneof![Just(DATE.to_string()), "[0-9TZ]{0,20}"],
+            ) {
+                let mut map = headers(&[("host", "h"), ("x-amz-date", &date)]);
+                if let Ok(value) = HeaderValue::from_str(&auth) {
+                    map.insert("authorization", value);
+                }
+                let request = SignedRequest { method: &Method::GET, path: "/", query: None, headers: &map, body: b"" };
+                let now = parse_amz_date(DATE).unwrap();
+                prop_assert!(verify(&request, "lambda", now, |_| Some("k".to_string())).is_err());
+            }
+
+            /// A correctly signed request with any one part changed fails.
+            #[test]
+            fn any_change_to_a_signed_request_breaks_it(
+                body in proptest::collection::vec(any::<u8>(), 0..64),
+                which in 0usize..4,
+                byte in any::<u8>(),
+                at in any::<prop::sample::Index>(),
+            ) {
+                let path = "/2015-03-31/functions/f/invocations";
+                let query = "Qualifier=1";
+                let map = sign(path, Some(query), &[("x-amz-invocation-type", "Event")], &body, "k");
+                let now = parse_amz_date(DATE).unwrap();
+                let admin = |id: &str| (id == "admin").then(|| "k".to_string());
+                let ok = SignedRequest { method: &Method::POST, path, query: Some(query), headers: &map, body: &body };
+                prop_assert!(verify(&ok, "lambda", now, admin).is_ok());
+
+                let mut body2 = body.clone();
+                let mut map2 = map.clone();
+                let (mut path2, mut query2) = (path.to_string(), query.to_string());
+                match which {
+                    0 => {
+                        if body2.is_empty() { body2.push(byte) } else {
+                            let i = at.index(body2.len());
+                            body2[i] = body2[i].wrapping_add(byte.max(1));
+                        }
+                    }
+                    1 => path2 = path2.replace("/f/", "/g/"),
+                    2 => query2 = format!("Qualifier={}", byte.max(2)),
+                    _ => { map2.insert("x-amz-invocation-type", HeaderValue::from_static("RequestResponse")); }
+                }
+                let changed = SignedRequest { method: &Method::POST, path: &path2, query: Some(&query2), headers: &map2, body: &body2 };
+                prop_assert!(verify(&changed, "lambda", now, admin).is_err());
+            }
+        }
+    }
 }
