@@ -1,7 +1,7 @@
 // Drives flick's OpenWhisk API with the real `openwhisk` npm client (and
 // plain fetch for web actions and the attacker's side). Run by
 // crates/cli/tests/compat_openwhisk.rs with FLICK_URL, FLICK_KEY and the
-// zips it made (OW_ZIP_PY, OW_ZIP_NODE, OW_ZIP_EVIL). Exits non-zero on the
+// zips it made (OW_ZIP_PY, OW_ZIP_NODE, OW_ZIP_EVIL, OW_ZIP_BOMB). Exits non-zero on the
 // first failed check; prints `RESULT <json>` for the Rust side to cross-check.
 'use strict';
 
@@ -305,6 +305,21 @@ async function main() {
     owError(await raw('GET', '/api/v1/nothing/here'), 404, 'unknown path');
     assert.deepEqual(await names(), before);
     await rejects(ow.actions.get('evil'), 404, 'nothing named evil');
+  });
+
+  await step('zip actions (python __main__.py, node package.json)', async () => {
+    const py = await ow.actions.create({ name: 'zip-py', action: fs.readFileSync(process.env.OW_ZIP_PY), kind: 'python:3' });
+    assert.equal(py.exec.binary, true);
+    assert.deepEqual(await ow.actions.invoke({ name: 'zip-py', blocking: true, result: true, params: { n: 2 } }), { doubled: 4, helper: 'from helper.py' });
+    await ow.actions.create({ name: 'zip-js', action: fs.readFileSync(process.env.OW_ZIP_NODE), kind: 'nodejs:20', exec: { main: 'entry' } });
+    assert.deepEqual(await ow.actions.invoke({ name: 'zip-js', blocking: true, result: true, params: { n: 3 } }), { tripled: 9 });
+    // A zip with `..`: refused, nothing deployed.
+    const before = await names();
+    const message = owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3', code: fs.readFileSync(process.env.OW_ZIP_EVIL).toString('base64') } }) }), 400, 'zip with ..');
+    assert.match(message, /\.\./);
+    const bomb = owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3', code: fs.readFileSync(process.env.OW_ZIP_BOMB).toString('base64') } }) }), 400, 'zip bomb');
+    assert.match(bomb, /zeros\.bin/);
+    assert.deepEqual(await names(), before);
   });
 
   console.log('RESULT ' + JSON.stringify(results));

@@ -18,13 +18,15 @@ fn compat_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/compat")
 }
 
-/// A zip made with Python's zipfile: `entries` are (name, text).
+/// A zip made with Python's zipfile: `entries` are (name, text), a text
+/// of the form `<n>*<c>` being the character c n times (bombs).
 fn zip(dir: &Path, file: &str, entries: &[(&str, &str)]) -> PathBuf {
     let path = dir.join(file);
     let script = "import json, sys, zipfile\n\
                   with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n\
                   \x20   for name, text in json.loads(sys.argv[2]):\n\
-                  \x20       z.writestr(name, text)\n";
+                  \x20       n, star, c = text.partition('*')\n\
+                  \x20       z.writestr(name, c * int(n) if star and n.isdigit() else text)\n";
     let list = serde_json::to_string(entries).unwrap();
     let out = Command::new("python3").args(["-c", script]).arg(&path).arg(list).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -61,6 +63,8 @@ fn the_openwhisk_npm_client_works_against_flick() {
     );
     let evil =
         zip(scratch.path(), "evil.zip", &[("__main__.py", "def main(a): return a\n"), ("../../escape.py", "x = 1\n")]);
+    let bomb =
+        zip(scratch.path(), "bomb.zip", &[("__main__.py", "def main(a): return a\n"), ("zeros.bin", "67108864*0")]);
 
     let out = Command::new("node")
         .arg(compat.join("openwhisk_client.js"))
@@ -69,6 +73,7 @@ fn the_openwhisk_npm_client_works_against_flick() {
         .env("OW_ZIP_PY", &py)
         .env("OW_ZIP_NODE", &node)
         .env("OW_ZIP_EVIL", &evil)
+        .env("OW_ZIP_BOMB", &bomb)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use flick_core::{Revision, RuntimeKind};
+use flick_package::{PackedFile, UnpackLimits};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -235,7 +236,10 @@ async fn action_from(
                 (kind, exec.kind, main, false, Code::Steps(steps), components)
             } else {
                 let text = exec.code.ok_or_else(|| OwError::BadRequest("exec.code is missing".into()))?;
-                let (binary, code) = code_of(text, exec.binary)?;
+                let (binary, code) = match code_of(text, exec.binary)? {
+                    Sent::Text(t) => (false, Code::Text(t)),
+                    Sent::Zip(bytes) => (true, Code::Files(read_zip(bytes, s.limits.max_archive_bytes).await?)),
+                };
                 (kind, exec.kind, main, binary, code, Vec::new())
             }
         }
@@ -312,25 +316,35 @@ fn sequence_steps(key_id: &str, components: &[String]) -> Result<Vec<String>, Ow
         .collect()
 }
 
+/// What `exec.code` holds.
+enum Sent {
+    Text(String),
+    Zip(Vec<u8>),
+}
+
 /// String code, or a base64 zip (`exec.binary`, or code that decodes to
 /// a zip: OpenWhisk infers `binary` as well).
-fn code_of(text: String, binary: Option<bool>) -> Result<(bool, Code), OwError> {
+fn code_of(text: String, binary: Option<bool>) -> Result<Sent, OwError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let decoded = if binary == Some(false) { None } else { b64.decode(text.trim()).ok() };
     match decoded {
-        Some(bytes) if binary == Some(true) || bytes.starts_with(b"PK\x03\x04") => {
-            Ok((true, Code::Files(read_zip(&bytes)?)))
-        }
+        Some(bytes) if binary == Some(true) || bytes.starts_with(b"PK\x03\x04") => Ok(Sent::Zip(bytes)),
         None if binary == Some(true) => {
             Err(OwError::BadRequest("exec.code is not base64, but exec.binary is true".into()))
         }
-        _ => Ok((false, Code::Text(text))),
+        _ => Ok(Sent::Text(text)),
     }
 }
 
-/// The files of a zip action.
-fn read_zip(_bytes: &[u8]) -> Result<Vec<(String, Vec<u8>, bool)>, OwError> {
-    Err(OwError::NotImplemented("zip actions are not supported by this flick yet: send the code as a string".into()))
+/// The files of a zip action, read as untrusted input by flick's zip
+/// reader (no `..`, absolute paths or links out; size, count and ratio
+/// bounds), off the async threads.
+async fn read_zip(zip: Vec<u8>, max_archive: usize) -> Result<Vec<PackedFile>, OwError> {
+    let limits = UnpackLimits { max_archive_bytes: max_archive as u64, ..UnpackLimits::default() };
+    tokio::task::spawn_blocking(move || flick_package::zip::read(&zip, &limits))
+        .await
+        .map_err(|e| OwError::Platform(flick_platform::PlatformError::Internal(e.to_string())))?
+        .map_err(|e| OwError::BadRequest(format!("the action's zip was refused: {e}")))
 }
 
 pub(super) async fn read_meta(s: &AppState, rev: &Revision) -> Result<Option<Meta>, OwError> {

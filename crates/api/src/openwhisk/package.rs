@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use flick_package::PackedFile;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -119,7 +120,7 @@ impl Default for Limits {
 pub(crate) enum Code {
     Text(String),
     /// The files of a zip, already read with flick's safe zip reader.
-    Files(Vec<(String, Vec<u8>, bool)>),
+    Files(Vec<PackedFile>),
     /// A sequence's steps (flick function names).
     Steps(Vec<String>),
 }
@@ -150,13 +151,12 @@ pub(crate) fn check_main(main: &str) -> Result<(), OwError> {
 
 impl Action {
     /// The package's files: path, contents, executable.
-    pub(crate) fn files(&self) -> Result<Vec<(String, Vec<u8>, bool)>, OwError> {
+    pub(crate) fn files(&self) -> Result<Vec<PackedFile>, OwError> {
         let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| OwError::BadRequest(e.to_string()))?;
-        let mut files =
-            vec![("flick.toml".to_string(), self.manifest()?.into_bytes(), false), (META_FILE.into(), meta, false)];
+        let mut files = vec![file("flick.toml", self.manifest()?.into_bytes()), file(META_FILE, meta)];
         if let Code::Text(code) = &self.code {
             // As sent, so GET shows it back (a zip's code is not kept twice).
-            files.push((CODE_FILE.into(), code.clone().into_bytes(), false));
+            files.push(file(CODE_FILE, code.clone().into_bytes()));
         }
         let main = &self.meta.main;
         // A JSON string is a valid string literal in Python and JavaScript.
@@ -164,8 +164,8 @@ impl Action {
         match (&self.code, self.kind) {
             (Code::Steps(_), _) => {}
             (Code::Text(code), Kind::Python) => {
-                files.push(("__main__.py".into(), code.clone().into_bytes(), false));
-                files.push((format!("{ENTRY}.py"), python_entry(&main_lit).into_bytes(), false));
+                files.push(file("__main__.py", code.clone().into_bytes()));
+                files.push(file(&format!("{ENTRY}.py"), python_entry(&main_lit).into_bytes()));
             }
             (Code::Text(code), _) => {
                 // OpenWhisk evaluates string code and finds `main` by name,
@@ -176,26 +176,26 @@ impl Action {
                      else if (module.exports && typeof module.exports[{main_lit}] === 'function') \
                      module.exports.main = module.exports[{main_lit}];\n"
                 );
-                files.push(("action.js".into(), js.into_bytes(), false));
+                files.push(file("action.js", js.into_bytes()));
             }
             (Code::Files(zip), kind) => {
-                let has = |p: &str| zip.iter().any(|(path, ..)| path == p);
+                let has = |p: &str| zip.iter().any(|f| f.path == p && !f.symlink);
                 match kind {
                     Kind::Python if !has("__main__.py") => {
                         return Err(OwError::BadRequest(
                             "a python zip action needs __main__.py at the root of the zip".into(),
                         ));
                     }
-                    Kind::Python => files.push((format!("{ENTRY}.py"), python_entry(&main_lit).into_bytes(), false)),
+                    Kind::Python => files.push(file(&format!("{ENTRY}.py"), python_entry(&main_lit).into_bytes())),
                     _ if !has("package.json") && !has("index.js") => {
                         return Err(OwError::BadRequest(
                             "a nodejs zip action needs package.json (with \"main\") or index.js at the root of the zip"
                                 .into(),
                         ));
                     }
-                    _ => files.push((format!("{ENTRY}.js"), node_entry(&main_lit).into_bytes(), false)),
+                    _ => files.push(file(&format!("{ENTRY}.js"), node_entry(&main_lit).into_bytes())),
                 }
-                files.extend(zip.iter().filter(|(p, ..)| !GENERATED.contains(&p.as_str())).cloned());
+                files.extend(zip.iter().filter(|f| !GENERATED.contains(&f.path.as_str())).cloned());
             }
         }
         Ok(files)
@@ -269,26 +269,13 @@ fn node_entry(main_lit: &str) -> String {
     )
 }
 
-/// A deploy archive from files (interim: packs a scratch directory with
-/// `flick_package::pack_dir` until `pack_files` exists).
-pub(crate) fn pack(files: &[(String, Vec<u8>, bool)]) -> Result<Vec<u8>, OwError> {
-    use std::os::unix::fs::PermissionsExt;
-    let internal = |e: std::io::Error| OwError::Platform(flick_platform::PlatformError::Internal(e.to_string()));
-    let dir = std::env::temp_dir().join(format!("flick-ow-{}", super::error::transaction_id()));
-    let result = (|| {
-        for (path, contents, exec) in files {
-            let dest = dir.join(path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(internal)?;
-            }
-            std::fs::write(&dest, contents).map_err(internal)?;
-            let mode = if *exec { 0o755 } else { 0o644 };
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).map_err(internal)?;
-        }
-        flick_package::pack_dir(&dir).map_err(|e| OwError::BadRequest(e.to_string()))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+fn file(path: &str, contents: Vec<u8>) -> PackedFile {
+    PackedFile { path: path.into(), contents, exec: false, symlink: false }
+}
+
+/// A deploy archive from the package's files.
+pub(crate) fn pack(files: &[PackedFile]) -> Result<Vec<u8>, OwError> {
+    flick_package::pack_files(files).map_err(|e| OwError::BadRequest(e.to_string()))
 }
 
 #[cfg(test)]
@@ -335,7 +322,7 @@ mod tests {
             let m = flick_core::Manifest::parse(&action.manifest().unwrap()).unwrap();
             assert_eq!((m.timeout.as_millis(), m.memory, m.web), (60_000, 256 << 20, true));
             assert_eq!(m.params, params);
-            assert!(action.files().unwrap().iter().any(|(p, ..)| p == META_FILE));
+            assert!(action.files().unwrap().iter().any(|f| f.path == META_FILE));
         }
     }
 }
