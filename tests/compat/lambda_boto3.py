@@ -199,6 +199,7 @@ def invoke():
     tail = lam.invoke(FunctionName="py-inv", Payload=b'{"n": 42}', LogType="Tail")
     log = base64.b64decode(tail["LogResult"]).decode()
     assert "handling 42" in log and log.startswith("START RequestId") and "REPORT RequestId" in log, log
+    assert "Memory Size: 256 MB" in log, log
     assert len(base64.b64decode(tail["LogResult"])) <= 4096
 
     dry = lam.invoke(FunctionName="py-inv", InvocationType="DryRun")
@@ -257,9 +258,33 @@ def bad_input():
     messages["too_large_async"] = expect_error(
         "RequestTooLargeException", 413, lam.invoke, FunctionName="exists", Payload=big_async, InvocationType="Event"
     )
+    # Malformed JSON, which no SDK sends: signed by botocore's own signer.
+    status, headers, body = signed_raw("POST", "/2015-03-31/functions", b'{"FunctionName": "half"')
+    assert status == 400 and headers.get("x-amzn-errortype") == "InvalidRequestContentException", (status, body)
+    messages["malformed"] = json.loads(body)["message"]
     names = [f["FunctionName"] for f in lam.list_functions()["Functions"]]
     assert names == ["exists"], "a refused request changes nothing: %s" % names
     print(json.dumps(messages))
+
+
+def signed_raw(method, path, body):
+    """Sends `body` as is, signed with botocore's SigV4 signer."""
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method=method, url=URL + path, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials("admin", KEY), "lambda", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    raw = urllib.request.Request(prepared.url, data=body, headers=dict(prepared.headers), method=method)
+    try:
+        with urllib.request.urlopen(raw) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def auth():

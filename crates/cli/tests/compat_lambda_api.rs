@@ -108,6 +108,7 @@ fn boto3_bad_input_gets_lambda_errors_and_changes_nothing() {
     says("name", "bad/name");
     says("too_large", "6291456");
     says("too_large_async", "262144");
+    says("malformed", "json");
     let listed = flick.get("/v1/functions").json()["functions"].clone();
     assert_eq!(listed.as_array().unwrap().len(), 1, "only the one good function: {listed}");
 }

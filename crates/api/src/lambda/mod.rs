@@ -796,6 +796,7 @@ async fn invoke(
             inv.presentation = Presentation::Direct;
             inv.client_context = client_context;
             let identity = platform.lambda_identity();
+            let memory = route.revision.manifest.memory;
             let done =
                 platform.invoke(route, Caller::Admin, inv).await.map_err(|e| LambdaError::platform(e, identity))?;
             let (body, function_error) = match done.status {
@@ -822,7 +823,8 @@ async fn invoke(
                 h.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
             }
             if tail {
-                let log = log_tail(platform, &done.activation_id, &version).await;
+                let memory_mb = memory.div_ceil(1 << 20);
+                let log = log_tail(platform, &done.activation_id, &version, memory_mb).await;
                 if let Ok(v) = HeaderValue::try_from(BASE64.encode(log)) {
                     h.insert("x-amz-log-result", v);
                 }
@@ -889,7 +891,7 @@ fn error_payload(status: ActivationStatus, body: &[u8], id: &ActivationId) -> By
 
 /// The last 4 KB of an invocation's log, framed like Lambda's (START, the
 /// function's lines, END, REPORT), cut at a character boundary.
-async fn log_tail(platform: &Platform, id: &ActivationId, version: &str) -> String {
+async fn log_tail(platform: &Platform, id: &ActivationId, version: &str, memory_mb: u64) -> String {
     let mut text = format!("START RequestId: {} Version: {version}\n", id.as_str());
     match platform.activation(id.as_str()).await {
         Ok(record) => {
@@ -905,7 +907,7 @@ async fn log_tail(platform: &Platform, id: &ActivationId, version: &str) -> Stri
                 id.as_str(),
                 record.duration_ms,
                 record.duration_ms.ceil() as u64,
-                0
+                memory_mb
             ));
         }
         Err(e) => {
