@@ -37,38 +37,77 @@ fn attack_while_canary_answers(flick: &Flick, name: &str, body: &str) -> common:
     })
 }
 
-#[test]
-fn an_instance_is_unprivileged_filtered_and_alone() {
-    let flick = Flick::start();
-    flick.deploy_py(
-        "introspect",
-        "",
-        r#"
-import ctypes, os, socket
+/// What an instance sees of itself. A thread started at import shows that
+/// every task of the process is checked, not only the one that answers.
+const INTROSPECT: &str = r#"
+import ctypes, os, socket, threading, time
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+def status(path):
+    return dict((k, v.strip()) for k, v in (l.split(':', 1) for l in open(path).read().splitlines() if ':' in l))
+def attempt(call, *args):
+    try:
+        call(*args)
+        return 'allowed'
+    except OSError as e:
+        return e.errno
 def handler(event, context):
-    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)
+    me = status('/proc/self/status')
     libc = ctypes.CDLL(None, use_errno=True)
     mount = libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)
     mount_errno = ctypes.get_errno()
     unshare = libc.unshare(0x10000000)  # CLONE_NEWUSER
     unshare_errno = ctypes.get_errno()
+    tasks = {t: status('/proc/self/task/%s/status' % t) for t in os.listdir('/proc/self/task')}
     return {
         'uid': os.getuid(), 'gid': os.getgid(), 'pid': os.getpid(),
-        'cap_eff': status['CapEff'].strip(), 'cap_bnd': status['CapBnd'].strip(),
-        'no_new_privs': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(),
+        'no_new_privs': me['NoNewPrivs'], 'seccomp': me['Seccomp'],
+        'tasks': {t: {k: s[k] for k in ('Uid', 'Gid', 'CapInh', 'CapPrm', 'CapEff', 'CapAmb', 'CapBnd')} for t, s in tasks.items()},
+        'setuid_root': attempt(os.setuid, 0), 'setgid_root': attempt(os.setgid, 0),
+        'setresuid_other': attempt(os.setresuid, *[event.get('other') or os.getuid() + 1] * 3),
+        'shadow': attempt(open, '/etc/shadow', 'rb'),
+        'securebits': libc.prctl(27, 0, 0, 0, 0),  # PR_GET_SECUREBITS
         'hostname': socket.gethostname(), 'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit()),
         'mount': [mount, mount_errno], 'unshare': [unshare, unshare_errno],
         'root': sorted(os.listdir('/')), 'cwd': os.getcwd(),
     }
-"#,
-    );
-    let r = flick.invoke("introspect", "{}");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
+"#;
+
+const EPERM: i64 = 1;
+
+/// Every task of the instance: no id is 0 and no capability is held, as
+/// the kernel reports it (`/proc/<pid>/task/<tid>/status`).
+fn assert_no_task_is_privileged(v: &serde_json::Value, sets: &[&str]) {
+    let tasks = v["tasks"].as_object().unwrap();
+    assert!(!tasks.is_empty(), "{v}");
+    for (tid, task) in tasks {
+        for ids in ["Uid", "Gid"] {
+            let ids: Vec<&str> = task[ids].as_str().unwrap().split_whitespace().collect();
+            assert_eq!(ids.len(), 4, "{task}");
+            assert!(!ids.contains(&"0"), "task {tid} has a root id: {task}");
+        }
+        for set in sets {
+            assert_eq!(task[set], "0000000000000000", "task {tid} holds {set}: {task}");
+        }
+    }
+}
+
+fn assert_unprivileged_filtered_and_alone(v: &serde_json::Value) {
     assert_ne!(v["uid"], 0, "runs as root: {v}");
     assert_ne!(v["gid"], 0);
-    assert_eq!(v["cap_eff"], "0000000000000000");
-    assert_eq!(v["cap_bnd"], "0000000000000000");
+    assert_no_task_is_privileged(v, &["CapInh", "CapPrm", "CapEff", "CapAmb", "CapBnd"]);
+    assert!(v["tasks"].as_object().unwrap().len() >= 2, "the import's thread is among the tasks: {v}");
+    assert_eq!(v["setuid_root"], EPERM, "{v}");
+    assert_eq!(v["setgid_root"], EPERM, "{v}");
+    assert_eq!(v["setresuid_other"], EPERM, "{v}");
+    assert_ne!(v["shadow"], "allowed", "/etc/shadow is readable: {v}");
+    // Locked: uid 0 would gain nothing at exec (NOROOT), and a uid change
+    // always clears the capability sets (no NO_SETUID_FIXUP, no KEEP_CAPS).
+    let bits = v["securebits"].as_i64().unwrap();
+    let (noroot, no_fixup, keep_caps) = (1, 1 << 2, 1 << 4);
+    assert_eq!(bits & (noroot | no_fixup | keep_caps), noroot, "securebits {bits:#x}");
+    for locked in [noroot, no_fixup, keep_caps] {
+        assert_ne!(bits & (locked << 1), 0, "securebit {locked:#x} is not locked: {bits:#x}");
+    }
     assert_eq!(v["no_new_privs"], "1");
     assert_eq!(v["seccomp"], "2");
     assert_eq!(v["hostname"], "flick");
@@ -81,6 +120,92 @@ def handler(event, context):
     for hidden in ["home", "srv", "work", "mnt", "boot", "sys"] {
         assert!(!root.contains(&hidden), "/{hidden} is visible: {root:?}");
     }
+}
+
+/// Invokes `name` and checks whether its instance came from a stem cell.
+fn invoke_from(flick: &Flick, name: &str, prewarmed: bool) -> serde_json::Value {
+    let r = flick.invoke(name, "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(flick.activation(&r.activation_id())["prewarmed"], prewarmed, "{name}");
+    r.json()
+}
+
+/// Both ways an instance starts, each forced: a cold start drops
+/// everything in the sandbox before exec; a stem cell (uid 0 with
+/// CAP_SETUID/CAP_SETGID until specialised) drops it in its bootstrap.
+#[test]
+fn an_instance_is_unprivileged_filtered_and_alone() {
+    let cold = Flick::start_with(&[], Some("stem_cells = 0\n"));
+    cold.deploy_py("introspect", "", INTROSPECT);
+    assert_unprivileged_filtered_and_alone(&invoke_from(&cold, "introspect", false));
+
+    let warm = Flick::start();
+    assert!(warm.wait_until(Duration::from_secs(20), || stem_cells(&warm, "python3/none") >= 1), "a python stem");
+    warm.deploy_py("introspect", "", INTROSPECT);
+    assert_unprivileged_filtered_and_alone(&invoke_from(&warm, "introspect", true));
+}
+
+/// Node's stem has V8's and libuv's threads running when it switches uid:
+/// every one of them must have left root and hold nothing. (Node cannot
+/// empty its inheritable set; the bounding set is empty, which is what
+/// would let anything grow from it at exec.)
+#[test]
+fn every_thread_of_a_specialised_node_stem_is_unprivileged() {
+    let flick = Flick::start();
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "a node stem");
+    flick.deploy_files(
+        "threads",
+        &[
+            ("flick.toml", &manifest("threads", "node", "index.handler", "")),
+            (
+                "index.js",
+                r#"
+const fs = require('fs');
+function status(path) {
+  const out = {};
+  for (const line of fs.readFileSync(path, 'utf8').split('\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trim();
+  }
+  return out;
+}
+function attempt(f) { try { f(); return 'allowed'; } catch (e) { return e.code; } }
+exports.handler = async () => {
+  const tasks = {};
+  for (const t of fs.readdirSync('/proc/self/task')) tasks[t] = status(`/proc/self/task/${t}/status`);
+  return {
+    uid: process.getuid(), tasks,
+    setuid_root: attempt(() => process.setuid(0)), setgid_root: attempt(() => process.setgid(0)),
+  };
+};
+"#,
+            ),
+        ],
+    );
+    let v = invoke_from(&flick, "threads", true);
+    assert!(v["tasks"].as_object().unwrap().len() > 1, "node runs threads: {v}");
+    assert_no_task_is_privileged(&v, &["CapPrm", "CapEff", "CapAmb", "CapBnd"]);
+    assert_eq!(v["setuid_root"], "EPERM", "{v}");
+    assert_eq!(v["setgid_root"], "EPERM", "{v}");
+}
+
+/// A function past the end of the uid range runs as the shared uid. Its
+/// stem cell must be told that uid too: it once kept uid 0 and
+/// CAP_SETUID/CAP_SETGID for good, and could become any function's uid.
+#[test]
+fn a_function_past_the_uid_range_never_keeps_a_stem_cells_root() {
+    let flick = Flick::start_with(&[], Some("uid_range = [300000, 300000]\n"));
+    flick.deploy_py("first", "", INTROSPECT);
+    flick.deploy_py("second", "", INTROSPECT);
+    let first = flick.invoke("first", "{}").json();
+    assert_eq!(first["uid"], 300000, "the range's only uid: {first}");
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "a python stem");
+    let second = invoke_from(&flick, "second", true);
+    assert_eq!(second["uid"], 65534, "the shared uid: {second}");
+    assert_unprivileged_filtered_and_alone(&second);
+    // What the stem's capabilities were for: becoming another function.
+    let r = flick.invoke("second", r#"{"other": 300000}"#);
+    assert_eq!(r.json()["setresuid_other"], EPERM, "{}", r.text());
 }
 
 #[test]

@@ -8,7 +8,10 @@
 // Started with FLICK_STEM=1 (and none of the function's variables) it is a
 // stem cell: it does the function-independent work up front, sends
 // {"type":"stem_ready"}, then waits for {"type":"specialise","env":{...}},
-// takes on that environment and code directory, and starts as above.
+// takes on that environment and code directory, and starts as above. With
+// FLICK_STEM=setuid (a sandboxed stem, uid 0 with CAP_SETUID/CAP_SETGID) the
+// specialise frame must also carry a uid and gid: it switches to them and
+// checks that no thread kept a capability before any function code runs.
 //
 // Built-in modules only, and it must keep working on Node 18.
 'use strict';
@@ -639,6 +642,28 @@ function prewarm() {
   fs.readFile(__filename, () => {});
 }
 
+// Throws unless every thread of this process (V8's and libuv's included) has
+// left uid and gid 0 (real, effective, saved and filesystem ids) and holds no
+// capability, as the kernel reports it. The inheritable set is not checked:
+// Node cannot call capset(2) to empty it, and with an empty bounding set,
+// no_new_privs and nosuid mounts nothing can ever grow from it.
+function unprivilegedOrFail() {
+  for (const task of fs.readdirSync('/proc/self/task')) {
+    const status = {};
+    for (const line of fs.readFileSync(`/proc/self/task/${task}/status`, 'latin1').split('\n')) {
+      const colon = line.indexOf(':');
+      if (colon > 0) status[line.slice(0, colon)] = line.slice(colon + 1).trim();
+    }
+    for (const key of ['Uid', 'Gid']) {
+      const ids = (status[key] || '0').split(/\s+/);
+      if (ids.includes('0')) throw new Error(`thread ${task} still has ${key.toLowerCase()} ${ids.join(' ')}`);
+    }
+    for (const key of ['CapPrm', 'CapEff', 'CapAmb', 'CapBnd']) {
+      if (/[^0]/.test(status[key] || '0')) throw new Error(`thread ${task} still holds capabilities: ${key} ${status[key]}`);
+    }
+  }
+}
+
 function stemFrame(h) {
   if (h.type !== 'specialise') return; // From a newer flick; skip it.
   // Frames behind this one are for the function: they wait until it is ready.
@@ -648,9 +673,14 @@ function stemFrame(h) {
     if (h.uid !== undefined && h.uid !== null) {
       // The stem ran as uid 0 with CAP_SETUID/CAP_SETGID only; leaving
       // uid 0 clears those too, before any of the function's code runs.
+      // (glibc makes every thread of the process take the new ids.)
       process.setgroups([]);
       process.setgid(h.gid ?? h.uid);
       process.setuid(h.uid);
+      unprivilegedOrFail();
+    } else if (env.FLICK_STEM === 'setuid') {
+      // A sandboxed stem is still uid 0: it must never run a function so.
+      throw new Error('flick sent no uid to switch to');
     }
     const add = h.env;
     if (add !== null && add !== undefined) {

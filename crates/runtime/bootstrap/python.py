@@ -8,7 +8,10 @@
 # Started with FLICK_STEM=1 (and none of the function's variables) it is a
 # stem cell: it does the function-independent work up front, sends
 # {"type":"stem_ready"}, then waits for {"type":"specialise","env":{...}},
-# takes on that environment and code directory, and starts as above.
+# takes on that environment and code directory, and starts as above. With
+# FLICK_STEM=setuid (a sandboxed stem, uid 0 with CAP_SETUID/CAP_SETGID) the
+# specialise frame must also carry a uid and gid: it switches to them and
+# checks that no thread kept a capability before any function code runs.
 #
 # Standard library only, and it must keep working on Python 3.8.
 
@@ -680,6 +683,8 @@ _PREWARM = (
     "urllib.parse",
     "threading",
     "concurrent.futures.thread",
+    # For _empty_capabilities, on every specialise of a sandboxed stem.
+    "ctypes",
 )
 
 
@@ -691,10 +696,46 @@ def _prewarm():
             pass
 
 
+def _empty_capabilities():
+    """Empties this thread's capability sets with capset(2), which needs no
+    privilege to lower them. Leaving uid 0 cleared all but the inheritable
+    set, which only the process itself can empty. False without ctypes."""
+    try:
+        import ctypes
+    except ImportError:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    # _LINUX_CAPABILITY_VERSION_3, this thread; then two halves of
+    # (effective, permitted, inheritable), all zero.
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "capset: %s" % os.strerror(err))
+    return True
+
+
+def _unprivileged_or_fail(inheritable_too):
+    """Raises unless every thread of this process has left uid and gid 0
+    (real, effective, saved and filesystem ids) and holds no capability, as
+    the kernel reports it: the function's code must never run otherwise."""
+    sets = ("CapPrm", "CapEff", "CapAmb", "CapBnd") + (("CapInh",) if inheritable_too else ())
+    for task in os.listdir("/proc/self/task"):
+        with open("/proc/self/task/%s/status" % task) as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        for key in ("Uid", "Gid"):
+            if "0" in status[key].split():
+                raise PermissionError("thread %s still has %s %s" % (task, key.lower(), status[key].split()))
+        for key in sets:
+            if int(status.get(key, "0"), 16):
+                raise PermissionError("thread %s still holds capabilities: %s %s" % (task, key, status[key].strip()))
+
+
 def _stem_cell(channel):
     """Prewarms, sends stem_ready, waits to be told which function this
     process is, and becomes it: its environment, its code directory as cwd.
     The caller then starts as it would have with that environment."""
+    stem_mode = os.environ.get("FLICK_STEM")
     try:
         # By path: flick mounts the code over this directory later, and only a
         # fresh lookup of the path sees the mount (the old handle does not).
@@ -727,6 +768,10 @@ def _stem_cell(channel):
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
+            _unprivileged_or_fail(_empty_capabilities())
+        elif stem_mode == "setuid":
+            # A sandboxed stem is still uid 0: it must never run a function so.
+            raise PermissionError("flick sent no uid to switch to")
         env = h.get("env") or {}
         if not isinstance(env, dict):
             raise TypeError("env is a %s, not an object" % type(env).__name__)

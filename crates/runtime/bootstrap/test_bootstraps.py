@@ -197,9 +197,10 @@ class Instance(object):
         self.sock.settimeout(TIMEOUT)
         self.sock.sendall(data)
 
-    def specialise_frame(self, files, handler, code_dir=None, concurrency=1, name="stemfn", env=None):
+    def specialise_frame(self, files, handler, code_dir=None, concurrency=1, name="stemfn", env=None, uid=None):
         """Puts the function's code in code_dir (default: self.dir) and returns
-        the frame that tells a stem cell it is that function."""
+        the frame that tells a stem cell it is that function (and, with uid,
+        whom to become)."""
         code_dir = code_dir or self.dir
         os.makedirs(code_dir, exist_ok=True)
         write_files(code_dir, files)
@@ -214,7 +215,10 @@ class Instance(object):
         }
         fenv.update(env or {})
         fenv = {k: v for k, v in fenv.items() if v is not None}
-        return json.dumps({"type": "specialise", "env": fenv}).encode() + b"\n"
+        frame = {"type": "specialise", "env": fenv}
+        if uid is not None:
+            frame.update(uid=uid, gid=uid)
+        return json.dumps(frame).encode() + b"\n"
 
     def specialise(self, files, handler, **kw):
         self.send(self.specialise_frame(files, handler, **kw))
@@ -249,6 +253,10 @@ class Instance(object):
     def stderr_text(self):
         with self.cond:
             return b"".join(self.lines["stderr"]).decode("utf-8", "replace")
+
+    def stdout_text(self):
+        with self.cond:
+            return b"".join(self.lines["stdout"]).decode("utf-8", "replace")
 
     def wait_streams_closed(self):
         for t in self.readers:
@@ -1215,6 +1223,34 @@ class BootstrapContract(object):
             inst.specialise(files, handler, code_dir=code_dir, env=env)
             self.assert_ready(inst)
             self.check_stem_result(self.json_result(inst, "m", {}), code_dir)
+
+    def assert_specialise_refused(self, inst, why):
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertEqual(header["error"]["type"], "Runtime.InitError", header)
+        self.assertIn("Unable to specialise", header["error"]["message"])
+        self.assertRegex(header["error"]["message"], why)
+        self.assertEqual(inst.wait_exit(), 1)
+        inst.wait_streams_closed()
+        self.assertNotIn("loading the stem module", inst.stdout_text(), "the function's code ran")
+
+    def test_a_sandboxed_stem_never_runs_a_function_without_a_uid(self):
+        # FLICK_STEM=setuid: uid 0 with CAP_SETUID/CAP_SETGID, waiting for a uid.
+        inst = self.start(files={}, handler=None, stem=True, env={"FLICK_STEM": "setuid"})
+        self.assertEqual(inst.read_frame()[0], {"type": "stem_ready"}, inst.stderr_text())
+        files, handler = self.SOURCES["stem"]
+        inst.specialise(files, handler)
+        self.assert_specialise_refused(inst, "no uid")
+
+    def test_a_stem_that_keeps_any_privilege_never_runs_the_function(self):
+        # Outside a sandbox the switch cannot leave nothing behind: as root the
+        # bounding set is still full, as anyone else setresuid is refused.
+        inst = self.start(files={}, handler=None, stem=True, env={"FLICK_STEM": "setuid"})
+        self.assertEqual(inst.read_frame()[0], {"type": "stem_ready"}, inst.stderr_text())
+        files, handler = self.SOURCES["stem"]
+        inst.specialise(files, handler, uid=65534)
+        why = "CapBnd" if os.geteuid() == 0 else "(?i)not permitted|EPERM"
+        self.assert_specialise_refused(inst, why)
 
     def test_stem_cell_import_error_after_specialise(self):
         inst = self.start_stem()

@@ -188,7 +188,10 @@ impl Stem {
             // The bootstrap switches to the function's uid when specialised.
             identity: flick_sandbox::Identity::Deferred,
         };
-        let env = vec![("FLICK_STEM".to_string(), "1".to_string())];
+        // "setuid": the bootstrap must be given a uid to switch to, and must
+        // check that the switch left it without any capability.
+        let mode = if launcher.sandbox().is_isolated() { "setuid" } else { "1" };
+        let env = vec![("FLICK_STEM".to_string(), mode.to_string())];
         let mut booting = spawn_bootstrap(launcher, runtime, None, env, limits).await?;
         booting.first_frame("stem_ready", Instant::now() + Duration::from_secs(30)).await?;
         Ok(Self { booting })
@@ -216,6 +219,15 @@ impl Stem {
             process.kill();
             SpecialiseError::Unusable(format!("{what}: {e}"))
         };
+        // An isolated stem is uid 0 with CAP_SETUID/CAP_SETGID until its
+        // bootstrap switches to these; it refuses to run a function without
+        // them, and so does this side. Every identity names a uid, the
+        // shared one (a function past the end of the uid range) included.
+        let credentials = launcher.sandbox().credentials(launcher.limits(spec).identity);
+        if credentials.is_none() && launcher.sandbox().is_isolated() {
+            process.kill();
+            return Err(SpecialiseError::Unusable("no uid to give the stem cell".into()));
+        }
         launcher
             .sandbox()
             .attach_code(process.pid(), &spec.code_dir)
@@ -225,10 +237,9 @@ impl Stem {
         let env: serde_json::Map<String, serde_json::Value> =
             launcher.env(spec).into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
         let mut frame = serde_json::json!({ "type": "specialise", "env": env, "len": 0 });
-        if let flick_sandbox::Identity::Function(uid) = launcher.limits(spec).identity {
-            // The stem is uid 0 with CAP_SETUID/CAP_SETGID only, until this.
+        if let Some((uid, gid)) = credentials {
             frame["uid"] = uid.into();
-            frame["gid"] = uid.into();
+            frame["gid"] = gid.into();
         }
         let mut bytes = serde_json::to_vec(&frame).unwrap_or_default();
         bytes.push(b'\n');

@@ -387,8 +387,36 @@ fn build_root(k: &impl Kernel, plan: &Plan) -> Result<(), Error> {
     )
 }
 
+/// The securebits every instance runs under, locked so nothing in it can
+/// change them: uid 0 gains no capabilities at exec (a stem's two come from
+/// its ambient set instead), leaving uid 0 always clears the capability
+/// sets (`NO_SETUID_FIXUP` and `KEEP_CAPS` off, whatever flick inherited),
+/// and no capability can be raised into the ambient set after the stem's.
+const SECUREBITS: libc::c_ulong = {
+    const NOROOT: libc::c_ulong = 1 << 0;
+    const NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    NOROOT
+        | NOROOT_LOCKED
+        | NO_SETUID_FIXUP_LOCKED
+        | KEEP_CAPS_LOCKED
+        | NO_CAP_AMBIENT_RAISE
+        | NO_CAP_AMBIENT_RAISE_LOCKED
+};
+
 /// From root in the sandbox to the instance's identity, unprivileged and
 /// filtered, in the order the kernel requires.
+///
+/// A stem cell (`Deferred`) stays uid 0 and carries CAP_SETUID and
+/// CAP_SETGID through exec in its ambient (and so inheritable) set, with an
+/// empty bounding set: its bootstrap's setresuid clears the ambient,
+/// permitted and effective sets, and nothing at all is left that a later
+/// exec could grow from (the bounding set is empty; the inheritable set
+/// only meets file capabilities, which no_new_privs and the nosuid mounts
+/// ignore, and python's bootstrap empties it too).
 fn drop_privileges(
     k: &impl Kernel,
     identity: crate::Identity,
@@ -396,17 +424,23 @@ fn drop_privileges(
     shared_gid: u32,
     filters: &[Vec<libc::sock_filter>],
 ) -> Result<(), Error> {
-    let (uid, gid, keep_caps) = match identity {
+    let (uid, gid, keep) = match identity {
         crate::Identity::Shared => (shared_uid, shared_gid, 0u64),
         crate::Identity::Function(uid) => (uid, uid, 0),
-        // A stem cell's bootstrap takes on its function's uid itself when
-        // it is specialised: until then it stays uid 0 with only the two
-        // capabilities that allows (setresuid away from 0 clears them),
-        // and runs nothing but flick's bootstrap.
         crate::Identity::Deferred => (0, 0, 1 << CAP_SETUID | 1 << CAP_SETGID),
     };
-    // Drop every capability from the bounding set while we still may.
-    for cap in (0..=63u64).filter(|cap| keep_caps & (1 << cap) == 0) {
+    // Nothing of flick's own ambient or inheritable sets passes on; a stem's
+    // two go in (the inheritable set first: the ambient set must be within it,
+    // and it may only grow while the bounding set still has them).
+    k.clear_ambient()?;
+    k.set_inheritable(keep)?;
+    for cap in (0..64u64).filter(|cap| keep & (1 << cap) != 0) {
+        k.raise_ambient(cap)?;
+    }
+    // CAP_SETPCAP is still effective: lock the rules, then empty the
+    // bounding set while we still may.
+    k.set_securebits(SECUREBITS)?;
+    for cap in 0..64u64 {
         k.drop_bounding_cap(cap)?;
     }
     k.clear_groups()?;
@@ -414,6 +448,14 @@ fn drop_privileges(
         k.setresgid(gid)?;
         // Leaving uid 0 clears the permitted, effective and ambient sets.
         k.setresuid(uid)?;
+    }
+    // Check what the kernel did rather than trust the rules above: after
+    // exec this process holds `keep` and nothing else (uid 0 under NOROOT
+    // gets only its ambient set; any other uid must hold nothing already).
+    let held = k.held()?;
+    let left = if uid == 0 { 0 } else { held.effective | held.permitted };
+    if held.bounding != 0 || held.inheritable != keep || held.ambient != keep || left != 0 {
+        return Err(Error::other("capabilities survived the privilege drop"));
     }
     // Changing credentials clears the parent-death signal: arm it now, so
     // this process dies with the outer one (and that one with flick).
@@ -490,15 +532,52 @@ mod tests {
     }
 
     #[test]
-    fn a_stem_keeps_only_setuid_and_setgid_and_stays_uid_0() {
+    fn a_stem_keeps_only_setuid_and_setgid_in_its_ambient_set_and_stays_uid_0() {
         let k = Recorder::default();
         drop_privileges(&k, Identity::Deferred, 65534, 65534, &filters()).unwrap();
         let calls = k.calls();
-        let kept: Vec<u64> = (0..64).filter(|c| !calls.contains(&format!("capbset_drop {c}"))).collect();
-        assert_eq!(kept, vec![CAP_SETGID, CAP_SETUID], "{calls:?}");
+        let at = |c: &str| calls.iter().position(|x| x == c).unwrap_or_else(|| panic!("no {c}: {calls:?}"));
+        assert_eq!(calls.iter().filter(|c| c.starts_with("capbset_drop")).count(), 64, "an empty bounding set");
+        assert!(at("inheritable 0xc0") < at("ambient raise 6"), "ambient needs them inheritable first");
+        assert!(at("ambient raise 7") < at(&format!("securebits {SECUREBITS:#x}")), "no raise after the lock");
+        assert!(at("inheritable 0xc0") < at("capbset_drop 6"), "inheritable may only grow within the bounding set");
         assert!(!calls.iter().any(|c| c.starts_with("setresuid") || c.starts_with("setresgid")), "{calls:?}");
         assert!(calls.contains(&"no_new_privs".to_string()));
         assert!(calls.iter().any(|c| c.starts_with("seccomp")), "a stem is filtered like any instance");
+        let held = k.held.get();
+        assert_eq!((held.ambient, held.inheritable, held.bounding), (0xc0, 0xc0, 0));
+    }
+
+    #[test]
+    fn securebits_make_root_powerless_at_exec_and_leaving_it_always_clears() {
+        const NOROOT: libc::c_ulong = 1;
+        const NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+        const KEEP_CAPS: libc::c_ulong = 1 << 4;
+        assert_eq!(SECUREBITS & (NOROOT | NO_SETUID_FIXUP | KEEP_CAPS), NOROOT);
+        // Every bit this sets or leaves off is locked.
+        for bit in [0, 2, 4, 6] {
+            assert_ne!(SECUREBITS & (1 << (bit + 1)), 0, "bit {bit} is not locked");
+        }
+    }
+
+    #[test]
+    fn capabilities_that_survive_the_uid_change_fail_the_start() {
+        for identity in [Identity::Function(201_234), Identity::Shared] {
+            let k = Recorder { setuid_keeps_caps: true, ..Recorder::default() };
+            let err = drop_privileges(&k, identity, 65534, 65534, &filters()).unwrap_err();
+            assert!(err.to_string().contains("capabilities survived"), "{err}");
+            assert!(!k.calls().iter().any(|c| c.starts_with("seccomp")), "it never gets as far as exec");
+        }
+    }
+
+    #[test]
+    fn nothing_inheritable_or_ambient_passes_from_flick_to_a_function() {
+        let k = Recorder::default();
+        let mut h = k.held.get();
+        (h.inheritable, h.ambient) = (u64::MAX, u64::MAX);
+        k.held.set(h);
+        drop_privileges(&k, Identity::Function(201_234), 65534, 65534, &filters()).unwrap();
+        assert_eq!(k.held.get(), crate::kernel::Held::default(), "nothing left in any set");
     }
 
     #[test]

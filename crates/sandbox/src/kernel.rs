@@ -12,6 +12,17 @@ use std::io::Error;
 
 pub type Result = std::result::Result<(), Error>;
 
+/// The capability sets of the calling thread, one bit per capability
+/// (`1 << CAP_SETUID` …), as the kernel reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+    pub bounding: u64,
+}
+
 pub trait Kernel {
     fn mount(
         &self,
@@ -31,6 +42,14 @@ pub trait Kernel {
     fn pivot_here(&self) -> Result;
     /// `EINVAL` (a capability this kernel does not know) is success.
     fn drop_bounding_cap(&self, cap: u64) -> Result;
+    /// Sets the inheritable set to `caps`, the other sets unchanged (the
+    /// ambient set shrinks with it, as the kernel keeps it a subset).
+    fn set_inheritable(&self, caps: u64) -> Result;
+    fn clear_ambient(&self) -> Result;
+    fn raise_ambient(&self, cap: u64) -> Result;
+    fn set_securebits(&self, bits: libc::c_ulong) -> Result;
+    /// What this thread holds now.
+    fn held(&self) -> std::result::Result<Held, Error>;
     fn clear_groups(&self) -> Result;
     fn setresgid(&self, gid: u32) -> Result;
     fn setresuid(&self, uid: u32) -> Result;
@@ -49,6 +68,50 @@ fn ptr(s: Option<&CStr>) -> *const libc::c_char {
 
 /// The real kernel.
 pub struct Linux;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, as two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn capget() -> std::result::Result<[CapData; 2], Error> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: the header and two data blocks are what version 3 reads and writes.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } as libc::c_int)?;
+    Ok(data)
+}
+
+fn joined(low: u32, high: u32) -> u64 {
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// One prctl query per capability; `EINVAL` (beyond what this kernel
+/// knows) reads as not set.
+fn each_cap_set(query: impl Fn(u64) -> libc::c_int) -> std::result::Result<u64, Error> {
+    let mut set = 0;
+    for cap in 0..64 {
+        match query(cap) {
+            1 => set |= 1 << cap,
+            0 => {}
+            _ if Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => {}
+            _ => return Err(Error::last_os_error()),
+        }
+    }
+    Ok(set)
+}
 
 impl Kernel for Linux {
     fn mount(
@@ -113,6 +176,45 @@ impl Kernel for Linux {
         Ok(())
     }
 
+    fn set_inheritable(&self, caps: u64) -> Result {
+        let mut data = capget()?;
+        data[0].inheritable = caps as u32;
+        data[1].inheritable = (caps >> 32) as u32;
+        let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+        // SAFETY: as in `capget`; the kernel only reads the data here.
+        check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } as libc::c_int)
+    }
+
+    fn clear_ambient(&self) -> Result {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) })
+    }
+
+    fn raise_ambient(&self, cap: u64) -> Result {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) })
+    }
+
+    fn set_securebits(&self, bits: libc::c_ulong) -> Result {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) })
+    }
+
+    fn held(&self) -> std::result::Result<Held, Error> {
+        let [low, high] = capget()?;
+        // SAFETY (both closures): prctl queries with integer arguments.
+        let bounding = each_cap_set(|cap| unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) })?;
+        let ambient =
+            each_cap_set(|cap| unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, cap, 0, 0) })?;
+        Ok(Held {
+            effective: joined(low.effective, high.effective),
+            permitted: joined(low.permitted, high.permitted),
+            inheritable: joined(low.inheritable, high.inheritable),
+            ambient,
+            bounding,
+        })
+    }
+
     fn clear_groups(&self) -> Result {
         // SAFETY: an empty list.
         check(unsafe { libc::setgroups(0, std::ptr::null()) })
@@ -147,11 +249,24 @@ impl Kernel for Linux {
     }
 }
 
-/// Records calls instead of making them (tests only).
+/// Records calls instead of making them (tests only), and models the
+/// capability sets the way the kernel changes them, starting as root.
 #[cfg(test)]
-#[derive(Default)]
 pub struct Recorder {
     pub calls: std::cell::RefCell<Vec<String>>,
+    pub held: std::cell::Cell<Held>,
+    /// Pretend `SECBIT_NO_SETUID_FIXUP` is stuck on: leaving uid 0 keeps
+    /// every capability (what the child must catch).
+    pub setuid_keeps_caps: bool,
+}
+
+#[cfg(test)]
+impl Default for Recorder {
+    fn default() -> Self {
+        let all = u64::MAX;
+        let root = Held { effective: all, permitted: all, inheritable: 0, ambient: 0, bounding: all };
+        Self { calls: Default::default(), held: std::cell::Cell::new(root), setuid_keeps_caps: false }
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +310,35 @@ impl Kernel for Recorder {
         self.log("pivot_root".into())
     }
     fn drop_bounding_cap(&self, cap: u64) -> Result {
+        let mut h = self.held.get();
+        h.bounding &= !(1 << cap);
+        self.held.set(h);
         self.log(format!("capbset_drop {cap}"))
+    }
+    fn set_inheritable(&self, caps: u64) -> Result {
+        let mut h = self.held.get();
+        h.inheritable = caps;
+        h.ambient &= h.permitted & caps;
+        self.held.set(h);
+        self.log(format!("inheritable {caps:#x}"))
+    }
+    fn clear_ambient(&self) -> Result {
+        let mut h = self.held.get();
+        h.ambient = 0;
+        self.held.set(h);
+        self.log("ambient clear".into())
+    }
+    fn raise_ambient(&self, cap: u64) -> Result {
+        let mut h = self.held.get();
+        h.ambient |= 1 << cap;
+        self.held.set(h);
+        self.log(format!("ambient raise {cap}"))
+    }
+    fn set_securebits(&self, bits: libc::c_ulong) -> Result {
+        self.log(format!("securebits {bits:#x}"))
+    }
+    fn held(&self) -> std::result::Result<Held, Error> {
+        Ok(self.held.get())
     }
     fn clear_groups(&self) -> Result {
         self.log("setgroups []".into())
@@ -204,6 +347,11 @@ impl Kernel for Recorder {
         self.log(format!("setresgid {gid}"))
     }
     fn setresuid(&self, uid: u32) -> Result {
+        if uid != 0 && !self.setuid_keeps_caps {
+            let mut h = self.held.get();
+            (h.effective, h.permitted, h.ambient) = (0, 0, 0);
+            self.held.set(h);
+        }
         self.log(format!("setresuid {uid}"))
     }
     fn parent_death_signal(&self, signal: libc::c_int) -> Result {

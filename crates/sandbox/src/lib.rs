@@ -286,6 +286,19 @@ impl Sandbox {
         self.isolated.is_some()
     }
 
+    /// The uid and gid a process of `identity` runs as: what a stem cell's
+    /// bootstrap must switch to when it takes on a function of that
+    /// identity. `None` unisolated (processes keep flick's own user) and for
+    /// `Deferred`, which names no one.
+    pub fn credentials(&self, identity: Identity) -> Option<(u32, u32)> {
+        let iso = self.isolated.as_ref()?;
+        match identity {
+            Identity::Function(uid) => Some((uid, uid)),
+            Identity::Shared => Some((iso.config.uid, iso.config.gid)),
+            Identity::Deferred => None,
+        }
+    }
+
     /// Mounts `code_dir` into the stem cell whose outer process is `pid`
     /// (read-only at [`mounts::CODE`]). Unisolated, there is nothing to
     /// mount: the stem changes into the host directory itself.
