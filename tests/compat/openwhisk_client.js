@@ -292,6 +292,9 @@ async function main() {
     owError(await raw('GET', '/api/v1/web/_/default/hello-py.json'), 404, 'non-web action with the key');
     assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: '{"exec": {"kind": "python:3", "code": ' }), 400, 'malformed JSON'), /malformed/);
     assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'cobol:85', code: 'x' } }) }), 400, 'unknown kind'), /cobol:85/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3' } }) }), 400, 'no code'), /exec.code/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3', code: 'UEsDBA==', binary: true } }) }), 400, 'a broken zip'), /zip/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3', code: PY }, parameters: [{ key: 'x', value: null }] }) }), 400, 'a null parameter'), /`x`/);
     assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'blackbox', image: 'x/y' } }) }), 400, 'blackbox'), /blackbox/);
     assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'nodejs:20', code: 'x', main: 'a;process.exit()' } }) }), 400, 'bad main'), /exec.main/);
     assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/actions/Evil..', { body: JSON.stringify({ exec: { kind: 'python:3', code: PY } }) }), 400, 'bad name'), /Evil/);

@@ -230,6 +230,9 @@ impl Action {
             }
         }
         out.push_str(&format!("timeout = \"{}ms\"\n", l.timeout));
+        // One activation per invoke, as OpenWhisk runs them: a queued call
+        // that fails is not tried again.
+        out.push_str("retries = 0\n");
         if self.web {
             out.push_str("web = true\n");
         }
@@ -320,7 +323,7 @@ mod tests {
                 web: true,
             };
             let m = flick_core::Manifest::parse(&action.manifest().unwrap()).unwrap();
-            assert_eq!((m.timeout.as_millis(), m.memory, m.web), (60_000, 256 << 20, true));
+            assert_eq!((m.timeout.as_millis(), m.memory, m.web, m.retries), (60_000, 256 << 20, true, 0));
             assert_eq!(m.params, params);
             assert!(action.files().unwrap().iter().any(|f| f.path == META_FILE));
         }
