@@ -22,7 +22,7 @@ pub use aws::LambdaIdentity;
 pub use cloudevent::CloudEvent;
 pub use id::ActivationId;
 pub use invocation::{Cause, Invocation, Presentation};
-pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling};
+pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling, Shape};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};
 pub use trigger::{TriggerKind, TriggerSpec};

@@ -84,6 +84,63 @@ impl Network {
     }
 }
 
+/// How a python3/node handler is written: which platform's contract it
+/// follows. `auto` guesses from the handler (its parameters and name), as
+/// flick always has; the others say it outright, and are what the
+/// compatibility surfaces deploy with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Lambda for `(event, context)`, OpenWhisk for `main(params)`, OpenFaaS
+    /// for `handle(req)` (and the OpenFaaS templates' `handler.handle(event,
+    /// context)` / `module.exports = (event, context) =>`).
+    #[default]
+    Auto,
+    /// AWS Lambda: `handler(event, context)`. Called over HTTP it gets an
+    /// API Gateway HTTP API (payload 2.0) event.
+    Lambda,
+    /// Apache OpenWhisk: `main(params)`.
+    Openwhisk,
+    /// OpenFaaS templates: `handle(req)` (python3), `handle(event, context)`
+    /// (python3-http), `module.exports = async (event, context)` (node).
+    Openfaas,
+    /// Google Cloud Functions (python3): `fn(request)` with a Flask-like request.
+    Gcf,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 5] = [Self::Auto, Self::Lambda, Self::Openwhisk, Self::Openfaas, Self::Gcf];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Lambda => "lambda",
+            Self::Openwhisk => "openwhisk",
+            Self::Openfaas => "openfaas",
+            Self::Gcf => "gcf",
+        }
+    }
+
+    fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            format!("unknown shape `{s}` (expected \"auto\", \"lambda\", \"openwhisk\", \"openfaas\" or \"gcf\")")
+        })
+    }
+}
+
 /// `flick.toml` exactly as written. Unknown keys are an error, so a typo
 /// (`time_out = "5s"`) is reported instead of silently ignored.
 #[derive(Debug, Deserialize)]
@@ -92,6 +149,7 @@ struct RawManifest {
     name: String,
     runtime: String,
     handler: Option<String>,
+    shape: Option<String>,
     steps: Option<Vec<String>>,
     timeout: Option<String>,
     memory: Option<String>,
@@ -159,6 +217,10 @@ pub struct Manifest {
     pub name: FunctionName,
     pub runtime: RuntimeKind,
     pub handler: String,
+    /// The handler's contract (python3/node only; `auto` elsewhere).
+    /// Revisions stored before it existed read as `auto`.
+    #[serde(default, skip_serializing_if = "Shape::is_auto")]
+    pub shape: Shape,
     #[serde(with = "duration_text")]
     pub timeout: Duration,
     /// Bytes.
@@ -235,8 +297,9 @@ fn async_keys(
 pub const MAX_STEPS: usize = 50;
 
 /// Keys of `flick.toml` that describe instances, which a sequence has none of.
-const INSTANCE_KEYS: [&str; 10] = [
+const INSTANCE_KEYS: [&str; 11] = [
     "handler",
+    "shape",
     "memory",
     "concurrency",
     "min_instances",
@@ -290,6 +353,27 @@ impl Manifest {
             .trim()
             .to_string();
         check_handler(runtime, &handler).map_err(|e| invalid("handler", e))?;
+        let shape = match raw.shape.as_deref() {
+            None => Shape::Auto,
+            Some(text) => {
+                let shape: Shape = text.parse().map_err(|e| invalid("shape", e))?;
+                match (runtime, shape) {
+                    (RuntimeKind::Python3, _)
+                    | (RuntimeKind::Node, Shape::Auto | Shape::Lambda | Shape::Openwhisk | Shape::Openfaas) => shape,
+                    (RuntimeKind::Node, _) => {
+                        return Err(invalid("shape", format!("the `{shape}` shape is for python3 functions only")));
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "shape",
+                            format!(
+                                "has no meaning for runtime `{runtime}` (only python3 and node handlers have a shape)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
 
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
@@ -361,6 +445,7 @@ impl Manifest {
             name,
             runtime,
             handler,
+            shape,
             timeout,
             memory,
             concurrency,
@@ -392,6 +477,7 @@ impl Manifest {
     ) -> Result<Self, ManifestError> {
         let present = [
             raw.handler.is_some(),
+            raw.shape.is_some(),
             raw.memory.is_some(),
             raw.concurrency.is_some(),
             raw.min_instances.is_some(),
@@ -437,6 +523,7 @@ impl Manifest {
             name,
             runtime: RuntimeKind::Sequence,
             handler: String::new(),
+            shape: Shape::Auto,
             timeout,
             memory: Self::DEFAULT_MEMORY,
             concurrency: 1,
@@ -461,7 +548,11 @@ impl Manifest {
     pub fn to_toml(&self) -> String {
         let mut out = self.to_toml_base();
         // After the top-level keys, before any table.
-        let mut extra = format!("retries = {}\n", self.retries);
+        let mut extra = String::new();
+        if matches!(self.runtime, RuntimeKind::Python3 | RuntimeKind::Node) {
+            extra.push_str(&format!("shape = \"{}\"\n", self.shape));
+        }
+        extra.push_str(&format!("retries = {}\n", self.retries));
         if let Some(n) = self.max_queued {
             extra.push_str(&format!("max_queued = {n}\n"));
         }
@@ -902,6 +993,39 @@ mod tests {
         let mut json = serde_json::to_value(Manifest::parse(MINIMAL).unwrap()).unwrap();
         json.as_object_mut().unwrap().remove("retries");
         assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().retries, 2);
+    }
+
+    #[test]
+    fn shape_defaults_to_auto_is_checked_and_names_its_line() {
+        assert_eq!(Manifest::parse(MINIMAL).unwrap().shape, Shape::Auto);
+        for shape in Shape::ALL {
+            let m = Manifest::parse(&format!("{MINIMAL}shape = \"{shape}\"\n")).unwrap();
+            assert_eq!(m.shape, shape);
+            assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        }
+        let node = "name = \"n\"\nruntime = \"node\"\nhandler = \"index.handler\"\n";
+        assert_eq!(Manifest::parse(&format!("{node}shape = \"openfaas\"\n")).unwrap().shape, Shape::Openfaas);
+        let exec = "name = \"e\"\nruntime = \"exec\"\nhandler = \"./run\"\n";
+        let seq = "name = \"s\"\nruntime = \"sequence\"\nsteps = [\"a\"]\n";
+        for (text, needle) in [
+            (format!("{MINIMAL}shape = \"aws\"\n"), "unknown shape `aws`"),
+            (format!("{MINIMAL}shape = \"Lambda\"\n"), "unknown shape"),
+            (format!("{node}shape = \"gcf\"\n"), "python3 functions only"),
+            (format!("{exec}shape = \"lambda\"\n"), "no meaning for runtime `exec`"),
+            (format!("{seq}shape = \"lambda\"\n"), "no meaning for a sequence"),
+        ] {
+            match Manifest::parse(&text) {
+                Err(e @ ManifestError::Invalid { line: Some(4), .. }) => {
+                    let shown = e.to_string();
+                    assert!(shown.contains("line 4: `shape`") && shown.contains(needle), "{shown}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Revisions stored before the key existed read as auto; auto is not stored.
+        let json = serde_json::to_value(Manifest::parse(MINIMAL).unwrap()).unwrap();
+        assert!(json.get("shape").is_none());
+        assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().shape, Shape::Auto);
     }
 
     #[test]

@@ -31,6 +31,7 @@ let NAME = '';
 let REVISION = '';
 let MEMORY = '';
 let ARN = '';
+let SHAPE = 'auto';
 let LOG_GROUP = '';
 let LOG_STREAM = '';
 // With concurrency 1 a stray rejection or exception can only belong to the
@@ -46,6 +47,7 @@ function configure() {
   REVISION = env.FLICK_FUNCTION_REVISION || '';
   MEMORY = env.FLICK_MEMORY_MB || '';
   // FLICK_FUNCTION_ARN carries the region and account flick is configured with.
+  SHAPE = env.FLICK_SHAPE || 'auto';
   ARN = env.FLICK_FUNCTION_ARN || 'arn:aws:lambda:local:000000000000:function:' + NAME;
   LOG_GROUP = '/aws/lambda/' + NAME;
   LOG_STREAM = `${new Date().toISOString().slice(0, 10).replace(/-/g, '/')}/[${REVISION}]${require('crypto')
@@ -257,6 +259,246 @@ function openwhiskResponse(v) {
   return jsonResponse(v);
 }
 
+// --- API Gateway events ------------------------------------------------------
+
+// An API Gateway HTTP API (payload format 2.0) event for the request.
+function apigwEvent(h, body) {
+  const headers = {};
+  const cookies = [];
+  for (const [k0, v] of Array.isArray(h.headers) ? h.headers : []) {
+    const k = String(k0).toLowerCase();
+    if (k === 'cookie') {
+      for (const c of String(v).split(';')) if (c.trim()) cookies.push(c.trim());
+    } else if (Object.prototype.hasOwnProperty.call(headers, k)) {
+      // As API Gateway: repeated headers are joined with commas.
+      headers[k] += ',' + v;
+    } else {
+      headers[k] = String(v);
+    }
+  }
+  const query = h.query || '';
+  const path = h.path || '/';
+  const event = { version: '2.0', routeKey: '$default', rawPath: h.raw_path || path, rawQueryString: query };
+  if (cookies.length) event.cookies = cookies;
+  event.headers = headers;
+  if (query) {
+    const params = {};
+    for (const [k, v] of new URLSearchParams(query)) {
+      params[k] = Object.prototype.hasOwnProperty.call(params, k) ? params[k] + ',' + v : v;
+    }
+    event.queryStringParameters = params;
+  }
+  const now = new Date();
+  const host = headers.host || 'localhost';
+  const arn = ARN.split(':');
+  const d = now.toUTCString().split(' '); // "Tue, 02 Dec 2026 10:54:09 GMT"
+  event.requestContext = {
+    accountId: arn[4] || '000000000000',
+    apiId: 'flick',
+    domainName: host,
+    domainPrefix: host.split('.')[0],
+    http: {
+      method: h.method || 'GET',
+      path,
+      protocol: 'HTTP/1.1',
+      // flick is not told the peer's address; a proxy's word, else loopback.
+      sourceIp: (headers['x-forwarded-for'] || '').split(',')[0].trim() || '127.0.0.1',
+      userAgent: headers['user-agent'] || '',
+    },
+    requestId: h.id,
+    routeKey: '$default',
+    stage: '$default',
+    time: `${d[1]}/${d[2]}/${d[3]}:${d[4]} +0000`,
+    timeEpoch: now.getTime(),
+  };
+  if (body.length) {
+    const text = new TextDecoder('utf-8', { fatal: true });
+    try {
+      event.body = text.decode(body);
+      event.isBase64Encoded = false;
+    } catch (_) {
+      event.body = body.toString('base64');
+      event.isBase64Encoded = true;
+    }
+  } else {
+    event.isBase64Encoded = false;
+  }
+  return event;
+}
+
+// --- the OpenFaaS node18/node20 templates -------------------------------------
+//
+// module.exports = async (event, context) => …, where the template's Express
+// app parsed the body and `context` builds the answer.
+
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// The body as the template's body-parser set-up leaves it: JSON parsed,
+// text/* as a string, a urlencoded form as an object, anything else `{}`; all
+// of it a Buffer with RAW_BODY=true.
+function openfaasBody(h, body) {
+  if (env.RAW_BODY === 'true') return body;
+  let ctype = '';
+  for (const [k, v] of Array.isArray(h.headers) ? h.headers : []) {
+    if (String(k).toLowerCase() === 'content-type') ctype = String(v);
+  }
+  // The template's default when the caller sends none.
+  const mime = (ctype || 'text/plain').split(';')[0].trim().toLowerCase();
+  if (mime.startsWith('text/')) return body.toString('utf8');
+  if (mime === 'application/json' || mime.endsWith('+json')) {
+    if (!body.length) return {};
+    try {
+      return JSON.parse(body.toString('utf8'));
+    } catch (e) {
+      throw new HttpError(400, `Bad Request: invalid JSON body: ${e.message}`);
+    }
+  }
+  if (mime === 'application/x-www-form-urlencoded') return queryObject(body.toString('utf8'));
+  return {};
+}
+
+// As Express's query parser: a repeated key is an array.
+function queryObject(text) {
+  const out = {};
+  for (const [k, v] of new URLSearchParams(text)) {
+    if (k === '__proto__') continue;
+    if (!Object.prototype.hasOwnProperty.call(out, k)) out[k] = v;
+    else if (Array.isArray(out[k])) out[k].push(v);
+    else out[k] = [out[k], v];
+  }
+  return out;
+}
+
+// As Node's http module shows them: lowercase names, repeats joined.
+function expressHeaders(h) {
+  const out = {};
+  for (const [k0, v] of Array.isArray(h.headers) ? h.headers : []) {
+    const k = String(k0).toLowerCase();
+    if (k === '__proto__') continue;
+    if (k === 'set-cookie') (out[k] = out[k] || []).push(String(v));
+    else out[k] = Object.prototype.hasOwnProperty.call(out, k) ? `${out[k]}, ${v}` : String(v);
+  }
+  return out;
+}
+
+class FunctionEvent {
+  constructor(h, body) {
+    this.body = body;
+    this.headers = expressHeaders(h);
+    this.method = h.method || 'GET';
+    this.query = queryObject(h.query || '');
+    this.path = h.path || '/';
+  }
+}
+
+class FunctionContext {
+  constructor(done) {
+    this.statusCode = 200;
+    this.headerValues = {};
+    this.cbCalled = 0;
+    this.done = done;
+  }
+
+  status(code) {
+    if (!code) return this.statusCode;
+    this.statusCode = code;
+    return this;
+  }
+
+  headers(value) {
+    if (!value) return this.headerValues;
+    this.headerValues = value;
+    return this;
+  }
+
+  succeed(value) {
+    this.cbCalled++;
+    this.done(undefined, value);
+  }
+
+  fail(value) {
+    // As the template: a failure without a status of its own is a 500.
+    if (this.status() == 200) this.status(500);
+    this.cbCalled++;
+    this.done(value === undefined ? new Error('failed') : value);
+  }
+}
+
+// What Express's res.set(headers).status(status).send(body) answers.
+function expressAnswer(status, headerValues, body) {
+  const code = Number(status);
+  if (!Number.isInteger(code) || code < 100 || code > 599) {
+    throw new TypeError(`status ${JSON.stringify(status)} is not an HTTP status`);
+  }
+  const headers = [];
+  for (const k of Object.keys(headerValues || {})) pushHeader(headers, k.toLowerCase(), headerValues[k]);
+  let out, ctype;
+  if (body === undefined || body === null) {
+    out = EMPTY;
+  } else if (typeof body === 'string') {
+    out = Buffer.from(body);
+    ctype = 'text/html; charset=utf-8';
+  } else if (isBytes(body)) {
+    out = toBuffer(body);
+    ctype = 'application/octet-stream';
+  } else if (typeof body === 'object') {
+    out = Buffer.from(jsonText(body));
+    ctype = 'application/json; charset=utf-8';
+  } else {
+    out = Buffer.from(String(body));
+    ctype = 'text/html; charset=utf-8';
+  }
+  if (ctype && !headers.some((h) => h[0] === 'content-type')) headers.push(['content-type', ctype]);
+  return [code, headers, out];
+}
+
+// An answer made here, not by the handler's value: toResponse passes it on.
+const kAnswer = Symbol('answer');
+
+function openfaasCaller(fn) {
+  return (h, body) => {
+    let parsed;
+    try {
+      parsed = openfaasBody(h, body);
+    } catch (e) {
+      if (e instanceof HttpError) return { [kAnswer]: expressAnswer(e.status, {}, e.message) };
+      throw e;
+    }
+    return new Promise((resolve, reject) => {
+      let context;
+      const done = (err, result) => {
+        if (err !== undefined && err !== null) {
+          // context.fail(value): the template's error answer, not a crash.
+          const text = typeof err.toString === 'function' ? err.toString() : String(err);
+          resolve({ [kAnswer]: expressAnswer(context.status(), {}, text) });
+          return;
+        }
+        // Objects and arrays go out as JSON text (which Express labels text/html).
+        const value = Array.isArray(result) || isPlainObject(result) ? JSON.stringify(result) : result;
+        try {
+          resolve({ [kAnswer]: expressAnswer(context.status(), context.headers(), value) });
+        } catch (e) {
+          reject(e);
+        }
+      };
+      context = new FunctionContext(done);
+      const r = fn(new FunctionEvent(h, parsed), context, done);
+      Promise.resolve(r).then((value) => {
+        if (!context.cbCalled) context.succeed(value);
+      }, reject);
+    });
+  };
+}
+
+function openfaasResponse(v) {
+  return v[kAnswer];
+}
+
 // --- calling the handler -----------------------------------------------------
 
 function parseEvent(body) {
@@ -268,6 +510,8 @@ function parseEvent(body) {
     return s;
   }
 }
+
+const bodyEvent = (h, body) => parseEvent(body);
 
 function headerObject(h) {
   return Object.fromEntries(Array.isArray(h.headers) ? h.headers : []);
@@ -314,8 +558,12 @@ class Context {
 // {presentation: [call, toResponse]}: how the handler is called and its value
 // read, for a request shown as HTTP and for one whose body is the event
 // itself (`direct`: Lambda's Invoke, OpenWhisk's action invoke).
-function makeCallers(fn, exportName) {
-  if (exportName === 'main') {
+function makeCallers(fn, shape) {
+  if (shape === 'openfaas') {
+    const call = openfaasCaller(fn);
+    return { http: [call, openfaasResponse], direct: [call, openfaasResponse] };
+  }
+  if (shape === 'openwhisk') {
     const call = (h, body) => {
       // fromEntries, not assignment: a "__proto__" key stays a plain key.
       const entries = [];
@@ -343,10 +591,10 @@ function makeCallers(fn, exportName) {
     const direct = (h, body) => fn(parseEvent(body));
     return { http: [call, openwhiskResponse], direct: [direct, jsonResponse] };
   }
-  const lambda = (direct) => {
+  const lambda = (direct, toEvent) => {
     if (fn.length >= 3) {
       return (h, body) => {
-        const event = parseEvent(body);
+        const event = toEvent(h, body);
         const context = new Context(h, direct);
         return new Promise((resolve, reject) => {
           const callback = (err, result) => {
@@ -363,11 +611,16 @@ function makeCallers(fn, exportName) {
         });
       };
     }
-    return (h, body) => fn(parseEvent(body), new Context(h, direct));
+    return (h, body) => fn(toEvent(h, body), new Context(h, direct));
   };
+  if (shape === 'lambda') {
+    // Declared a Lambda function: over HTTP it gets what API Gateway (HTTP
+    // API, payload 2.0) would give it.
+    return { http: [lambda(false, apigwEvent), lambdaResponse], direct: [lambda(true, bodyEvent), jsonResponse] };
+  }
   // Direct: the JSON of the return value is the answer, verbatim; an object
   // with a statusCode is an event's result like any other.
-  return { http: [lambda(false), lambdaResponse], direct: [lambda(true), jsonResponse] };
+  return { http: [lambda(false, bodyEvent), lambdaResponse], direct: [lambda(true, bodyEvent), jsonResponse] };
 }
 
 function isFile(p) {
@@ -436,13 +689,28 @@ async function loadHandler() {
   if (fn === undefined && mod && mod.default !== null && typeof mod.default === 'object') {
     fn = mod.default[exportName];
   }
+  // `module.exports = async (event, context) => …`: the module is the
+  // handler, as in OpenFaaS's node templates.
+  let whole = false;
+  if (fn === undefined && typeof mod === 'function') {
+    fn = mod;
+    whole = true;
+  } else if (fn === undefined && mod && typeof mod.default === 'function' && Object.keys(mod).length <= 2) {
+    fn = mod.default;
+    whole = true;
+  }
   if (fn === undefined) {
     throw new InitError('Runtime.HandlerNotFound', `${stem}.${exportName} is undefined or not exported`);
   }
   if (typeof fn !== 'function') {
     throw new InitError('Runtime.HandlerNotFound', `${stem}.${exportName} is not a function`);
   }
-  return makeCallers(fn, exportName);
+  let shape = SHAPE;
+  if (shape === 'auto') shape = exportName === 'main' ? 'openwhisk' : whole ? 'openfaas' : 'auto';
+  else if (!['lambda', 'openwhisk', 'openfaas'].includes(shape)) {
+    throw new InitError('Runtime.InitError', `Unknown handler shape '${shape}' (FLICK_SHAPE)`);
+  }
+  return makeCallers(fn, shape);
 }
 
 // --- serving -----------------------------------------------------------------

@@ -277,6 +277,570 @@ def _openfaas_response(value):
     return _json_response(value)
 
 
+
+# --- API Gateway events ------------------------------------------------------
+
+
+def _apigw_event(h, body):
+    """An API Gateway HTTP API (payload format 2.0) event for the request."""
+    headers = {}
+    cookies = []
+    for k, v in h.get("headers") or ():
+        k = k.lower()
+        if k == "cookie":
+            cookies.extend(c.strip() for c in v.split(";") if c.strip())
+        elif k in headers:
+            # As API Gateway: repeated headers are joined with commas.
+            headers[k] = headers[k] + "," + v
+        else:
+            headers[k] = v
+    query = h.get("query") or ""
+    path = h.get("path") or "/"
+    event = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": h.get("raw_path") or path,
+        "rawQueryString": query,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    event["headers"] = headers
+    if query:
+        from urllib.parse import parse_qsl
+
+        params = {}
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            params[k] = params[k] + "," + v if k in params else v
+        event["queryStringParameters"] = params
+    now = time.time()
+    host = headers.get("host", "localhost")
+    arn = os.environ.get("FLICK_FUNCTION_ARN", "").split(":")
+    event["requestContext"] = {
+        "accountId": arn[4] if len(arn) > 4 and arn[4] else "000000000000",
+        "apiId": "flick",
+        "domainName": host,
+        "domainPrefix": host.split(".", 1)[0],
+        "http": {
+            "method": h.get("method") or "GET",
+            "path": path,
+            "protocol": "HTTP/1.1",
+            # flick is not told the peer's address; a proxy's word, else loopback.
+            "sourceIp": headers.get("x-forwarded-for", "").split(",")[0].strip() or "127.0.0.1",
+            "userAgent": headers.get("user-agent", ""),
+        },
+        "requestId": h.get("id"),
+        "routeKey": "$default",
+        "stage": "$default",
+        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+        "timeEpoch": int(now * 1000),
+    }
+    if body:
+        try:
+            event["body"] = body.decode("utf-8")
+            event["isBase64Encoded"] = False
+        except UnicodeDecodeError:
+            import base64
+
+            event["body"] = base64.b64encode(body).decode("ascii")
+            event["isBase64Encoded"] = True
+    else:
+        event["isBase64Encoded"] = False
+    return event
+
+
+# --- a Flask-like request (GCF, OpenFaaS python3-http) ------------------------
+#
+# What functions-framework and the OpenFaaS template hand a handler is Flask's
+# request. Flask itself costs tens of milliseconds to import, so this is the
+# part of it handlers use, built from the frame.
+
+
+class HTTPException(Exception):
+    """An error with an HTTP status, answered as Flask would (werkzeug's
+    BadRequest, UnsupportedMediaType)."""
+
+    code = 500
+    name = "Internal Server Error"
+
+    def __init__(self, description=None):
+        Exception.__init__(self, description or self.name)
+        self.description = description or self.name
+
+
+class BadRequest(HTTPException):
+    code = 400
+    name = "Bad Request"
+
+
+class BadRequestKeyError(BadRequest, KeyError):
+    def __init__(self, key):
+        BadRequest.__init__(self, "The browser (or proxy) sent a request that this server could not understand.")
+        self.key = key
+
+
+class UnsupportedMediaType(HTTPException):
+    code = 415
+    name = "Unsupported Media Type"
+
+
+class MultiDict(dict):
+    """werkzeug's MultiDict: a dict of each key's first value that also keeps
+    every value (`getlist`)."""
+
+    def __init__(self, pairs=()):
+        dict.__init__(self)
+        self._lists = {}
+        for k, v in pairs:
+            if k in self._lists:
+                self._lists[k].append(v)
+            else:
+                self._lists[k] = [v]
+                dict.__setitem__(self, k, v)
+
+    def __getitem__(self, key):
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            raise BadRequestKeyError(key)
+
+    def get(self, key, default=None, type=None):
+        try:
+            value = dict.__getitem__(self, key)
+        except KeyError:
+            return default
+        if type is None:
+            return value
+        try:
+            return type(value)
+        except (ValueError, TypeError):
+            return default
+
+    def getlist(self, key, type=None):
+        values = self._lists.get(key, [])
+        if type is None:
+            return list(values)
+        out = []
+        for v in values:
+            try:
+                out.append(type(v))
+            except (ValueError, TypeError):
+                pass
+        return out
+
+    def items(self, multi=False):
+        if not multi:
+            return dict.items(self)
+        return [(k, v) for k, vs in self._lists.items() for v in vs]
+
+    def lists(self):
+        return [(k, list(vs)) for k, vs in self._lists.items()]
+
+    def to_dict(self, flat=True):
+        return dict(dict.items(self)) if flat else {k: list(vs) for k, vs in self._lists.items()}
+
+    def __repr__(self):
+        return "%s(%r)" % (type(self).__name__, self.items(multi=True))
+
+
+class ImmutableMultiDict(MultiDict):
+    pass
+
+
+class Headers(object):
+    """werkzeug's request headers: case-insensitive lookups, names shown
+    Title-Cased, iteration yields (name, value) pairs."""
+
+    def __init__(self, pairs):
+        self._list = [(str(k), str(v)) for k, v in pairs]
+
+    @staticmethod
+    def _title(name):
+        return "-".join(w[:1].upper() + w[1:] for w in name.split("-"))
+
+    def get(self, key, default=None, type=None):
+        key = key.lower()
+        for k, v in self._list:
+            if k.lower() == key:
+                if type is None:
+                    return v
+                try:
+                    return type(v)
+                except (ValueError, TypeError):
+                    return default
+        return default
+
+    def getlist(self, key, type=None):
+        key = key.lower()
+        out = []
+        for k, v in self._list:
+            if k.lower() == key:
+                if type is None:
+                    out.append(v)
+                else:
+                    try:
+                        out.append(type(v))
+                    except (ValueError, TypeError):
+                        pass
+        return out
+
+    get_all = getlist
+
+    def __getitem__(self, key):
+        value = self.get(key)
+        if value is None:
+            raise BadRequestKeyError(key)
+        return value
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def __iter__(self):
+        return iter(self.items())
+
+    def __len__(self):
+        return len(self._list)
+
+    def keys(self, lower=False):
+        return [k.lower() if lower else self._title(k) for k, _ in self._list]
+
+    def values(self):
+        return [v for _, v in self._list]
+
+    def items(self, lower=False):
+        return [(k.lower() if lower else self._title(k), v) for k, v in self._list]
+
+    def to_wsgi_list(self):
+        return self.items()
+
+    def __repr__(self):
+        return "Headers(%r)" % (self.items(),)
+
+
+class FileStorage(object):
+    """An uploaded file of a multipart form (`request.files`)."""
+
+    def __init__(self, data, filename, name, content_type):
+        import io
+
+        self.stream = io.BytesIO(data)
+        self.filename = filename
+        self.name = name
+        self.content_type = content_type
+        self.mimetype = (content_type or "").split(";")[0].strip().lower()
+
+    def read(self, *args):
+        return self.stream.read(*args)
+
+    def save(self, dst):
+        data = self.stream.getvalue()
+        if isinstance(dst, str):
+            with open(dst, "wb") as f:
+                f.write(data)
+        else:
+            dst.write(data)
+
+    def __repr__(self):
+        return "<FileStorage: %r (%r)>" % (self.filename, self.content_type)
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class _Request(object):
+    """The request as a Flask view sees it."""
+
+    def __init__(self, h, body):
+        from urllib.parse import parse_qsl
+
+        self.method = (h.get("method") or "GET").upper()
+        self.path = h.get("path") or "/"
+        query = h.get("query") or ""
+        self.query_string = query.encode("latin-1", "replace")
+        self.args = ImmutableMultiDict(parse_qsl(query, keep_blank_values=True))
+        self.headers = Headers(h.get("headers") or ())
+        self._body = body
+        self._form = None
+        self._files = None
+        self._json = _UNSET
+        self.content_type = self.headers.get("content-type")
+        ct = self.content_type or ""
+        self.mimetype = ct.split(";")[0].strip().lower()
+        self.mimetype_params = {}
+        for part in ct.split(";")[1:]:
+            k, _, v = part.partition("=")
+            if k.strip():
+                self.mimetype_params[k.strip().lower()] = v.strip().strip('"')
+        self.content_length = len(body)
+        self.content_encoding = self.headers.get("content-encoding")
+        self.scheme = "http"
+        self.host = self.headers.get("host", "localhost")
+        self.remote_addr = (self.headers.get("x-forwarded-for") or "").split(",")[0].strip() or "127.0.0.1"
+        self.access_route = [self.remote_addr]
+        self.user_agent = _UserAgent(self.headers.get("user-agent", ""))
+        self.host_url = "%s://%s/" % (self.scheme, self.host)
+        self.url_root = self.host_url
+        self.base_url = self.host_url.rstrip("/") + self.path
+        self.url = self.base_url + ("?" + query if query else "")
+        self.full_path = self.path + "?" + query
+        self.endpoint = None
+        self.view_args = {}
+        cookies = []
+        for header in self.headers.getlist("cookie"):
+            for c in header.split(";"):
+                k, eq, v = c.strip().partition("=")
+                if eq:
+                    cookies.append((k, v))
+        self.cookies = ImmutableMultiDict(cookies)
+        self.environ = {
+            "REQUEST_METHOD": self.method,
+            "PATH_INFO": self.path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": ct,
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": self.remote_addr,
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": self.scheme,
+        }
+        for k, v in self.headers.items(lower=True):
+            self.environ.setdefault("HTTP_" + k.upper().replace("-", "_"), v)
+
+    @property
+    def is_json(self):
+        mt = self.mimetype
+        return mt == "application/json" or (mt.startswith("application/") and mt.endswith("+json"))
+
+    def get_data(self, cache=True, as_text=False, parse_form_data=False):
+        data = self._body
+        if parse_form_data and self.mimetype in _FORM_TYPES:
+            self._parse_form()
+            data = b""
+        return data.decode("utf-8", "replace") if as_text else data
+
+    @property
+    def data(self):
+        # As werkzeug: a form's body is read as the form, not as data.
+        return self.get_data(parse_form_data=True)
+
+    def get_json(self, force=False, silent=False, cache=True):
+        if self._json is not _UNSET and cache:
+            return self._json
+        if not (force or self.is_json):
+            if silent:
+                return None
+            raise UnsupportedMediaType(
+                "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
+            )
+        try:
+            value = _loads(self._body)
+        except (ValueError, RecursionError) as e:
+            if silent:
+                return None
+            raise BadRequest("Failed to decode JSON object: %s" % e)
+        if cache:
+            self._json = value
+        return value
+
+    @property
+    def json(self):
+        return self.get_json()
+
+    def _parse_form(self):
+        if self._form is not None:
+            return
+        form, files = [], []
+        if self.mimetype == "application/x-www-form-urlencoded":
+            from urllib.parse import parse_qsl
+
+            form = parse_qsl(self._body.decode("utf-8", "replace"), keep_blank_values=True)
+        elif self.mimetype == "multipart/form-data" and self.mimetype_params.get("boundary"):
+            form, files = _multipart(self._body, self.content_type)
+        self._form = ImmutableMultiDict(form)
+        self._files = ImmutableMultiDict(files)
+
+    @property
+    def form(self):
+        self._parse_form()
+        return self._form
+
+    @property
+    def files(self):
+        self._parse_form()
+        return self._files
+
+    @property
+    def values(self):
+        # As werkzeug 2+: a GET's values are its query arguments alone.
+        pairs = list(self.args.items(multi=True))
+        if self.method != "GET":
+            pairs += self.form.items(multi=True)
+        return ImmutableMultiDict(pairs)
+
+    def __repr__(self):
+        return "<Request %r [%s]>" % (self.url, self.method)
+
+
+_UNSET = object()
+
+
+class _UserAgent(str):
+    """`request.user_agent`: the header's text (werkzeug's UserAgent prints as it)."""
+
+    @property
+    def string(self):
+        return str(self)
+
+
+def _multipart(body, content_type):
+    """(fields, files) of a multipart/form-data body, with the standard
+    library's MIME parser."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
+    fields, files = [], []
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        data = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files.append((name, FileStorage(data, filename, name, part.get("content-type"))))
+        else:
+            charset = part.get_content_charset() or "utf-8"
+            fields.append((name, data.decode(charset, "replace")))
+    return fields, files
+
+
+# --- Flask-style answers -----------------------------------------------------
+
+HTML_CT = "text/html; charset=utf-8"
+
+
+def _flask_json(value):
+    # Flask's jsonify outside debug mode: compact, sorted keys, a newline.
+    return (_dumps(value, separators=(",", ":"), sort_keys=True) + "\n").encode()
+
+
+def _flask_status(status):
+    if isinstance(status, int):
+        return status
+    text = str(status).strip()
+    code = text.split(" ", 1)[0]
+    if not code.isdigit():
+        raise TypeError("The status %r is not an HTTP status" % (status,))
+    return int(code)
+
+
+def _flask_headers(headers):
+    if headers is None:
+        return []
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [[str(k).lower(), _header_value(v)] for k, v in items]
+
+
+def _flask_response(value):
+    """A view's return value as Flask turns it into a response: str and bytes
+    (text/html), dict and list (JSON), a tuple (body, status[, headers]) or
+    (body, headers), a Response-like object, an iterable of chunks."""
+    status, headers = None, []
+    if isinstance(value, HTTPException):
+        text = "<!doctype html>\n<html lang=en>\n<title>%d %s</title>\n<h1>%s</h1>\n<p>%s</p>\n" % (
+            value.code,
+            value.name,
+            value.name,
+            value.description,
+        )
+        return value.code, [["content-type", HTML_CT]], text.encode()
+    if isinstance(value, tuple):
+        if len(value) == 3:
+            value, status, extra = value
+            headers = _flask_headers(extra)
+        elif len(value) == 2:
+            value, second = value
+            if isinstance(second, (dict, list, Headers)) or hasattr(second, "items"):
+                headers = _flask_headers(second)
+            else:
+                status = second
+        else:
+            raise TypeError(
+                "The view function did not return a valid response tuple. The tuple must have the form "
+                "(body, status, headers), (body, status), or (body, headers)."
+            )
+    if value is None:
+        raise TypeError(
+            "The view function did not return a valid response. The function either returned None or "
+            "ended without a return statement."
+        )
+    if isinstance(value, str):
+        code, base, out = 200, [["content-type", HTML_CT]], value.encode("utf-8", "surrogateescape")
+    elif isinstance(value, _BYTES):
+        code, base, out = 200, [["content-type", HTML_CT]], bytes(value)
+    elif isinstance(value, (dict, list)):
+        code, base, out = 200, JSON_CT, _flask_json(value)
+    elif hasattr(value, "status_code") and hasattr(value, "get_data"):
+        # A werkzeug/Flask Response the handler made itself.
+        code = int(value.status_code)
+        base = _flask_headers(value.headers)
+        out = value.get_data()
+    elif hasattr(value, "__iter__"):
+        chunks = [c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in value]
+        code, base, out = 200, [["content-type", HTML_CT]], b"".join(chunks)
+    else:
+        raise TypeError(
+            "The view function did not return a valid response. The return type must be a string, dict, "
+            "list, tuple with headers or status, Response instance, or WSGI callable, but it was a %s."
+            % type(value).__name__
+        )
+    if status is not None:
+        code = _flask_status(status)
+    if not 100 <= code <= 599:
+        raise ValueError("status %r is not an HTTP status" % (code,))
+    # As Flask's headers.update: the view's headers replace defaults of the same name.
+    names = set(k for k, _ in headers)
+    return code, [h for h in base if h[0] not in names] + headers, out
+
+
+class _OpenFaasEvent(object):
+    """The OpenFaaS python3-http template's `event`."""
+
+    __slots__ = ("body", "headers", "method", "query", "path")
+
+    def __init__(self, request):
+        self.body = request.get_data()
+        self.headers = request.headers
+        self.method = request.method
+        self.query = request.args
+        self.path = request.path
+
+
+class _OpenFaasContext(object):
+    """The OpenFaaS python3-http template's `context`."""
+
+    def __init__(self):
+        self.hostname = os.environ.get("HOSTNAME", "localhost")
+
+
+def _openfaas_http_response(value):
+    # As the template's format_response, then Flask.
+    if isinstance(value, HTTPException):
+        return _flask_response(value)
+    if value is None:
+        return _flask_response("")
+    if isinstance(value, dict):
+        status = value.get("statusCode", 200)
+        body = value.get("body", "")
+        if not isinstance(body, (dict, _BYTES)):
+            body = str(body)
+        headers = value.get("headers") or []
+        return _flask_response((body, status, headers))
+    return _flask_response(value)
+
+
 # --- calling the handler -----------------------------------------------------
 
 
@@ -400,7 +964,7 @@ def _http_info(h):
     }
 
 
-def _make_callers(fn, shape):
+def _make_callers(fn, shape, explicit=False):
     """{presentation: (call, to_response)}: how the handler is called and its
     value read, for a request shown as HTTP and for one whose body is the
     event itself (`direct`: Lambda's Invoke, OpenWhisk's action invoke).
@@ -409,8 +973,16 @@ def _make_callers(fn, shape):
     if shape == "lambda":
         Context = _make_context_class()
 
-        def call(h, body):
-            return fn(_parse_event(body), Context(h, _http_info(h)))
+        if explicit:
+            # Declared a Lambda function: over HTTP it gets what API Gateway
+            # (HTTP API, payload 2.0) would give it.
+            def call(h, body):
+                return fn(_apigw_event(h, body), Context(h, _http_info(h)))
+
+        else:
+
+            def call(h, body):
+                return fn(_parse_event(body), Context(h, _http_info(h)))
 
         def call_direct(h, body):
             return fn(_parse_event(body), Context(h, None))
@@ -418,6 +990,28 @@ def _make_callers(fn, shape):
         # Direct: the JSON of the return value is the answer, verbatim; a
         # dict with a statusCode is an event's result like any other.
         return {"http": (call, _lambda_response), "direct": (call_direct, _json_response)}
+
+    if shape == "gcf":
+        # Google Cloud Functions: fn(request), answered as Flask answers a view.
+        def call(h, body):
+            try:
+                return fn(_Request(h, body))
+            except HTTPException as e:
+                return e
+
+        return {"http": (call, _flask_response), "direct": (call, _flask_response)}
+
+    if shape == "openfaas-http":
+        # OpenFaaS python3-http template: handle(event, context).
+        ofcontext = _OpenFaasContext()
+
+        def call(h, body):
+            try:
+                return fn(_OpenFaasEvent(_Request(h, body)), ofcontext)
+            except HTTPException as e:
+                return e
+
+        return {"http": (call, _openfaas_http_response), "direct": (call, _openfaas_http_response)}
 
     if shape == "openwhisk":
         from urllib.parse import parse_qsl
@@ -514,13 +1108,24 @@ def _load_handler():
             "Runtime.HandlerNotFound", "Handler '%s' on module '%s' is not callable" % (fn_name, module_name)
         )
     count, is_coro = _signature(fn)
-    if count >= 2:
-        shape = "lambda"
-    elif count == 1:
-        shape = "openwhisk" if fn_name == "main" else "openfaas"
+    shape = os.environ.get("FLICK_SHAPE") or "auto"
+    if shape == "auto":
+        if count >= 2:
+            # handler.handle(event, context) is the OpenFaaS python3-http
+            # template's layout; any other two-parameter handler is Lambda's.
+            shape = "openfaas-http" if (module_name, fn_name) == ("handler", "handle") else "lambda"
+        elif count == 1:
+            shape = "openwhisk" if fn_name == "main" else "openfaas"
+        else:
+            shape = "bare"
+        explicit = False
+    elif shape in ("lambda", "openwhisk", "openfaas", "gcf"):
+        if shape == "openfaas" and count >= 2:
+            shape = "openfaas-http"
+        explicit = True
     else:
-        shape = "bare"
-    return fn, shape, is_coro
+        raise InitError("Runtime.InitError", "Unknown handler shape '%s' (FLICK_SHAPE)" % shape)
+    return fn, shape, explicit, is_coro
 
 
 # --- serving -----------------------------------------------------------------
@@ -580,10 +1185,10 @@ def _respond(rid, value, to_response):
     _send({"type": "result", "id": rid, "status": status, "headers": headers, "len": len(out)}, out)
 
 
-def _serve(channel, fn, shape, is_coro, concurrency):
+def _serve(channel, fn, shape, explicit, is_coro, concurrency):
     global _send_lock, _start_lock
 
-    callers = _make_callers(fn, shape)
+    callers = _make_callers(fn, shape, explicit)
     # A presentation this bootstrap does not know (a newer flick) is shown as HTTP.
     http_caller = callers["http"]
     if concurrency > 1:
@@ -821,7 +1426,7 @@ def main():
         concurrency = 1
 
     try:
-        fn, shape, is_coro = _load_handler()
+        fn, shape, explicit, is_coro = _load_handler()
     except InitError as e:
         if e.cause is not None:
             text = _format_exception(e.cause)
@@ -836,7 +1441,7 @@ def main():
         except Exception:
             pass
     _send({"type": "ready"})
-    _serve(channel, fn, shape, is_coro, concurrency)
+    _serve(channel, fn, shape, explicit, is_coro, concurrency)
 
 
 if __name__ == "__main__":

@@ -1350,6 +1350,255 @@ class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
         self.assertEqual(json.loads(out), {"a": 1})
         self.assertIn(["content-type", "application/json"], header["headers"])
 
+    # --- explicit shapes (FLICK_SHAPE) ---
+
+    def test_explicit_lambda_over_http_gets_an_api_gateway_v2_event(self):
+        files = {
+            "main.py": """
+                def handler(event, context):
+                    if event.get("rawQueryString") == "answer=1":
+                        return {"statusCode": 418, "headers": {"x-a": "b"}, "body": "teapot", "cookies": ["c=1"]}
+                    return {"event": event}
+            """
+        }
+        inst = self.start_ready(files=files, handler="main.handler", env={"FLICK_SHAPE": "lambda"})
+        headers = [
+            ["content-type", "text/plain"],
+            ["x-rep", "1"],
+            ["x-rep", "2"],
+            ["cookie", "a=1; b=2"],
+            ["host", "fn.example.com"],
+            ["user-agent", "curl/8"],
+        ]
+        got = self.json_result(
+            inst, "gw", None, method="PUT", path="/a b", raw_path="/a%20b", query="x=1&x=2&y=", headers=headers
+        )["event"]
+        self.assertEqual(got["version"], "2.0")
+        self.assertEqual(got["routeKey"], "$default")
+        self.assertEqual(got["rawPath"], "/a%20b")
+        self.assertEqual(got["rawQueryString"], "x=1&x=2&y=")
+        self.assertEqual(got["queryStringParameters"], {"x": "1,2", "y": ""})
+        self.assertEqual(got["cookies"], ["a=1", "b=2"])
+        self.assertEqual(
+            got["headers"],
+            {"content-type": "text/plain", "x-rep": "1,2", "host": "fn.example.com", "user-agent": "curl/8"},
+        )
+        ctx = got["requestContext"]
+        self.assertEqual(ctx["http"]["method"], "PUT")
+        self.assertEqual(ctx["http"]["path"], "/a b")
+        self.assertEqual(ctx["http"]["userAgent"], "curl/8")
+        self.assertEqual(ctx["requestId"], "gw")
+        self.assertEqual((ctx["stage"], ctx["domainName"], ctx["domainPrefix"]), ("$default", "fn.example.com", "fn"))
+        self.assertIsInstance(ctx["timeEpoch"], int)
+        self.assertEqual(got["isBase64Encoded"], False)
+        self.assertNotIn("body", got)
+        # A UTF-8 body is text; any other is base64.
+        got = json.loads(self.result(inst, "utf8", "h\u00e9".encode(), headers=[])[1])["event"]
+        self.assertEqual((got["body"], got["isBase64Encoded"]), ("h\u00e9", False))
+        got = json.loads(self.result(inst, "bin", b"\x00\xff", headers=[])[1])["event"]
+        self.assertEqual((base64.b64decode(got["body"]), got["isBase64Encoded"]), (b"\x00\xff", True))
+        # The answer is mapped as API Gateway maps it.
+        header, out = self.result(inst, "ans", query="answer=1")
+        self.assertEqual((header["status"], out), (418, b"teapot"))
+        self.assertIn(["x-a", "b"], header["headers"])
+        self.assertIn(["set-cookie", "c=1"], header["headers"])
+        # Invoked directly, the body is the event and the answer verbatim.
+        got = self.json_result(inst, "d", {"rawQueryString": "answer=1"}, presentation="direct")
+        self.assertEqual(got["statusCode"], 418)
+
+    def test_explicit_shapes_override_the_guess(self):
+        files = {
+            "fns.py": """
+                def main(req):
+                    return {"got": req}
+
+                def handle(params):
+                    return {"got": params}
+            """
+        }
+        # `main` would be guessed OpenWhisk; declared OpenFaaS it gets the body text.
+        inst = self.start_ready(files=files, handler="fns.main", env={"FLICK_SHAPE": "openfaas"})
+        self.assertEqual(self.json_result(inst, "m", {"k": 1}), {"got": '{"k": 1}'})
+        # `handle` would be guessed OpenFaaS; declared OpenWhisk it gets params.
+        inst = self.start_ready(files=files, handler="fns.handle", env={"FLICK_SHAPE": "openwhisk"})
+        got = self.json_result(inst, "h", {"k": 1}, query="q=2")["got"]
+        self.assertEqual((got["k"], got["q"], got["__ow_method"]), (1, "2", "post"))
+
+    def test_an_unknown_shape_is_an_init_error(self):
+        inst = self.start(files={"main.py": "def handler(e, c):\n    return 1\n"}, handler="main.handler",
+                          env={"FLICK_SHAPE": "azure"})
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertIn("azure", header["error"]["message"])
+        self.assertEqual(inst.wait_exit(), 1)
+
+    GCF = {
+        "main.py": """
+            def hello_http(request):
+                case = request.args.get("case")
+                if case == "inspect":
+                    return {
+                        "method": request.method,
+                        "path": request.path,
+                        "args": request.args.to_dict(flat=False),
+                        "first": request.args.get("a"),
+                        "list": request.args.getlist("a"),
+                        "num": request.args.get("n", type=int),
+                        "bad_num": request.args.get("a", -1, type=int),
+                        "ct": request.headers.get("CONTENT-TYPE"),
+                        "has_x": "X-Thing" in request.headers,
+                        "x": request.headers["x-thing"],
+                        "header_names": sorted(dict(request.headers)),
+                        "json": request.get_json(silent=True),
+                        "data": request.get_data(as_text=True),
+                        "is_json": request.is_json,
+                        "cookies": request.cookies.to_dict(),
+                    }
+                if case == "form":
+                    return {
+                        "form": request.form.to_dict(flat=False),
+                        "data": request.data.decode(),
+                        "values": request.values.to_dict(flat=False),
+                    }
+                if case == "multipart":
+                    f = request.files["up"]
+                    return {"field": request.form["f"], "filename": f.filename, "content": f.read().decode()}
+                if case == "json_strict":
+                    return {"v": request.get_json()}
+                if case == "missing_key":
+                    return request.args["nope"]
+                if case == "text":
+                    return "hello"
+                if case == "bytes":
+                    return b"\\x00\\x01"
+                if case == "tuple3":
+                    return ("created", 201, {"X-Id": "7"})
+                if case == "tuple2h":
+                    return ({"ok": True}, {"X-A": "b"})
+                if case == "tuple2s":
+                    return ("gone", "410 GONE")
+                if case == "list":
+                    return [3, {"b": 1, "a": 2}]
+                if case == "xml":
+                    return ("<x/>", 200, [("Content-Type", "application/xml")])
+                if case == "none":
+                    return None
+        """
+    }
+
+    def test_gcf_request_object(self):
+        inst = self.start_ready(files=self.GCF, handler="main.hello_http", env={"FLICK_SHAPE": "gcf"})
+        headers = [["content-type", "application/json"], ["x-thing", "v"], ["cookie", "s=1; t=2"]]
+        got = self.json_result(
+            inst, "i", {"k": [1]}, query="case=inspect&a=1&a=2&n=5", path="/sub", headers=headers, method="PATCH"
+        )
+        self.assertEqual(got["method"], "PATCH")
+        self.assertEqual(got["path"], "/sub")
+        self.assertEqual(got["args"], {"case": ["inspect"], "a": ["1", "2"], "n": ["5"]})
+        self.assertEqual((got["first"], got["list"], got["num"], got["bad_num"]), ("1", ["1", "2"], 5, 1))
+        self.assertEqual((got["ct"], got["has_x"], got["x"]), ("application/json", True, "v"))
+        self.assertEqual(got["header_names"], ["Content-Type", "Cookie", "X-Thing"])
+        self.assertEqual((got["json"], got["data"], got["is_json"]), ({"k": [1]}, '{"k": [1]}', True))
+        self.assertEqual(got["cookies"], {"s": "1", "t": "2"})
+        # Not JSON: silent gives None.
+        got = self.json_result(inst, "nj", None, query="case=inspect", headers=[["x-thing", "w"]])
+        self.assertEqual((got["json"], got["is_json"], got["ct"]), (None, False, None))
+
+        form = [["content-type", "application/x-www-form-urlencoded"]]
+        header, out = self.result(inst, "f", b"a=1&a=2&b=x+y", query="case=form&q=3", headers=form)
+        self.assertEqual(
+            json.loads(out),
+            {"form": {"a": ["1", "2"], "b": ["x y"]}, "data": "", "values": {"case": ["form"], "q": ["3"], "a": ["1", "2"], "b": ["x y"]}},
+        )
+        body = (
+            b"--XX\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nfield value\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"up\"; filename=\"a.txt\"\r\n"
+            b"Content-Type: text/plain\r\n\r\nfile text\r\n--XX--\r\n"
+        )
+        mp = [["content-type", "multipart/form-data; boundary=XX"]]
+        header, out = self.result(inst, "mp", body, query="case=multipart", headers=mp)
+        self.assertEqual(json.loads(out), {"field": "field value", "filename": "a.txt", "content": "file text"})
+
+    def test_gcf_answers_as_flask(self):
+        inst = self.start_ready(files=self.GCF, handler="main.hello_http", env={"FLICK_SHAPE": "gcf"})
+        html = ["content-type", "text/html; charset=utf-8"]
+        cases = {
+            "text": (200, b"hello", html),
+            "bytes": (200, b"\x00\x01", html),
+            "tuple3": (201, b"created", ["x-id", "7"]),
+            "tuple2h": (200, b'{"ok":true}\n', ["x-a", "b"]),
+            "tuple2s": (410, b"gone", html),
+            "list": (200, b'[3,{"a":2,"b":1}]\n', ["content-type", "application/json"]),
+            "xml": (200, b"<x/>", ["content-type", "application/xml"]),
+        }
+        for case, (status, body, header_pair) in cases.items():
+            header, out = self.result(inst, case, query="case=" + case, headers=[])
+            self.assertEqual((header["status"], out), (status, body), case)
+            self.assertIn(header_pair, header["headers"], case)
+        header, out = self.result(inst, "xml2", query="case=xml", headers=[])
+        self.assertEqual([v for k, v in header["headers"] if k == "content-type"], ["application/xml"])
+        # Werkzeug's errors, as Flask renders them.
+        header, out = self.result(inst, "415", query="case=json_strict", headers=[["content-type", "text/plain"]])
+        self.assertEqual(header["status"], 415)
+        header, out = self.result(
+            inst, "400", b"{nope", query="case=json_strict", headers=[["content-type", "application/json"]]
+        )
+        self.assertEqual(header["status"], 400)
+        self.assertIn(b"Failed to decode JSON", out)
+        header, out = self.result(inst, "key", query="case=missing_key", headers=[])
+        self.assertEqual(header["status"], 400)
+        # Returning nothing is the handler's error, as in Flask.
+        header, _ = inst.call("none", query="case=none")
+        self.assertEqual(header["type"], "error")
+        self.assertEqual(header["error"]["type"], "Runtime.MarshalError")
+
+    def test_openfaas_python3_http_template(self):
+        files = {
+            "handler.py": """
+                def handle(event, context):
+                    case = event.query.get("case")
+                    if case == "inspect":
+                        return {
+                            "statusCode": 200,
+                            "body": {
+                                "body": event.body.decode(),
+                                "method": event.method,
+                                "path": event.path,
+                                "q": event.query.getlist("q"),
+                                "h": event.headers.get("X-Thing"),
+                                "host": context.hostname,
+                            },
+                        }
+                    if case == "made":
+                        return {"statusCode": 201, "body": "made", "headers": {"X-Id": "1"}}
+                    if case == "nobody":
+                        return {"statusCode": 204}
+                    if case == "str":
+                        return "plain"
+                    return None
+            """
+        }
+        # handler.handle(event, context) is OpenFaaS's layout: found without a shape.
+        for env in ({}, {"FLICK_SHAPE": "openfaas"}):
+            inst = self.start_ready(files=files, handler="handler.handle", env=env)
+            header, out = self.result(
+                inst, "i", b"raw body", method="PUT", path="/p", query="case=inspect&q=1&q=2", headers=[["x-thing", "t"]]
+            )
+            self.assertEqual(header["status"], 200)
+            self.assertEqual(
+                json.loads(out),
+                {"body": "raw body", "method": "PUT", "path": "/p", "q": ["1", "2"], "h": "t", "host": "localhost"},
+            )
+            header, out = self.result(inst, "m", query="case=made", headers=[])
+            self.assertEqual((header["status"], out), (201, b"made"))
+            self.assertIn(["x-id", "1"], header["headers"])
+            header, out = self.result(inst, "n", query="case=nobody", headers=[])
+            self.assertEqual((header["status"], out), (204, b""))
+            header, out = self.result(inst, "s", query="case=str", headers=[])
+            self.assertEqual((header["status"], out), (200, b"plain"))
+            header, out = self.result(inst, "none", headers=[])
+            self.assertEqual((header["status"], out), (200, b""))
+
     def test_shapes_see_through_decorators_and_methods(self):
         files = {
             "main.py": """
@@ -1453,6 +1702,137 @@ class NodeBootstrapTest(BootstrapContract, unittest.TestCase):
     error_type = "TypeError"
     code_file = "index.js"
     import_trace_hint = "Cannot find module"
+
+    # --- explicit shapes (FLICK_SHAPE) ---
+
+    def test_explicit_lambda_over_http_gets_an_api_gateway_v2_event(self):
+        files = {
+            "index.js": """
+                exports.handler = async (event) => {
+                  if (event.rawQueryString === 'answer=1') return { statusCode: 418, body: 'teapot', cookies: ['c=1'] };
+                  return { event };
+                };
+            """
+        }
+        arn = "arn:aws:lambda:eu-west-1:123456789012:function:echo-fn"
+        inst = self.start_ready(files=files, handler="index.handler", env={"FLICK_SHAPE": "lambda", "FLICK_FUNCTION_ARN": arn})
+        headers = [["x-rep", "1"], ["x-rep", "2"], ["cookie", "a=1; b=2"], ["host", "fn.example.com"]]
+        got = self.json_result(inst, "gw", None, method="PUT", path="/a b", raw_path="/a%20b", query="x=1&x=2", headers=headers)
+        got = got["event"]
+        self.assertEqual((got["version"], got["routeKey"], got["rawPath"]), ("2.0", "$default", "/a%20b"))
+        self.assertEqual(got["queryStringParameters"], {"x": "1,2"})
+        self.assertEqual(got["cookies"], ["a=1", "b=2"])
+        self.assertEqual(got["headers"], {"x-rep": "1,2", "host": "fn.example.com"})
+        ctx = got["requestContext"]
+        self.assertEqual((ctx["http"]["method"], ctx["http"]["path"], ctx["accountId"]), ("PUT", "/a b", "123456789012"))
+        self.assertRegex(ctx["time"], r"^\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000$")
+        self.assertNotIn("body", got)
+        got = json.loads(self.result(inst, "bin", b"\x00\xff", headers=[])[1])["event"]
+        self.assertEqual((base64.b64decode(got["body"]), got["isBase64Encoded"]), (b"\x00\xff", True))
+        got = json.loads(self.result(inst, "utf8", "h\u00e9".encode(), headers=[])[1])["event"]
+        self.assertEqual((got["body"], got["isBase64Encoded"]), ("h\u00e9", False))
+        header, out = self.result(inst, "ans", query="answer=1")
+        self.assertEqual((header["status"], out), (418, b"teapot"))
+        self.assertIn(["set-cookie", "c=1"], header["headers"])
+        got = self.json_result(inst, "d", {"rawQueryString": "answer=1"}, presentation="direct")
+        self.assertEqual(got["statusCode"], 418)
+
+    def test_explicit_shapes_override_the_guess(self):
+        files = {"index.js": "exports.main = async (p) => ({ got: p });\nexports.handler = async (e) => ({ got: e });\n"}
+        # `main` would be guessed OpenWhisk; declared Lambda it gets the event.
+        inst = self.start_ready(files=files, handler="index.main", env={"FLICK_SHAPE": "lambda"})
+        got = self.json_result(inst, "m", {"k": 1}, query="q=1")["got"]
+        self.assertEqual(got["body"], '{"k": 1}')
+        # `handler` would be guessed Lambda; declared OpenWhisk it gets params.
+        inst = self.start_ready(files=files, handler="index.handler", env={"FLICK_SHAPE": "openwhisk"})
+        got = self.json_result(inst, "h", {"k": 1}, query="q=2")["got"]
+        self.assertEqual((got["k"], got["q"], got["__ow_method"]), (1, "2", "post"))
+
+    def test_an_unknown_shape_is_an_init_error(self):
+        inst = self.start(files={"index.js": "exports.handler = async () => 1;\n"}, handler="index.handler",
+                          env={"FLICK_SHAPE": "gcf"})
+        header, _ = inst.read_frame()
+        self.assertEqual(header["type"], "init_error", header)
+        self.assertIn("gcf", header["error"]["message"])
+        self.assertEqual(inst.wait_exit(), 1)
+
+    OPENFAAS = {
+        "handler.js": """
+            'use strict'
+            module.exports = async function (event, context, callback) {
+              switch (event.query.case) {
+                case 'inspect':
+                  return { body: event.body, headers: event.headers, method: event.method, query: event.query, path: event.path };
+                case 'status':
+                  return context.status(201).headers({ 'X-Id': '7' }).succeed({ made: true });
+                case 'text':
+                  return 'plain text';
+                case 'fail':
+                  context.fail('it broke');
+                  return;
+                case 'fail404':
+                  return context.status(404).fail(new Error('nothing here'));
+                case 'throw':
+                  throw new RangeError('thrown');
+                case 'buffer':
+                  return Buffer.from([0, 1, 2]);
+                case 'callback':
+                  callback(undefined, ['via', 'callback']);
+                  return new Promise(() => {});
+              }
+            };
+        """
+    }
+
+    def test_openfaas_node_template(self):
+        # module.exports is the handler: found without a shape, and with one.
+        for env in ({}, {"FLICK_SHAPE": "openfaas"}):
+            inst = self.start_ready(files=self.OPENFAAS, handler="handler.handle", env=env)
+            hs = [["content-type", "application/json"], ["x-a", "1"], ["x-a", "2"]]
+            header, out = self.result(
+                inst, "i", json.dumps({"k": [1]}), method="PUT", path="/p", query="case=inspect&q=1&q=2", headers=hs
+            )
+            self.assertEqual(header["status"], 200)
+            # The template sends objects as JSON text, which Express labels text/html.
+            self.assertIn(["content-type", "text/html; charset=utf-8"], header["headers"])
+            got = json.loads(out)
+            self.assertEqual(got["body"], {"k": [1]})
+            self.assertEqual(got["headers"], {"content-type": "application/json", "x-a": "1, 2"})
+            self.assertEqual((got["method"], got["path"]), ("PUT", "/p"))
+            self.assertEqual(got["query"], {"case": "inspect", "q": ["1", "2"]})
+            # Bodies as the template's body-parser leaves them.
+            got = json.loads(self.result(inst, "t", b"hi", query="case=inspect", headers=[])[1])
+            self.assertEqual(got["body"], "hi")
+            form = [["content-type", "application/x-www-form-urlencoded"]]
+            got = json.loads(self.result(inst, "f", b"a=1&b=2", query="case=inspect", headers=form)[1])
+            self.assertEqual(got["body"], {"a": "1", "b": "2"})
+            octet = [["content-type", "application/octet-stream"]]
+            got = json.loads(self.result(inst, "o", b"\x00", query="case=inspect", headers=octet)[1])
+            self.assertEqual(got["body"], {})
+            header, out = self.result(inst, "bad", b"{nope", query="case=inspect", headers=[["content-type", "application/json"]])
+            self.assertEqual(header["status"], 400)
+
+            header, out = self.result(inst, "s", query="case=status", headers=[])
+            self.assertEqual((header["status"], json.loads(out)), (201, {"made": True}))
+            self.assertIn(["x-id", "7"], header["headers"])
+            header, out = self.result(inst, "x", query="case=text", headers=[])
+            self.assertEqual((header["status"], out), (200, b"plain text"))
+            header, out = self.result(inst, "fl", query="case=fail", headers=[])
+            self.assertEqual((header["status"], out), (500, b"it broke"))
+            header, out = self.result(inst, "f4", query="case=fail404", headers=[])
+            self.assertEqual((header["status"], out), (404, b"Error: nothing here"))
+            header, out = self.result(inst, "b", query="case=buffer", headers=[])
+            self.assertEqual(out, b"\x00\x01\x02")
+            header, out = self.result(inst, "cb", query="case=callback", headers=[])
+            self.assertEqual(json.loads(out), ["via", "callback"])
+            # An exception is the function's error, as everywhere in flick.
+            header, _ = inst.call("th", query="case=throw", headers=[])
+            self.assertEqual((header["type"], header["error"]["type"]), ("error", "RangeError"))
+
+    def test_openfaas_raw_body(self):
+        inst = self.start_ready(files=self.OPENFAAS, handler="handler.handle", env={"RAW_BODY": "true"})
+        got = json.loads(self.result(inst, "r", b"\x00\x01", query="case=inspect")[1])
+        self.assertEqual(got["body"], {"type": "Buffer", "data": [0, 1]})
 
     def test_callback_style_handler(self):
         files = {

@@ -279,6 +279,8 @@ impl Launcher {
             ("FLICK_FUNCTION_NAME".into(), spec.function.clone()),
             ("FLICK_FUNCTION_REVISION".into(), spec.revision.to_string()),
             ("FLICK_HANDLER".into(), m.handler.clone()),
+            // The handler's contract; the bootstraps guess it only when `auto`.
+            ("FLICK_SHAPE".into(), m.shape.as_str().into()),
             ("FLICK_CODE_DIR".into(), code.clone()),
             ("FLICK_MEMORY_MB".into(), memory_mb.clone()),
             ("FLICK_CONCURRENCY".into(), m.concurrency.to_string()),

@@ -289,6 +289,7 @@ impl ProcessInstance {
             deadline_ms: req.deadline_ms,
             method: &req.method,
             path: &req.path,
+            raw_path: &req.raw_path,
             query: &req.query,
             headers: &req.headers,
             presentation: req.presentation.as_str(),

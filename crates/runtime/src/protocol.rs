@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! bootstrap → flick  {"type":"ready"}  |  {"type":"init_error","error":{…}}
-//! flick → bootstrap  {"type":"invoke","id":…,"deadline_ms":…,"method":…,"path":…,"query":…,"headers":[[k,v]…],
+//! flick → bootstrap  {"type":"invoke","id":…,"deadline_ms":…,"method":…,"path":…,"raw_path":…,"query":…,"headers":[[k,v]…],
 //!                     "presentation":"http"|"direct"[,"client_context":…],"len":N} + N bytes
 //! bootstrap → flick  {"type":"result","id":…,"status":200,"headers":[[k,v]…],"len":N} + N bytes
 //!                  | {"type":"error","id":…,"error":{"type":…,"message":…,"trace":[…]}}
@@ -27,6 +27,9 @@ pub struct InvokeHeader<'a> {
     pub deadline_ms: i64,
     pub method: &'a str,
     pub path: &'a str,
+    /// The path as the caller sent it, still percent-encoded (an API
+    /// Gateway event's `rawPath`).
+    pub raw_path: &'a str,
     pub query: &'a str,
     pub headers: &'a [(String, String)],
     /// `http`: the handler sees the request as HTTP; `direct`: the body is

@@ -170,6 +170,7 @@ proptest! {
                 deadline_ms: i64::MAX,
                 method: "POST",
                 path,
+                raw_path: path,
                 query: "",
                 headers,
                 presentation: "http",
