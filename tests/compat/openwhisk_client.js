@@ -267,6 +267,11 @@ async function main() {
     assert.equal(png.status, 200);
     assert.equal(png.headers.get('content-type'), 'image/png');
     assert.deepEqual([...png.buf], [137, 80, 78, 71, 0, 255]);
+    assert.equal(j.headers.get('access-control-allow-origin'), '*');
+    const pre = await raw('OPTIONS', '/api/v1/web/_/default/web.json', { auth: null, headers: { 'access-control-request-headers': 'x-custom' } });
+    assert.equal(pre.status, 200);
+    assert.equal(pre.headers.get('access-control-allow-headers'), 'x-custom');
+    assert.equal(pre.headers.get('x-openwhisk-activation-id'), null, 'a preflight runs nothing');
     // The key sent along never reaches the action.
     const withKey = await raw('POST', '/api/v1/web/_/default/web.http', { body: '{"name":"Gus"}', headers: { 'content-type': 'application/json' } });
     assert.equal(withKey.json.auth, false);

@@ -8,7 +8,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use flick_core::Cause;
@@ -72,6 +72,10 @@ pub(crate) async fn web(
     let name = function_name(name).map_err(|_| OwError::NotFound)?;
     let route = s.platform.route(&name).filter(|r| r.revision.manifest.web).ok_or(OwError::NotFound)?;
     let (parts, body) = req.into_parts();
+    // A browser's preflight is answered here, as OpenWhisk does, without a call.
+    if parts.method == Method::OPTIONS {
+        return Ok(preflight(&parts.headers));
+    }
     let body = crate::read_body(body, s.limits.max_body_bytes, &s.limits).await?;
 
     let mut params = Map::new();
@@ -125,7 +129,26 @@ pub(crate) async fn web(
         let body = json!({ "error": message, "code": id });
         return Ok(with_id((StatusCode::BAD_GATEWAY, axum::Json(body)).into_response(), &id));
     }
-    Ok(with_id(render(ext, o.result)?, &id))
+    let mut resp = render(ext, o.result)?;
+    // Web actions are public: any origin may read them, unless the action says otherwise.
+    resp.headers_mut().entry(header::ACCESS_CONTROL_ALLOW_ORIGIN).or_insert(HeaderValue::from_static("*"));
+    Ok(with_id(resp, &id))
+}
+
+/// OpenWhisk's default answer to a CORS preflight of a web action.
+fn preflight(headers: &axum::http::HeaderMap) -> Response {
+    let allow_headers = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned().unwrap_or(
+        HeaderValue::from_static("Authorization, Origin, X-Requested-With, Content-Type, Accept, User-Agent"),
+    );
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, GET, DELETE, POST, PUT, HEAD, PATCH"),
+    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    resp
 }
 
 /// The result as the HTTP answer the extension asks for.
