@@ -121,10 +121,13 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
             Idempotent::Replay(first) => return Ok(replay(&first)),
         },
     };
-    let status = StatusCode::from_u16(done.response.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut resp = (status, done.response.body).into_response();
+    // The native rendering of the outcome: the function's own answer, or
+    // flick's error body (the same the activation record keeps).
+    let answer = done.native_response();
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, answer.body).into_response();
     let h = resp.headers_mut();
-    copy_function_headers(h, &done.response.headers);
+    copy_function_headers(h, &answer.headers);
     if let Ok(v) = HeaderValue::try_from(done.activation_id.as_str()) {
         h.insert("x-flick-activation-id", v);
     }

@@ -466,8 +466,8 @@ impl Platform {
         // (events.rs) before the record is stored, with a note on it.
         if let Some(done) = &done
             && activation.status == ActivationStatus::Success
+            && let Some(r) = done.outcome.response()
         {
-            let r = &done.response;
             activation.logs.extend(self.route_reply(&item.invocation, r.status, &r.headers, &r.body).await);
         }
         if !self.record_stored(activation.clone()).await {
@@ -484,8 +484,9 @@ impl Platform {
         let id = item.id().clone();
         let (done, mut record) = self.run_sequence(route, item.invocation.clone(), Vec::new()).await;
         drop(slot);
-        if record.status == ActivationStatus::Success {
-            let r = &done.response;
+        if record.status == ActivationStatus::Success
+            && let Some(r) = done.outcome.response()
+        {
             record.logs.extend(self.route_reply(&item.invocation, r.status, &r.headers, &r.body).await);
         }
         if !self.record_stored(record.clone()).await {
@@ -552,7 +553,10 @@ impl Platform {
                 .unwrap_or_else(|_| reqwest::Client::new())
         });
         let (http_status, headers, body): (u16, Vec<(String, String)>, Vec<u8>) = match done {
-            Some(d) => (d.response.status, d.response.headers.clone(), d.response.body.to_vec()),
+            Some(d) => {
+                let r = d.native_response();
+                (r.status, r.headers, r.body.to_vec())
+            }
             None => (record.http_status, vec![], record.response.clone().into_bytes()),
         };
         let mut outcome = CallbackOutcome {

@@ -10,19 +10,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flick_core::{Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, Invocation, now_ms};
-use flick_runtime::{Captured, Failure, FunctionError, Request, Response, StartError};
+use flick_runtime::{Captured, Failure, Request, Response, StartError};
 use flick_scheduler::AcquireError;
 use tokio::time::Instant;
 
-use crate::{Platform, PlatformError, Route};
+use crate::{Outcome, Platform, PlatformError, Route};
 
-/// What the caller gets back, and the record it left.
+/// What the caller gets back, and the record it left. Each surface
+/// renders [`InvokeResponse::outcome`] in its own shapes.
 #[derive(Debug)]
 pub struct InvokeResponse {
     pub activation_id: ActivationId,
+    /// The function called (for a sequence, the sequence).
+    pub function: String,
     pub status: ActivationStatus,
     pub timing: Timing,
-    pub response: Response,
+    pub outcome: Outcome,
+}
+
+impl InvokeResponse {
+    /// The native surface's answer (also what the record stores).
+    pub fn native_response(&self) -> Response {
+        self.outcome.native_response(&self.function, &self.activation_id)
+    }
 }
 
 /// Where the time of one invocation went, in milliseconds (as recorded).
@@ -167,7 +177,7 @@ impl Platform {
                 // The caller's deadline ends its wait, not the invocation:
                 // that runs on (the instance may serve others) to its end
                 // or the function's own timeout, and records what it did.
-                Err(_) if call.give_up() => return Ok(caller_gave_up(&call)),
+                Err(_) if call.give_up() => return Ok(caller_gave_up(&call, &route.revision.function)),
                 Err(_) => task.await,
             },
         };
@@ -315,8 +325,8 @@ impl Platform {
         if !call.settle() {
             tracing::debug!(function = %route.revision.function, activation = %id, "answer after the caller's deadline: recorded only");
         }
-        let (status, response) = self.respond(&route, id, outcome);
-        Ok(self.finish(&route, &call, status, response, logs, record, &tries))
+        let (status, outcome) = self.outcome(&route, id, outcome);
+        Ok(self.finish(&route, &call, status, outcome, logs, record, &tries))
     }
 
     /// A call refused before it reached an instance: the error for its
@@ -347,14 +357,9 @@ impl Platform {
     ) -> (InvokeResponse, Activation) {
         // The timer that ends the caller's wait may not have fired yet.
         call.give_up();
-        let gave_up = call.gave_up().unwrap_or_else(|| call.started.elapsed());
-        let message = format!(
-            "the caller's deadline (X-Flick-Deadline) passed after {} ms while the call was waiting for an \
-             instance; it was abandoned and never ran",
-            gave_up.as_millis()
-        );
-        let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
-        self.finish(route, call, ActivationStatus::Timeout, response, Captured::default(), record, tries)
+        let waited = call.gave_up().unwrap_or_else(|| call.started.elapsed());
+        let outcome = Outcome::CallerGaveUp { waited, abandoned: true };
+        self.finish(route, call, ActivationStatus::Timeout, outcome, Captured::default(), record, tries)
     }
 
     /// The answer and the record of what an invocation did. If its caller
@@ -365,7 +370,7 @@ impl Platform {
         route: &Route,
         call: &Call,
         status: ActivationStatus,
-        response: Response,
+        outcome: Outcome,
         logs: Captured,
         record: Record,
         tries: &Tries,
@@ -373,6 +378,8 @@ impl Platform {
         let cap = self.config.response_capture_bytes;
         let gave_up = call.gave_up();
         let origin = &call.origin;
+        let function = &route.revision.function;
+        let response = outcome.native_body(function, &call.id);
         let activation = Activation {
             id: call.id.clone(),
             seq: 0,
@@ -389,9 +396,9 @@ impl Platform {
             prewarmed: record.prewarmed,
             status,
             // What the caller saw: its own 504 if it gave up first.
-            http_status: if gave_up.is_some() { 504 } else { response.status },
-            response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
-            response_truncated: response.body.len() > cap,
+            http_status: if gave_up.is_some() { 504 } else { outcome.native_status() },
+            response: String::from_utf8_lossy(&response[..response.len().min(cap)]).into_owned(),
+            response_truncated: response.len() > cap,
             logs: logs.lines,
             logs_truncated: logs.truncated,
             cause: origin.cause,
@@ -405,6 +412,7 @@ impl Platform {
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
+            function: function.clone(),
             status: activation.status,
             timing: Timing {
                 wait_ms: activation.wait_ms,
@@ -413,49 +421,35 @@ impl Platform {
                 total_ms: activation.duration_ms,
                 prewarmed: activation.prewarmed,
             },
-            response,
+            outcome,
         };
         (done, activation)
     }
 
-    /// The HTTP answer for an outcome: the function's own response, or an
-    /// error body in the shape Lambda clients parse.
-    fn respond(
+    /// What became of a call that reached (or tried to start) an
+    /// instance; each surface renders it (`outcome.rs`).
+    fn outcome(
         &self,
         route: &Route,
         id: &ActivationId,
         outcome: Result<Response, Failure>,
-    ) -> (ActivationStatus, Response) {
-        let function = &route.revision.function;
-        let error = |status: u16, kind: &str, message: String, trace: Vec<String>| {
-            error_response(id, status, kind, message, trace)
-        };
+    ) -> (ActivationStatus, Outcome) {
         match outcome {
-            Ok(resp) => (ActivationStatus::Success, resp),
-            Err(Failure::Function(FunctionError { kind, message, trace })) => {
-                (ActivationStatus::Error, error(500, &kind, message, trace))
-            }
+            Ok(resp) => (ActivationStatus::Success, Outcome::Response(resp)),
+            Err(Failure::Function(error)) => (ActivationStatus::Error, Outcome::FunctionError(error)),
             Err(Failure::Timeout) => {
-                let t = flick_core::units::format_duration(route.revision.manifest.timeout);
-                let message = format!("function `{function}` timed out after {t}");
-                (ActivationStatus::Timeout, error(504, "Function.Timeout", message, vec![]))
+                (ActivationStatus::Timeout, Outcome::Timeout { after: route.revision.manifest.timeout })
             }
             Err(Failure::OutOfMemory) => {
-                let limit = flick_core::units::format_size(route.revision.manifest.memory);
-                let message = format!("function `{function}` ran out of memory (limit {limit}) and was stopped");
-                (ActivationStatus::OutOfMemory, error(500, "Runtime.OutOfMemory", message, vec![]))
+                (ActivationStatus::OutOfMemory, Outcome::OutOfMemory { limit: route.revision.manifest.memory })
             }
-            Err(Failure::BadRequest(m)) => (ActivationStatus::Error, error(400, "Request.Invalid", m, vec![])),
+            Err(Failure::BadRequest(m)) => (ActivationStatus::Error, Outcome::BadRequest(m)),
             Err(Failure::Platform(m) | Failure::NotDelivered(m)) => {
                 // The detail names host paths and interpreters: it is for
                 // the operator's log, not for whoever called (perhaps
                 // without a key).
-                tracing::warn!(function = %function, activation = %id, error = %m, "platform error");
-                let message = format!(
-                    "flick could not run function `{function}` (a platform fault, not the function's); \
-                     the operator's log has the detail under activation {id}"
-                );
-                (ActivationStatus::PlatformError, error(502, "Platform.Error", message, vec![]))
+                tracing::warn!(function = %route.revision.function, activation = %id, error = %m, "platform error");
+                (ActivationStatus::PlatformError, Outcome::PlatformFault)
             }
         }
     }
@@ -485,49 +479,20 @@ struct Record {
     exec: Duration,
 }
 
-/// The answer for a caller whose own deadline passed first: a 504 for
-/// this caller only. Nothing is recorded here: the invocation goes on (or
-/// is dropped from the queue) and records what it did when it ends.
-fn caller_gave_up(call: &Call) -> InvokeResponse {
+/// The answer for a caller whose own deadline passed first: for this
+/// caller only. Nothing is recorded here: the invocation goes on (or is
+/// dropped from the queue) and records what it did when it ends.
+fn caller_gave_up(call: &Call, function: &str) -> InvokeResponse {
     let waited = call.gave_up().unwrap_or_else(|| call.started.elapsed());
-    let message = format!(
-        "the caller's deadline (X-Flick-Deadline) passed after {} ms and ended its wait, not the invocation: \
-         what that does is recorded under activation {} when it ends",
-        waited.as_millis(),
-        call.id
-    );
-    let response = error_response(&call.id, 504, "Caller.DeadlineExceeded", message, vec![]);
     InvokeResponse {
         activation_id: call.id.clone(),
+        function: function.to_string(),
         status: ActivationStatus::Timeout,
         timing: Timing { wait_ms: 0.0, init_ms: 0.0, exec_ms: 0.0, total_ms: ms(waited), prewarmed: false },
-        response,
+        outcome: Outcome::CallerGaveUp { waited, abandoned: false },
     }
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// An error answer in the shape Lambda clients parse.
-pub(crate) fn error_response(
-    id: &ActivationId,
-    status: u16,
-    kind: &str,
-    message: String,
-    trace: Vec<String>,
-) -> Response {
-    Response {
-        status,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: Bytes::from(
-            serde_json::json!({
-                "errorType": kind,
-                "errorMessage": message,
-                "stackTrace": trace,
-                "activationId": id.as_str(),
-            })
-            .to_string(),
-        ),
-    }
 }

@@ -5,6 +5,8 @@
 //! # Layout
 //! - `deploy`: archive → unpacked, hashed, dependencies installed → revision;
 //! - `invoke`: route → scheduler lease → instance → activation record;
+//! - `outcome`: what became of a call ([`Outcome`]), for each surface to
+//!   render, and the native rendering records store;
 //! - `events`: CloudEvents to the functions whose triggers match, and
 //!   reply events routed on with loop protection;
 //! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
@@ -27,6 +29,7 @@ mod error;
 mod events;
 mod install;
 mod invoke;
+mod outcome;
 mod records;
 mod sequence;
 
@@ -50,6 +53,7 @@ pub use events::{DEFAULT_MAX_HOPS, EventDelivery};
 pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
+pub use outcome::{Outcome, SequenceFailure};
 
 /// How long activation records are kept, and how many and how much of them.
 /// Count and size are enforced with every batch of records written; age

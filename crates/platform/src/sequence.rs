@@ -29,8 +29,8 @@ use flick_core::{
 use flick_runtime::Response;
 use tokio::time::Instant;
 
-use crate::invoke::{InvokeResponse, Timing, error_response, ms};
-use crate::{Caller, Platform, PlatformError, Route};
+use crate::invoke::{InvokeResponse, Timing, ms};
+use crate::{Caller, Outcome, Platform, PlatformError, Route, SequenceFailure};
 
 /// How deeply sequences may nest (a sequence whose step is a sequence…).
 pub const MAX_DEPTH: usize = 8;
@@ -80,11 +80,11 @@ impl Platform {
         let mut steps: Vec<Step> = Vec::new();
         let mut input = inv.clone();
         let mut last: Option<Response> = None;
-        let mut failure: Option<(ActivationStatus, Response)> = None;
+        let mut failure: Option<(ActivationStatus, Outcome)> = None;
         for (i, step) in m.steps.iter().enumerate() {
             let n = i + 1;
-            let fail = |status: ActivationStatus, http: u16, kind: &str, message: String| {
-                (status, error_response(&id, http, kind, message, vec![]))
+            let fail = |status: ActivationStatus, http: u16, kind: &'static str, message: String| {
+                (status, Outcome::SequenceFailed(SequenceFailure { kind, message, status: http }))
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -136,12 +136,13 @@ impl Platform {
             let millis = ms(step_started.elapsed());
             match result {
                 Ok(done) => {
-                    let ok = done.status == ActivationStatus::Success && done.response.status < 400;
+                    let http_status = done.outcome.native_status();
+                    let ok = done.status == ActivationStatus::Success && http_status < 400;
                     steps.push(Step {
                         function: step.to_string(),
                         activation: Some(done.activation_id.clone()),
                         status: done.status,
-                        http_status: done.response.status,
+                        http_status,
                         millis,
                     });
                     if !ok {
@@ -150,19 +151,21 @@ impl Platform {
                         } else {
                             done.status
                         };
-                        let detail = String::from_utf8_lossy(&done.response.body[..done.response.body.len().min(4096)])
-                            .into_owned();
+                        let body = done.native_response().body;
+                        let detail = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
                         let message = format!(
-                            "step {n} of sequence `{name}` (`{step}`, activation {}) failed: {}, HTTP {}: {detail}",
+                            "step {n} of sequence `{name}` (`{step}`, activation {}) failed: {}, HTTP {http_status}: {detail}",
                             done.activation_id,
                             done.status.as_str(),
-                            done.response.status
                         );
-                        failure = Some(fail(status, done.response.status, "Sequence.StepFailed", message));
+                        failure = Some(fail(status, http_status, "Sequence.StepFailed", message));
                         break;
                     }
-                    input = next_input(&inv, &done.response);
-                    last = Some(done.response);
+                    let Outcome::Response(response) = done.outcome else {
+                        unreachable!("a call that succeeded has the function's answer")
+                    };
+                    input = next_input(&inv, &response);
+                    last = Some(response);
                 }
                 Err(e) => {
                     steps.push(Step {
@@ -185,13 +188,18 @@ impl Platform {
             }
         }
 
-        let (status, response) = match failure {
+        let (status, outcome) = match failure {
             Some(f) => f,
             None => (
                 ActivationStatus::Success,
-                last.unwrap_or_else(|| Response { status: 200, headers: vec![], body: Bytes::new() }),
+                Outcome::Response(last.unwrap_or_else(|| Response {
+                    status: 200,
+                    headers: vec![],
+                    body: Bytes::new(),
+                })),
             ),
         };
+        let response = outcome.native_body(&name, &id);
         let elapsed = started.elapsed();
         let logs = steps
             .iter()
@@ -219,14 +227,15 @@ impl Platform {
             end_ms: now_ms(),
             duration_ms: ms(elapsed),
             exec_ms: ms(elapsed),
-            http_status: response.status,
-            response: String::from_utf8_lossy(&response.body[..response.body.len().min(cap)]).into_owned(),
-            response_truncated: response.body.len() > cap,
+            http_status: outcome.native_status(),
+            response: String::from_utf8_lossy(&response[..response.len().min(cap)]).into_owned(),
+            response_truncated: response.len() > cap,
             logs,
             ..Activation::of(&inv, status, start_ms)
         };
         let done = InvokeResponse {
             activation_id: id,
+            function: name,
             status,
             timing: Timing {
                 wait_ms: 0.0,
@@ -235,7 +244,7 @@ impl Platform {
                 total_ms: ms(elapsed),
                 prewarmed: false,
             },
-            response,
+            outcome,
         };
         (done, activation)
     }

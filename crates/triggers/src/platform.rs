@@ -45,11 +45,12 @@ impl Sink for PlatformSink {
     async fn call(&self, inv: Invocation) -> Result<Reply, SinkError> {
         let route = self.platform.route(&inv.function).ok_or_else(|| SinkError::Gone(inv.function.clone()))?;
         let out = self.platform.invoke(route, Caller::Admin, inv).await.map_err(sink_error)?;
+        let response = out.native_response();
         Ok(Reply {
             activation_id: out.activation_id.to_string(),
             status: out.status.as_str().to_string(),
-            http_status: out.response.status,
-            body: out.response.body.to_vec(),
+            http_status: response.status,
+            body: response.body.to_vec(),
         })
     }
 
