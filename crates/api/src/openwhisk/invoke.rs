@@ -63,7 +63,7 @@ pub(crate) async fn invoke(
         return Ok(accepted(done.activation_id.as_str()));
     }
     let record = finished_record(&s, &inv, &done, start_ms).await;
-    let body = &done.response.body;
+    let body = &done.native_response().body;
     let doc = document(&s, &key_id, &record, Some(body), true).await?;
     let timeout = s.platform.route(&name).map(|r| r.revision.manifest.timeout.as_millis() as u64);
     let status = outcome(&record, Some(body), timeout).http_status();
@@ -96,9 +96,8 @@ pub(super) fn invocation(route: &Route, params: Map<String, Value>, cause: Cause
 }
 
 /// The caller's wait (blocking `timeout`) ended first: the call runs on.
-/// Interim: recognised by the native answer until the platform's outcome says so.
 pub(super) fn caller_gave_up(done: &InvokeResponse) -> bool {
-    done.response.status == 504 && done.response.body.windows(23).any(|w| w == b"Caller.DeadlineExceeded")
+    matches!(done.outcome, flick_platform::Outcome::CallerGaveUp { .. })
 }
 
 /// The record of a call just made (its logs are there), or, if it was not
@@ -122,7 +121,7 @@ pub(super) fn from_answer(inv: &Invocation, done: &InvokeResponse, start_ms: i64
         wait_ms: t.wait_ms,
         exec_ms: t.exec_ms,
         cold: t.init_ms > 0.0,
-        http_status: done.response.status,
+        http_status: done.outcome.native_status(),
         ..Activation::of(inv, done.status, start_ms)
     }
 }

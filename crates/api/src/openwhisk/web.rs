@@ -117,7 +117,7 @@ pub(crate) async fn web(
         return Ok(accepted(&id));
     }
     let record = from_answer(&inv, &done, start_ms);
-    let o = super::activations::outcome(&record, Some(&done.response.body), None);
+    let o = super::activations::outcome(&record, Some(&done.native_response().body), None);
     if !o.success() {
         let message = o.result.get("error").map_or_else(
             || o.result.to_string(),
