@@ -799,10 +799,12 @@ async fn invoke(
             let memory = route.revision.manifest.memory;
             let done =
                 platform.invoke(route, Caller::Admin, inv).await.map_err(|e| LambdaError::platform(e, identity))?;
+            // Interim: read back from the native rendering of the outcome.
+            let native = done.native_response();
             let (body, function_error) = match done.status {
-                ActivationStatus::Success => (done.response.body.clone(), false),
+                ActivationStatus::Success => (native.body, false),
                 ActivationStatus::Error | ActivationStatus::Timeout | ActivationStatus::OutOfMemory => {
-                    (error_payload(done.status, &done.response.body, &done.activation_id), true)
+                    (error_payload(done.status, &native.body, &done.activation_id), true)
                 }
                 _ => {
                     tracing::warn!(activation = %done.activation_id.as_str(), "lambda invoke: platform fault");
