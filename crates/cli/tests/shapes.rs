@@ -112,6 +112,27 @@ fn python_gcf_handler_gets_a_flask_like_request() {
 }
 
 #[test]
+fn node_gcf_handler_gets_express_like_req_and_res() {
+    let flick = Flick::start();
+    flick.deploy_files(
+        "node-gcf",
+        &[
+            ("flick.toml", &manifest("node-gcf", "node", "index.helloHttp", "shape = \"gcf\"\n")),
+            (
+                "index.js",
+                "exports.helloHttp = (req, res) => {\n  res.set('X-Method', req.method);\n  res.send(`Hello ${req.query.name || req.body.name || 'World'}!`);\n};\n",
+            ),
+        ],
+    );
+    let (status, headers, body) =
+        curl(&flick, "POST", "/fn/node-gcf", &["Content-Type: application/json"], r#"{"name":"Json"}"#);
+    assert_eq!((status, body.as_str()), (200, "Hello Json!"));
+    assert_eq!(header(&headers, "x-method"), Some("POST"));
+    let (status, _, body) = curl(&flick, "GET", "/fn/node-gcf?name=Query", &[], "");
+    assert_eq!((status, body.as_str()), (200, "Hello Query!"));
+}
+
+#[test]
 fn openfaas_template_handlers_run_unmodified() {
     let flick = Flick::start();
     // python3-http: handler.handle(event, context), found without a shape.
@@ -155,9 +176,9 @@ fn openfaas_template_handlers_run_unmodified() {
 fn a_bad_shape_is_refused_naming_its_line_and_nothing_is_deployed() {
     let flick = Flick::start();
     let cases: [(&str, &str, &str, &[&str]); 3] = [
+        ("shape-case", "node", "shape = \"Lambda\"\n", &["line 4", "shape", "unknown shape `Lambda`"]),
         ("shape-typo", "python3", "shape = \"aws\"\n", &["line 4", "shape", "unknown shape `aws`"]),
         ("shape-exec", "exec", "shape = \"lambda\"\n", &["line 4", "shape", "runtime `exec`"]),
-        ("shape-node-gcf", "node", "shape = \"gcf\"\n", &["line 4", "shape", "python3"]),
     ];
     for (name, runtime, extra, expect) in cases {
         let dir = write_function(

@@ -104,7 +104,8 @@ pub enum Shape {
     /// OpenFaaS templates: `handle(req)` (python3), `handle(event, context)`
     /// (python3-http), `module.exports = async (event, context)` (node).
     Openfaas,
-    /// Google Cloud Functions (python3): `fn(request)` with a Flask-like request.
+    /// Google Cloud Functions: `fn(request)` with a Flask-like request
+    /// (python3), `(req, res) =>` with Express-like ones (node).
     Gcf,
 }
 
@@ -357,12 +358,8 @@ impl Manifest {
             None => Shape::Auto,
             Some(text) => {
                 let shape: Shape = text.parse().map_err(|e| invalid("shape", e))?;
-                match (runtime, shape) {
-                    (RuntimeKind::Python3, _)
-                    | (RuntimeKind::Node, Shape::Auto | Shape::Lambda | Shape::Openwhisk | Shape::Openfaas) => shape,
-                    (RuntimeKind::Node, _) => {
-                        return Err(invalid("shape", format!("the `{shape}` shape is for python3 functions only")));
-                    }
+                match runtime {
+                    RuntimeKind::Python3 | RuntimeKind::Node => shape,
                     _ => {
                         return Err(invalid(
                             "shape",
@@ -1005,12 +1002,12 @@ mod tests {
         }
         let node = "name = \"n\"\nruntime = \"node\"\nhandler = \"index.handler\"\n";
         assert_eq!(Manifest::parse(&format!("{node}shape = \"openfaas\"\n")).unwrap().shape, Shape::Openfaas);
+        assert_eq!(Manifest::parse(&format!("{node}shape = \"gcf\"\n")).unwrap().shape, Shape::Gcf);
         let exec = "name = \"e\"\nruntime = \"exec\"\nhandler = \"./run\"\n";
         let seq = "name = \"s\"\nruntime = \"sequence\"\nsteps = [\"a\"]\n";
         for (text, needle) in [
             (format!("{MINIMAL}shape = \"aws\"\n"), "unknown shape `aws`"),
             (format!("{MINIMAL}shape = \"Lambda\"\n"), "unknown shape"),
-            (format!("{node}shape = \"gcf\"\n"), "python3 functions only"),
             (format!("{exec}shape = \"lambda\"\n"), "no meaning for runtime `exec`"),
             (format!("{seq}shape = \"lambda\"\n"), "no meaning for a sequence"),
         ] {

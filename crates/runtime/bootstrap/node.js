@@ -499,6 +499,213 @@ function openfaasResponse(v) {
   return v[kAnswer];
 }
 
+// --- Google Cloud Functions (node): (req, res) with Express-like objects -----
+
+// The body as functions-framework's body-parsers leave it: JSON parsed, text/plain
+// a string, a urlencoded form an object, anything else a Buffer; `{}` when empty.
+function gcfBody(h, body) {
+  if (!body.length) return {};
+  const mime = headerValue(h, 'content-type').split(';')[0].trim().toLowerCase();
+  if (mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))) {
+    try {
+      return JSON.parse(body.toString('utf8'));
+    } catch (e) {
+      throw new HttpError(400, `Bad Request: invalid JSON body: ${e.message}`);
+    }
+  }
+  if (mime === 'text/plain') return body.toString('utf8');
+  if (mime === 'application/x-www-form-urlencoded') return queryObject(body.toString('utf8'));
+  return body;
+}
+
+function headerValue(h, name) {
+  for (const [k, v] of Array.isArray(h.headers) ? h.headers : []) {
+    if (String(k).toLowerCase() === name) return String(v);
+  }
+  return '';
+}
+
+class GcfRequest {
+  constructor(h, body) {
+    this.method = h.method || 'GET';
+    this.path = h.path || '/';
+    this.url = this.originalUrl = (h.raw_path || this.path) + (h.query ? '?' + h.query : '');
+    this.query = queryObject(h.query || '');
+    this.headers = expressHeaders(h);
+    this.rawBody = body;
+    this.body = gcfBody(h, body);
+    this.protocol = 'http';
+    this.hostname = (this.headers.host || 'localhost').split(':')[0];
+    this.ip = (this.headers['x-forwarded-for'] || '').split(',')[0].trim() || '127.0.0.1';
+    this.params = {};
+  }
+
+  get(name) {
+    const k = String(name).toLowerCase();
+    if (k === 'referer' || k === 'referrer') return this.headers.referer || this.headers.referrer;
+    return this.headers[k];
+  }
+
+  header(name) {
+    return this.get(name);
+  }
+
+  is(type) {
+    const mime = (this.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+    if (!mime) return false;
+    const t = String(type).toLowerCase();
+    // As type-is: the type asked for when it matches, the request's for a wildcard.
+    if (t === 'json') return mime === 'application/json' || mime.endsWith('+json') ? t : false;
+    if (t.endsWith('/*')) return mime.startsWith(t.slice(0, -1)) ? mime : false;
+    return mime === t || mime.endsWith('/' + t) ? t : false;
+  }
+}
+
+// The Express response a GCF handler writes its answer to; `finished`
+// settles when it has ended.
+class GcfResponse {
+  constructor(finish) {
+    this.statusCode = 200;
+    this.headersSent = false;
+    this.locals = {};
+    this._headers = new Map();
+    this._chunks = [];
+    this._finish = finish;
+  }
+
+  status(code) {
+    this.statusCode = code;
+    return this;
+  }
+
+  set(name, value) {
+    if (typeof name === 'object' && name !== null) {
+      for (const k of Object.keys(name)) this.set(k, name[k]);
+    } else {
+      this._headers.set(String(name).toLowerCase(), Array.isArray(value) ? value.map(String) : String(value));
+    }
+    return this;
+  }
+
+  header(name, value) {
+    return this.set(name, value);
+  }
+
+  setHeader(name, value) {
+    this.set(name, value);
+    return this;
+  }
+
+  get(name) {
+    return this._headers.get(String(name).toLowerCase());
+  }
+
+  getHeader(name) {
+    return this.get(name);
+  }
+
+  removeHeader(name) {
+    this._headers.delete(String(name).toLowerCase());
+  }
+
+  append(name, value) {
+    const k = String(name).toLowerCase();
+    const prev = this._headers.get(k);
+    const add = Array.isArray(value) ? value.map(String) : [String(value)];
+    this._headers.set(k, prev === undefined ? (add.length === 1 ? add[0] : add) : [].concat(prev, add));
+    return this;
+  }
+
+  type(t) {
+    const s = String(t);
+    return this.set('content-type', s.includes('/') ? s : s === 'json' ? 'application/json' : s === 'html' ? 'text/html' : `text/${s}`);
+  }
+
+  writeHead(code, headers) {
+    this.statusCode = code;
+    if (headers && typeof headers === 'object') this.set(headers);
+    return this;
+  }
+
+  write(chunk) {
+    if (chunk !== undefined && chunk !== null) this._chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk)));
+    return true;
+  }
+
+  end(chunk) {
+    if (this.headersSent) return this;
+    this.write(chunk);
+    this.headersSent = true;
+    this._finish(this);
+    return this;
+  }
+
+  send(body) {
+    if (typeof body === 'string') {
+      if (!this._headers.has('content-type')) this.set('content-type', 'text/html; charset=utf-8');
+    } else if (isBytes(body)) {
+      if (!this._headers.has('content-type')) this.set('content-type', 'application/octet-stream');
+      body = toBuffer(body);
+    } else if (body !== undefined && body !== null && typeof body === 'object') {
+      return this.json(body);
+    } else if (body !== undefined && body !== null) {
+      body = String(body);
+    }
+    return this.end(body);
+  }
+
+  json(value) {
+    if (!this._headers.has('content-type')) this.set('content-type', 'application/json; charset=utf-8');
+    return this.end(jsonText(value));
+  }
+
+  sendStatus(code) {
+    this.statusCode = code;
+    return this.send(String(code));
+  }
+
+  redirect(a, b) {
+    const [code, url] = b === undefined ? [302, a] : [a, b];
+    this.statusCode = code;
+    this.set('location', url);
+    return this.end();
+  }
+
+  answer() {
+    const headers = [];
+    for (const [k, v] of this._headers) pushHeader(headers, k, v);
+    const code = Number(this.statusCode);
+    if (!Number.isInteger(code) || code < 100 || code > 599) {
+      throw new TypeError(`status ${JSON.stringify(this.statusCode)} is not an HTTP status`);
+    }
+    return [code, headers, this._chunks.length === 1 ? this._chunks[0] : Buffer.concat(this._chunks)];
+  }
+}
+
+function gcfCaller(fn) {
+  return (h, body) => {
+    let req;
+    try {
+      req = new GcfRequest(h, body);
+    } catch (e) {
+      if (e instanceof HttpError) return { [kAnswer]: expressAnswer(e.status, {}, e.message) };
+      throw e;
+    }
+    // The call ends when the handler ends the response (or fails).
+    return new Promise((resolve, reject) => {
+      const res = new GcfResponse((r) => {
+        try {
+          resolve({ [kAnswer]: r.answer() });
+        } catch (e) {
+          reject(e);
+        }
+      });
+      const r = fn(req, res);
+      if (r !== null && typeof r === 'object' && typeof r.then === 'function') r.then(undefined, reject);
+    });
+  };
+}
+
 // --- calling the handler -----------------------------------------------------
 
 function parseEvent(body) {
@@ -559,6 +766,10 @@ class Context {
 // read, for a request shown as HTTP and for one whose body is the event
 // itself (`direct`: Lambda's Invoke, OpenWhisk's action invoke).
 function makeCallers(fn, shape) {
+  if (shape === 'gcf') {
+    const call = gcfCaller(fn);
+    return { http: [call, openfaasResponse], direct: [call, openfaasResponse] };
+  }
   if (shape === 'openfaas') {
     const call = openfaasCaller(fn);
     return { http: [call, openfaasResponse], direct: [call, openfaasResponse] };
@@ -707,7 +918,7 @@ async function loadHandler() {
   }
   let shape = SHAPE;
   if (shape === 'auto') shape = exportName === 'main' ? 'openwhisk' : whole ? 'openfaas' : 'auto';
-  else if (!['lambda', 'openwhisk', 'openfaas'].includes(shape)) {
+  else if (!['lambda', 'openwhisk', 'openfaas', 'gcf'].includes(shape)) {
     throw new InitError('Runtime.InitError', `Unknown handler shape '${shape}' (FLICK_SHAPE)`);
   }
   return makeCallers(fn, shape);

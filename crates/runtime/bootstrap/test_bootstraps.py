@@ -1750,10 +1750,10 @@ class NodeBootstrapTest(BootstrapContract, unittest.TestCase):
 
     def test_an_unknown_shape_is_an_init_error(self):
         inst = self.start(files={"index.js": "exports.handler = async () => 1;\n"}, handler="index.handler",
-                          env={"FLICK_SHAPE": "gcf"})
+                          env={"FLICK_SHAPE": "azure"})
         header, _ = inst.read_frame()
         self.assertEqual(header["type"], "init_error", header)
-        self.assertIn("gcf", header["error"]["message"])
+        self.assertIn("azure", header["error"]["message"])
         self.assertEqual(inst.wait_exit(), 1)
 
     OPENFAAS = {
@@ -1828,6 +1828,62 @@ class NodeBootstrapTest(BootstrapContract, unittest.TestCase):
             # An exception is the function's error, as everywhere in flick.
             header, _ = inst.call("th", query="case=throw", headers=[])
             self.assertEqual((header["type"], header["error"]["type"]), ("error", "RangeError"))
+
+    def test_gcf_express_request_and_response(self):
+        files = {
+            "index.js": """
+                exports.helloHttp = async (req, res) => {
+                  switch (req.query.case) {
+                    case 'inspect':
+                      return res.json({ body: req.body, raw: req.rawBody.toString(), method: req.method, path: req.path,
+                                        q: req.query.q, ct: req.get('Content-Type'), url: req.url, isJson: req.is('json') });
+                    case 'text':
+                      return res.send(`Hello ${req.query.name || req.body.name || 'World'}!`);
+                    case 'status':
+                      return res.status(201).set('X-Id', '7').send({ made: true });
+                    case 'chunks':
+                      res.writeHead(202, { 'Content-Type': 'text/plain' });
+                      res.write('a');
+                      res.write(Buffer.from('b'));
+                      return res.end('c');
+                    case 'later':
+                      setTimeout(() => res.sendStatus(204), 10);
+                      return;
+                    case 'redirect':
+                      return res.redirect('/elsewhere');
+                    case 'throw':
+                      throw new RangeError('thrown');
+                  }
+                };
+            """
+        }
+        inst = self.start_ready(files=files, handler="index.helloHttp", env={"FLICK_SHAPE": "gcf"})
+        hs = [["content-type", "application/json"]]
+        header, out = self.result(inst, "i", json.dumps({"k": 1}), method="PUT", path="/p", query="case=inspect&q=1&q=2", headers=hs)
+        self.assertEqual(header["status"], 200)
+        self.assertIn(["content-type", "application/json; charset=utf-8"], header["headers"])
+        self.assertEqual(
+            json.loads(out),
+            {"body": {"k": 1}, "raw": '{"k": 1}', "method": "PUT", "path": "/p", "q": ["1", "2"],
+             "ct": "application/json", "url": "/p?case=inspect&q=1&q=2", "isJson": "json"},
+        )
+        header, out = self.result(inst, "t", json.dumps({"name": "Ada"}), query="case=text", headers=hs)
+        self.assertEqual((header["status"], out), (200, b"Hello Ada!"))
+        self.assertIn(["content-type", "text/html; charset=utf-8"], header["headers"])
+        header, out = self.result(inst, "s", query="case=status", headers=[])
+        self.assertEqual((header["status"], json.loads(out)), (201, {"made": True}))
+        self.assertIn(["x-id", "7"], header["headers"])
+        header, out = self.result(inst, "c", query="case=chunks", headers=[])
+        self.assertEqual((header["status"], out), (202, b"abc"))
+        header, out = self.result(inst, "l", query="case=later", headers=[])
+        self.assertEqual((header["status"], out), (204, b"204"))
+        header, out = self.result(inst, "r", query="case=redirect", headers=[])
+        self.assertEqual(header["status"], 302)
+        self.assertIn(["location", "/elsewhere"], header["headers"])
+        header, _ = inst.call("th", query="case=throw", headers=[])
+        self.assertEqual((header["type"], header["error"]["type"]), ("error", "RangeError"))
+        header, out = self.result(inst, "bad", b"{nope", query="case=inspect", headers=hs)
+        self.assertEqual(header["status"], 400)
 
     def test_openfaas_raw_body(self):
         inst = self.start_ready(files=self.OPENFAAS, handler="handler.handle", env={"RAW_BODY": "true"})
