@@ -167,6 +167,10 @@ async function main() {
     results.blocking = act.activationId;
     const over = await ow.actions.invoke({ name: 'hello-py', blocking: true, result: true, params: { name: 'Bo', greeting: 'Yo' } });
     assert.deepEqual(over, { greeting: 'Yo Bo', keys: ['greeting', 'name'] });
+    // Two parameters would look like a Lambda handler; the action is OpenWhisk's whatever its arity.
+    await ow.actions.create({ name: 'two-args', kind: 'python:3', action: 'def run(args, extra=None):\n    return {"got": args, "extra": extra}\n', exec: { main: 'run' } });
+    assert.deepEqual(await ow.actions.invoke({ name: 'two-args', blocking: true, result: true, params: { a: 1 } }), { got: { a: 1 }, extra: null });
+    await ow.actions.delete('two-args');
     const js = await ow.actions.invoke({ name: 'hello-js', blocking: true, result: true, params: { name: 'Cy' } });
     assert.deepEqual(js, { greeting: 'Hello Cy', keys: ['name'] });
   });

@@ -221,8 +221,9 @@ impl Action {
             }
             _ => {
                 let runtime = if self.kind == Kind::Python { "python3" } else { "node" };
+                // OpenWhisk's contract whatever main's arity: main(params) in, a dict out.
                 out.push_str(&format!(
-                    "runtime = \"{runtime}\"\nhandler = {}\nmemory = \"{}MiB\"\nconcurrency = {}\n",
+                    "runtime = \"{runtime}\"\nshape = \"openwhisk\"\nhandler = {}\nmemory = \"{}MiB\"\nconcurrency = {}\n",
                     quote(&self.handler()),
                     l.memory,
                     l.concurrency
@@ -324,6 +325,7 @@ mod tests {
             };
             let m = flick_core::Manifest::parse(&action.manifest().unwrap()).unwrap();
             assert_eq!((m.timeout.as_millis(), m.memory, m.web, m.retries), (60_000, 256 << 20, true, 0));
+            assert_eq!(m.shape, flick_core::Shape::Openwhisk);
             assert_eq!(m.params, params);
             assert!(action.files().unwrap().iter().any(|f| f.path == META_FILE));
         }
