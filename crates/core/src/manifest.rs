@@ -32,10 +32,15 @@ pub enum RuntimeKind {
     /// No code of its own: `steps` names functions run one after another,
     /// each one's response the next one's request (OpenWhisk sequences).
     Sequence,
+    /// A Lambda custom runtime: the package's `bootstrap` executable runs
+    /// for the instance's life and asks flick's Lambda Runtime API for
+    /// events (`provided.al2` and `provided.al2023` are read as this).
+    Provided,
 }
 
 impl RuntimeKind {
-    pub const ALL: [RuntimeKind; 5] = [Self::Python3, Self::Node, Self::Exec, Self::Http, Self::Sequence];
+    pub const ALL: [RuntimeKind; 6] =
+        [Self::Python3, Self::Node, Self::Exec, Self::Http, Self::Sequence, Self::Provided];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +49,7 @@ impl RuntimeKind {
             Self::Exec => "exec",
             Self::Http => "http",
             Self::Sequence => "sequence",
+            Self::Provided => "provided",
         }
     }
 }
@@ -57,10 +63,13 @@ impl fmt::Display for RuntimeKind {
 impl std::str::FromStr for RuntimeKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if matches!(s, "provided.al2" | "provided.al2023") {
+            return Ok(Self::Provided);
+        }
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown runtime `{s}` (expected python3, node, exec, http or sequence)"))
+            .ok_or_else(|| format!("unknown runtime `{s}` (expected python3, node, exec, http, sequence or provided)"))
     }
 }
 
@@ -164,6 +173,7 @@ struct RawManifest {
     retries: Option<i64>,
     max_queued: Option<i64>,
     web: Option<bool>,
+    lambda_ric: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// `[params]`: default parameters (any TOML values but dates).
@@ -265,6 +275,12 @@ pub struct Manifest {
     /// `public` is what opens `/fn/{name}`; this opens only those routes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub web: bool,
+    /// python3/node only: run the handler under AWS's own runtime interface
+    /// client (`awslambdaric`, `aws-lambda-ric`, from the package's
+    /// dependencies) against flick's Lambda Runtime API, instead of flick's
+    /// bootstrap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lambda_ric: bool,
 }
 
 fn default_retries() -> u32 {
@@ -340,6 +356,9 @@ impl Manifest {
         let runtime: RuntimeKind = raw.runtime.parse().map_err(|e| invalid("runtime", e))?;
         let triggers = crate::trigger::parse_triggers(std::mem::take(&mut raw.triggers))
             .map_err(|e| ManifestError::Invalid { line: Some(line_at(text, e.at)), key: e.key, message: e.message })?;
+        if raw.lambda_ric == Some(true) && !matches!(runtime, RuntimeKind::Python3 | RuntimeKind::Node) {
+            return Err(invalid("lambda_ric", format!("is for python3 and node handlers, not `{runtime}`")));
+        }
         if runtime == RuntimeKind::Sequence {
             return Self::sequence(&mut raw, name, triggers, |key, m| invalid(key, m));
         }
@@ -347,12 +366,13 @@ impl Manifest {
             return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
         }
         let (retries, max_queued) = async_keys(&raw, &invalid)?;
-        let handler = raw
-            .handler
-            .as_deref()
-            .ok_or_else(|| invalid("runtime", format!("runtime `{runtime}` needs a `handler`")))?
-            .trim()
-            .to_string();
+        let handler = match raw.handler.as_deref() {
+            // A custom runtime's handler is only what its bootstrap reads
+            // from `_HANDLER`; Lambda lets it be anything, or nothing.
+            None if runtime == RuntimeKind::Provided => String::new(),
+            None => return Err(invalid("runtime", format!("runtime `{runtime}` needs a `handler`"))),
+            Some(h) => h.trim().to_string(),
+        };
         check_handler(runtime, &handler).map_err(|e| invalid("handler", e))?;
         let shape = match raw.shape.as_deref() {
             None => Shape::Auto,
@@ -398,6 +418,13 @@ impl Manifest {
             Some(n) => Err(invalid(key, format!("{n} is out of range {min}..={max}"))),
         };
         let concurrency = count("concurrency", raw.concurrency, 1, 1, 1000)?;
+        let lambda_ric = raw.lambda_ric.unwrap_or(false);
+        if (lambda_ric || runtime == RuntimeKind::Provided) && concurrency != 1 {
+            return Err(invalid(
+                "concurrency",
+                "must be 1 with the Lambda Runtime API (it hands an instance one event at a time)".into(),
+            ));
+        }
         let min_instances = count("min_instances", raw.min_instances, 0, 0, 1000)?;
         let max_instances =
             count("max_instances", raw.max_instances, Self::DEFAULT_MAX_INSTANCES.max(min_instances), 1, 1000)?;
@@ -460,6 +487,7 @@ impl Manifest {
             max_queued,
             params,
             web: raw.web.unwrap_or(false),
+            lambda_ric,
         })
     }
 
@@ -538,6 +566,7 @@ impl Manifest {
             max_queued,
             params,
             web: raw.web.unwrap_or(false),
+            lambda_ric: false,
         })
     }
 
@@ -555,6 +584,9 @@ impl Manifest {
         }
         if self.web {
             extra.push_str("web = true\n");
+        }
+        if self.lambda_ric {
+            extra.push_str("lambda_ric = true\n");
         }
         let at = out.find("\n[").map_or(out.len(), |i| i + 1);
         out.insert_str(at, &extra);
@@ -712,6 +744,13 @@ fn tenth(d: Duration) -> Duration {
 }
 
 fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
+    if runtime == RuntimeKind::Provided {
+        // Lambda's own limit; the value only reaches `_HANDLER`.
+        if handler.len() > 128 || handler.chars().any(char::is_control) {
+            return Err("must be at most 128 characters, without control characters".into());
+        }
+        return Ok(());
+    }
     if handler.is_empty() {
         return Err("must not be empty".into());
     }
@@ -737,6 +776,7 @@ fn check_handler(runtime: RuntimeKind, handler: &str) -> Result<(), String> {
         }
         RuntimeKind::Exec | RuntimeKind::Http => shell_split_ok(handler),
         RuntimeKind::Sequence => Err("a sequence has no handler".into()),
+        RuntimeKind::Provided => Ok(()),
     }
 }
 
@@ -920,6 +960,29 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "name = \"hello\"\nruntime = \"python3\"\nhandler = \"main.handler\"\n";
+
+    #[test]
+    fn provided_and_lambda_ric() {
+        let m = Manifest::parse("name = \"p\"\nruntime = \"provided.al2023\"\n").unwrap();
+        assert_eq!((m.runtime, m.handler.as_str(), m.concurrency), (RuntimeKind::Provided, "", 1));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "{}", m.to_toml());
+        let m = Manifest::parse("name = \"p\"\nruntime = \"provided\"\nhandler = \"function.handler\"\n").unwrap();
+        assert_eq!(m.handler, "function.handler");
+        let m = Manifest::parse(&format!("{MINIMAL}lambda_ric = true\n")).unwrap();
+        assert!(m.lambda_ric);
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "{}", m.to_toml());
+        for (text, key) in [
+            ("name = \"p\"\nruntime = \"provided\"\nconcurrency = 2\n", "concurrency"),
+            (&format!("{MINIMAL}lambda_ric = true\nconcurrency = 4\n"), "concurrency"),
+            ("name = \"p\"\nruntime = \"exec\"\nhandler = \"./x\"\nlambda_ric = true\n", "lambda_ric"),
+            ("name = \"p\"\nruntime = \"sequence\"\nsteps = [\"a\"]\nlambda_ric = true\n", "lambda_ric"),
+            ("name = \"p\"\nruntime = \"provided\"\nhandler = \"a\\nb\"\n", "handler"),
+            ("name = \"p\"\nruntime = \"provided.al1\"\n", "runtime"),
+        ] {
+            let err = Manifest::parse(text).unwrap_err();
+            assert!(err.to_string().contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn defaults_are_filled_in() {

@@ -6,6 +6,8 @@
 //!   the user's code once and serves many invocations over [`protocol`];
 //! - `exec`: one process per request, body on stdin, response on stdout;
 //! - `http`: a long-lived HTTP server on `$PORT`, requests proxied to it;
+//! - `runtime_api`: the Lambda Runtime API served to a long-lived program
+//!   (runtime `provided`'s `bootstrap`, AWS's runtime interface clients);
 //! - [`logs`]: stdout/stderr lines attributed to the invocation that wrote them;
 //! - `bootstrap`: the language bootstraps shipped inside the binary.
 //!
@@ -21,6 +23,7 @@ pub mod logs;
 mod prewarm;
 mod process;
 pub mod protocol;
+mod runtime_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,6 +170,8 @@ pub enum Instance {
     Process(process::ProcessInstance),
     Exec(exec::ExecInstance),
     Http(http::HttpInstance),
+    /// Speaks the Lambda Runtime API (`provided`, `lambda_ric`).
+    Api(runtime_api::ApiInstance),
 }
 
 impl std::fmt::Debug for Instance {
@@ -175,6 +180,7 @@ impl std::fmt::Debug for Instance {
             Self::Process(_) => "Instance::Process",
             Self::Exec(_) => "Instance::Exec",
             Self::Http(_) => "Instance::Http",
+            Self::Api(_) => "Instance::Api",
         })
     }
 }
@@ -187,6 +193,7 @@ impl Instance {
             Self::Process(i) => i.invoke(req).await,
             Self::Exec(i) => i.invoke(req).await,
             Self::Http(i) => i.invoke(req).await,
+            Self::Api(i) => i.invoke(req).await,
         }
     }
 
@@ -201,6 +208,7 @@ impl Instance {
             Self::Process(i) => i.stop(),
             Self::Exec(i) => i.stop(),
             Self::Http(i) => i.stop(),
+            Self::Api(i) => i.stop(),
         }
     }
 }
@@ -244,6 +252,10 @@ impl Launcher {
     pub async fn start(&self, spec: &InstanceSpec, deadline: Instant) -> Result<Instance, StartError> {
         let m = &spec.manifest;
         match m.runtime {
+            RuntimeKind::Provided => runtime_api::ApiInstance::start(self, spec, deadline).await.map(Instance::Api),
+            RuntimeKind::Python3 | RuntimeKind::Node if m.lambda_ric => {
+                runtime_api::ApiInstance::start(self, spec, deadline).await.map(Instance::Api)
+            }
             RuntimeKind::Python3 | RuntimeKind::Node => {
                 if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
                     && let Some(stem) = self.take_stem((m.runtime, m.network))

@@ -1,5 +1,6 @@
 //! Reaching into a running sandbox: mounting a function's code into a stem
-//! cell, and connecting to a server inside an instance's network namespace.
+//! cell, and connecting to (or listening for) an instance inside its network
+//! namespace.
 //!
 //! A stem cell is an instance started before flick knows its function: its
 //! `/var/task` is an empty directory. To specialise it, the code directory
@@ -138,4 +139,22 @@ pub fn connect_inside(outer: u32, port: u16) -> Result<std::net::TcpStream> {
     })
     .join()
     .map_err(|_| Error::other("connect thread panicked"))?
+}
+
+/// Binds a TCP listener on `127.0.0.1:port` inside the network namespace of
+/// the sandbox whose outer process is `outer` (see [`connect_inside`]): the
+/// socket stays in that namespace, reachable only from inside it, while
+/// flick accepts on it from any thread. Blocking; run it off the executor.
+pub fn listen_inside(outer: u32, port: u16) -> Result<std::net::TcpListener> {
+    let inner = inner_pid(outer)?;
+    let ns = open(&format!("/proc/{inner}/ns/net"), libc::O_RDONLY)?;
+    std::thread::spawn(move || -> Result<std::net::TcpListener> {
+        // SAFETY: setns on this thread only; it ends right after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            return Err(Error::last_os_error());
+        }
+        std::net::TcpListener::bind(("127.0.0.1", port))
+    })
+    .join()
+    .map_err(|_| Error::other("listen thread panicked"))?
 }

@@ -323,6 +323,22 @@ impl Sandbox {
         tokio::net::TcpStream::from_std(std_stream)
     }
 
+    /// A listener on `127.0.0.1:port` as seen by the instance whose outer
+    /// process is `pid`, created inside its own network namespace (only its
+    /// processes can connect). The sandbox must have its own network
+    /// (isolated, [`Network::None`]); it may still be waiting for its
+    /// program, so the listener is there before the program starts.
+    pub async fn listen_inside(&self, pid: u32, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+        if !self.is_isolated() {
+            return Err(std::io::Error::other("an unisolated instance has no network namespace of its own"));
+        }
+        let listener = tokio::task::spawn_blocking(move || attach::listen_inside(pid, port))
+            .await
+            .map_err(std::io::Error::other)??;
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    }
+
     /// Where an instance sees its code.
     pub fn code_path(&self, host: &Path) -> PathBuf {
         if self.is_isolated() { PathBuf::from(mounts::CODE) } else { host.to_path_buf() }
