@@ -290,7 +290,10 @@ fn the_runtime_api_keeps_the_native_clients_crash_conditions_and_refuses_misbeha
     assert_eq!(r.text(), "202 application/json {\"status\":\"OK\"}");
     let r = flick.invoke("probe", "error-header");
     assert_eq!(r.status, 500);
-    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("Function.Custom"), Some("plain words")));
+    assert_eq!(
+        (r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()),
+        (Some("Function.Custom"), Some("plain words"))
+    );
     assert_eq!(flick.instances("probe"), 1, "misbehaviour so far cost no instance");
 
     // A runtime that outlives the timeout: 504, and the next call gets a new instance.
@@ -333,7 +336,10 @@ exit 1
     );
     let r = flick.invoke("init-error", "{}");
     assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("Runtime.Broken"), Some("cannot start")));
+    assert_eq!(
+        (r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()),
+        (Some("Runtime.Broken"), Some("cannot start"))
+    );
     let logs = flick.activation(&r.activation_id())["logs"].to_string();
     assert!(logs.contains("init-error-1=202 application/json"), "{logs}");
     assert!(logs.contains("init-error-2=403 application/json"), "{logs}");
@@ -411,7 +417,16 @@ done
     // 127.0.0.1:9001 is not it.
     assert_eq!(flick.invoke("victim-none", "where").text(), "127.0.0.1:9001");
     let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "5", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next"])
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next",
+        ])
         .output()
         .unwrap();
     let seen = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();

@@ -369,13 +369,11 @@ impl ApiInstance {
     }
 }
 
-/// The program an instance of `spec` runs, its arguments and its extra
-/// environment.
-fn command(
-    launcher: &Launcher,
-    spec: &InstanceSpec,
-    code: &Path,
-) -> Result<(PathBuf, Vec<OsString>, Vec<(String, String)>), StartError> {
+/// The program an instance runs, its arguments and its extra environment.
+type Command = (PathBuf, Vec<OsString>, Vec<(String, String)>);
+
+/// What an instance of `spec` runs.
+fn command(launcher: &Launcher, spec: &InstanceSpec, code: &Path) -> Result<Command, StartError> {
     let m = &spec.manifest;
     let cfg = launcher.config();
     let invalid = |message: String| StartError::Init {
@@ -387,8 +385,9 @@ fn command(
             // Checked on the host: inside the sandbox a missing program is
             // only an exit status.
             let host = spec.code_dir.join("bootstrap");
-            let executable = std::fs::metadata(&host)
-                .is_ok_and(|md| md.is_file() && std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o111 != 0);
+            let executable = std::fs::metadata(&host).is_ok_and(|md| {
+                md.is_file() && std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o111 != 0
+            });
             if !executable {
                 return Err(invalid("the package has no executable `bootstrap` at its top level".into()));
             }
@@ -581,7 +580,7 @@ async fn answer(shared: &Shared, id: String, is_error: bool, req: hyper::Request
     // The id first: a wrong one is refused before its body is read.
     {
         let st = shared.state.lock();
-        if !st.current.as_ref().is_some_and(|(c, _)| *c == id) {
+        if st.current.as_ref().is_none_or(|(c, _)| *c != id) {
             return unknown(&st);
         }
     }
@@ -750,7 +749,8 @@ mod tests {
         assert_eq!(e.kind, "Function.Custom");
         let e = function_error(b"not json", None);
         assert_eq!((e.kind.as_str(), e.message.as_str()), ("Runtime.Unknown", "not json"));
-        let long = format!(r#"{{"errorMessage":"{}","stackTrace":{}}}"#, "é".repeat(5000), serde_json::json!(vec!["x"; 500]));
+        let long =
+            format!(r#"{{"errorMessage":"{}","stackTrace":{}}}"#, "é".repeat(5000), serde_json::json!(vec!["x"; 500]));
         let e = function_error(long.as_bytes(), None);
         assert!(e.message.len() <= MAX_MESSAGE && e.trace.len() == MAX_TRACE_LINES);
     }

@@ -368,7 +368,7 @@ pub(super) fn kind_label(rev: &Revision, meta: Option<&Meta>) -> String {
         RuntimeKind::Node => "nodejs:default",
         RuntimeKind::Sequence => "sequence",
         // Any program: OpenWhisk's name for an action that is not a runtime's.
-        RuntimeKind::Exec | RuntimeKind::Http => "blackbox",
+        RuntimeKind::Exec | RuntimeKind::Http | RuntimeKind::Provided => "blackbox",
     }
     .into()
 }
