@@ -175,6 +175,12 @@ def lifecycle():
     assert versions[0]["Version"] == "$LATEST" and len(versions) >= 2, versions
     expect_error("InvalidParameterValueException", 400, lam.create_alias, FunctionName="py-life", Name="live", FunctionVersion="1")
 
+    assert lam.list_tags(Resource=created["FunctionArn"])["Tags"] == {}
+    concurrency = lam.get_function_concurrency(FunctionName="py-life")
+    assert "ReservedConcurrentExecutions" not in concurrency, concurrency
+    assert lam.get_account_settings()["AccountUsage"]["FunctionCount"] == 5
+    expect_error("UnknownOperationException", 404, lam.list_layers)
+
     lam.delete_function(FunctionName="page-0")
     expect_error("ResourceNotFoundException", 404, lam.get_function, FunctionName="page-0")
     names = [f["FunctionName"] for f in lam.list_functions()["Functions"]]

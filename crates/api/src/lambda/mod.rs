@@ -75,6 +75,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(&format!("{f}/{{name}}/aliases/{{alias}}"), any(aliases))
         .route("/2014-11-13/functions/{name}/invoke-async", or_unknown(post(invoke_async)))
         .route("/2014-11-13/functions/{name}/invoke-async/", or_unknown(post(invoke_async)));
+    router = router
+        .route("/2017-03-31/tags/{arn}", or_unknown(get(list_tags)))
+        .route("/2019-09-30/functions/{name}/concurrency", or_unknown(get(get_concurrency)))
+        .route("/2016-08-19/account-settings", or_unknown(get(account_settings)))
+        .route("/2016-08-19/account-settings/", or_unknown(get(account_settings)));
     for prefix in API_PREFIXES {
         router = router.route(&format!("/{prefix}/{{*rest}}"), any(unknown_operation));
     }
@@ -721,6 +726,50 @@ async fn list_versions(
         versions.push(config::configuration(identity, revision, meta.as_ref(), &revision.number.to_string()));
     }
     Ok(json_response(StatusCode::OK, json!({ "Versions": versions })))
+}
+
+/// ListTags: flick keeps no tags, so every existing function has none.
+async fn list_tags(
+    State(state): State<AppState>,
+    Path(arn): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, LambdaError> {
+    authenticate(&state, req, SMALL_BODY, "ListTags").await?;
+    let target = target(&arn, &QualifierQuery::default())?;
+    current(&state.platform, &target.name).await?;
+    Ok(json_response(StatusCode::OK, json!({ "Tags": {} })))
+}
+
+/// GetFunctionConcurrency: no reserved concurrency (flick's per-function
+/// bounds are `concurrency` and `max_instances` in `flick.toml`).
+async fn get_concurrency(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, LambdaError> {
+    authenticate(&state, req, SMALL_BODY, "GetFunctionConcurrency").await?;
+    let target = target(&raw, &QualifierQuery::default())?;
+    current(&state.platform, &target.name).await?;
+    Ok(json_response(StatusCode::OK, json!({})))
+}
+
+/// GetAccountSettings: flick's own limits, in Lambda's fields.
+async fn account_settings(State(state): State<AppState>, req: Request<Body>) -> Result<Response, LambdaError> {
+    authenticate(&state, req, SMALL_BODY, "GetAccountSettings").await?;
+    let platform = &state.platform;
+    let functions = platform.functions().await.map_err(|e| LambdaError::platform(e, platform.lambda_identity()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "AccountLimit": {
+                "CodeSizeZipped": state.limits.max_archive_bytes,
+                "CodeSizeUnzipped": UnpackLimits::default().max_unpacked_bytes,
+                "ConcurrentExecutions": 1000,
+                "UnreservedConcurrentExecutions": 1000,
+            },
+            "AccountUsage": { "FunctionCount": functions.len() },
+        }),
+    ))
 }
 
 // --- invoke ------------------------------------------------------------------
