@@ -22,9 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post, put};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use flick_core::{ActivationId, ActivationStatus, Cause, Invocation, Presentation, Revision};
+use flick_core::{ActivationId, Cause, Invocation, Presentation, Revision};
 use flick_package::{PackedFile, UnpackLimits};
-use flick_platform::{Caller, Platform, PlatformError, Route};
+use flick_platform::{Caller, Outcome, Platform, PlatformError, Route};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -848,18 +848,26 @@ async fn invoke(
             let memory = route.revision.manifest.memory;
             let done =
                 platform.invoke(route, Caller::Admin, inv).await.map_err(|e| LambdaError::platform(e, identity))?;
-            // Interim: read back from the native rendering of the outcome.
-            let native = done.native_response();
-            let (body, function_error) = match done.status {
-                ActivationStatus::Success => (native.body, false),
-                ActivationStatus::Error | ActivationStatus::Timeout | ActivationStatus::OutOfMemory => {
-                    (error_payload(done.status, &native.body, &done.activation_id), true)
+            let function = &done.function;
+            let id = &done.activation_id;
+            let (body, function_error) = match &done.outcome {
+                Outcome::Response(answer) => (answer.body.clone(), false),
+                Outcome::FunctionError(e) => (error_payload(&e.kind, &e.message, &e.trace, id), true),
+                Outcome::Timeout { after } => {
+                    let message = format!("Task timed out after {:.2} seconds", after.as_secs_f64());
+                    (error_payload("Sandbox.Timedout", &message, &[], id), true)
                 }
-                _ => {
-                    tracing::warn!(activation = %done.activation_id.as_str(), "lambda invoke: platform fault");
+                Outcome::OutOfMemory { .. } | Outcome::SequenceFailed(_) => {
+                    let kind = done.outcome.error_kind().unwrap_or("Runtime.Unknown");
+                    let message = done.outcome.error_message(function, id).unwrap_or_default();
+                    (error_payload(kind, &message, &[], id), true)
+                }
+                Outcome::BadRequest(message) => return Err(LambdaError::invalid(message.clone())),
+                Outcome::PlatformFault | Outcome::CallerGaveUp { .. } => {
+                    tracing::warn!(activation = %id.as_str(), "lambda invoke: platform fault");
                     return Err(LambdaError::service(format!(
                         "flick could not run the function (activation {})",
-                        done.activation_id.as_str()
+                        id.as_str()
                     )));
                 }
             };
@@ -917,25 +925,8 @@ async fn invoke_async(
     Ok(resp)
 }
 
-/// Lambda's error payload `{errorMessage, errorType, stackTrace}` from what
-/// the platform answered for a failed call.
-fn error_payload(status: ActivationStatus, body: &[u8], id: &ActivationId) -> Bytes {
-    let native: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let field = |name: &str| native.get(name).and_then(Value::as_str).map(str::to_string);
-    let (kind, message) = match status {
-        ActivationStatus::Timeout => {
-            ("Sandbox.Timedout".to_string(), field("errorMessage").unwrap_or_else(|| "Task timed out".into()))
-        }
-        ActivationStatus::OutOfMemory => (
-            "Runtime.OutOfMemory".to_string(),
-            field("errorMessage").unwrap_or_else(|| "Runtime exited: out of memory".into()),
-        ),
-        _ => (
-            field("errorType").unwrap_or_else(|| "Runtime.Unknown".into()),
-            field("errorMessage").unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
-        ),
-    };
-    let trace = native.get("stackTrace").cloned().filter(Value::is_array).unwrap_or_else(|| json!([]));
+/// Lambda's error payload `{errorMessage, errorType, requestId, stackTrace}`.
+fn error_payload(kind: &str, message: &str, trace: &[String], id: &ActivationId) -> Bytes {
     let payload = json!({ "errorMessage": message, "errorType": kind, "requestId": id.as_str(), "stackTrace": trace });
     Bytes::from(serde_json::to_vec(&payload).expect("json serialises"))
 }
@@ -999,12 +990,11 @@ mod tests {
     #[test]
     fn error_payloads_are_lambdas() {
         let id = ActivationId::generate();
-        let native = br#"{"errorType":"ValueError","errorMessage":"boom","stackTrace":["a","b"],"activationId":"x"}"#;
-        let payload: Value = serde_json::from_slice(&error_payload(ActivationStatus::Error, native, &id)).unwrap();
+        let trace = ["a".to_string(), "b".to_string()];
+        let payload: Value = serde_json::from_slice(&error_payload("ValueError", "boom", &trace, &id)).unwrap();
         assert_eq!(payload["errorType"], "ValueError");
         assert_eq!(payload["errorMessage"], "boom");
         assert_eq!(payload["stackTrace"], json!(["a", "b"]));
-        let payload: Value = serde_json::from_slice(&error_payload(ActivationStatus::Timeout, b"", &id)).unwrap();
-        assert_eq!(payload["errorType"], "Sandbox.Timedout");
+        assert_eq!(payload["requestId"], id.as_str());
     }
 }
