@@ -433,3 +433,110 @@ done
     assert!(!seen.contains("lambda-runtime-aws-request-id"), "{seen}");
     assert_eq!(flick.invoke("victim-none", "still-mine").text(), "echo:still-mine");
 }
+
+// --- AWS's own runtime interface clients (`lambda_ric = true`) ---------------
+
+/// Where tests/compat/install.sh put the clients; fails (not skips) when
+/// they are missing.
+fn compat_dir(rel: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/compat").join(rel);
+    assert!(p.exists(), "{} is missing: run `bash tests/compat/install.sh`", p.display());
+    p
+}
+
+/// Copies `from` into `to` (a package being written), as a user vendors a
+/// dependency into a Lambda zip.
+fn vendor(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let ok = std::process::Command::new("cp").arg("-rL").arg(from).arg(to).status().unwrap().success();
+    assert!(ok, "copying {}", from.display());
+}
+
+#[test]
+fn awslambdaric_and_aws_lambda_ric_run_handlers_unmodified() {
+    let flick = Flick::start();
+    let site = compat_dir(".venv/lib");
+    let site = std::fs::read_dir(&site).unwrap().flatten().map(|e| e.path().join("site-packages")).find(|p| p.is_dir());
+    let site = site.expect("a site-packages in tests/compat/.venv: run `bash tests/compat/install.sh`");
+    let py = common::write_function(
+        flick.data_dir(),
+        "py-ric",
+        &[
+            ("flick.toml", &manifest("py-ric", "python3", "main.handler", "lambda_ric = true\nmemory = \"128MiB\"\n")),
+            (
+                "main.py",
+                "import os\n\
+                 def handler(event, context):\n\
+                 \x20   if event.get('fail'):\n\
+                 \x20       raise ValueError('asked to fail')\n\
+                 \x20   return {'event': event, 'name': context.function_name, 'arn': context.invoked_function_arn,\n\
+                 \x20           'version': context.function_version, 'memory': context.memory_limit_in_mb,\n\
+                 \x20           'request_id': context.aws_request_id, 'group': context.log_group_name,\n\
+                 \x20           'remaining': context.get_remaining_time_in_millis(), 'trace': os.environ.get('_X_AMZN_TRACE_ID')}\n",
+            ),
+        ],
+    );
+    for entry in std::fs::read_dir(&site).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "awslambdaric" || name == "simplejson" || name.starts_with("runtime_client") || name == "snapshot_restore_py.py" {
+            vendor(&entry.path(), &py.join(&name));
+        }
+    }
+    flick.deploy(&py);
+    let r = flick.invoke("py-ric", "{\"hello\": \"world\"}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!(got["event"], serde_json::json!({"hello": "world"}), "the parsed event: {got}");
+    assert_eq!(got["name"], "py-ric");
+    assert_eq!(got["arn"], "arn:aws:lambda:us-east-1:000000000000:function:py-ric");
+    assert_eq!(got["version"], "$LATEST");
+    assert_eq!(got["memory"], "128");
+    assert_eq!(got["request_id"], r.activation_id());
+    assert_eq!(got["group"], "/aws/lambda/py-ric");
+    let remaining = got["remaining"].as_i64().unwrap();
+    assert!(remaining > 0 && remaining <= 30_000, "{remaining}");
+    assert!(got["trace"].as_str().unwrap().starts_with("Root=1-"), "{got}");
+    let r = flick.invoke("py-ric", "{\"fail\": true}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("ValueError"), Some("asked to fail")));
+    let r = flick.invoke("py-ric", "{\"again\": 1}");
+    assert_eq!(r.json()["event"]["again"], 1, "the same instance goes on after an error");
+    assert_eq!(flick.activation(&r.activation_id())["cold"], false);
+
+    // A handler module that does not import: awslambdaric's init/error
+    // (checked for exactly 202 by the client) is the call's outcome.
+    std::fs::write(py.join("main.py"), "import not_a_module_anywhere\n").unwrap();
+    flick.deploy(&py);
+    let r = flick.invoke("py-ric", "{}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "Runtime.ImportModuleError", "{}", r.text());
+
+    let js = common::write_function(
+        flick.data_dir(),
+        "js-ric",
+        &[
+            ("flick.toml", &manifest("js-ric", "node", "index.handler", "lambda_ric = true\nmemory = \"128MiB\"\n")),
+            (
+                "index.mjs",
+                "export const handler = async (event, context) => {\n\
+                 \x20 if (event.fail) throw new TypeError('asked to fail');\n\
+                 \x20 return { event, name: context.functionName, arn: context.invokedFunctionArn,\n\
+                 \x20          request_id: context.awsRequestId, remaining: context.getRemainingTimeInMillis() };\n\
+                 };\n",
+            ),
+        ],
+    );
+    vendor(&compat_dir("node_modules/aws-lambda-ric"), &js.join("node_modules/aws-lambda-ric"));
+    flick.deploy(&js);
+    let r = flick.invoke("js-ric", "{\"hello\": \"node\"}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!(got["event"], serde_json::json!({"hello": "node"}), "{got}");
+    assert_eq!(got["name"], "js-ric");
+    assert_eq!(got["arn"], "arn:aws:lambda:us-east-1:000000000000:function:js-ric");
+    assert_eq!(got["request_id"], r.activation_id());
+    assert!(got["remaining"].as_i64().unwrap() > 0, "{got}");
+    let r = flick.invoke("js-ric", "{\"fail\": true}");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("TypeError"), Some("asked to fail")));
+}
