@@ -478,7 +478,11 @@ fn awslambdaric_and_aws_lambda_ric_run_handlers_unmodified() {
     );
     for entry in std::fs::read_dir(&site).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "awslambdaric" || name == "simplejson" || name.starts_with("runtime_client") || name == "snapshot_restore_py.py" {
+        if name == "awslambdaric"
+            || name == "simplejson"
+            || name.starts_with("runtime_client")
+            || name == "snapshot_restore_py.py"
+        {
             vendor(&entry.path(), &py.join(&name));
         }
     }
@@ -498,7 +502,10 @@ fn awslambdaric_and_aws_lambda_ric_run_handlers_unmodified() {
     assert!(got["trace"].as_str().unwrap().starts_with("Root=1-"), "{got}");
     let r = flick.invoke("py-ric", "{\"fail\": true}");
     assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("ValueError"), Some("asked to fail")));
+    assert_eq!(
+        (r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()),
+        (Some("ValueError"), Some("asked to fail"))
+    );
     let r = flick.invoke("py-ric", "{\"again\": 1}");
     assert_eq!(r.json()["event"]["again"], 1, "the same instance goes on after an error");
     assert_eq!(flick.activation(&r.activation_id())["cold"], false);
@@ -538,5 +545,8 @@ fn awslambdaric_and_aws_lambda_ric_run_handlers_unmodified() {
     assert!(got["remaining"].as_i64().unwrap() > 0, "{got}");
     let r = flick.invoke("js-ric", "{\"fail\": true}");
     assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!((r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()), (Some("TypeError"), Some("asked to fail")));
+    assert_eq!(
+        (r.json()["errorType"].as_str(), r.json()["errorMessage"].as_str()),
+        (Some("TypeError"), Some("asked to fail"))
+    );
 }
