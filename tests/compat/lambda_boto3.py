@@ -238,6 +238,45 @@ def invoke():
     print(json.dumps({"async": queued["ResponseMetadata"]["RequestId"], "legacy": legacy["ResponseMetadata"]["RequestId"]}))
 
 
+BASH_BOOTSTRAP = """\
+#!/bin/bash
+set -euo pipefail
+source $LAMBDA_TASK_ROOT/"$(echo $_HANDLER | cut -d. -f1).sh"
+while true
+do
+  HEADERS="$(mktemp)"
+  EVENT_DATA=$(curl -sS -LD "$HEADERS" "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/next")
+  REQUEST_ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id "$HEADERS" | tr -d '[:space:]' | cut -d: -f2)
+  RESPONSE=$($(echo "$_HANDLER" | cut -d. -f2) "$EVENT_DATA")
+  curl "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/$REQUEST_ID/response"  -d "$RESPONSE"
+done
+"""
+
+BASH_FUNCTION = """\
+function handler () {
+  echo "{\\"echo\\": $1}"
+}
+"""
+
+
+def provided():
+    lam = client()
+    # The AWS custom-runtime tutorial's shape: a bash bootstrap with curl.
+    code = zip_of({"bootstrap": (BASH_BOOTSTRAP, 0o755), "function.sh": BASH_FUNCTION})
+    created = lam.create_function(
+        FunctionName="bash-fn", Runtime="provided.al2023", Role=ROLE, Handler="function.handler", Code={"ZipFile": code}
+    )
+    assert created["Runtime"] == "provided.al2023" and created["State"] == "Active", created
+    out = payload(lam.invoke(FunctionName="bash-fn", Payload=b'{"n": 1}'))
+    assert out == {"echo": {"n": 1}}, out
+    # A zip without its bootstrap is refused, naming it.
+    message = expect_error(
+        "InvalidParameterValueException", 400, lam.create_function,
+        FunctionName="no-boot", Runtime="provided", Role=ROLE, Code={"ZipFile": zip_of({"function.sh": BASH_FUNCTION})},
+    )
+    print(json.dumps({"no_bootstrap": message}))
+
+
 def bad_input():
     lam = client()
     create_python(lam, "exists")
@@ -305,4 +344,4 @@ def auth():
 
 
 if __name__ == "__main__":
-    {"lifecycle": lifecycle, "invoke": invoke, "bad_input": bad_input, "auth": auth}[sys.argv[1]]()
+    {"lifecycle": lifecycle, "invoke": invoke, "provided": provided, "bad_input": bad_input, "auth": auth}[sys.argv[1]]()

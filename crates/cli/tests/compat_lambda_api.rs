@@ -89,6 +89,15 @@ fn boto3_invokes_sync_async_with_log_tail_dry_run_and_errors() {
 }
 
 #[test]
+fn boto3_runs_a_custom_runtime_bash_bootstrap() {
+    let flick = Flick::start();
+    let out = scenario(&flick, "provided");
+    assert!(out["no_bootstrap"].as_str().unwrap().contains("bootstrap"), "{out}");
+    let listed = flick.get("/v1/functions").json()["functions"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[test]
 fn boto3_bad_input_gets_lambda_errors_and_changes_nothing() {
     let flick = Flick::start();
     let out = scenario(&flick, "bad_input");

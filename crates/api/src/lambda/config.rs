@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// What a custom runtime's zip must hold at its root.
+const BOOTSTRAP: &str = "bootstrap";
 /// Where the Lambda-only settings live inside the package.
 pub(super) const META_FILE: &str = ".flick/lambda.json";
 const MIB: u64 = 1 << 20;
@@ -64,10 +66,7 @@ pub(super) fn runtime_kind(runtime: &str) -> Result<RuntimeKind, String> {
     } else if node {
         Ok(RuntimeKind::Node)
     } else if matches!(runtime, "provided" | "provided.al2" | "provided.al2023") {
-        Err(format!(
-            "Runtime `{runtime}` (a custom runtime's bootstrap over the Lambda Runtime API) is not available in \
-             this flick yet; use python3.x or nodejs*"
-        ))
+        Ok(RuntimeKind::Provided)
     } else {
         Err(format!(
             "Value {runtime} at 'runtime' failed to satisfy constraint: flick runs python3.x, nodejs*, provided, \
@@ -103,6 +102,14 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
 /// the function and fail every call with `Runtime.ImportModuleError`;
 /// flick says so at once, naming the file it looked for.
 pub(super) fn check_handler(kind: RuntimeKind, handler: &str, files: &[PackedFile]) -> Result<(), String> {
+    if kind == RuntimeKind::Provided {
+        // The handler is only what the bootstrap reads from `_HANDLER`.
+        return match files.iter().find(|f| f.path.trim_start_matches("./") == BOOTSTRAP) {
+            Some(f) if !f.symlink => Ok(()),
+            Some(_) => Err("the zip's `bootstrap` is a symlink: a custom runtime needs the executable itself".into()),
+            None => Err("a custom runtime (provided*) needs an executable `bootstrap` at the root of the zip".into()),
+        };
+    }
     let Some((module, function)) = handler.rsplit_once('.') else {
         return Err(format!("Handler `{handler}` must be `file.function` (e.g. `lambda_function.lambda_handler`)"));
     };
@@ -129,14 +136,17 @@ pub(super) fn check_handler(kind: RuntimeKind, handler: &str, files: &[PackedFil
 pub(super) fn manifest_toml(s: &Settings) -> String {
     let q = |text: &str| serde_json::to_string(text).expect("strings serialise");
     let mut out = format!(
-        "# Written by flick's Lambda API from CreateFunction/UpdateFunction*.\nname = {}\nruntime = {}\nhandler = \
-         {}\ntimeout = \"{}s\"\nmemory = \"{}MiB\"\n",
+        "# Written by flick's Lambda API from CreateFunction/UpdateFunction*.\nname = {}\nruntime = {}\ntimeout = \
+         \"{}s\"\nmemory = \"{}MiB\"\n",
         q(&s.name),
         q(s.kind.as_str()),
-        q(&s.handler),
         s.timeout,
         s.memory,
     );
+    // A custom runtime may have no handler at all.
+    if !s.handler.is_empty() || s.kind != RuntimeKind::Provided {
+        out.push_str(&format!("handler = {}\n", q(&s.handler)));
+    }
     if !s.env.is_empty() {
         out.push_str("\n[env]\n");
         for (k, v) in &s.env {
@@ -154,6 +164,13 @@ pub(super) fn package_files(settings: &Settings, mut code: Vec<PackedFile>) -> V
         let path = f.path.trim_start_matches("./");
         path != flick_core::MANIFEST_FILE && path != ".flick" && !path.starts_with(".flick/")
     });
+    if settings.kind == RuntimeKind::Provided {
+        // Lambda runs `bootstrap` whatever mode the zip gave it (a zip made
+        // on Windows has none).
+        for file in code.iter_mut().filter(|f| f.path.trim_start_matches("./") == BOOTSTRAP && !f.symlink) {
+            file.exec = true;
+        }
+    }
     code.push(PackedFile::file(flick_core::MANIFEST_FILE, manifest_toml(settings)));
     let meta = serde_json::to_vec_pretty(&settings.meta).expect("meta serialises");
     code.push(PackedFile::file(META_FILE, meta));
@@ -309,7 +326,9 @@ mod tests {
             let err = runtime_kind(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
-        assert!(runtime_kind("provided.al2023").unwrap_err().contains("provided.al2023"));
+        for provided in ["provided", "provided.al2", "provided.al2023"] {
+            assert_eq!(runtime_kind(provided), Ok(RuntimeKind::Provided));
+        }
     }
 
     #[test]
@@ -325,6 +344,8 @@ mod tests {
         let err = check_handler(RuntimeKind::Python3, "app.handler", &files).unwrap_err();
         assert!(err.contains("app.py"), "{err}");
         assert!(check_handler(RuntimeKind::Python3, "nodot", &files).unwrap_err().contains("file.function"));
+        assert!(check_handler(RuntimeKind::Provided, "", &files).unwrap_err().contains("bootstrap"));
+        check_handler(RuntimeKind::Provided, "", &[PackedFile::file("bootstrap", "#!/bin/sh")]).unwrap();
     }
 
     #[test]

@@ -456,7 +456,11 @@ async fn create_function(State(state): State<AppState>, req: Request<Body>) -> R
     }
     let runtime = body.runtime.ok_or_else(|| LambdaError::invalid("Runtime is required for a Zip package"))?;
     let kind = config::runtime_kind(&runtime).map_err(LambdaError::invalid)?;
-    let handler = body.handler.ok_or_else(|| LambdaError::invalid("Handler is required for a Zip package"))?;
+    let handler = match body.handler {
+        Some(handler) => handler,
+        None if kind == flick_core::RuntimeKind::Provided => String::new(),
+        None => return Err(LambdaError::invalid("Handler is required for a Zip package")),
+    };
     let role = body.role.ok_or_else(|| LambdaError::invalid("Role is required"))?;
     let code = body.code.ok_or_else(|| LambdaError::invalid("Code is required"))?;
     let zip = decode_zip(code.zip_file.as_deref(), code.s3_bucket.is_some(), code.image_uri.is_some())?;
