@@ -1,19 +1,23 @@
-//! HTTP surfaces of flick: the invoke path `/fn/{name}`, the management API
-//! under `/v1/` (which the CLI uses; it has no private path) and `/healthz`.
+//! HTTP surfaces of flick: its own (the invoke path `/fn/{name}`, the
+//! management API under `/v1/` which the CLI uses, `/healthz`) and the
+//! compatibility surfaces of other platforms' APIs.
 //!
-//! Handlers only parse requests into calls on [`flick_platform::Platform`]
-//! and render the result; errors become HTTP statuses in one place
-//! ([`error`]).
+//! One module per surface, each exposing `routes()`, merged here. A
+//! surface parses its wire format into calls on
+//! [`flick_platform::Platform`] and renders what comes back (errors, and an
+//! invocation's [`flick_platform::Outcome`]) in its own shapes: status
+//! codes, error bodies and headers are the surface's, never the core's.
 //!
 //! # Layout
 //! - `auth`: the admin API key and the bearer check;
-//! - `invoke`: `ANY /fn/{name}[/{rest}]`;
-//! - `manage`: `/v1/functions…`, `/v1/activations…`, `/v1/instances`,
-//!   `/v1/dlq…` (dead letters of async calls);
+//! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
+//!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
+//!   `/v1/dlq…`) and `/healthz`; its errors are [`ApiError`];
 //! - `events`: `POST /events`, CloudEvents in binary, structured and batched mode;
 //! - `openwhisk`: OpenWhisk's REST API under `/api/v1/` (actions,
 //!   activations, web actions), with its own auth and error shape;
-//! - `error`: [`ApiError`] and its mapping to status codes;
+//! - `error`: [`ApiError`], the native surface's errors (also `events`' and
+//!   `triggers`'), and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
 //! - `triggers`: `GET /v1/triggers[/{function}]`, the triggers' state
@@ -25,9 +29,8 @@ mod auth;
 mod error;
 mod events;
 pub mod handshake;
-mod invoke;
 mod lambda;
-mod manage;
+mod native;
 mod openwhisk;
 mod serve;
 pub mod triggers;
@@ -35,7 +38,7 @@ pub mod triggers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::post;
 use flick_platform::Platform;
 
 pub use auth::AdminKey;
@@ -77,22 +80,8 @@ pub(crate) struct AppState {
 pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Router {
     let state = AppState { platform, key, limits };
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/fn/{name}", any(invoke::invoke_root))
-        .route("/fn/{name}/", any(invoke::invoke_root))
-        .route("/fn/{name}/{*rest}", any(invoke::invoke_path))
+        .merge(native::routes())
         .route("/events", post(events::post_events))
-        .route("/v1/functions", get(manage::list_functions).post(manage::deploy))
-        .route("/v1/functions/{name}", get(manage::get_function).delete(manage::delete_function))
-        .route("/v1/functions/{name}/revisions", get(manage::list_revisions))
-        .route("/v1/functions/{name}/rollback", post(manage::rollback))
-        .route("/v1/activations", get(manage::list_activations))
-        .route("/v1/activations/{id}", get(manage::get_activation))
-        .route("/v1/instances", get(manage::list_instances))
-        .route("/v1/dlq", get(manage::list_dead).delete(manage::purge_dead))
-        .route("/v1/dlq/redrive", post(manage::redrive_all))
-        .route("/v1/dlq/{id}", get(manage::get_dead))
-        .route("/v1/dlq/{id}/redrive", post(manage::redrive_dead))
         .merge(openwhisk::routes())
         .merge(lambda::routes())
         .fallback(|| async { ApiError::NoRoute })

@@ -15,14 +15,30 @@ use crate::{ApiError, AppState};
 
 type ApiResult = Result<axum::response::Response, ApiError>;
 
-pub(crate) async fn list_functions(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/functions", get(list_functions).post(deploy))
+        .route("/v1/functions/{name}", get(get_function).delete(delete_function))
+        .route("/v1/functions/{name}/revisions", get(list_revisions))
+        .route("/v1/functions/{name}/rollback", post(rollback))
+        .route("/v1/activations", get(list_activations))
+        .route("/v1/activations/{id}", get(get_activation))
+        .route("/v1/instances", get(list_instances))
+        .route("/v1/dlq", get(list_dead).delete(purge_dead))
+        .route("/v1/dlq/redrive", post(redrive_all))
+        .route("/v1/dlq/{id}", get(get_dead))
+        .route("/v1/dlq/{id}/redrive", post(redrive_dead))
+}
+
+async fn list_functions(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
     s.key.check(&headers)?;
     let functions = s.platform.functions().await?;
     Ok(Json(json!({ "functions": functions })).into_response())
 }
 
 /// `POST /v1/functions` with a `.tar.gz` package as the body.
-pub(crate) async fn deploy(State(s): State<AppState>, req: Request<Body>) -> ApiResult {
+async fn deploy(State(s): State<AppState>, req: Request<Body>) -> ApiResult {
     s.key.check(req.headers())?;
     let limit = s.limits.max_archive_bytes;
     let body = crate::read_body(req.into_body(), limit, &s.limits).await?;
@@ -35,14 +51,14 @@ pub(crate) async fn deploy(State(s): State<AppState>, req: Request<Body>) -> Api
 }
 
 #[derive(Deserialize)]
-pub(crate) struct FunctionParams {
+struct FunctionParams {
     /// `?env=values`: include the values of `[env]`, not only their names.
     env: Option<String>,
 }
 
 /// `GET /v1/functions/{name}`: the names of `[env]` always, its values
 /// (often secrets) only when asked for with `?env=values`.
-pub(crate) async fn get_function(
+async fn get_function(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -71,21 +87,13 @@ pub(crate) async fn get_function(
     Ok(Json(value).into_response())
 }
 
-pub(crate) async fn delete_function(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
+async fn delete_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     s.key.check(&headers)?;
     s.platform.delete(&name).await?;
     Ok(Json(json!({ "deleted": name })).into_response())
 }
 
-pub(crate) async fn list_revisions(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
+async fn list_revisions(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
     s.key.check(&headers)?;
     let revisions = s.platform.revisions(&name).await?;
     // The route table holds the current revision: no second store query.
@@ -94,14 +102,14 @@ pub(crate) async fn list_revisions(
 }
 
 #[derive(Deserialize)]
-pub(crate) struct RollbackBody {
+struct RollbackBody {
     revision: Option<u32>,
 }
 
 /// Largest rollback body: `{"revision": N}` needs a few bytes.
 const MAX_ROLLBACK_BODY: usize = 4 << 10;
 
-pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>, req: Request<Body>) -> ApiResult {
+async fn rollback(State(s): State<AppState>, Path(name): Path<String>, req: Request<Body>) -> ApiResult {
     // The key first: nobody without it gets flick to read a body.
     s.key.check(req.headers())?;
     let body = crate::read_body(req.into_body(), MAX_ROLLBACK_BODY, &s.limits).await?;
@@ -116,7 +124,7 @@ pub(crate) async fn rollback(State(s): State<AppState>, Path(name): Path<String>
 }
 
 #[derive(Deserialize)]
-pub(crate) struct ActivationParams {
+struct ActivationParams {
     function: Option<String>,
     limit: Option<u32>,
     after_seq: Option<i64>,
@@ -125,7 +133,7 @@ pub(crate) struct ActivationParams {
     parent: Option<String>,
 }
 
-pub(crate) async fn list_activations(
+async fn list_activations(
     State(s): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<ActivationParams>,
@@ -157,12 +165,12 @@ pub(crate) async fn list_activations(
     Ok(Json(json!({ "activations": activations })).into_response())
 }
 
-pub(crate) async fn get_activation(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn get_activation(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     s.key.check(&headers)?;
     Ok(Json(s.platform.activation(&id).await?).into_response())
 }
 
-pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+async fn list_instances(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
     s.key.check(&headers)?;
     let scheduler = s.platform.scheduler();
     let instances: Vec<Value> = scheduler
@@ -188,7 +196,7 @@ pub(crate) async fn list_instances(State(s): State<AppState>, headers: HeaderMap
 }
 
 #[derive(Deserialize)]
-pub(crate) struct DlqParams {
+struct DlqParams {
     function: Option<String>,
     limit: Option<u32>,
 }
@@ -220,7 +228,7 @@ fn dead_letter_json(item: &flick_platform::Item, with_request: bool) -> Value {
 }
 
 /// `GET /v1/dlq[?function=NAME]`
-pub(crate) async fn list_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
+async fn list_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
     s.key.check(&headers)?;
     let items = s.platform.dead_letters(p.function.as_deref(), p.limit.unwrap_or(100)).await?;
     let dead: Vec<Value> = items.iter().map(|i| dead_letter_json(i, false)).collect();
@@ -228,32 +236,28 @@ pub(crate) async fn list_dead(State(s): State<AppState>, headers: HeaderMap, Que
 }
 
 /// `GET /v1/dlq/{id}`
-pub(crate) async fn get_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn get_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     s.key.check(&headers)?;
     let item = s.platform.dead_letter(&id).await?;
     Ok(Json(dead_letter_json(&item, true)).into_response())
 }
 
 /// `POST /v1/dlq/{id}/redrive`
-pub(crate) async fn redrive_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+async fn redrive_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     s.key.check(&headers)?;
     s.platform.redrive(&id).await?;
     Ok(Json(json!({ "redriven": 1, "id": id })).into_response())
 }
 
 /// `POST /v1/dlq/redrive[?function=NAME]`: every dead letter (of one function).
-pub(crate) async fn redrive_all(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Query(p): Query<DlqParams>,
-) -> ApiResult {
+async fn redrive_all(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
     s.key.check(&headers)?;
     let n = s.platform.redrive_all(p.function.as_deref()).await?;
     Ok(Json(json!({ "redriven": n })).into_response())
 }
 
 /// `DELETE /v1/dlq[?function=NAME]`
-pub(crate) async fn purge_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
+async fn purge_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
     s.key.check(&headers)?;
     let n = s.platform.purge_dead_letters(p.function.as_deref()).await?;
     Ok(Json(json!({ "purged": n })).into_response())

@@ -12,7 +12,15 @@ use flick_platform::{Caller, Idempotent, PlatformError};
 use crate::auth::AdminKey;
 use crate::{ApiError, AppState};
 
-pub(crate) async fn invoke_root(
+pub(crate) fn routes() -> axum::Router<AppState> {
+    use axum::routing::any;
+    axum::Router::new()
+        .route("/fn/{name}", any(invoke_root))
+        .route("/fn/{name}/", any(invoke_root))
+        .route("/fn/{name}/{*rest}", any(invoke_path))
+}
+
+async fn invoke_root(
     State(state): State<AppState>,
     Path(name): Path<String>,
     req: Request<Body>,
@@ -20,7 +28,7 @@ pub(crate) async fn invoke_root(
     invoke(state, name, "/".to_string(), req).await
 }
 
-pub(crate) async fn invoke_path(
+async fn invoke_path(
     State(state): State<AppState>,
     Path((name, rest)): Path<(String, String)>,
     req: Request<Body>,

@@ -1,0 +1,23 @@
+//! flick's own surface: the invoke path `/fn/{name}[/{rest}]`, the
+//! management API under `/v1/` (which the CLI uses) and `/healthz`.
+//!
+//! Its error shape is [`crate::ApiError`] (`{"error": {"code", "message"}}`,
+//! defined in `error.rs` because `events.rs`, `triggers.rs` and the body
+//! reader answer in it too); an invocation's outcome is rendered with
+//! [`flick_platform::InvokeResponse::native_response`], the same rendering
+//! the activation records keep.
+
+mod invoke;
+mod manage;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .merge(invoke::routes())
+        .merge(manage::routes())
+}
