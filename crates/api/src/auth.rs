@@ -1,10 +1,6 @@
-//! The admin API key: created on first start, checked on every call.
+//! The admin API key: created on first start (checked by `caller.rs`).
 
 use std::path::Path;
-
-use axum::http::HeaderMap;
-
-use crate::ApiError;
 
 /// A bearer token that grants every management and invoke call.
 #[derive(Clone)]
@@ -66,13 +62,6 @@ impl AdminKey {
     pub fn appears_in(&self, value: &[u8]) -> bool {
         let key = self.0.as_bytes();
         !key.is_empty() && value.windows(key.len()).any(|w| w == key)
-    }
-
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-            Some(v) if self.matches_header(v) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
-        }
     }
 }
 

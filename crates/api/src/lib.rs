@@ -9,7 +9,9 @@
 //! codes, error bodies and headers are the surface's, never the core's.
 //!
 //! # Layout
-//! - `auth`: the admin API key and the bearer check;
+//! - `auth`: the admin API key (its file);
+//! - `caller`: flick's keys ([`Keys`]: id → secret) and the `Caller`
+//!   extractor every surface uses (Bearer, Basic `id:key`);
 //! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
 //!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…`) and `/healthz`; its errors are [`ApiError`];
@@ -26,6 +28,7 @@
 //! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
+mod caller;
 mod error;
 mod events;
 pub mod handshake;
@@ -42,6 +45,7 @@ use axum::routing::post;
 use flick_platform::Platform;
 
 pub use auth::AdminKey;
+pub use caller::{ADMIN_KEY_ID, Keys};
 pub use error::ApiError;
 pub use serve::{ConnectionLimits, serve};
 
@@ -73,12 +77,21 @@ pub(crate) async fn read_body(
 pub(crate) struct AppState {
     platform: Arc<Platform>,
     key: AdminKey,
+    /// The keys callers prove (`caller.rs`).
+    keys: Keys,
     limits: ApiLimits,
+}
+
+impl axum::extract::FromRef<AppState> for Keys {
+    fn from_ref(s: &AppState) -> Self {
+        s.keys.clone()
+    }
 }
 
 /// The whole HTTP surface as one router.
 pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Router {
-    let state = AppState { platform, key, limits };
+    let keys = Keys::new(&key);
+    let state = AppState { platform, key, keys, limits };
     Router::new()
         .merge(native::routes())
         .route("/events", post(events::post_events))

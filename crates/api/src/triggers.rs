@@ -3,41 +3,49 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use flick_platform::{Platform, PlatformError};
 use flick_triggers::Manager;
 use serde_json::json;
 
+use crate::caller::{Caller, Keys};
+use crate::native::admin;
 use crate::{AdminKey, ApiError};
 
 #[derive(Clone)]
 struct TriggersState {
     manager: Arc<Manager>,
     platform: Arc<Platform>,
-    key: AdminKey,
+    keys: Keys,
+}
+
+impl FromRef<TriggersState> for Keys {
+    fn from_ref(s: &TriggersState) -> Self {
+        s.keys.clone()
+    }
 }
 
 pub fn router(manager: Arc<Manager>, platform: Arc<Platform>, key: AdminKey) -> Router {
     Router::new()
         .route("/v1/triggers", get(list))
         .route("/v1/triggers/{function}", get(one))
-        .with_state(TriggersState { manager, platform, key })
+        .with_state(TriggersState { manager, platform, keys: Keys::new(&key) })
 }
 
-async fn list(State(s): State<TriggersState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
-    s.key.check(&headers)?;
+async fn list(State(s): State<TriggersState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    admin(&caller)?;
     Ok(Json(json!({ "triggers": s.manager.statuses(None) })))
 }
 
 async fn one(
     State(s): State<TriggersState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(function): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.key.check(&headers)?;
+    admin(&caller)?;
     if s.platform.route(&function).is_none() {
         return Err(PlatformError::FunctionNotFound(function).into());
     }

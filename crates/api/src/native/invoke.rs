@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use flick_core::{ActivationId, Cause, Invocation, Presentation, now_ms};
 use flick_platform::{Caller, Idempotent, PlatformError};
 
-use crate::auth::AdminKey;
+use crate::caller::Keys;
 use crate::{ApiError, AppState};
 
 pub(crate) fn routes() -> axum::Router<AppState> {
@@ -41,14 +41,12 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     // The route is resolved once: the key check and the call are against
     // the same revision, whatever deploys land during the body upload.
     let route = state.platform.route(&name);
-    let caller = if route.as_ref().is_some_and(|r| r.revision.manifest.public) {
-        // The key is not required, but a caller who sends it is the admin.
-        if state.key.check(&parts.headers).is_ok() { Caller::Admin } else { Caller::Anonymous }
-    } else {
+    // A public function needs no key, but a caller who sends it is the admin.
+    let caller = crate::caller::Caller::of(&state.keys, &parts.headers).who;
+    if !route.as_ref().is_some_and(|r| r.revision.manifest.public) && caller != Caller::Admin {
         // Checked before revealing whether a private function exists.
-        state.key.check(&parts.headers)?;
-        Caller::Admin
-    };
+        return Err(ApiError::Unauthorized);
+    }
     let route = route.ok_or_else(|| PlatformError::FunctionNotFound(name.clone()))?;
     // Headers are checked before the body is read: a bad one costs no upload.
     let is_async = match single_header(&parts.headers, ASYNC_HEADER)? {
@@ -82,7 +80,7 @@ async fn invoke(state: AppState, name: String, path: String, req: Request<Body>)
     };
     let limit = state.limits.max_body_bytes;
     let body = crate::read_body(body, limit, &state.limits).await?;
-    let headers = forwarded_headers(&parts.headers, &state.key);
+    let headers = forwarded_headers(&parts.headers, &state.keys);
     let budget = match parts.headers.get("x-flick-deadline") {
         None => None,
         Some(v) => Some(parse_deadline(v.to_str().unwrap_or(""))?),
@@ -230,14 +228,14 @@ fn replay(first: &flick_core::Activation) -> Response {
     resp
 }
 
-/// The caller's headers as the function gets them. The admin key is
-/// flick's, never the function's: a header carrying it in any spelling
-/// (`bearer`, `BEARER  `, another scheme) is dropped. Values that are not
+/// The caller's headers as the function gets them. flick's keys are
+/// flick's, never the function's: a header carrying one in any spelling
+/// (`bearer`, `BEARER  `, another scheme, base64 in `Basic`) is dropped. Values that are not
 /// utf-8 reach the function with U+FFFD in place of the bad bytes.
-fn forwarded_headers(headers: &HeaderMap, key: &AdminKey) -> Vec<(String, String)> {
+fn forwarded_headers(headers: &HeaderMap, keys: &Keys) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(_, v)| !key.appears_in(v.as_bytes()))
+        .filter(|(_, v)| !keys.appears_in(v.as_bytes()))
         // Where flick sends the outcome is flick's business, not the function's.
         .filter(|(n, _)| n.as_str() != CALLBACK_HEADER)
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))

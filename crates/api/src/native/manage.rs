@@ -4,13 +4,15 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use flick_core::{ActivationId, Cause};
 use flick_store::ActivationQuery;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::admin;
+use crate::caller::Caller;
 use crate::{ApiError, AppState};
 
 type ApiResult = Result<axum::response::Response, ApiError>;
@@ -31,15 +33,15 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/v1/dlq/{id}/redrive", post(redrive_dead))
 }
 
-async fn list_functions(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
-    s.key.check(&headers)?;
+async fn list_functions(State(s): State<AppState>, caller: Caller) -> ApiResult {
+    admin(&caller)?;
     let functions = s.platform.functions().await?;
     Ok(Json(json!({ "functions": functions })).into_response())
 }
 
 /// `POST /v1/functions` with a `.tar.gz` package as the body.
-async fn deploy(State(s): State<AppState>, req: Request<Body>) -> ApiResult {
-    s.key.check(req.headers())?;
+async fn deploy(State(s): State<AppState>, caller: Caller, req: Request<Body>) -> ApiResult {
+    admin(&caller)?;
     let limit = s.limits.max_archive_bytes;
     let body = crate::read_body(req.into_body(), limit, &s.limits).await?;
     if body.is_empty() {
@@ -60,11 +62,11 @@ struct FunctionParams {
 /// (often secrets) only when asked for with `?env=values`.
 async fn get_function(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(name): Path<String>,
     Query(p): Query<FunctionParams>,
 ) -> ApiResult {
-    s.key.check(&headers)?;
+    admin(&caller)?;
     let with_values = match p.env.as_deref() {
         None | Some("names") => false,
         Some("values") => true,
@@ -87,14 +89,14 @@ async fn get_function(
     Ok(Json(value).into_response())
 }
 
-async fn delete_function(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn delete_function(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    admin(&caller)?;
     s.platform.delete(&name).await?;
     Ok(Json(json!({ "deleted": name })).into_response())
 }
 
-async fn list_revisions(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn list_revisions(State(s): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    admin(&caller)?;
     let revisions = s.platform.revisions(&name).await?;
     // The route table holds the current revision: no second store query.
     let current = s.platform.route(&name).map(|r| r.revision.number);
@@ -109,9 +111,14 @@ struct RollbackBody {
 /// Largest rollback body: `{"revision": N}` needs a few bytes.
 const MAX_ROLLBACK_BODY: usize = 4 << 10;
 
-async fn rollback(State(s): State<AppState>, Path(name): Path<String>, req: Request<Body>) -> ApiResult {
+async fn rollback(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    req: Request<Body>,
+) -> ApiResult {
     // The key first: nobody without it gets flick to read a body.
-    s.key.check(req.headers())?;
+    admin(&caller)?;
     let body = crate::read_body(req.into_body(), MAX_ROLLBACK_BODY, &s.limits).await?;
     let parsed: RollbackBody = if body.is_empty() {
         RollbackBody { revision: None }
@@ -133,12 +140,8 @@ struct ActivationParams {
     parent: Option<String>,
 }
 
-async fn list_activations(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Query(p): Query<ActivationParams>,
-) -> ApiResult {
-    s.key.check(&headers)?;
+async fn list_activations(State(s): State<AppState>, caller: Caller, Query(p): Query<ActivationParams>) -> ApiResult {
+    admin(&caller)?;
     let cause = match p.cause.as_deref() {
         None => None,
         Some(c) => Some(Cause::parse(c).ok_or_else(|| {
@@ -165,13 +168,13 @@ async fn list_activations(
     Ok(Json(json!({ "activations": activations })).into_response())
 }
 
-async fn get_activation(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn get_activation(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    admin(&caller)?;
     Ok(Json(s.platform.activation(&id).await?).into_response())
 }
 
-async fn list_instances(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
-    s.key.check(&headers)?;
+async fn list_instances(State(s): State<AppState>, caller: Caller) -> ApiResult {
+    admin(&caller)?;
     let scheduler = s.platform.scheduler();
     let instances: Vec<Value> = scheduler
         .status()
@@ -228,37 +231,37 @@ fn dead_letter_json(item: &flick_platform::Item, with_request: bool) -> Value {
 }
 
 /// `GET /v1/dlq[?function=NAME]`
-async fn list_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn list_dead(State(s): State<AppState>, caller: Caller, Query(p): Query<DlqParams>) -> ApiResult {
+    admin(&caller)?;
     let items = s.platform.dead_letters(p.function.as_deref(), p.limit.unwrap_or(100)).await?;
     let dead: Vec<Value> = items.iter().map(|i| dead_letter_json(i, false)).collect();
     Ok(Json(json!({ "dead_letters": dead })).into_response())
 }
 
 /// `GET /v1/dlq/{id}`
-async fn get_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn get_dead(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    admin(&caller)?;
     let item = s.platform.dead_letter(&id).await?;
     Ok(Json(dead_letter_json(&item, true)).into_response())
 }
 
 /// `POST /v1/dlq/{id}/redrive`
-async fn redrive_dead(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn redrive_dead(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    admin(&caller)?;
     s.platform.redrive(&id).await?;
     Ok(Json(json!({ "redriven": 1, "id": id })).into_response())
 }
 
 /// `POST /v1/dlq/redrive[?function=NAME]`: every dead letter (of one function).
-async fn redrive_all(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn redrive_all(State(s): State<AppState>, caller: Caller, Query(p): Query<DlqParams>) -> ApiResult {
+    admin(&caller)?;
     let n = s.platform.redrive_all(p.function.as_deref()).await?;
     Ok(Json(json!({ "redriven": n })).into_response())
 }
 
 /// `DELETE /v1/dlq[?function=NAME]`
-async fn purge_dead(State(s): State<AppState>, headers: HeaderMap, Query(p): Query<DlqParams>) -> ApiResult {
-    s.key.check(&headers)?;
+async fn purge_dead(State(s): State<AppState>, caller: Caller, Query(p): Query<DlqParams>) -> ApiResult {
+    admin(&caller)?;
     let n = s.platform.purge_dead_letters(p.function.as_deref()).await?;
     Ok(Json(json!({ "purged": n })).into_response())
 }

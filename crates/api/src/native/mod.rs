@@ -13,7 +13,14 @@ mod manage;
 use axum::Router;
 use axum::routing::get;
 
-use crate::AppState;
+use crate::caller::Caller;
+use crate::{ApiError, AppState};
+
+/// The native surface's rule for everything but calls of public
+/// functions: the caller proved a key, or gets a 401.
+pub(crate) fn admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_admin() { Ok(()) } else { Err(ApiError::Unauthorized) }
+}
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

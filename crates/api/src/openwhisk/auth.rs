@@ -2,62 +2,31 @@
 //! user and the key as the password (OpenWhisk's `uuid:key` pair; the admin
 //! key's id is `admin`), and which namespace that caller may name.
 //!
-//! Interim: parses Basic itself against the admin key until the shared
-//! `caller.rs` extractor (Keys, Caller) takes over.
+//! The header itself is read by the shared `caller.rs`.
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
 
 use super::OwError;
-use crate::AdminKey;
+use crate::caller::Keys;
 
 /// The id of the admin key: its user name in Basic auth, and its namespace.
 pub(crate) const ADMIN_KEY_ID: &str = "admin";
 
-/// What the `Authorization` header says.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Credentials {
-    /// A known key: its id (also the name of the caller's namespace).
-    Key(String),
-    /// No `Authorization` header at all.
-    None,
-    /// A header that names no key (wrong key, unknown id, unreadable).
-    Invalid,
-}
+pub(crate) use crate::caller::Credentials;
 
-pub(crate) fn credentials(headers: &HeaderMap, key: &AdminKey) -> Credentials {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Credentials::None };
-    let Ok(value) = value.to_str() else { return Credentials::Invalid };
-    // The native surface's bearer form works here too.
-    if key.matches_header(value) {
-        return Credentials::Key(ADMIN_KEY_ID.into());
-    }
-    let value = value.trim_matches([' ', '\t']);
-    let Some((scheme, token)) = value.split_once([' ', '\t']) else { return Credentials::Invalid };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Credentials::Invalid;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(token.trim()) else {
-        return Credentials::Invalid;
-    };
-    let Some(at) = decoded.iter().position(|b| *b == b':') else { return Credentials::Invalid };
-    let (id, secret) = (&decoded[..at], &decoded[at + 1..]);
-    // Both compared whole and in constant time: timing tells nothing of either.
-    let id_ok = constant_time_eq(id, ADMIN_KEY_ID.as_bytes());
-    let key_ok = constant_time_eq(secret, key.as_str().as_bytes());
-    if id_ok & key_ok { Credentials::Key(ADMIN_KEY_ID.into()) } else { Credentials::Invalid }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What the `Authorization` header proves (Basic `id:key`, or flick's Bearer).
+#[cfg(test)]
+fn credentials(headers: &HeaderMap, keys: &Keys) -> Credentials {
+    crate::caller::Caller::of(keys, headers).credentials
 }
 
 /// The caller's key id, or OpenWhisk's 401.
-pub(crate) fn require_key(headers: &HeaderMap, key: &AdminKey) -> Result<String, OwError> {
-    match credentials(headers, key) {
-        Credentials::Key(id) => Ok(id),
-        Credentials::None => Err(OwError::NoAuth),
-        Credentials::Invalid => Err(OwError::BadAuth),
+pub(crate) fn require_key(headers: &HeaderMap, keys: &Keys) -> Result<String, OwError> {
+    let caller = crate::caller::Caller::of(keys, headers);
+    match (caller.key_id, caller.credentials) {
+        (Some(id), _) => Ok(id),
+        (None, Credentials::None) => Err(OwError::NoAuth),
+        (None, _) => Err(OwError::BadAuth),
     }
 }
 
@@ -80,6 +49,7 @@ mod tests {
 
     fn basic(user_pass: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
+        use base64::Engine as _;
         let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass));
         h.insert(axum::http::header::AUTHORIZATION, v.parse().unwrap());
         h
@@ -87,7 +57,7 @@ mod tests {
 
     #[test]
     fn basic_auth_needs_the_admin_id_and_the_key() {
-        let key = AdminKey::new("s3cret".into());
+        let key = Keys::new(&crate::AdminKey::new("s3cret".into()));
         assert_eq!(credentials(&basic("admin:s3cret"), &key), Credentials::Key("admin".into()));
         for bad in ["admin:s3cre", "admin:s3cret ", "guest:s3cret", "s3cret", ":s3cret", "admin:"] {
             assert_eq!(credentials(&basic(bad), &key), Credentials::Invalid, "{bad}");

@@ -60,14 +60,14 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// `GET /api/v1/namespaces`: the caller's one namespace.
 async fn namespaces(State(s): State<AppState>, headers: HeaderMap) -> OwResult {
-    let id = auth::require_key(&headers, &s.key)?;
+    let id = auth::require_key(&headers, &s.keys)?;
     Ok(axum::Json(vec![id]).into_response())
 }
 
 /// The key id of an authenticated caller of `namespace`, or OpenWhisk's
 /// refusal: 401 without a valid key, 403 for another namespace.
 fn authorize(s: &AppState, headers: &HeaderMap, namespace: &str) -> Result<String, OwError> {
-    let id = auth::require_key(headers, &s.key)?;
+    let id = auth::require_key(headers, &s.keys)?;
     auth::check_namespace(namespace, &id)?;
     Ok(id)
 }

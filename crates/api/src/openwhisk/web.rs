@@ -99,7 +99,7 @@ pub(crate) async fn web(
         .headers
         .iter()
         // The key (any header carrying it) is flick's, never the action's.
-        .filter(|(n, v)| *n != header::AUTHORIZATION && !s.key.appears_in(v.as_bytes()))
+        .filter(|(n, v)| *n != header::AUTHORIZATION && !s.keys.appears_in(v.as_bytes()))
         .map(|(n, v)| (n.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
         .collect();
     params.insert("__ow_method".into(), json!(parts.method.as_str().to_ascii_lowercase()));
