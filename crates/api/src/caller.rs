@@ -303,7 +303,7 @@ mod tests {
             format!("Basic\t{}", b64("admin:s3cret-key")),
             format!("Token {}", url("id:s3cret-key")),
             format!("a=1, token={}", b64("xs3cret-key")),
-            format!("{}", b64("  s3cret-key  ")),
+            b64("  s3cret-key  "),
             b64("s3cret-key").trim_end_matches('=').to_string(),
         ] {
             assert!(keys.appears_in(v.as_bytes()), "{v}");
