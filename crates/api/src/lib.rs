@@ -76,7 +76,6 @@ pub(crate) async fn read_body(
 #[derive(Clone)]
 pub(crate) struct AppState {
     platform: Arc<Platform>,
-    key: AdminKey,
     /// The keys callers prove (`caller.rs`).
     keys: Keys,
     limits: ApiLimits,
@@ -91,7 +90,7 @@ impl axum::extract::FromRef<AppState> for Keys {
 /// The whole HTTP surface as one router.
 pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Router {
     let keys = Keys::new(&key);
-    let state = AppState { platform, key, keys, limits };
+    let state = AppState { platform, keys, limits };
     Router::new()
         .merge(native::routes())
         .route("/events", post(events::post_events))

@@ -211,7 +211,7 @@ struct Signed {
 }
 
 /// Reads the body (at most `limit` bytes) and verifies its SigV4 signature
-/// against flick's keys: key id `admin`, secret the admin key.
+/// against flick's keys (`Keys`: key id `admin`, secret the admin key).
 async fn authenticate(
     state: &AppState,
     req: Request<Body>,
@@ -239,8 +239,7 @@ async fn authenticate(
         body: &body,
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let key = state.key.clone();
-    sigv4::verify(&request, "lambda", now, |id| (id == "admin").then(|| key.as_str().to_string()))?;
+    sigv4::verify(&request, "lambda", now, |id| state.keys.secret(id).map(str::to_string))?;
     Ok(Signed { parts, body })
 }
 
