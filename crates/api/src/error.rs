@@ -32,7 +32,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         use PlatformError as P;
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),

@@ -25,6 +25,8 @@
 //! - `triggers`: `GET /v1/triggers[/{function}]`, the triggers' state
 //!   (merged in by the binary, which runs the triggers manager);
 //! - `lambda`: the AWS Lambda REST API (`/2015-03-31/functions…`, SigV4);
+//! - `openfaas`: the OpenFaaS gateway API (`/system/*`, `/function/*`,
+//!   `/async-function/*`) in OpenFaaS's shapes;
 //! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
@@ -34,6 +36,7 @@ mod events;
 pub mod handshake;
 mod lambda;
 mod native;
+mod openfaas;
 mod openwhisk;
 mod serve;
 pub mod triggers;
@@ -96,6 +99,7 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
         .route("/events", post(events::post_events))
         .merge(openwhisk::routes())
         .merge(lambda::routes())
+        .merge(openfaas::routes())
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
 }

@@ -17,7 +17,6 @@ mod commands;
 mod config;
 mod server;
 mod templates;
-mod timefmt;
 
 use std::io::Write;
 

@@ -14,6 +14,7 @@ pub mod invocation;
 pub mod manifest;
 pub mod name;
 pub mod revision;
+pub mod timefmt;
 pub mod trigger;
 pub mod units;
 

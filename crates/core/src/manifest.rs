@@ -179,6 +179,10 @@ struct RawManifest {
     /// `[params]`: default parameters (any TOML values but dates).
     #[serde(default)]
     params: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
     scaling: Option<RawScaling>,
     #[serde(default)]
     triggers: Vec<toml::Spanned<RawTrigger>>,
@@ -281,6 +285,13 @@ pub struct Manifest {
     /// bootstrap.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lambda_ric: bool,
+    /// `[labels]`: the deployer's own key/value tags (OpenFaaS `labels`);
+    /// flick keeps and shows them, nothing more.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `[annotations]`: like `labels`, for longer values (OpenFaaS `annotations`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn default_retries() -> u32 {
@@ -359,8 +370,12 @@ impl Manifest {
         if raw.lambda_ric == Some(true) && !matches!(runtime, RuntimeKind::Python3 | RuntimeKind::Node) {
             return Err(invalid("lambda_ric", format!("is for python3 and node handlers, not `{runtime}`")));
         }
+        let labels = check_tags("labels", std::mem::take(&mut raw.labels)).map_err(|e| invalid("labels", e))?;
+        let annotations =
+            check_tags("annotations", std::mem::take(&mut raw.annotations)).map_err(|e| invalid("annotations", e))?;
         if runtime == RuntimeKind::Sequence {
-            return Self::sequence(&mut raw, name, triggers, |key, m| invalid(key, m));
+            let m = Self::sequence(&mut raw, name, triggers, |key, m| invalid(key, m))?;
+            return Ok(Manifest { labels, annotations, ..m });
         }
         if raw.steps.is_some() {
             return Err(invalid("steps", "only a `runtime = \"sequence\"` has steps".into()));
@@ -488,6 +503,8 @@ impl Manifest {
             params,
             web: raw.web.unwrap_or(false),
             lambda_ric,
+            labels,
+            annotations,
         })
     }
 
@@ -567,6 +584,8 @@ impl Manifest {
             params,
             web: raw.web.unwrap_or(false),
             lambda_ric: false,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         })
     }
 
@@ -594,6 +613,14 @@ impl Manifest {
         if let Ok(section) = params_toml(&self.params) {
             let at = out.find("\n[[triggers]]").map_or(out.len(), |i| i + 1);
             out.insert_str(at, &section);
+        }
+        for (table, tags) in [("labels", &self.labels), ("annotations", &self.annotations)] {
+            if !tags.is_empty() {
+                out.push_str(&format!("\n[{table}]\n"));
+                for (k, v) in tags {
+                    out.push_str(&format!("{} = {}\n", toml_string(k), toml_string(v)));
+                }
+            }
         }
         out
     }
@@ -682,6 +709,38 @@ impl Manifest {
             }
         }
     }
+}
+
+/// Most entries of `[labels]` (and of `[annotations]`).
+pub const MAX_TAGS: usize = 64;
+/// Longest label or annotation key (a Kubernetes-style `prefix/name`).
+pub const MAX_TAG_KEY: usize = 253;
+/// Longest label or annotation value.
+pub const MAX_TAG_VALUE: usize = 4096;
+
+/// `[labels]` / `[annotations]`: bounded, keys of `[A-Za-z0-9._/-]`,
+/// values without control characters (they are shown in terminals).
+fn check_tags(table: &str, tags: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("has {} entries; the limit is {MAX_TAGS}", tags.len()));
+    }
+    for (k, v) in &tags {
+        let key_ok = (1..=MAX_TAG_KEY).contains(&k.len())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        if !key_ok {
+            return Err(format!(
+                "{table} key `{}` must be 1 to {MAX_TAG_KEY} characters of letters, digits, `.`, `_`, `/` and `-`",
+                k.chars().take(64).flat_map(char::escape_default).collect::<String>()
+            ));
+        }
+        if v.len() > MAX_TAG_VALUE {
+            return Err(format!("the value of `{k}` is {} bytes; the limit is {MAX_TAG_VALUE}", v.len()));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(format!("the value of `{k}` contains a control character"));
+        }
+    }
+    Ok(tags)
 }
 
 /// `s` as a TOML basic string. Rust's `{:?}` is not one: it writes
@@ -982,6 +1041,33 @@ mod tests {
             let err = Manifest::parse(text).unwrap_err();
             assert!(err.to_string().contains(&format!("`{key}`")), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn labels_and_annotations_are_kept_checked_and_shown() {
+        let text = format!(
+            "{MINIMAL}[labels]\n\"com.openfaas.scale.min\" = \"1\"\nteam = \"a\"\n\
+             [annotations]\ntopic = \"x \\\"quoted\\\"\"\n"
+        );
+        let m = Manifest::parse(&text).unwrap();
+        assert_eq!(m.labels.get("com.openfaas.scale.min").map(String::as_str), Some("1"));
+        assert_eq!(m.annotations.get("topic").map(String::as_str), Some("x \"quoted\""));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "{}", m.to_toml());
+        let seq = "name = \"s\"\nruntime = \"sequence\"\nsteps = [\"a\"]\n[labels]\nk = \"v\"\n";
+        let m = Manifest::parse(seq).unwrap();
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m, "{}", m.to_toml());
+
+        for (bad, what) in [
+            ("[labels]\n\"a b\" = \"1\"\n", "labels key `a b`"),
+            ("[labels]\n\"\" = \"1\"\n", "labels key"),
+            ("[annotations]\nk = \"a\\u0007\"\n", "control character"),
+        ] {
+            let err = Manifest::parse(&format!("{MINIMAL}{bad}")).unwrap_err().to_string();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
+        let many: String = (0..=MAX_TAGS).map(|i| format!("k{i} = \"v\"\n")).collect();
+        let err = Manifest::parse(&format!("{MINIMAL}[labels]\n{many}")).unwrap_err().to_string();
+        assert!(err.contains("the limit is 64"), "{err}");
     }
 
     #[test]

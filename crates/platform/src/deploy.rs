@@ -36,6 +36,55 @@ impl Platform {
         result
     }
 
+    /// The current revision of `name` and the archive it was deployed from:
+    /// the base of a redeploy that changes only its configuration
+    /// ([`Platform::deploy_with_manifest`]).
+    pub async fn package(&self, name: &str) -> Result<(Revision, Bytes), PlatformError> {
+        let route = self.route(name).ok_or_else(|| PlatformError::FunctionNotFound(name.into()))?;
+        let revision = route.revision.clone();
+        let missing = || {
+            PlatformError::BadRequest(format!(
+                "the package of `{name}` revision {} is not stored; deploy its code again",
+                revision.number
+            ))
+        };
+        let hex = self.store.revision_archive(revision.id).await?.ok_or_else(missing)?;
+        // Shared with deploys, exclusive with the collector: the archive of
+        // a revision pruned meanwhile is not swept while it is read.
+        let _shared = self.gc.read().await;
+        let code = self.code.clone();
+        let bytes = tokio::task::spawn_blocking(move || code.read_archive(&hex))
+            .await
+            .map_err(|e| PlatformError::Internal(e.to_string()))??
+            .ok_or_else(missing)?;
+        Ok((revision, Bytes::from(bytes)))
+    }
+
+    /// Deploys `manifest` as `flick.toml` with the files of `base` (an
+    /// archive from [`Platform::package`]; `None`: no other files), e.g. a
+    /// configuration change that comes without code, or a function made from
+    /// a command line alone. Goes through [`Platform::deploy`], the one path.
+    pub async fn deploy_with_manifest(
+        &self,
+        base: Option<Bytes>,
+        manifest: &Manifest,
+    ) -> Result<DeployOutcome, PlatformError> {
+        let staging = self.code.staging_dir()?;
+        let (limits, dir, text) = (self.config.unpack_limits.clone(), staging.clone(), manifest.to_toml());
+        let packed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, PlatformError> {
+            if let Some(base) = base {
+                flick_package::unpack(&base, &dir, &limits)?;
+            }
+            let path = dir.join(flick_core::MANIFEST_FILE);
+            std::fs::write(&path, text).map_err(|e| PlatformError::Internal(format!("{}: {e}", path.display())))?;
+            Ok(flick_package::pack_dir(&dir)?)
+        })
+        .await
+        .map_err(|e| PlatformError::Internal(e.to_string()));
+        let _ = std::fs::remove_dir_all(&staging);
+        self.deploy(Bytes::from(packed??)).await
+    }
+
     async fn deploy_staged(&self, archive: &Bytes, staging: &Path) -> Result<DeployOutcome, PlatformError> {
         let limits = self.config.unpack_limits.clone();
         let (bytes, dest) = (archive.clone(), staging.to_path_buf());

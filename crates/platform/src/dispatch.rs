@@ -502,7 +502,7 @@ impl Platform {
         if let Some(url) = &item.invocation.callback_url
             && record.callback.is_none()
         {
-            let outcome = self.callback(url, &record, done).await;
+            let outcome = self.callback(url, &record, done, &item.invocation).await;
             if let Err(e) = self.store.set_callback(id, &outcome).await {
                 tracing::warn!(activation = %id, error = %e, "could not note the callback outcome on the record");
             }
@@ -542,8 +542,17 @@ impl Platform {
     }
 
     /// POSTs the outcome to the caller's `X-Callback-Url`, a bounded number
-    /// of tries with backoff, never following redirects.
-    async fn callback(&self, url: &str, record: &Activation, done: Option<&InvokeResponse>) -> CallbackOutcome {
+    /// of tries with backoff, never following redirects. As OpenFaaS's queue
+    /// worker does: the function's body and headers, with `X-Call-Id` (the
+    /// call's, when it had one), `X-Function-Status`, `X-Function-Name` and
+    /// `X-Duration-Seconds`; flick's own `X-Flick-*` on top.
+    async fn callback(
+        &self,
+        url: &str,
+        record: &Activation,
+        done: Option<&InvokeResponse>,
+        inv: &Invocation,
+    ) -> CallbackOutcome {
         let cfg = &self.config.asynchronous;
         let http = self.dispatch.http.get_or_init(|| {
             reqwest::Client::builder()
@@ -570,15 +579,20 @@ impl Platform {
         let mut pause = Duration::from_millis(500);
         for attempt in 1..=cfg.callback_attempts.max(1) {
             outcome.attempts = attempt;
-            let mut rb = http
-                .post(url)
+            let mut rb = http.post(url);
+            for (name, value) in headers.iter().filter(|(n, _)| passes_to_callback(n)) {
+                rb = rb.header(name.as_str(), value.as_str());
+            }
+            if let Some((_, id)) = inv.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-call-id")) {
+                rb = rb.header("x-call-id", id.as_str());
+            }
+            let rb = rb
                 .header("x-flick-activation-id", record.id.as_str())
                 .header("x-flick-status", record.status.as_str())
                 .header("x-function-status", http_status.to_string())
+                .header("x-function-name", record.function.as_str())
+                .header("x-duration-seconds", format!("{:.6}", record.duration_ms / 1000.0))
                 .body(body.clone());
-            if let Some((_, ct)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
-                rb = rb.header("content-type", ct.as_str());
-            }
             match rb.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     outcome.http_status = Some(resp.status().as_u16());
@@ -668,6 +682,28 @@ impl Platform {
     pub async fn queue_depth(&self, function: &str) -> Result<flick_queue::Depth, PlatformError> {
         Ok(self.queue.depth(function).await?)
     }
+}
+
+/// A function's response header that its callback carries too: not the
+/// framing or connection headers (the callback is a request of its own),
+/// nor the names the callback sets itself.
+fn passes_to_callback(name: &str) -> bool {
+    const NOT: [&str; 12] = [
+        "connection",
+        "content-length",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "x-call-id",
+        "x-function-status",
+        "x-function-name",
+        "x-duration-seconds",
+    ];
+    let lower = name.to_ascii_lowercase();
+    !NOT.contains(&lower.as_str()) && !lower.starts_with("proxy-") && !lower.starts_with("x-flick-")
 }
 
 #[cfg(test)]

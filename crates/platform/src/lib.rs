@@ -456,6 +456,11 @@ impl Platform {
         }
     }
 
+    /// How many activation records each function has kept.
+    pub async fn activation_counts(&self) -> Result<Vec<(String, u64)>, PlatformError> {
+        Ok(self.store.activation_counts().await?)
+    }
+
     pub async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, PlatformError> {
         self.records.flush(records::READ_WAIT).await;
         Ok(self.store.activations(query).await?)

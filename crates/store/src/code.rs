@@ -102,6 +102,20 @@ impl CodeStore {
         Ok(hex)
     }
 
+    /// The bytes of a stored archive (`hex` as [`CodeStore::save_archive`]
+    /// returned it); `None` when it is not there (or `hex` is malformed).
+    pub fn read_archive(&self, hex: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let path = self.archives().join(format!("{hex}.tar.gz"));
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read archive", &path, e)),
+        }
+    }
+
     /// Where the code of `hash` (`sha256:<hex>`) lives. A malformed hash gets
     /// a path inside `code/` that never exists, never one outside it; use
     /// [`CodeStore::has_code`] or [`CodeStore::commit_code`] for a checked answer.

@@ -115,6 +115,10 @@ pub trait Store: Send + Sync + 'static {
     /// Archive names (hex sha256) still referenced by any revision.
     async fn referenced_archives(&self) -> Result<Vec<String>, StoreError>;
 
+    /// The archive (hex sha256) a revision was deployed from, by the
+    /// revision's id; `None` for an unknown id or a revision without one.
+    async fn revision_archive(&self, revision_id: u64) -> Result<Option<String>, StoreError>;
+
     /// Deletes a function's revisions beyond the newest `keep`, except the
     /// current one and the one a plain rollback would go back to; returns
     /// the deleted revisions, oldest first.
@@ -138,6 +142,9 @@ pub trait Store: Send + Sync + 'static {
     async fn activation(&self, id: &ActivationId) -> Result<Option<Activation>, StoreError>;
 
     async fn activations(&self, query: &ActivationQuery) -> Result<Vec<Activation>, StoreError>;
+
+    /// How many activation records each function has (those still kept).
+    async fn activation_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Deletes one record (a dead letter being redriven runs again under
     /// its id); `false` if there was none.

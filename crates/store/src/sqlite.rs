@@ -617,6 +617,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revision_archive(&self, revision_id: u64) -> Result<Option<String>, StoreError> {
+        self.with_conn(move |conn| {
+            let archive = conn
+                .query_row("SELECT archive FROM revisions WHERE id = ?1", [revision_id as i64], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .optional()?;
+            Ok(archive.flatten())
+        })
+        .await
+    }
+
     async fn prune_revisions(&self, name: &str, keep: u32) -> Result<Vec<Revision>, StoreError> {
         let name = name.to_string();
         self.with_conn(move |conn| {
@@ -744,6 +756,16 @@ impl Store for SqliteStore {
             );
             let mut stmt = conn.prepare(&sql)?;
             stmt.query_map(rusqlite::params_from_iter(args), read_activation)?.map(flatten).collect()
+        })
+        .await
+    }
+
+    async fn activation_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT function, count(*) FROM activations GROUP BY function ORDER BY function")?;
+            let counts = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(counts.collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -1033,6 +1055,18 @@ mod tests {
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn activation_counts_per_function() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert!(store.activation_counts().await.unwrap().is_empty());
+        for (f, n) in [("b", 3), ("a", 1)] {
+            for i in 0..n {
+                insert(&store, f, i).await;
+            }
+        }
+        assert_eq!(store.activation_counts().await.unwrap(), vec![("a".to_string(), 1), ("b".to_string(), 3)]);
     }
 
     #[tokio::test]
@@ -1372,6 +1406,9 @@ mod tests {
         assert_eq!(numbers(store.clone()).await, [6, 5]);
         assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('e'), hash('f')]);
         assert_eq!(store.referenced_archives().await.unwrap(), vec!["ep".to_string(), "fp".to_string()]);
+        let current = store.current_revision("p").await.unwrap().unwrap();
+        assert_eq!(store.revision_archive(current.id).await.unwrap().as_deref(), Some("fp"));
+        assert_eq!(store.revision_archive(u64::MAX >> 1).await.unwrap(), None);
 
         // After a rollback to 5 and two deploys, current is 8 and the rollback
         // target 7; with keep 1 only those two stay.

@@ -36,7 +36,12 @@ async fn invoke_path(
     invoke(state, name, format!("/{rest}"), req).await
 }
 
-async fn invoke(state: AppState, name: String, path: String, req: Request<Body>) -> Result<Response, ApiError> {
+pub(crate) async fn invoke(
+    state: AppState,
+    name: String,
+    path: String,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     // The route is resolved once: the key check and the call are against
     // the same revision, whatever deploys land during the body upload.

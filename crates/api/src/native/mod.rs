@@ -7,7 +7,7 @@
 //! [`flick_platform::InvokeResponse::native_response`], the same rendering
 //! the activation records keep.
 
-mod invoke;
+pub(crate) mod invoke;
 mod manage;
 
 use axum::Router;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::out::{escape, escape_json};
-use crate::timefmt::rfc3339;
+use flick_core::timefmt::rfc3339;
 
 #[derive(Deserialize)]
 struct ActivationList {

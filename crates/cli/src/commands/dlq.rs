@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::cli::DlqCommand;
 use crate::client::Client;
 use crate::out::{escape, escape_json};
-use crate::timefmt::rfc3339;
+use flick_core::timefmt::rfc3339;
 
 fn query(function: Option<&str>, limit: Option<u32>) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());

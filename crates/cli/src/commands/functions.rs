@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::out::escape;
-use crate::timefmt::rfc3339;
+use flick_core::timefmt::rfc3339;
 
 /// `POST /v1/functions`'s answer.
 #[derive(Deserialize)]

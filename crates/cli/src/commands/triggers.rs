@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::out::escape;
-use crate::timefmt::rfc3339;
+use flick_core::timefmt::rfc3339;
 
 #[derive(Deserialize)]
 struct TriggerList {
