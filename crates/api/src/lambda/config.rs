@@ -147,6 +147,12 @@ pub(super) fn manifest_toml(s: &Settings) -> String {
     if !s.handler.is_empty() || s.kind != RuntimeKind::Provided {
         out.push_str(&format!("handler = {}\n", q(&s.handler)));
     }
+    // A Lambda handler is a Lambda handler whatever its arity or name: the
+    // bootstraps must not guess another platform's contract for it, and a
+    // native `/fn` call gets the API Gateway event.
+    if matches!(s.kind, RuntimeKind::Python3 | RuntimeKind::Node) {
+        out.push_str("shape = \"lambda\"\n");
+    }
     if !s.env.is_empty() {
         out.push_str("\n[env]\n");
         for (k, v) in &s.env {
@@ -363,6 +369,7 @@ mod tests {
         let m = flick_core::Manifest::parse(&text).unwrap();
         assert_eq!(m.env["K"], "line\n\"q\" \\ é");
         assert_eq!((m.timeout.as_secs(), m.memory), (3, 128 * MIB));
+        assert_eq!(m.shape, flick_core::Shape::Lambda, "a Lambda handler is never guessed as another platform's");
     }
 
     #[test]
