@@ -219,6 +219,8 @@ unless started with --insecure-no-sandbox).")]
   flick new hasher --runtime exec
   flick new pipeline --runtime sequence   # steps = [\"a\", \"b\"]: each output the next input")]
     New {
+        /// The function's name: letters, digits, `-` and `_`, 1-64 characters
+        /// (Lambda's rule; case-sensitive). Also the new directory's name.
         name: String,
         #[arg(long, short = 'r', default_value = "python3", value_parser = ["python3", "node", "exec", "http", "sequence"])]
         runtime: String,

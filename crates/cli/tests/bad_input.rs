@@ -99,8 +99,8 @@ fn malformed_manifests_are_refused_with_line_and_key() {
         ("syntax-fn", "name = \"syntax-fn\"\nruntime = \"python3\"\nhandler = main.handler\n", &["line 3"]),
         (
             "badname-fn",
-            "name = \"Bad_Name\"\nruntime = \"python3\"\nhandler = \"main.handler\"\n",
-            &["line 1", "name", "Bad_Name"],
+            "name = \"Bad.Name\"\nruntime = \"python3\"\nhandler = \"main.handler\"\n",
+            &["line 1", "name", "Bad.Name"],
         ),
         (
             "ruby-fn",

@@ -757,8 +757,8 @@ fn flick_new_scaffolds_a_working_function_for_each_runtime() {
     let out = flick.cli(&["new", "new-python3", "--runtime", "python3", "--dir", parent_s]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
-    let out = flick.cli(&["new", "Bad_Name", "--dir", parent_s]);
+    let out = flick.cli(&["new", "Bad.Name", "--dir", parent_s]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("Bad_Name"), "{}", text(&out.stderr));
-    assert!(!Path::new(&parent.join("Bad_Name")).exists());
+    assert!(text(&out.stderr).contains("Bad.Name"), "{}", text(&out.stderr));
+    assert!(!Path::new(&parent.join("Bad.Name")).exists());
 }

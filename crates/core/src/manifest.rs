@@ -1261,7 +1261,7 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_line() {
         let cases = [
-            ("name = \"Bad_Name\"\nruntime = \"exec\"\nhandler = \"cat\"\n", "name", 1),
+            ("name = \"Bad.Name\"\nruntime = \"exec\"\nhandler = \"cat\"\n", "name", 1),
             ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"x\"\n", "runtime", 2),
             ("name = \"a\"\nruntime = \"python3\"\nhandler = \"nodot\"\n", "handler", 3),
             ("name = \"a\"\nruntime = \"exec\"\nhandler = \"echo 'x\"\n", "handler", 3),
@@ -1302,7 +1302,7 @@ mod tests {
         let seq = "name = \"pipe\"\nruntime = \"sequence\"\n";
         let cases = [
             (format!("{seq}steps = []\n"), "steps", 3),
-            (format!("{seq}steps = [\"Bad\"]\n"), "steps", 3),
+            (format!("{seq}steps = [\"B.d\"]\n"), "steps", 3),
             (format!("{seq}steps = [\"a\", \"pipe\"]\n"), "steps", 3),
             (format!("{seq}steps = {:?}\n", vec!["a"; MAX_STEPS + 1]), "steps", 3),
             (format!("{seq}steps = [\"a\"]\nhandler = \"x\"\n"), "handler", 4),

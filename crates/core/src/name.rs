@@ -4,9 +4,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A validated function name: `[a-z0-9-]`, 1–63 characters, starting and
-/// ending with a letter or digit (a DNS label, so names survive into
-/// hostnames, cgroup paths and file names unchanged).
+/// A validated function name, by AWS Lambda's rule so that every surface
+/// takes the same names: `[A-Za-z0-9_-]`, 1–64 characters. Names are case
+/// sensitive (`Hello` and `hello` are two functions) and nothing in flick
+/// folds their case. They appear in URL paths (one segment: no `/`, `.`,
+/// `%`), record and queue columns (compared byte for byte), log group names
+/// and ARNs; never in host paths (code lives under its hash, cgroups and
+/// scratch dirs under instance numbers).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct FunctionName(String);
@@ -15,27 +19,27 @@ pub struct FunctionName(String);
 pub enum NameError {
     #[error("function name is empty")]
     Empty,
-    #[error("function name `{0}` is longer than 63 characters")]
+    #[error("function name `{0}` is longer than 64 characters")]
     TooLong(String),
-    #[error("function name `{name}` contains `{ch}`: use only lowercase letters, digits and `-`")]
+    #[error("function name `{name}` contains `{ch}`: use only letters, digits, `-` and `_`")]
     BadChar { name: String, ch: char },
-    #[error("function name `{0}` must start and end with a letter or digit")]
-    BadEdge(String),
 }
+
+/// Longest function name (Lambda's limit).
+pub const MAX_NAME_LEN: usize = 64;
 
 impl FunctionName {
     pub fn new(name: &str) -> Result<Self, NameError> {
         if name.is_empty() {
             return Err(NameError::Empty);
         }
-        if name.len() > 63 {
+        // Characters first: a long name of bad characters is told what is wrong with it.
+        if let Some(ch) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+            let shown: String = name.chars().take(80).collect();
+            return Err(NameError::BadChar { name: shown, ch });
+        }
+        if name.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong(name.chars().take(80).collect()));
-        }
-        if let Some(ch) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-            return Err(NameError::BadChar { name: name.to_string(), ch });
-        }
-        if name.starts_with('-') || name.ends_with('-') {
-            return Err(NameError::BadEdge(name.to_string()));
         }
         Ok(Self(name.to_string()))
     }
@@ -70,20 +74,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_dns_labels() {
-        for ok in ["a", "hello", "hello-world", "f1", "0", &"x".repeat(63)] {
-            assert!(FunctionName::new(ok).is_ok(), "{ok}");
+    fn accepts_lambdas_names() {
+        for ok in
+            ["a", "hello", "hello-world", "f1", "0", "Hello", "My_Function-2", "_", "-", "-a", "a-", &"x".repeat(64)]
+        {
+            assert_eq!(FunctionName::new(ok).map(|n| n.to_string()), Ok(ok.to_string()), "{ok}");
         }
+        // Case is kept, not folded: two names.
+        assert_ne!(FunctionName::new("Hello").unwrap(), FunctionName::new("hello").unwrap());
     }
 
     #[test]
     fn rejects_the_rest_with_a_reason() {
         assert_eq!(FunctionName::new(""), Err(NameError::Empty));
-        assert!(matches!(FunctionName::new(&"x".repeat(64)), Err(NameError::TooLong(_))));
-        assert_eq!(FunctionName::new("Hello"), Err(NameError::BadChar { name: "Hello".into(), ch: 'H' }));
-        assert!(matches!(FunctionName::new("a_b"), Err(NameError::BadChar { ch: '_', .. })));
-        assert!(matches!(FunctionName::new("../x"), Err(NameError::BadChar { ch: '.', .. })));
-        assert!(matches!(FunctionName::new("-a"), Err(NameError::BadEdge(_))));
-        assert!(matches!(FunctionName::new("a-"), Err(NameError::BadEdge(_))));
+        assert!(matches!(FunctionName::new(&"x".repeat(65)), Err(NameError::TooLong(_))));
+        // Whatever could split a path, a URL, a query or a shell word.
+        for (bad, ch) in [
+            ("../x", '.'),
+            ("a/b", '/'),
+            ("a%2Fb", '%'),
+            ("a b", ' '),
+            ("a:b", ':'),
+            ("é", 'é'),
+            ("a\0", '\0'),
+            ("a\nb", '\n'),
+        ] {
+            assert_eq!(FunctionName::new(bad), Err(NameError::BadChar { name: bad.into(), ch }), "{bad:?}");
+        }
     }
 }

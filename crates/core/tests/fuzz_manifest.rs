@@ -240,7 +240,9 @@ fn render(lines: &[Line]) -> (String, Vec<usize>) {
 fn bad_value(key: &str) -> BoxedStrategy<String> {
     let wrong_type = prop_oneof![Just("[]".to_string()), Just("{ a = 1 }".to_string()), Just("1979-05-27".to_string())];
     let specific: BoxedStrategy<String> = match key {
-        "name" => "[A-Z_ ./]{1,5}|[a-z]{64,70}|-[a-z]{1,5}".prop_map(|s| toml_string(&s)).boxed(),
+        "name" => {
+            "[A-Z_]{0,2}[ ./][A-Z_]{0,2}|[a-z]{65,70}|[a-z]{0,3}[%:é][a-z]{0,3}".prop_map(|s| toml_string(&s)).boxed()
+        }
         "runtime" => "[a-z]{1,8}"
             .prop_filter("real", |s| !["python3", "node", "exec", "http"].contains(&s.as_str()))
             .prop_map(|s| toml_string(&s))
