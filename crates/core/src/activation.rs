@@ -147,6 +147,20 @@ pub struct Activation {
     /// was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackOutcome>,
+    /// The function's configured memory in MiB, what the call is billed
+    /// for (0 when it never reached a revision, and in older records).
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// CPU time (user + system) the instance's cgroup used during the
+    /// call, in milliseconds; `None` when not measured (no cgroup, the
+    /// call never ran, a record from before measuring). With
+    /// `concurrency` > 1 it is the instance's, shared with overlapping calls.
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
+    /// The highest memory use of the instance's cgroup during the call
+    /// (for exec, over the call's process's life), in bytes.
+    #[serde(default)]
+    pub memory_peak_bytes: Option<u64>,
 }
 
 /// The delivery of an async call's outcome to its `X-Callback-Url`.
@@ -199,6 +213,45 @@ impl Activation {
             parent: inv.parent.clone(),
             caller_gave_up_ms: None,
             callback: None,
+            memory_mb: 0,
+            cpu_ms: None,
+            memory_peak_bytes: None,
         }
+    }
+}
+
+/// What a call is billed, as Lambda bills it: the configured memory in GB
+/// (MiB / 1024) times the duration in seconds, rounded up to the
+/// millisecond. The duration is the time an instance worked on the call:
+/// its cold start (`init_ms`) and its run (`exec_ms`), not its wait in
+/// the queue.
+pub fn billed_ms(init_ms: f64, exec_ms: f64) -> u64 {
+    (init_ms + exec_ms).max(0.0).ceil() as u64
+}
+
+impl Activation {
+    /// Billed milliseconds (see [`billed_ms`]).
+    pub fn billed_ms(&self) -> u64 {
+        billed_ms(self.init_ms, self.exec_ms)
+    }
+
+    /// Billed GB-seconds: configured memory × billed duration.
+    pub fn billed_gb_s(&self) -> f64 {
+        self.memory_mb as f64 / 1024.0 * self.billed_ms() as f64 / 1000.0
+    }
+}
+
+#[cfg(test)]
+mod billing_tests {
+    use super::*;
+
+    #[test]
+    fn a_200_ms_call_with_256_mib_is_billed_0_05_gb_s_and_rounds_up_to_the_ms() {
+        assert_eq!(billed_ms(0.0, 200.0), 200);
+        assert_eq!(billed_ms(0.0, 200.01), 201);
+        assert_eq!(billed_ms(3.2, 0.0), 4);
+        let inv = Invocation::post("f", Cause::Http, vec![]);
+        let a = Activation { memory_mb: 256, exec_ms: 200.0, ..Activation::of(&inv, ActivationStatus::Success, 0) };
+        assert!((a.billed_gb_s() - 0.05).abs() < 1e-12, "{}", a.billed_gb_s());
     }
 }

@@ -18,7 +18,7 @@ pub mod timefmt;
 pub mod trigger;
 pub mod units;
 
-pub use activation::{Activation, ActivationStatus, AttemptOutcome, CallbackOutcome, LogLine, LogStream};
+pub use activation::{Activation, ActivationStatus, AttemptOutcome, CallbackOutcome, LogLine, LogStream, billed_ms};
 pub use aws::LambdaIdentity;
 pub use cloudevent::CloudEvent;
 pub use id::ActivationId;

@@ -271,6 +271,7 @@ impl Platform {
                         init: lease.init,
                         wait: lease.wait,
                         exec: exec_started.elapsed(),
+                        usage: invoked.usage,
                     };
                     if !invoked.reusable {
                         lease.discard();
@@ -409,6 +410,9 @@ impl Platform {
             parent: origin.parent.clone(),
             caller_gave_up_ms: gave_up.map(ms),
             callback: None,
+            memory_mb: (route.revision.manifest.memory >> 20) as u32,
+            cpu_ms: record.usage.and_then(|u| u.cpu_ns).map(|ns| ns as f64 / 1e6),
+            memory_peak_bytes: record.usage.and_then(|u| u.memory_peak),
         };
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
@@ -477,6 +481,8 @@ struct Record {
     init: Duration,
     wait: Duration,
     exec: Duration,
+    /// What the instance's cgroup measured for the call.
+    usage: Option<flick_runtime::Usage>,
 }
 
 /// The answer for a caller whose own deadline passed first: for this

@@ -71,6 +71,7 @@ impl ExecInstance {
                 logs: Default::default(),
                 reusable: false,
                 prewarmed: false,
+                usage: None,
             };
         }
         let mut env = self.base_env.clone();
@@ -128,7 +129,7 @@ impl ExecInstance {
                     Ok(error) => Failure::Function(error),
                     Err(platform) => Failure::NotDelivered(platform),
                 };
-                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true, prewarmed: false };
+                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true, prewarmed: false, usage: None };
             }
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);
@@ -198,7 +199,10 @@ impl ExecInstance {
         // `Launcher::exec_stem`).
         self.launcher.refill_exec(self.spec.manifest.network);
         let captured = logs.finish(&req.id, true, Duration::from_millis(200)).await;
-        Invoked { outcome, logs: captured, reusable: true, prewarmed }
+        // The process has exited (or was killed): its cgroup used this much,
+        // all of it for this call.
+        let usage = process.usage_total();
+        Invoked { outcome, logs: captured, reusable: true, prewarmed, usage }
     }
 
     pub fn stop(&self) {

@@ -2,10 +2,11 @@
 //! is killed, and how its exit is described.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use flick_sandbox::{Cgroup, Spawned};
+use flick_sandbox::{Cgroup, Meter, Spawned, Usage};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 /// Longest the reaper waits for a sandbox's exit report after reaping it.
@@ -18,6 +19,50 @@ pub struct ProcessHandle {
     cgroup: Option<Arc<Cgroup>>,
     exited: Arc<AtomicBool>,
     exit: watch::Receiver<Option<Exit>>,
+    metering: Option<Arc<Metering>>,
+}
+
+/// An instance's usage counters and how many calls are measuring them.
+#[derive(Debug)]
+struct Metering {
+    meter: Meter,
+    /// Calls in flight on the instance: the peak restarts only when the
+    /// first of them begins, so it covers every call that overlaps.
+    busy: AtomicU32,
+    /// The counters as they were when the program exited, read before its
+    /// cgroup is removed (for exec, where each call is one process).
+    at_exit: Mutex<Option<Usage>>,
+}
+
+impl Metering {
+    fn capture(&self) {
+        let mut at_exit = self.at_exit.lock();
+        if at_exit.is_none() {
+            *at_exit = Some(self.meter.read());
+        }
+    }
+}
+
+/// One call's measurement on a shared instance: see [`ProcessHandle::measure`].
+pub struct Measuring {
+    metering: Arc<Metering>,
+    cpu_before: Option<u64>,
+}
+
+impl Measuring {
+    /// The instance's CPU time during the call, and its memory peak since
+    /// the call (or an overlapping one) began.
+    pub fn finish(self) -> Usage {
+        let m = &self.metering.meter;
+        let now = m.read();
+        Usage { cpu_ns: now.cpu_ns.zip(self.cpu_before).map(|(a, b)| a.saturating_sub(b)), memory_peak: now.memory_peak }
+    }
+}
+
+impl Drop for Measuring {
+    fn drop(&mut self) {
+        self.metering.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a process ended.
@@ -62,6 +107,9 @@ impl ProcessHandle {
         let Spawned { mut child, cgroup, exit_report, go: _ } = spawned;
         let pid = child.id().unwrap_or(0);
         let cgroup = cgroup.map(Arc::new);
+        let metering = cgroup.as_ref().and_then(|cg| cg.meter()).map(|meter| {
+            Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) })
+        });
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let tx = Arc::new(tx);
@@ -72,11 +120,15 @@ impl ProcessHandle {
         if let Some(fd) = exit_report {
             // The sandbox reports the program's exit before tearing itself
             // down: answer from that, and let the teardown finish on its own.
-            let (tx, cgroup) = (tx.clone(), cgroup.clone());
+            let (tx, cgroup, metering) = (tx.clone(), cgroup.clone(), metering.clone());
             let (done, wait) = tokio::sync::oneshot::channel::<()>();
             reported = Some(wait);
             tokio::spawn(async move {
                 if let Some(mut exit) = read_report(fd).await {
+                    // Before the exit is known (and the cgroup can go).
+                    if let Some(m) = &metering {
+                        m.capture();
+                    }
                     exit.oom = cgroup.is_some_and(|cg| cg.oom_killed());
                     let _ = tx.send(Some(exit));
                 }
@@ -85,6 +137,7 @@ impl ProcessHandle {
         }
         let flag = exited.clone();
         let reaped_cgroup = cgroup.clone();
+        let reaped_metering = metering.clone();
         tokio::spawn(async move {
             let mut exit = match child.wait().await {
                 Ok(status) => Exit::from_status(status),
@@ -97,6 +150,9 @@ impl ProcessHandle {
                 let _ = tokio::time::timeout(REPORT_WAIT, wait).await;
             }
             exit.oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+            if let Some(m) = &reaped_metering {
+                m.capture();
+            }
             // A reported exit, if any, says more than the sandbox's own.
             tx.send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
             // Answer first: removing the cgroup may retry for a while.
@@ -104,7 +160,28 @@ impl ProcessHandle {
                 let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
             }
         });
-        Self { pid, cgroup, exited, exit }
+        Self { pid, cgroup, exited, exit, metering }
+    }
+
+    /// Starts measuring one call on a long-lived instance. With
+    /// `concurrency` > 1 the counters are the instance's, shared: the CPU
+    /// time is the instance's during the call (other calls' included) and
+    /// the peak restarts only when no other call is in flight.
+    pub fn measure(&self) -> Option<Measuring> {
+        let metering = self.metering.as_ref()?.clone();
+        if metering.busy.fetch_add(1, Ordering::SeqCst) == 0 {
+            metering.meter.reset_peak();
+        }
+        let cpu_before = metering.meter.cpu_ns();
+        Some(Measuring { metering, cpu_before })
+    }
+
+    /// Everything the process's cgroup used in its life: read when the
+    /// program exited, or now if it still runs (exec, one call per process).
+    pub fn usage_total(&self) -> Option<Usage> {
+        let m = self.metering.as_ref()?;
+        let at_exit = *m.at_exit.lock();
+        Some(at_exit.unwrap_or_else(|| m.meter.read()))
     }
 
     pub fn kill(&self) {

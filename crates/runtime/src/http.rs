@@ -216,11 +216,15 @@ impl HttpInstance {
         self.connect().await
     }
 
+    pub(crate) fn process(&self) -> &ProcessHandle {
+        &self.process
+    }
+
     pub async fn invoke(&self, req: Request) -> Invoked {
         if self.process.has_exited() {
             // Known dead before anything was sent: another instance may take it.
             let outcome = Err(Failure::NotDelivered("the function's server had exited".into()));
-            return Invoked { outcome, logs: Default::default(), reusable: false, prewarmed: false };
+            return Invoked { outcome, logs: Default::default(), reusable: false, prewarmed: false, usage: None };
         }
         self.logs.begin(&req.id);
         // Exactly as the caller sent it: decoding here would let `%3F`, `%23`
@@ -346,7 +350,7 @@ impl HttpInstance {
         // A server writes no end markers: lines read while the request was
         // in flight are its logs (best effort under concurrency).
         let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
-        Invoked { outcome, logs, reusable, prewarmed: false }
+        Invoked { outcome, logs, reusable, prewarmed: false, usage: None }
     }
 
     pub fn stop(&self) {

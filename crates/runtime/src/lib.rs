@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use logs::{Captured, LogLimits};
+pub use flick_sandbox::Usage;
 pub use prewarm::StemCount;
 
 /// Settings of the runtime layer, from flick's config.
@@ -150,6 +151,9 @@ pub struct Invoked {
     /// The request ran in a prewarmed stem cell (exec: every request is a
     /// new process, and this one took a sandbox that was already set up).
     pub prewarmed: bool,
+    /// What the instance's cgroup used for the call (see
+    /// [`Instance::invoke`]); `None` without a cgroup or a counter.
+    pub usage: Option<Usage>,
 }
 
 /// Why an instance could not be started.
@@ -188,13 +192,23 @@ impl std::fmt::Debug for Instance {
 impl Instance {
     /// Runs one request. Concurrent calls are allowed up to the manifest's
     /// `concurrency`; the scheduler enforces that bound.
+    ///
+    /// The call's usage is read from the instance's cgroup: for exec, all
+    /// its one-call process used; for long-lived instances, the CPU time
+    /// the instance spent while the call ran and its memory peak since the
+    /// call began (both the instance's, shared with overlapping calls
+    /// when `concurrency` > 1).
     pub async fn invoke(&self, req: Request) -> Invoked {
-        match self {
-            Self::Process(i) => i.invoke(req).await,
-            Self::Exec(i) => i.invoke(req).await,
-            Self::Http(i) => i.invoke(req).await,
-            Self::Api(i) => i.invoke(req).await,
+        let (measuring, mut invoked) = match self {
+            Self::Process(i) => (i.process().measure(), i.invoke(req).await),
+            Self::Exec(i) => (None, i.invoke(req).await),
+            Self::Http(i) => (i.process().measure(), i.invoke(req).await),
+            Self::Api(i) => (i.process().measure(), i.invoke(req).await),
+        };
+        if let Some(m) = measuring {
+            invoked.usage = Some(m.finish());
         }
+        invoked
     }
 
     /// Whether the instance was a prewarmed stem cell before it took on its function.

@@ -268,6 +268,10 @@ impl ProcessInstance {
         self.prewarmed
     }
 
+    pub(crate) fn process(&self) -> &ProcessHandle {
+        &self.process
+    }
+
     pub async fn invoke(&self, req: Request) -> Invoked {
         // Dead before anything was sent (it crashed or was killed while
         // idle): the caller may run this request elsewhere.
@@ -278,6 +282,7 @@ impl ProcessInstance {
                 logs: Default::default(),
                 reusable: false,
                 prewarmed: false,
+                usage: None,
             };
         }
         let (tx, rx) = oneshot::channel();
@@ -306,6 +311,7 @@ impl ProcessInstance {
                 logs,
                 reusable: false,
                 prewarmed: false,
+                usage: None,
             };
         }
 
@@ -324,7 +330,7 @@ impl ProcessInstance {
                         trace: vec![],
                     }))),
                 };
-                Invoked { outcome, logs, reusable: true, prewarmed: false }
+                Invoked { outcome, logs, reusable: true, prewarmed: false, usage: None }
             }
             Ok(Err(_)) => {
                 // The channel broke: the process died or spoke garbage.
@@ -342,7 +348,7 @@ impl ProcessInstance {
                     (_, None) => Err(Failure::Platform("instance closed its protocol channel".into())),
                 };
                 self.stop();
-                Invoked { outcome, logs, reusable: false, prewarmed: false }
+                Invoked { outcome, logs, reusable: false, prewarmed: false, usage: None }
             }
             Err(_) => {
                 self.pending.lock().remove(&req.id);
@@ -350,7 +356,7 @@ impl ProcessInstance {
                 // trusted with the next request.
                 self.stop();
                 let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
-                Invoked { outcome: Err(Failure::Timeout), logs, reusable: false, prewarmed: false }
+                Invoked { outcome: Err(Failure::Timeout), logs, reusable: false, prewarmed: false, usage: None }
             }
         }
     }

@@ -263,12 +263,17 @@ impl ApiInstance {
         StartError::Init { error, logs: self.logs.take_idle() }
     }
 
+    pub(crate) fn process(&self) -> &ProcessHandle {
+        &self.process
+    }
+
     pub async fn invoke(&self, req: Request) -> Invoked {
         let not_delivered = |why: &str| Invoked {
             outcome: Err(Failure::NotDelivered(why.into())),
             logs: Default::default(),
             reusable: false,
             prewarmed: false,
+            usage: None,
         };
         let Ok(_turn) = self.turn.acquire().await else { return not_delivered("instance is stopped") };
         if self.process.has_exited() || self.shared.state.lock().stopped {
@@ -331,7 +336,7 @@ impl ApiInstance {
         // invocation's (best effort; a line still in the pipe goes to the next).
         tokio::task::yield_now().await;
         let logs = self.logs.finish(&req.id, false, Duration::ZERO).await;
-        Invoked { outcome, logs, reusable, prewarmed: false }
+        Invoked { outcome, logs, reusable, prewarmed: false, usage: None }
     }
 
     /// Drops `id` from the state; true if it was still waiting for a `/next`.

@@ -1,5 +1,5 @@
 //! One cgroup per instance: memory, pids and CPU limits, out-of-memory
-//! detection, and removal. cgroup v1 (one hierarchy per controller) and v2
+//! detection, usage metering (CPU time, memory peak), and removal. cgroup v1 (one hierarchy per controller) and v2
 //! (one unified hierarchy) are both supported.
 //!
 //! All of an instance's cgroups live under a per-data-dir parent,
@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,11 +18,14 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Where this host keeps cgroups, resolved once.
 #[derive(Clone, Debug)]
 pub enum Hierarchy {
-    /// Parent dirs for the memory, pids and cpu controllers.
+    /// Parent dirs for the memory, pids and cpu controllers, and for
+    /// cpuacct when it is mounted on its own (where it is co-mounted with
+    /// cpu, `cpu` holds its files): it is what measures CPU time.
     V1 {
         memory: PathBuf,
         pids: PathBuf,
         cpu: PathBuf,
+        cpuacct: Option<PathBuf>,
     },
     V2 {
         parent: PathBuf,
@@ -64,7 +68,16 @@ impl Hierarchy {
             let cpu = dirs.pop().unwrap_or_default();
             let pids = dirs.pop().unwrap_or_default();
             let memory = dirs.pop().unwrap_or_default();
-            return Ok(Self::V1 { memory, pids, cpu });
+            // CPU time is measured, not limited: without cpuacct instances
+            // still run, their records just carry no `cpu_ms`.
+            let base = Path::new(ROOT).join("cpuacct");
+            let cpuacct = if cpu.join("cpuacct.usage").exists() || !base.join("cpuacct.usage").exists() {
+                None
+            } else {
+                let dir = base.join(own_path("cpuacct").unwrap_or_default()).join(&name);
+                fs::create_dir_all(&dir).ok().map(|()| dir)
+            };
+            return Ok(Self::V1 { memory, pids, cpu, cpuacct });
         }
         if Path::new(ROOT).join("cgroup.controllers").exists() {
             // v2 forbids processes in inner nodes, so instances go in a
@@ -89,7 +102,11 @@ impl Hierarchy {
 
     fn parents(&self) -> Vec<&Path> {
         match self {
-            Self::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
+            Self::V1 { memory, pids, cpu, cpuacct } => {
+                let mut all: Vec<&Path> = vec![memory, pids, cpu];
+                all.extend(cpuacct.as_deref());
+                all
+            }
             Self::V2 { parent } => vec![parent],
         }
     }
@@ -188,6 +205,23 @@ impl Cgroup {
         }
     }
 
+    /// Opens the files that measure this cgroup's usage, once per instance,
+    /// so each call costs a few reads (and a write) on open descriptors.
+    /// `None` when the host has neither a CPU nor a memory counter.
+    pub fn meter(&self) -> Option<Meter> {
+        let open = |dir: &Path, file: &str, write: bool| {
+            fs::OpenOptions::new().read(true).write(write).open(dir.join(file)).ok()
+        };
+        let (cpu, peak) = if self.v2 {
+            let d = &self.dirs[0];
+            (open(d, "cpu.stat", false), open(d, "memory.peak", true).or_else(|| open(d, "memory.peak", false)))
+        } else {
+            let cpu = self.dirs[2..].iter().rev().find_map(|d| open(d, "cpuacct.usage", false));
+            (cpu, open(&self.dirs[0], "memory.max_usage_in_bytes", true))
+        };
+        (cpu.is_some() || peak.is_some()).then(|| Meter { v2: self.v2, cpu, peak })
+    }
+
     /// Did the kernel kill a process of this cgroup for exceeding its memory?
     pub fn oom_killed(&self) -> bool {
         let (dir, file) =
@@ -236,6 +270,68 @@ impl Cgroup {
         }
         tracing::warn!(cgroups = ?self.dirs, "could not remove instance cgroup");
     }
+}
+
+/// What a cgroup used: CPU time (user + system) and the memory peak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, user and system together, in nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// The highest memory use (as the kernel charges it: anonymous memory,
+    /// page cache, kernel memory), in bytes.
+    pub memory_peak: Option<u64>,
+}
+
+/// Open descriptors on one cgroup's usage counters (see [`Cgroup::meter`]).
+/// Read with `pread` at offset 0, which makes the kernel render the file
+/// afresh: no open or close per reading.
+#[derive(Debug)]
+pub struct Meter {
+    v2: bool,
+    /// v1 `cpuacct.usage` (ns), v2 `cpu.stat` (`usage_usec`).
+    cpu: Option<fs::File>,
+    /// v1 `memory.max_usage_in_bytes`, v2 `memory.peak`.
+    peak: Option<fs::File>,
+}
+
+impl Meter {
+    /// CPU time used so far, user and system, in nanoseconds.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let text = read_at0(self.cpu.as_ref()?)?;
+        if self.v2 {
+            let usec = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+            usec.trim().parse::<u64>().ok().map(|u| u * 1000)
+        } else {
+            text.trim().parse().ok()
+        }
+    }
+
+    /// The memory peak since the last reset (or since the cgroup was made).
+    pub fn memory_peak(&self) -> Option<u64> {
+        read_at0(self.peak.as_ref()?)?.trim().parse().ok()
+    }
+
+    /// Starts a new peak at the current use. v1: writing 0 to
+    /// `memory.max_usage_in_bytes`; v2 (Linux ≥ 6.12): any write to
+    /// `memory.peak` restarts it for reads through the same descriptor.
+    /// Returns false where the kernel cannot: the peak is then the
+    /// cgroup's over its whole life.
+    pub fn reset_peak(&self) -> bool {
+        let Some(file) = &self.peak else { return false };
+        let value: &[u8] = if self.v2 { b"reset\n" } else { b"0" };
+        file.write_at(value, 0).is_ok()
+    }
+
+    /// Both counters, read now.
+    pub fn read(&self) -> Usage {
+        Usage { cpu_ns: self.cpu_ns(), memory_peak: self.memory_peak() }
+    }
+}
+
+fn read_at0(file: &fs::File) -> Option<String> {
+    let mut buf = [0u8; 1024];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok().map(str::to_owned)
 }
 
 fn write(dir: &Path, file: &str, value: impl std::fmt::Display) -> std::io::Result<()> {
@@ -319,6 +415,29 @@ mod tests {
         fs::create_dir_all(d.0.join("pids")).unwrap();
         let cg = Cgroup { dirs: vec![d.0.join("memory"), d.0.join("pids"), d.0.join("cpu")], v2: false };
         assert!(cg.apply(LIMITS).is_err());
+    }
+
+    #[test]
+    fn usage_is_read_from_cpuacct_or_cpu_stat_and_the_peak_file() {
+        let d = fake("meter", &["memory/memory.max_usage_in_bytes", "cpu/x", "cpuacct/cpuacct.usage"]);
+        fs::write(d.0.join("memory/memory.max_usage_in_bytes"), "104857600\n").unwrap();
+        fs::write(d.0.join("cpuacct/cpuacct.usage"), "1500000\n").unwrap();
+        let dirs = vec![d.0.join("memory"), d.0.join("pids"), d.0.join("cpu"), d.0.join("cpuacct")];
+        let v1 = Cgroup { dirs, v2: false }.meter().unwrap();
+        assert_eq!(v1.read(), Usage { cpu_ns: Some(1_500_000), memory_peak: Some(100 << 20) });
+        assert!(v1.reset_peak());
+        // A plain file keeps the old digits after the write; the kernel's
+        // file takes the write as a whole. What matters: a 0 was written.
+        assert!(read(&d.0, "memory/memory.max_usage_in_bytes").starts_with('0'), "v1 resets by writing 0");
+
+        let v2 = fake("meter2", &["cpu.stat", "memory.peak"]);
+        fs::write(v2.0.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n").unwrap();
+        fs::write(v2.0.join("memory.peak"), "4096\n").unwrap();
+        let m = Cgroup { dirs: vec![v2.0.clone()], v2: true }.meter().unwrap();
+        assert_eq!(m.read(), Usage { cpu_ns: Some(2_500_000), memory_peak: Some(4096) });
+        let none = fake("meter3", &[]);
+        fs::create_dir_all(&none.0).unwrap();
+        assert!(Cgroup { dirs: vec![none.0.clone()], v2: true }.meter().is_none(), "no counters, no meter");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::process::{Child, Command};
 
-pub use cgroup::{Cgroup, CgroupLimits, Hierarchy};
+pub use cgroup::{Cgroup, CgroupLimits, Hierarchy, Meter, Usage};
 
 /// The file descriptor number the protocol channel gets in the child.
 pub const PROTOCOL_FD: i32 = 3;

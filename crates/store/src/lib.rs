@@ -40,6 +40,27 @@ pub enum PutOutcome {
 /// Which activation records to list. Results are newest first unless
 /// `after_seq` is set, in which case they are oldest first (a cursor for
 /// following logs).
+/// One function's usage on one day (UTC): sums over the records stored
+/// for calls that started that day.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UsageDay {
+    pub function: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub invocations: u64,
+    /// Calls whose status was not `success`.
+    pub errors: u64,
+    pub cold_starts: u64,
+    /// Σ billed duration (init + exec, each call rounded up to 1 ms).
+    pub billed_ms: u64,
+    /// Σ configured memory (MiB) × billed ms.
+    pub billed_mib_ms: u64,
+    /// Σ measured memory peak (bytes) × billed ms.
+    pub measured_byte_ms: f64,
+    /// Σ measured CPU time (user + system).
+    pub cpu_ms: f64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ActivationQuery {
     pub function: Option<String>,
@@ -165,6 +186,11 @@ pub trait Store: Send + Sync + 'static {
     /// The last tick a cron trigger fired: the schedule (with its zone) it
     /// belonged to and its time in ms. Deleted with the function.
     async fn trigger_tick(&self, function: &str, trigger: &str) -> Result<Option<(String, i64)>, StoreError>;
+
+    /// Usage per function and day (UTC), from the day of `since_ms` on,
+    /// for one function or all; ordered by day, then function. Summed as
+    /// records were stored, so pruning records leaves it as it was.
+    async fn usage(&self, function: Option<&str>, since_ms: i64) -> Result<Vec<UsageDay>, StoreError>;
 
     /// Records the last tick a cron trigger fired.
     async fn set_trigger_tick(

@@ -25,7 +25,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{
-    ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Store, StoreError, logcodec,
+    ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Store, StoreError, UsageDay,
+    logcodec,
 };
 
 /// Schema migrations in order: entry `i` takes `user_version` from `i` to
@@ -139,6 +140,26 @@ const MIGRATIONS: &[&str] = &[
         tick_ms  INTEGER NOT NULL,
         PRIMARY KEY (function, trigger)
     );
+    ",
+    // 8: measured usage on each record (configured memory, CPU time,
+    // memory peak), and the daily usage per function, kept apart from the
+    // records so pruning them does not lose the bill.
+    "
+    ALTER TABLE activations ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE activations ADD COLUMN cpu_ms REAL;
+    ALTER TABLE activations ADD COLUMN memory_peak_bytes INTEGER;
+    CREATE TABLE usage_daily (
+        function      TEXT NOT NULL,
+        day           TEXT NOT NULL,
+        invocations   INTEGER NOT NULL,
+        errors        INTEGER NOT NULL,
+        cold_starts   INTEGER NOT NULL,
+        billed_ms     INTEGER NOT NULL,
+        billed_mib_ms INTEGER NOT NULL,
+        measured_byte_ms REAL NOT NULL,
+        cpu_ms        REAL NOT NULL,
+        PRIMARY KEY (function, day)
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -386,7 +407,8 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
      init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
-     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms, callback_json";
+     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms, callback_json, \
+     memory_mb, cpu_ms, memory_peak_bytes";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -455,6 +477,9 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         parent,
         caller_gave_up_ms: row.get(25)?,
         callback,
+        memory_mb: row.get(27)?,
+        cpu_ms: row.get(28)?,
+        memory_peak_bytes: row.get::<_, Option<i64>>(29)?.map(|b| b.max(0) as u64),
     }))
 }
 
@@ -803,6 +828,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn usage(&self, function: Option<&str>, since_ms: i64) -> Result<Vec<UsageDay>, StoreError> {
+        let function = function.map(str::to_owned);
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT function, day, invocations, errors, cold_starts, billed_ms, billed_mib_ms, measured_byte_ms, \
+                 cpu_ms FROM usage_daily WHERE (?1 IS NULL OR function = ?1) AND day >= date(?2 / 1000, 'unixepoch') \
+                 ORDER BY day, function",
+            )?;
+            let rows = stmt.query_map(params![function, since_ms], |r| {
+                Ok(UsageDay {
+                    function: r.get(0)?,
+                    day: r.get(1)?,
+                    invocations: r.get::<_, i64>(2)?.max(0) as u64,
+                    errors: r.get::<_, i64>(3)?.max(0) as u64,
+                    cold_starts: r.get::<_, i64>(4)?.max(0) as u64,
+                    billed_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                    billed_mib_ms: r.get::<_, i64>(6)?.max(0) as u64,
+                    measured_byte_ms: r.get(7)?,
+                    cpu_ms: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn set_trigger_tick(
         &self,
         function: &str,
@@ -883,9 +934,18 @@ fn insert_batch(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
              exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, \
-             caller_gave_up_ms, callback_json) \
+             caller_gave_up_ms, callback_json, memory_mb, cpu_ms, memory_peak_bytes) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+        )?;
+        // Counted in the same transaction as the record: a stored record
+        // is in the bill exactly once, and stays there when it is pruned.
+        let mut usage = tx.prepare_cached(
+            "INSERT INTO usage_daily (function, day, invocations, errors, cold_starts, billed_ms, billed_mib_ms, \
+             measured_byte_ms, cpu_ms) VALUES (?1, date(?2 / 1000, 'unixepoch'), 1, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (function, day) DO UPDATE SET invocations = invocations + 1, errors = errors + ?3, \
+             cold_starts = cold_starts + ?4, billed_ms = billed_ms + ?5, billed_mib_ms = billed_mib_ms + ?6, \
+             measured_byte_ms = measured_byte_ms + ?7, cpu_ms = cpu_ms + ?8",
         )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
@@ -917,9 +977,27 @@ fn insert_batch(
                 a.parent.as_ref().map(|p| p.as_str()),
                 a.caller_gave_up_ms,
                 a.callback.as_ref().and_then(|c| serde_json::to_string(c).ok()),
+                a.memory_mb,
+                a.cpu_ms,
+                a.memory_peak_bytes.map(|b| b.min(i64::MAX as u64) as i64),
             ]);
-            match inserted.map_err(StoreError::from) {
-                Ok(_) => results.push(Ok(tx.last_insert_rowid())),
+            let inserted = inserted.map_err(StoreError::from).and_then(|_| {
+                let seq = tx.last_insert_rowid();
+                let billed = a.billed_ms() as i64;
+                usage.execute(params![
+                    a.function,
+                    a.start_ms,
+                    a.status != ActivationStatus::Success,
+                    a.cold,
+                    billed,
+                    i64::from(a.memory_mb) * billed,
+                    a.memory_peak_bytes.unwrap_or(0) as f64 * billed as f64,
+                    a.cpu_ms.unwrap_or(0.0),
+                ])?;
+                Ok(seq)
+            });
+            match inserted {
+                Ok(seq) => results.push(Ok(seq)),
                 // A full disk or a lost lock may have rolled the whole
                 // transaction back: nothing of the batch is stored, say so.
                 Err(e) if e.is_transient() => return Err(e),
@@ -1030,6 +1108,9 @@ mod tests {
             parent: None,
             caller_gave_up_ms: None,
             callback: None,
+            memory_mb: 0,
+            cpu_ms: None,
+            memory_peak_bytes: None,
         }
     }
 
@@ -1333,6 +1414,44 @@ mod tests {
         // Age and count together in one call.
         assert_eq!(store.prune_activations(1_001, 1).await.unwrap(), 3 + 1);
         assert_eq!(all_seqs(&store).await, [b[1], a[4]]);
+    }
+
+    #[tokio::test]
+    async fn usage_is_summed_per_function_and_day_and_survives_pruning() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let day = 86_400_000;
+        let call = |f: &str, start: i64, status, exec_ms: f64| Activation {
+            memory_mb: 256,
+            exec_ms,
+            cpu_ms: Some(exec_ms / 2.0),
+            memory_peak_bytes: Some(100 << 20),
+            cold: status != ActivationStatus::Success,
+            status,
+            ..activation(f, start)
+        };
+        let batch = vec![
+            call("a", day + 5, ActivationStatus::Success, 200.0),
+            call("a", day + 9, ActivationStatus::Error, 199.2),
+            call("a", 2 * day + 1, ActivationStatus::Success, 10.0),
+            call("b", day + 7, ActivationStatus::Success, 1.0),
+        ];
+        for r in store.insert_activations(&batch, RecordLimits::UNLIMITED).await.unwrap() {
+            r.unwrap();
+        }
+        // The same record again is refused, and counted once.
+        assert!(store.insert_activations(&batch[..1], RecordLimits::UNLIMITED).await.unwrap()[0].is_err());
+        let all = store.usage(None, 0).await.unwrap();
+        let days: Vec<_> = all.iter().map(|u| (u.function.as_str(), u.day.as_str())).collect();
+        assert_eq!(days, [("a", "1970-01-02"), ("b", "1970-01-02"), ("a", "1970-01-03")]);
+        let a1 = &all[0];
+        assert_eq!((a1.invocations, a1.errors, a1.cold_starts, a1.billed_ms), (2, 1, 1, 400));
+        assert_eq!(a1.billed_mib_ms, 256 * 400);
+        assert_eq!(a1.measured_byte_ms, (100u64 << 20) as f64 * 400.0);
+        assert!((a1.cpu_ms - 199.6).abs() < 1e-9, "{}", a1.cpu_ms);
+        assert_eq!(store.usage(Some("a"), 2 * day).await.unwrap().len(), 1, "since a day, for one function");
+        assert!(store.usage(Some("nope"), 0).await.unwrap().is_empty());
+        assert_eq!(store.prune_activations(i64::MAX, 0).await.unwrap(), 4);
+        assert_eq!(store.usage(None, 0).await.unwrap(), all, "pruning records keeps the bill");
     }
 
     #[tokio::test]

@@ -60,6 +60,11 @@ fn attempt_text(a: &Activation) -> String {
     }
 }
 
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
 /// Function output for the terminal: escaped unless `raw`.
 fn shown(text: &str, multiline: bool, raw: bool) -> Cow<'_, str> {
     if raw { Cow::Borrowed(text) } else { escape(text, multiline) }
@@ -73,7 +78,7 @@ fn short_id(id: &str) -> &str {
 pub async fn list(client: &Client, filter: &Filter<'_>, limit: u32) -> anyhow::Result<ExitCode> {
     let acts = fetch(client, filter, limit, None).await?;
     outln!(
-        "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>10}  START",
+        "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>10} {:>9} {:>9}  START",
         "ID",
         "FUNCTION",
         "REV",
@@ -81,11 +86,13 @@ pub async fn list(client: &Client, filter: &Filter<'_>, limit: u32) -> anyhow::R
         "CAUSE",
         "ATTEMPT",
         "TYPE",
-        "DURATION"
+        "DURATION",
+        "CPU",
+        "MEM PEAK"
     );
     for a in acts {
         outln!(
-            "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>8.1}ms  {}",
+            "{:<32} {:<16} {:>4} {:<14} {:<10} {:<8} {:<5} {:>8.1}ms {:>9} {:>9}  {}",
             escape(a.id.as_str(), false),
             escape(&a.function, false),
             a.revision,
@@ -94,6 +101,8 @@ pub async fn list(client: &Client, filter: &Filter<'_>, limit: u32) -> anyhow::R
             attempt_text(&a),
             if a.cold { "cold" } else { "warm" },
             a.duration_ms,
+            a.cpu_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+            a.memory_peak_bytes.map_or("-".into(), mib),
             rfc3339(a.start_ms)
         );
     }
@@ -140,6 +149,9 @@ pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::R
     }
     outln!("start:      {} ({})", rfc3339(a.start_ms), if a.cold { "cold" } else { "warm" });
     outln!("duration:   {:.3} ms (init {:.3} ms, waited {:.3} ms)", a.duration_ms, a.init_ms, a.wait_ms);
+    let cpu = a.cpu_ms.map_or("not measured".into(), |ms| format!("{ms:.3} ms"));
+    let peak = a.memory_peak_bytes.map_or("not measured".into(), mib);
+    outln!("usage:      cpu {cpu}, memory peak {peak} of {} MiB, billed {} ms", a.memory_mb, a.billed_ms());
     if let Some(ms) = a.caller_gave_up_ms {
         outln!("caller:     gave up after {ms:.3} ms (X-Flick-Deadline) and got HTTP 504; the call ran on");
     }
