@@ -6,8 +6,7 @@ mod common;
 use common::{Flick, manifest};
 
 const SLEEPS: &str = "import time\ndef handler(event, context):\n    time.sleep(0.2)\n    return 'slept'\n";
-const ALLOCATES: &str =
-    "def handler(event, context):\n    b = b'x' * (100 << 20)\n    return len(b)\n";
+const ALLOCATES: &str = "def handler(event, context):\n    b = b'x' * (100 << 20)\n    return len(b)\n";
 // Spins until it has used 200 ms of CPU itself (by its own clock, so a
 // busy host makes it take longer, not use less), and says how much.
 const SPINS: &str = "import time\ndef handler(event, context):\n    t = time.process_time()\n    \

@@ -129,7 +129,13 @@ impl ExecInstance {
                     Ok(error) => Failure::Function(error),
                     Err(platform) => Failure::NotDelivered(platform),
                 };
-                return Invoked { outcome: Err(outcome), logs: Default::default(), reusable: true, prewarmed: false, usage: None };
+                return Invoked {
+                    outcome: Err(outcome),
+                    logs: Default::default(),
+                    reusable: true,
+                    prewarmed: false,
+                    usage: None,
+                };
             }
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);

@@ -55,7 +55,10 @@ impl Measuring {
     pub fn finish(self) -> Usage {
         let m = &self.metering.meter;
         let now = m.read();
-        Usage { cpu_ns: now.cpu_ns.zip(self.cpu_before).map(|(a, b)| a.saturating_sub(b)), memory_peak: now.memory_peak }
+        Usage {
+            cpu_ns: now.cpu_ns.zip(self.cpu_before).map(|(a, b)| a.saturating_sub(b)),
+            memory_peak: now.memory_peak,
+        }
     }
 }
 
@@ -107,9 +110,10 @@ impl ProcessHandle {
         let Spawned { mut child, cgroup, exit_report, go: _ } = spawned;
         let pid = child.id().unwrap_or(0);
         let cgroup = cgroup.map(Arc::new);
-        let metering = cgroup.as_ref().and_then(|cg| cg.meter()).map(|meter| {
-            Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) })
-        });
+        let metering = cgroup
+            .as_ref()
+            .and_then(|cg| cg.meter())
+            .map(|meter| Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) }));
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let tx = Arc::new(tx);

@@ -34,8 +34,8 @@ use flick_sandbox::Sandbox;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-pub use logs::{Captured, LogLimits};
 pub use flick_sandbox::Usage;
+pub use logs::{Captured, LogLimits};
 pub use prewarm::StemCount;
 
 /// Settings of the runtime layer, from flick's config.
