@@ -55,7 +55,7 @@ pub fn log_group(function: &str) -> String {
 /// Lambda's log stream name for an instance started at `epoch_ms`:
 /// `YYYY/MM/DD/[{version}]{instance}`.
 pub fn log_stream(epoch_ms: i64, version: &str, instance: &str) -> String {
-    let (y, m, d) = civil_date(epoch_ms.div_euclid(86_400_000));
+    let (y, m, d) = crate::timefmt::civil_from_days(epoch_ms.div_euclid(86_400_000));
     format!("{y:04}/{m:02}/{d:02}/[{version}]{instance}")
 }
 
@@ -65,20 +65,6 @@ pub fn instance_id() -> String {
     // A failing OS RNG is not recoverable and not worth an error path.
     getrandom::fill(&mut rnd).expect("operating system random source");
     hex::encode(rnd)
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (era * 400 + yoe + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -105,6 +91,6 @@ mod tests {
         // 2026-12-02T10:00:00Z
         assert_eq!(log_stream(1_796_205_600_000, "$LATEST", "abc"), "2026/12/02/[$LATEST]abc");
         assert_eq!(log_stream(0, "1", "x"), "1970/01/01/[1]x");
-        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(crate::timefmt::civil_from_days(11_016), (2000, 2, 29));
     }
 }
