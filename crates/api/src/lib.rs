@@ -63,15 +63,39 @@ pub struct ApiLimits {
     pub body_read_timeout: std::time::Duration,
 }
 
+/// How much of an oversized body is read and dropped before the 413.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// Reads a request body of at most `limit` bytes within the body deadline.
+/// An oversized body is still read (and dropped) up to [`DRAIN_LIMIT`]
+/// within that deadline, so a client that is still sending it reads the
+/// 413 instead of a reset connection.
 pub(crate) async fn read_body(
     body: axum::body::Body,
     limit: usize,
     limits: &ApiLimits,
 ) -> Result<axum::body::Bytes, ApiError> {
-    match tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::TooLarge { limit }),
+    let read = async move {
+        use http_body_util::BodyExt as _;
+        let mut body = body;
+        let mut kept = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            // A broken body (the client went away) is refused like an oversized one.
+            let Ok(frame) = frame else { return None };
+            let Ok(data) = frame.into_data() else { continue };
+            total = total.saturating_add(data.len());
+            if total <= limit {
+                kept.extend_from_slice(&data);
+            } else if total > DRAIN_LIMIT {
+                break;
+            }
+        }
+        (total <= limit).then(|| axum::body::Bytes::from(kept))
+    };
+    match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(ApiError::TooLarge { limit }),
         Err(_) => Err(ApiError::BodyTimeout { after: limits.body_read_timeout }),
     }
 }
