@@ -75,29 +75,35 @@ pub(crate) async fn read_body(
     limit: usize,
     limits: &ApiLimits,
 ) -> Result<axum::body::Bytes, ApiError> {
-    let read = async move {
-        use http_body_util::BodyExt as _;
-        let mut body = body;
-        let mut kept = Vec::new();
-        let mut total = 0usize;
-        while let Some(frame) = body.frame().await {
-            // A broken body (the client went away) is refused like an oversized one.
-            let Ok(frame) = frame else { return None };
-            let Ok(data) = frame.into_data() else { continue };
-            total = total.saturating_add(data.len());
-            if total <= limit {
-                kept.extend_from_slice(&data);
-            } else if total > DRAIN_LIMIT {
-                break;
-            }
-        }
-        (total <= limit).then(|| axum::body::Bytes::from(kept))
-    };
+    // A broken body (the client went away) is refused like an oversized one.
+    let read = async move { read_limited(body, limit).await.ok().flatten() };
     match tokio::time::timeout(limits.body_read_timeout, read).await {
         Ok(Some(bytes)) => Ok(bytes),
         Ok(None) => Err(ApiError::TooLarge { limit }),
         Err(_) => Err(ApiError::BodyTimeout { after: limits.body_read_timeout }),
     }
+}
+
+/// The body, or `None` when it is over `limit`. An oversized body is still
+/// read (and dropped) up to [`DRAIN_LIMIT`], so the client, which is still
+/// sending it, reads the 413 instead of a reset connection.
+pub(crate) async fn read_limited(
+    mut body: axum::body::Body,
+    limit: usize,
+) -> Result<Option<axum::body::Bytes>, axum::Error> {
+    use http_body_util::BodyExt as _;
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total <= limit {
+            kept.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    Ok((total <= limit).then(|| axum::body::Bytes::from(kept)))
 }
 
 #[derive(Clone)]

@@ -36,8 +36,6 @@ const SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
 const ASYNC_PAYLOAD: usize = 256 * 1024;
 /// Management requests other than code uploads are small JSON.
 const SMALL_BODY: usize = 1 << 20;
-/// How much of an oversized body is read and dropped before the 413.
-const DRAIN_LIMIT: usize = 64 << 20;
 /// What `X-Amz-Log-Result` carries of an invocation's log.
 const LOG_TAIL: usize = 4096;
 const LATEST: &str = "$LATEST";
@@ -219,7 +217,7 @@ async fn authenticate(
     operation: &str,
 ) -> Result<Signed, LambdaError> {
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(state.limits.body_read_timeout, read_limited(body, limit)).await {
+    let body = match tokio::time::timeout(state.limits.body_read_timeout, crate::read_limited(body, limit)).await {
         Ok(Ok(Some(bytes))) => bytes,
         Ok(Ok(None)) => return Err(LambdaError::too_large(limit, operation)),
         Ok(Err(e)) => return Err(LambdaError::invalid(format!("the request body could not be read: {e}"))),
@@ -241,25 +239,6 @@ async fn authenticate(
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     sigv4::verify(&request, "lambda", now, |id| state.keys.secret(id).map(str::to_string))?;
     Ok(Signed { parts, body })
-}
-
-/// The body, or `None` when it is over `limit`. An oversized body is still
-/// read (and dropped) up to [`DRAIN_LIMIT`], so the client, which is still
-/// sending it, reads the 413 instead of a reset connection.
-async fn read_limited(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
-    use http_body_util::BodyExt as _;
-    let mut kept = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        total = total.saturating_add(data.len());
-        if total <= limit {
-            kept.extend_from_slice(&data);
-        } else if total > DRAIN_LIMIT {
-            break;
-        }
-    }
-    Ok((total <= limit).then(|| Bytes::from(kept)))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, LambdaError> {
