@@ -14,7 +14,8 @@
 //!   extractor every surface uses (Bearer, Basic `id:key`);
 //! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
 //!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
-//!   `/v1/dlq…`) and `/healthz`; its errors are [`ApiError`];
+//!   `/v1/dlq…`), `usage` (`/v1/usage`, usage per function and day,
+//!   priced) and `/healthz`; its errors are [`ApiError`];
 //! - `events`: `POST /events`, CloudEvents in binary, structured and batched mode;
 //! - `openwhisk`: OpenWhisk's REST API under `/api/v1/` (actions,
 //!   activations, web actions), with its own auth and error shape;

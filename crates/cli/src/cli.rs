@@ -20,6 +20,7 @@ const EXAMPLES: &str = "Examples:
   flick activations hello              recent invocations
   flick logs hello -f                  follow its logs
   flick triggers                       cron/MQTT/NATS triggers and their state
+  flick usage --since 7d               invocations, GB-seconds and cost per day
   FLICK_URL=https://flick.example.com FLICK_TOKEN=flk_… flick list
                                        use a flick on another machine
 
@@ -195,6 +196,31 @@ escaped, e.g. \\x1b, so a function cannot drive your terminal.")]
         #[arg(long)]
         raw: bool,
     },
+    /// Usage per function and day, and what it costs (a cloud-style bill).
+    #[command(after_help = "Examples:
+  flick usage                      every function, the last 30 days
+  flick usage hello --since 7d     one function, from the day 7 days ago on
+  flick usage --since 2026-11-01   from a date (UTC) on
+  flick usage --json               everything, as GET /v1/usage returns it
+
+Days are UTC. BILLED GB-S is configured memory (GiB) × duration (init + run,
+each call rounded up to 1 ms), as Lambda bills; MEASURED GB-S uses the memory
+peak the instance's cgroup measured instead; CPU-S is user + system CPU time.
+COST = billed GB-s × the GB-s price + invocations × the price per million
+requests, at the server's prices (`flick up --price-gb-second`, or
+[pricing] in its config). The sums outlive pruned activation records and
+deleted functions.")]
+    Usage {
+        /// Only this function's usage.
+        name: Option<String>,
+        /// From when: a duration back from now (7d, 24h) or a date
+        /// (YYYY-MM-DD, UTC); the whole first day is counted.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters: async calls that failed every attempt.
     #[command(
         subcommand,
@@ -259,6 +285,18 @@ pub struct UpArgs {
     /// 000000000000; config file: `[lambda] account`).
     #[arg(long, env = "FLICK_LAMBDA_ACCOUNT")]
     pub lambda_account: Option<String>,
+    /// Price per GB-second billed, for `flick usage` (default: 0.0000166667;
+    /// config file: `[pricing] gb_second`).
+    #[arg(long, env = "FLICK_PRICE_GB_SECOND", value_name = "PRICE")]
+    pub price_gb_second: Option<f64>,
+    /// Price per million invocations (default: 0.20; config file:
+    /// `[pricing] per_million_requests`).
+    #[arg(long, env = "FLICK_PRICE_PER_MILLION_REQUESTS", value_name = "PRICE")]
+    pub price_per_million_requests: Option<f64>,
+    /// Currency of the prices, an ISO 4217 code (default: USD; config file:
+    /// `[pricing] currency`).
+    #[arg(long, env = "FLICK_CURRENCY", value_name = "CODE")]
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

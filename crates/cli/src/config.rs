@@ -82,6 +82,8 @@ pub struct Config {
     pub dead_letters_per_function: u64,
     /// Region and account of functions' ARNs (`[lambda]`).
     pub lambda: flick_core::LambdaIdentity,
+    /// Prices of usage (`[pricing]`): `flick usage` and `GET /v1/usage`.
+    pub pricing: flick_platform::Pricing,
 }
 
 /// The config file: the same settings, human units as strings.
@@ -134,6 +136,17 @@ struct FileConfig {
     dead_letters_per_function: Option<u64>,
     #[serde(default)]
     lambda: FileLambda,
+    #[serde(default)]
+    pricing: FilePricing,
+}
+
+/// `[pricing]`: what usage costs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePricing {
+    gb_second: Option<f64>,
+    per_million_requests: Option<f64>,
+    currency: Option<String>,
 }
 
 /// `[lambda]`: the identity Lambda-style clients and code see.
@@ -233,6 +246,19 @@ impl Config {
                 let account =
                     args.lambda_account.as_deref().or(file.lambda.account.as_deref()).unwrap_or(Id::DEFAULT_ACCOUNT);
                 Id::new(region, account).map_err(|e| anyhow::anyhow!("`[lambda]`: {e}"))?
+            },
+            pricing: {
+                let d = flick_platform::Pricing::default();
+                let p = flick_platform::Pricing {
+                    gb_second: args.price_gb_second.or(file.pricing.gb_second).unwrap_or(d.gb_second),
+                    per_million_requests: args
+                        .price_per_million_requests
+                        .or(file.pricing.per_million_requests)
+                        .unwrap_or(d.per_million_requests),
+                    currency: args.currency.clone().or(file.pricing.currency).unwrap_or(d.currency),
+                };
+                p.check().map_err(anyhow::Error::msg)?;
+                p
             },
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
@@ -340,6 +366,9 @@ mod tests {
             insecure_no_sandbox: false,
             lambda_region: None,
             lambda_account: None,
+            price_gb_second: None,
+            price_per_million_requests: None,
+            currency: None,
         }
     }
 
@@ -448,6 +477,40 @@ mod tests {
             std::fs::write(dir.path().join("config.toml"), text).unwrap();
             let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
             assert!(err.contains("lambda") || err.contains("zone"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn pricing_layers_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.pricing, flick_platform::Pricing::default());
+        assert_eq!((c.pricing.gb_second, c.pricing.per_million_requests), (0.0000166667, 0.2));
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[pricing]\ngb_second = 0.00001\nper_million_requests = 0\ncurrency = \"EUR\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.pricing.gb_second, c.pricing.per_million_requests), (0.00001, 0.0));
+        assert_eq!(c.pricing.currency, "EUR");
+        let mut a = args();
+        a.price_gb_second = Some(0.5);
+        a.currency = Some("CHF".into());
+        let c = Config::load(&a, dir.path()).unwrap();
+        assert_eq!((c.pricing.gb_second, c.pricing.per_million_requests), (0.5, 0.0), "a flag beats the file");
+        assert_eq!(c.pricing.currency, "CHF");
+        for (text, key) in [
+            ("[pricing]\ngb_second = -0.1\n", "gb_second"),
+            ("[pricing]\nper_million_requests = -1\n", "per_million_requests"),
+            ("[pricing]\ngb_second = nan\n", "gb_second"),
+            ("[pricing]\ngb_second = \"cheap\"\n", "gb_second"),
+            ("[pricing]\ncurrency = \"dollars\"\n", "currency"),
+            ("[pricing]\nper_gb_second = 1\n", "per_gb_second"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
         }
     }
 

@@ -55,6 +55,32 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(((days * 86_400 + h * 3600 + mi * 60 + s - offset_secs) * 1000) + millis)
 }
 
+/// `2026-11-25`: the UTC day of epoch milliseconds `ms`.
+pub fn date(ms: i64) -> String {
+    let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `2026-11-25` (a UTC day) to the epoch milliseconds of its midnight;
+/// `None` if it is not a date that exists (`2026-02-30`).
+pub fn parse_date(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = &text[r];
+        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, m as u32, d as u32);
+    // The 31st of a 30-day month comes back as the 1st of the next.
+    (civil_from_days(days) == (y, m as u32, d as u32)).then_some(days * 86_400_000)
+}
+
 /// (year, month, day) to days since 1970-01-01 (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -109,6 +135,27 @@ mod tests {
             "2026-11-25T11:21:38+0200",
         ] {
             assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_round_trip_and_impossible_ones_are_refused() {
+        use super::{date, parse_date};
+        assert_eq!(date(1_795_605_698_123), "2026-11-25");
+        assert_eq!(date(-1), "1969-12-31");
+        assert_eq!(parse_date("2026-11-25"), Some(1_795_564_800_000));
+        assert_eq!(parse_date("2000-02-29").map(date).as_deref(), Some("2000-02-29"));
+        for bad in [
+            "",
+            "2026-02-30",
+            "2026-04-31",
+            "2025-02-29",
+            "2026-1-05",
+            "2026-11-25T00:00:00Z",
+            "20x6-01-01",
+            "+026-01-01",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
         }
     }
 }

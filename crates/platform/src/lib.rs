@@ -11,6 +11,7 @@
 //!   reply events routed on with loop protection;
 //! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
 //!   parent record;
+//! - `usage`: the daily usage per function, priced as a bill;
 //! - this file: the [`Platform`] itself, its routes (function → current
 //!   revision's pool), rollback, delete, garbage collection of code and
 //!   archives, and the read-only queries.
@@ -32,6 +33,7 @@ mod invoke;
 mod outcome;
 mod records;
 mod sequence;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -54,6 +56,7 @@ pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
 pub use outcome::{Outcome, SequenceFailure};
+pub use usage::{Pricing, UsageDayRow, UsageFunctionRow, UsageReport, UsageSums};
 
 /// How long activation records are kept, and how many and how much of them.
 /// Count and size are enforced with every batch of records written; age
@@ -88,6 +91,8 @@ pub struct PlatformConfig {
     pub event_max_hops: u32,
     /// Region and account of functions' ARNs (`[lambda]` in flick's config).
     pub lambda: flick_core::LambdaIdentity,
+    /// Prices that turn usage into a bill (`[pricing]`; `usage.rs`).
+    pub pricing: Pricing,
 }
 
 /// How often code and archives no revision refers to are looked for, when

@@ -1,5 +1,6 @@
 //! flick's own surface: the invoke path `/fn/{name}[/{rest}]`, the
-//! management API under `/v1/` (which the CLI uses) and `/healthz`.
+//! management API under `/v1/` (which the CLI uses), `/v1/usage` (the
+//! bill) and `/healthz`.
 //!
 //! Its error shape is [`crate::ApiError`] (`{"error": {"code", "message"}}`,
 //! defined in `error.rs` because `events.rs`, `triggers.rs` and the body
@@ -9,6 +10,7 @@
 
 pub(crate) mod invoke;
 mod manage;
+mod usage;
 
 use axum::Router;
 use axum::routing::get;
@@ -27,4 +29,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .merge(invoke::routes())
         .merge(manage::routes())
+        .merge(usage::routes())
 }

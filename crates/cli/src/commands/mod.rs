@@ -7,6 +7,7 @@ mod doctor;
 mod functions;
 mod invoke;
 mod triggers;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     activations::logs(&client, &name, follow, limit, raw).await
                 }
                 Command::Dlq(cmd) => dlq::run(&client, cmd).await,
+                Command::Usage { name, since, json } => usage::show(&client, name.as_deref(), &since, json).await,
                 Command::Up(_) | Command::New { .. } | Command::Doctor => unreachable!("handled above"),
             }
         }
