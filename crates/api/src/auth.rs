@@ -1,10 +1,18 @@
-//! The admin API key: created on first start (checked by `caller.rs`).
+//! The admin API key: created on first start (checked by `caller.rs`), and
+//! the dashboard sessions opened with it (`session.rs`).
 
 use std::path::Path;
 
 /// A bearer token that grants every management and invoke call.
+///
+/// Its clones share one set of dashboard sessions: each router the binary
+/// builds from a clone of the key (the main one, `/v1/triggers`, …) then
+/// knows the sessions `/ui/login` opened.
 #[derive(Clone)]
-pub struct AdminKey(String);
+pub struct AdminKey {
+    key: String,
+    sessions: crate::session::Sessions,
+}
 
 impl std::fmt::Debug for AdminKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -14,7 +22,7 @@ impl std::fmt::Debug for AdminKey {
 
 impl AdminKey {
     pub fn new(key: String) -> Self {
-        Self(key)
+        Self { key, sessions: Default::default() }
     }
 
     /// Reads `<data_dir>/admin.key`, creating it (mode 0600) with a fresh
@@ -24,7 +32,7 @@ impl AdminKey {
         use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join("admin.key");
         match std::fs::read_to_string(&path) {
-            Ok(text) if !text.trim().is_empty() => return Ok((Self(text.trim().to_string()), false)),
+            Ok(text) if !text.trim().is_empty() => return Ok((Self::new(text.trim().to_string()), false)),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -35,11 +43,15 @@ impl AdminKey {
         file.write_all(format!("{key}\n").as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        Ok((Self(key), true))
+        Ok((Self::new(key), true))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    pub(crate) fn sessions(&self) -> &crate::session::Sessions {
+        &self.sessions
     }
 
     /// Is `value` (an `Authorization` header) this key? The scheme is
@@ -52,7 +64,7 @@ impl AdminKey {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return false;
         }
-        let (a, b) = (token.trim_start_matches([' ', '\t']).as_bytes(), self.0.as_bytes());
+        let (a, b) = (token.trim_start_matches([' ', '\t']).as_bytes(), self.key.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
@@ -60,7 +72,7 @@ impl AdminKey {
     /// case, inside a longer value)? Such a header is flick's, never a
     /// function's: it is dropped before the request reaches one.
     pub fn appears_in(&self, value: &[u8]) -> bool {
-        let key = self.0.as_bytes();
+        let key = self.key.as_bytes();
         !key.is_empty() && value.windows(key.len()).any(|w| w == key)
     }
 }

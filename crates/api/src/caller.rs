@@ -1,5 +1,6 @@
 //! Who is calling, for every surface: flick's keys ([`Keys`], key id →
-//! secret) and the [`Caller`] extractor that reads `Authorization`.
+//! secret) and the [`Caller`] extractor that reads `Authorization`, or the
+//! dashboard's session cookie together with its CSRF header.
 //!
 //! The extractor never rejects: it says whether the caller proved a key
 //! (the admin) or not (anonymous), and whether credentials were sent at
@@ -11,6 +12,12 @@
 //! `Basic base64(<id>:<key>)` (OpenWhisk's `uuid:key`, faas-cli's
 //! `admin:<key>`). Secrets are compared in constant time, against every
 //! key, so timing tells nothing about a secret or which ids exist.
+//!
+//! Without an `Authorization` header, a dashboard session (`session.rs`)
+//! is the caller of its key id, but only when the request carries both the
+//! `flick_session` cookie and that session's token in `X-Flick-CSRF`: a
+//! browser attaches the cookie to any request, even one another site
+//! makes it send, while the header only the dashboard's own script can set.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,14 +29,16 @@ use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::AdminKey;
+use crate::session::{self, Sessions};
 
 /// The id of the admin key (its user name in Basic auth, its SigV4 access
 /// key id).
 pub const ADMIN_KEY_ID: &str = "admin";
 
 /// flick's keys: id → secret. Today one entry, the admin key as `admin`.
+/// And the dashboard sessions opened with them.
 #[derive(Clone)]
-pub struct Keys(Arc<Vec<(String, String)>>);
+pub struct Keys(Arc<Vec<(String, String)>>, Sessions);
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,11 +57,19 @@ pub(crate) enum Credentials {
     /// A header that proves no key: wrong key, unknown id, another scheme,
     /// unreadable base64.
     Invalid,
+    /// No `Authorization` header, but a dashboard session's cookie and its
+    /// CSRF token: the session's key id.
+    Session(String),
 }
 
 impl Keys {
     pub fn new(admin: &AdminKey) -> Self {
-        Self(Arc::new(vec![(ADMIN_KEY_ID.to_string(), admin.as_str().to_string())]))
+        Self(Arc::new(vec![(ADMIN_KEY_ID.to_string(), admin.as_str().to_string())]), admin.sessions().clone())
+    }
+
+    /// The dashboard sessions opened with these keys.
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.1
     }
 
     /// The secret of key `id` (for signatures computed with it: SigV4).
@@ -87,7 +104,7 @@ impl Keys {
     /// What the `Authorization` header of `headers` proves.
     pub(crate) fn credentials(&self, headers: &HeaderMap) -> Credentials {
         let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-        let Some(value) = values.next() else { return Credentials::None };
+        let Some(value) = values.next() else { return self.session(headers) };
         // Two answers to "who are you" are no answer.
         if values.next().is_some() {
             return Credentials::Invalid;
@@ -97,6 +114,17 @@ impl Keys {
             Some(id) => Credentials::Key(id.to_string()),
             None => Credentials::Invalid,
         }
+    }
+
+    /// A dashboard session, proved by its cookie and its token in
+    /// `X-Flick-CSRF` (one header, one value). Any cookie of that name may
+    /// be the session: a sibling site can plant others beside it.
+    fn session(&self, headers: &HeaderMap) -> Credentials {
+        let mut tokens = headers.get_all(crate::session::CSRF_HEADER).iter();
+        let (Some(token), None) = (tokens.next(), tokens.next()) else { return Credentials::None };
+        session::cookie_values(headers, session::COOKIE)
+            .find_map(|id| self.1.check(id, token.as_bytes()))
+            .map_or(Credentials::None, Credentials::Session)
     }
 
     /// The key id an `Authorization` value proves. The scheme is matched
@@ -146,7 +174,7 @@ impl Keys {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -166,7 +194,7 @@ impl Caller {
     pub(crate) fn of(keys: &Keys, headers: &HeaderMap) -> Self {
         let credentials = keys.credentials(headers);
         let key_id = match &credentials {
-            Credentials::Key(id) => Some(id.clone()),
+            Credentials::Key(id) | Credentials::Session(id) => Some(id.clone()),
             _ => None,
         };
         let who = if key_id.is_some() { flick_platform::Caller::Admin } else { flick_platform::Caller::Anonymous };
@@ -278,6 +306,55 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("s3cret-key"));
         h.insert("proxy-authorization", HeaderValue::from_static("Bearer s3cret-key"));
         assert_eq!(Caller::of(&keys, &h).credentials, Credentials::None);
+    }
+
+    #[test]
+    fn a_session_needs_its_cookie_and_its_csrf_header() {
+        let admin = AdminKey::new("s3cret-key".into());
+        let keys = Keys::new(&admin);
+        let id = keys.sessions().open("admin").unwrap();
+        let csrf = keys.sessions().get(&id).unwrap().csrf;
+        let h = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(axum::http::HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let cookie = format!("other=1; flick_session={id}");
+        let ok = Caller::of(&keys, &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)]));
+        assert!(ok.is_admin());
+        assert_eq!((ok.key_id.as_deref(), &ok.credentials), (Some("admin"), &Credentials::Session("admin".into())));
+        // A planted cookie beside the real one does not hide it.
+        let two = Caller::of(&keys, &h(&[("cookie", "flick_session=planted"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
+        assert!(two.is_admin());
+        // Another router built from a clone of the key knows the session.
+        assert!(Caller::of(&Keys::new(&admin.clone()), &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
+        for refused in [
+            // The cookie alone: what a forged cross-site request carries.
+            h(&[("cookie", &cookie)]),
+            h(&[("cookie", &cookie), ("x-flick-csrf", "")]),
+            h(&[("cookie", &cookie), ("x-flick-csrf", &csrf[..63])]),
+            h(&[("cookie", &cookie), ("x-flick-csrf", &id)]),
+            h(&[("cookie", &cookie), ("x-flick-csrf", &csrf), ("x-flick-csrf", &csrf)]),
+            // The token alone, or with the id somewhere else than the cookie.
+            h(&[("x-flick-csrf", &csrf)]),
+            h(&[("cookie", &format!("flick_sessionx={id}")), ("x-flick-csrf", &csrf)]),
+            h(&[("x-flick-session", &id), ("x-flick-csrf", &csrf)]),
+        ] {
+            let c = Caller::of(&keys, &refused);
+            assert!(!c.is_admin(), "{refused:?}");
+            assert_eq!(c.credentials, Credentials::None, "{refused:?}");
+        }
+        // A wrong Authorization header is not rescued by a session: it decides.
+        let c = Caller::of(&keys, &h(&[("authorization", "Bearer wrong"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
+        assert_eq!(c.credentials, Credentials::Invalid);
+        // Another key's sessions are not these keys' sessions.
+        let other = Keys::new(&AdminKey::new("s3cret-key".into()));
+        assert!(!Caller::of(&other, &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
+        // Logged out: refused.
+        keys.sessions().close(&id);
+        assert!(!Caller::of(&keys, &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
     }
 
     #[test]

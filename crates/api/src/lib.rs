@@ -11,7 +11,11 @@
 //! # Layout
 //! - `auth`: the admin API key (its file);
 //! - `caller`: flick's keys ([`Keys`]: id → secret) and the `Caller`
-//!   extractor every surface uses (Bearer, Basic `id:key`);
+//!   extractor every surface uses (Bearer, Basic `id:key`, or a dashboard
+//!   session's cookie with its `X-Flick-CSRF` token);
+//! - `session`: the dashboard's sessions (in memory, each with a CSRF token);
+//! - `ui`: the web dashboard at `/ui` (login, logout, the page shell and
+//!   the assets embedded by `flick-ui`); its data comes from `/v1/`;
 //! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
 //!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…`), `usage` (`/v1/usage`, usage per function and day,
@@ -40,7 +44,9 @@ mod native;
 mod openfaas;
 mod openwhisk;
 mod serve;
+mod session;
 pub mod triggers;
+mod ui;
 
 use std::sync::Arc;
 
@@ -127,6 +133,7 @@ pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Rout
     let state = AppState { platform, keys, limits };
     Router::new()
         .merge(native::routes())
+        .merge(ui::routes())
         .route("/events", post(events::post_events))
         .merge(openwhisk::routes())
         .merge(lambda::routes())

@@ -243,7 +243,9 @@ fn forwarded_headers(headers: &HeaderMap, keys: &Keys) -> Vec<(String, String)> 
         .filter(|(_, v)| !keys.appears_in(v.as_bytes()))
         // Where flick sends the outcome is flick's business, not the function's.
         .filter(|(n, _)| n.as_str() != CALLBACK_HEADER)
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        // So is the dashboard's session (its cookie and CSRF token).
+        .filter_map(|(n, v)| Some((n, crate::session::forwardable(n.as_str(), v.as_bytes())?)))
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(&v).into_owned()))
         .collect()
 }
 

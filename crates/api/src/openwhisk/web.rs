@@ -100,7 +100,9 @@ pub(crate) async fn web(
         .iter()
         // The key (any header carrying it) is flick's, never the action's.
         .filter(|(n, v)| *n != header::AUTHORIZATION && !s.keys.appears_in(v.as_bytes()))
-        .map(|(n, v)| (n.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        // So is the dashboard's session (its cookie and CSRF token).
+        .filter_map(|(n, v)| Some((n, crate::session::forwardable(n.as_str(), v.as_bytes())?)))
+        .map(|(n, v)| (n.as_str().to_string(), Value::String(String::from_utf8_lossy(&v).into_owned())))
         .collect();
     params.insert("__ow_method".into(), json!(parts.method.as_str().to_ascii_lowercase()));
     params.insert("__ow_headers".into(), Value::Object(headers));
