@@ -44,7 +44,9 @@ fn harden(mut resp: Response) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: the latter makes a browser send
+    // `Origin: null` with the forms, which `same_origin` cannot trust.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     resp
 }
 
@@ -174,14 +176,14 @@ async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response,
 }
 
 /// Was this form posted by a page of this very origin? Browsers send
-/// `Sec-Fetch-Site` and `Origin` with every POST; a client that sends
-/// neither (curl, a test) is no browser to forge a request through.
+/// `Sec-Fetch-Site` (current ones) or `Origin` with every POST; a client
+/// that sends neither (curl, a test) is no browser to forge a request
+/// through.
 fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
-    if let Some(site) = text("sec-fetch-site")
-        && !matches!(site, "same-origin" | "none")
-    {
-        return false;
+    // The browser's own word first (its `Origin` may be `null` by policy).
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
     }
     match (text(header::ORIGIN.as_str()), text(header::HOST.as_str())) {
         (None, _) => true,
@@ -226,6 +228,7 @@ mod tests {
         assert!(same_origin(&headers(&[])));
         assert!(same_origin(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])));
         assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin"), ("host", "h:1"), ("origin", "http://h:1")])));
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin"), ("host", "h:1"), ("origin", "null")])));
         for bad in [
             headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]),
             headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8081")]),
@@ -233,6 +236,7 @@ mod tests {
             headers(&[("origin", "http://127.0.0.1:8080")]),
             headers(&[("sec-fetch-site", "cross-site")]),
             headers(&[("sec-fetch-site", "same-site"), ("host", "h:1"), ("origin", "http://h:1")]),
+            headers(&[("sec-fetch-site", "cross-site"), ("host", "h:1"), ("origin", "http://h:1")]),
         ] {
             assert!(!same_origin(&bad), "{bad:?}");
         }

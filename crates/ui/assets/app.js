@@ -522,4 +522,6 @@ function App() {
   }
 }
 
-render(html`<${App} />`, document.getElementById('app'));
+const root = document.getElementById('app');
+root.textContent = ''; // the shell's "Loading…"
+render(html`<${App} />`, root);
