@@ -326,7 +326,8 @@ mod tests {
         assert!(ok.is_admin());
         assert_eq!((ok.key_id.as_deref(), &ok.credentials), (Some("admin"), &Credentials::Session("admin".into())));
         // A planted cookie beside the real one does not hide it.
-        let two = Caller::of(&keys, &h(&[("cookie", "flick_session=planted"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
+        let two =
+            Caller::of(&keys, &h(&[("cookie", "flick_session=planted"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
         assert!(two.is_admin());
         // Another router built from a clone of the key knows the session.
         assert!(Caller::of(&Keys::new(&admin.clone()), &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
@@ -347,7 +348,8 @@ mod tests {
             assert_eq!(c.credentials, Credentials::None, "{refused:?}");
         }
         // A wrong Authorization header is not rescued by a session: it decides.
-        let c = Caller::of(&keys, &h(&[("authorization", "Bearer wrong"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
+        let c =
+            Caller::of(&keys, &h(&[("authorization", "Bearer wrong"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
         assert_eq!(c.credentials, Credentials::Invalid);
         // Another key's sessions are not these keys' sessions.
         let other = Keys::new(&AdminKey::new("s3cret-key".into()));

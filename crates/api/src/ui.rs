@@ -82,7 +82,11 @@ async fn shell(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 fn login_form(status: StatusCode, error: &str, id: &str) -> Response {
-    let error = if error.is_empty() { String::new() } else { format!("<p class=\"error\" role=\"alert\">{}</p>", escape(error)) };
+    let error = if error.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", escape(error))
+    };
     page(status, flick_ui::LOGIN_HTML.replace("{{error}}", &error).replace("{{id}}", &escape(id)))
 }
 
@@ -127,12 +131,8 @@ async fn login(State(s): State<AppState>, req: Request<Body>) -> Result<Response
         .open(&key_id)
         .map_err(|e| ApiError::Platform(flick_platform::PlatformError::Internal(format!("random source: {e}"))))?;
     let mut resp = redirect(HOME);
-    let cookie = format!(
-        "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        session::COOKIE,
-        id,
-        session::TTL.as_secs()
-    );
+    let cookie =
+        format!("{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", session::COOKIE, id, session::TTL.as_secs());
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::try_from(cookie).expect("hex is a header value"));
     Ok(resp)
 }
@@ -164,9 +164,10 @@ async fn logout(State(s): State<AppState>, req: Request<Body>) -> Result<Respons
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let a = flick_ui::asset(&path).ok_or(ApiError::NoRoute)?;
     let etag = HeaderValue::from_static(a.etag());
-    let fresh = headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == a.etag() || t.trim() == "*"))
-    });
+    let fresh = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim() == a.etag() || t.trim() == "*")));
     let mut resp = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { a.body.into_response() };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));

@@ -21,7 +21,8 @@ fn root() -> PathBuf {
 /// `greeter`, deployed twice (revisions 1 and 2): prints a line and answers
 /// its revision, the event and every header it got.
 fn deploy_greeter(flick: &Flick) {
-    let toml = manifest("greeter", "python3", "main.handler", &format!("[env]\nGREETING_SECRET = \"{SECRET_VALUE}\"\n"));
+    let toml =
+        manifest("greeter", "python3", "main.handler", &format!("[env]\nGREETING_SECRET = \"{SECRET_VALUE}\"\n"));
     for rev in [1, 2] {
         let code = format!(
             "import json\ndef handler(event, context):\n    print('{LOG_LINE}')\n    return {{'statusCode': 200, \
@@ -82,7 +83,8 @@ fn the_dashboard_works_in_a_real_browser() {
     } else {
         assert_eq!(findings["usage"], "no data", "{findings}");
     }
-    for page in ["01-login", "03-functions", "04-function", "05-invoke", "06-activation", "07-activations", "08-rollback"]
+    for page in
+        ["01-login", "03-functions", "04-function", "05-invoke", "06-activation", "07-activations", "08-rollback"]
     {
         assert!(artifacts.join(format!("{page}.png")).is_file(), "screenshot {page}");
     }
@@ -109,7 +111,8 @@ fn browserish() -> reqwest::blocking::Client {
 /// Logs in with a form post; returns the session cookie's value and the
 /// page's CSRF token.
 fn log_in(http: &reqwest::blocking::Client, flick: &Flick) -> (String, String) {
-    let r = http.post(format!("{}/ui/login", flick.base)).form_of(&[("id", "admin"), ("key", &flick.key)]).send().unwrap();
+    let r =
+        http.post(format!("{}/ui/login", flick.base)).form_of(&[("id", "admin"), ("key", &flick.key)]).send().unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/ui");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -117,10 +120,14 @@ fn log_in(http: &reqwest::blocking::Client, flick: &Flick) -> (String, String) {
         assert!(set.contains(attr), "{set}");
     }
     let session = set.split(';').next().unwrap().strip_prefix("flick_session=").unwrap().to_string();
-    let page = http.get(format!("{}/ui", flick.base)).header("cookie", format!("flick_session={session}")).send().unwrap();
+    let page =
+        http.get(format!("{}/ui", flick.base)).header("cookie", format!("flick_session={session}")).send().unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
-    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     let html = page.text().unwrap();
     let at = html.find("name=\"flick-csrf\" content=\"").expect("a CSRF token in the page") + 27;
