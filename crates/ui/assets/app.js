@@ -476,7 +476,13 @@ function Usage({ query }) {
       throw e;
     }
   }, [since]);
-  const money = (v, cur) => (v == null ? '–' : Number(v).toLocaleString(undefined, { style: 'currency', currency: cur || 'USD', maximumFractionDigits: 6 }));
+  // Serverless bills are fractions of a cent: below one, three significant digits.
+  const money = (v, cur) => {
+    if (v == null) return '–';
+    const opts = { style: 'currency', currency: cur || 'USD' };
+    if (v !== 0 && Math.abs(v) < 0.01) opts.maximumSignificantDigits = 3;
+    return Number(v).toLocaleString(undefined, opts);
+  };
   const row = (label, u, cur) => html`<tr>
     <td>${label}</td><td>${fmtNum(u.invocations, 0)}</td><td>${fmtNum(u.errors, 0)}</td><td>${fmtNum(u.cold_starts, 0)}</td>
     <td>${fmtNum(u.billed_gb_s)}</td><td>${fmtNum(u.measured_gb_s)}</td><td>${fmtNum(u.cpu_s)}</td><td>${money(u.cost, cur)}</td></tr>`;
