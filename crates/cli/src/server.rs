@@ -154,6 +154,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     };
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
+    say!("dashboard: http://{addr}/ui  (log in with the admin key)");
     if new_key {
         say!("admin API key (saved to {}): {}", data.join("admin.key").display(), key.as_str());
     }
