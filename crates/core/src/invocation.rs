@@ -32,11 +32,23 @@ pub enum Cause {
     Sequence,
     /// A dead letter sent back to its function (`flick dlq redrive`).
     Redrive,
+    /// A rule of a fired OpenWhisk-style trigger (`trigger` names it;
+    /// `parent` is the trigger's activation).
+    Trigger,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 8] =
-        [Self::Http, Self::Async, Self::Cron, Self::Mqtt, Self::Nats, Self::CloudEvent, Self::Sequence, Self::Redrive];
+    pub const ALL: [Cause; 9] = [
+        Self::Http,
+        Self::Async,
+        Self::Cron,
+        Self::Mqtt,
+        Self::Nats,
+        Self::CloudEvent,
+        Self::Sequence,
+        Self::Redrive,
+        Self::Trigger,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +60,7 @@ impl Cause {
             Self::CloudEvent => "cloudevent",
             Self::Sequence => "sequence",
             Self::Redrive => "redrive",
+            Self::Trigger => "trigger",
         }
     }
 

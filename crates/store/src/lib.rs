@@ -18,6 +18,35 @@ pub use code::CodeStore;
 pub use error::{StoreError, is_disk_full};
 pub use sqlite::SqliteStore;
 
+/// A trigger that fires rules (OpenWhisk's model: a named channel of
+/// events; each active [`Rule`] on it invokes one function). Flick's own
+/// `[[triggers]]` live in manifests instead; these are made through an API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleTrigger {
+    pub name: String,
+    /// Parameters every event of the trigger carries (under the event's own).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// The surface's own metadata, kept as sent (OpenWhisk's key/value list).
+    pub annotations: serde_json::Value,
+    /// The event source that fires it (a feed's configuration), if any.
+    pub feed: Option<serde_json::Value>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A rule: while `active`, each event of `trigger` invokes `action` (a
+/// function) asynchronously.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub trigger: String,
+    pub action: String,
+    pub active: bool,
+    pub annotations: serde_json::Value,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
 /// What a deploy hands the store: the validated manifest and content identity.
 #[derive(Clone, Debug)]
 pub struct NewRevision {
@@ -191,6 +220,33 @@ pub trait Store: Send + Sync + 'static {
     /// for one function or all; ordered by day, then function. Summed as
     /// records were stored, so pruning records leaves it as it was.
     async fn usage(&self, function: Option<&str>, since_ms: i64) -> Result<Vec<UsageDay>, StoreError>;
+
+    /// Stores a rule trigger; with `overwrite` false an existing one is
+    /// left alone and `false` comes back. An overwrite keeps `created_ms`.
+    async fn put_rule_trigger(&self, trigger: &RuleTrigger, overwrite: bool) -> Result<bool, StoreError>;
+
+    async fn rule_trigger(&self, name: &str) -> Result<Option<RuleTrigger>, StoreError>;
+
+    /// All rule triggers, by name.
+    async fn rule_triggers(&self) -> Result<Vec<RuleTrigger>, StoreError>;
+
+    /// `false` if there was none. Its rules stay (they fire again if a
+    /// trigger of that name comes back), as OpenWhisk's do.
+    async fn delete_rule_trigger(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a rule; as [`Store::put_rule_trigger`].
+    async fn put_rule(&self, rule: &Rule, overwrite: bool) -> Result<bool, StoreError>;
+
+    async fn rule(&self, name: &str) -> Result<Option<Rule>, StoreError>;
+
+    /// All rules (of one trigger, or all), by name.
+    async fn rules(&self, trigger: Option<&str>) -> Result<Vec<Rule>, StoreError>;
+
+    /// `false` if there was none.
+    async fn delete_rule(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Turns a rule on or off; `false` if there is no such rule.
+    async fn set_rule_active(&self, name: &str, active: bool) -> Result<bool, StoreError>;
 
     /// Records the last tick a cron trigger fired.
     async fn set_trigger_tick(

@@ -25,8 +25,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{
-    ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Store, StoreError, UsageDay,
-    logcodec,
+    ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Rule, RuleTrigger, Store,
+    StoreError, UsageDay, logcodec,
 };
 
 /// Schema migrations in order: entry `i` takes `user_version` from `i` to
@@ -160,6 +160,28 @@ const MIGRATIONS: &[&str] = &[
         cpu_ms        REAL NOT NULL,
         PRIMARY KEY (function, day)
     ) WITHOUT ROWID;
+    ",
+    // 9: triggers that fire rules, and the rules (OpenWhisk's model, made
+    // through its API). JSON columns hold what only the surface reads.
+    "
+    CREATE TABLE rule_triggers (
+        name             TEXT PRIMARY KEY NOT NULL,
+        params_json      TEXT NOT NULL,
+        annotations_json TEXT NOT NULL,
+        feed_json        TEXT,
+        created_ms       INTEGER NOT NULL,
+        updated_ms       INTEGER NOT NULL
+    );
+    CREATE TABLE rules (
+        name             TEXT PRIMARY KEY NOT NULL,
+        trigger          TEXT NOT NULL,
+        action           TEXT NOT NULL,
+        active           INTEGER NOT NULL,
+        annotations_json TEXT NOT NULL,
+        created_ms       INTEGER NOT NULL,
+        updated_ms       INTEGER NOT NULL
+    );
+    CREATE INDEX rules_trigger ON rules(trigger);
     ",
 ];
 
@@ -318,6 +340,50 @@ fn convert_to_incremental_vacuum(conn: &Connection, label: &str) {
         Ok(after) => tracing::info!(path = label, before, after, "database converted to incremental vacuum"),
         Err(e) => tracing::warn!(path = label, error = %e, "could not VACUUM the database; will try at the next start"),
     }
+}
+
+const RULE_TRIGGER_SELECT: &str =
+    "SELECT name, params_json, annotations_json, feed_json, created_ms, updated_ms FROM rule_triggers";
+const RULE_SELECT: &str =
+    "SELECT name, trigger, action, active, annotations_json, created_ms, updated_ms FROM rules";
+
+fn json_column(what: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })
+}
+
+/// A row of `rule_triggers` (the outer error: SQLite's; the inner: a JSON
+/// column that does not parse).
+fn rule_trigger_row(r: &Row<'_>) -> rusqlite::Result<Result<RuleTrigger, StoreError>> {
+    let name: String = r.get(0)?;
+    let (params, annotations, feed): (String, String, Option<String>) = (r.get(1)?, r.get(2)?, r.get(3)?);
+    let (created_ms, updated_ms) = (r.get(4)?, r.get(5)?);
+    Ok((|| {
+        Ok(RuleTrigger {
+            params: match json_column("trigger parameters", &params)? {
+                serde_json::Value::Object(m) => m,
+                _ => return Err(StoreError::Corrupt { what: "trigger parameters".into(), detail: "not an object".into() }),
+            },
+            annotations: json_column("trigger annotations", &annotations)?,
+            feed: feed.as_deref().map(|f| json_column("trigger feed", f)).transpose()?,
+            name,
+            created_ms,
+            updated_ms,
+        })
+    })())
+}
+
+fn rule_row(r: &Row<'_>) -> rusqlite::Result<Result<Rule, StoreError>> {
+    let annotations: String = r.get(4)?;
+    let rule = Rule {
+        name: r.get(0)?,
+        trigger: r.get(1)?,
+        action: r.get(2)?,
+        active: r.get(3)?,
+        annotations: serde_json::Value::Null,
+        created_ms: r.get(5)?,
+        updated_ms: r.get(6)?,
+    };
+    Ok(json_column("rule annotations", &annotations).map(|annotations| Rule { annotations, ..rule }))
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
@@ -850,6 +916,108 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn put_rule_trigger(&self, t: &RuleTrigger, overwrite: bool) -> Result<bool, StoreError> {
+        let t = t.clone();
+        self.with_conn(move |conn| {
+            let params = serde_json::Value::Object(t.params.clone()).to_string();
+            let annotations = t.annotations.to_string();
+            let feed = t.feed.as_ref().map(|f| f.to_string());
+            let sql = if overwrite {
+                "INSERT INTO rule_triggers (name, params_json, annotations_json, feed_json, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET params_json = excluded.params_json,
+                     annotations_json = excluded.annotations_json, feed_json = excluded.feed_json,
+                     updated_ms = excluded.updated_ms"
+            } else {
+                "INSERT INTO rule_triggers (name, params_json, annotations_json, feed_json, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING"
+            };
+            let n = conn.execute(sql, params![t.name, params, annotations, feed, t.created_ms, t.updated_ms])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn rule_trigger(&self, name: &str) -> Result<Option<RuleTrigger>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{RULE_TRIGGER_SELECT} WHERE name = ?1"))?;
+            stmt.query_row([name], rule_trigger_row).optional()?.transpose()
+        })
+        .await
+    }
+
+    async fn rule_triggers(&self) -> Result<Vec<RuleTrigger>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{RULE_TRIGGER_SELECT} ORDER BY name"))?;
+            let rows = stmt.query_map([], rule_trigger_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().collect()
+        })
+        .await
+    }
+
+    async fn delete_rule_trigger(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| Ok(conn.execute("DELETE FROM rule_triggers WHERE name = ?1", [name])? > 0)).await
+    }
+
+    async fn put_rule(&self, r: &Rule, overwrite: bool) -> Result<bool, StoreError> {
+        let r = r.clone();
+        self.with_conn(move |conn| {
+            let sql = if overwrite {
+                "INSERT INTO rules (name, trigger, action, active, annotations_json, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (name) DO UPDATE SET trigger = excluded.trigger, action = excluded.action,
+                     active = excluded.active, annotations_json = excluded.annotations_json,
+                     updated_ms = excluded.updated_ms"
+            } else {
+                "INSERT INTO rules (name, trigger, action, active, annotations_json, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING"
+            };
+            let n = conn.execute(
+                sql,
+                params![r.name, r.trigger, r.action, r.active, r.annotations.to_string(), r.created_ms, r.updated_ms],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn rule(&self, name: &str) -> Result<Option<Rule>, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{RULE_SELECT} WHERE name = ?1"))?;
+            stmt.query_row([name], rule_row).optional()?.transpose()
+        })
+        .await
+    }
+
+    async fn rules(&self, trigger: Option<&str>) -> Result<Vec<Rule>, StoreError> {
+        let trigger = trigger.map(str::to_owned);
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{RULE_SELECT} WHERE ?1 IS NULL OR trigger = ?1 ORDER BY name"))?;
+            let rows = stmt.query_map([trigger], rule_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().collect()
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| Ok(conn.execute("DELETE FROM rules WHERE name = ?1", [name])? > 0)).await
+    }
+
+    async fn set_rule_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            Ok(conn.execute(
+                "UPDATE rules SET active = ?2, updated_ms = ?3 WHERE name = ?1",
+                params![name, active, now_ms()],
+            )? > 0)
         })
         .await
     }
@@ -1452,6 +1620,58 @@ mod tests {
         assert!(store.usage(Some("nope"), 0).await.unwrap().is_empty());
         assert_eq!(store.prune_activations(i64::MAX, 0).await.unwrap(), 4);
         assert_eq!(store.usage(None, 0).await.unwrap(), all, "pruning records keeps the bill");
+    }
+
+    #[tokio::test]
+    async fn rule_triggers_and_rules_survive_a_reopen_and_overwrite_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flick.db");
+        let mut params = serde_json::Map::new();
+        params.insert("a".into(), serde_json::json!(1));
+        let t = RuleTrigger {
+            name: "t".into(),
+            params,
+            annotations: serde_json::json!([{"key": "feed", "value": "/whisk.system/alarms/alarm"}]),
+            feed: Some(serde_json::json!({"cron": "* * * * * *"})),
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        let r = Rule {
+            name: "r".into(),
+            trigger: "t".into(),
+            action: "f".into(),
+            active: true,
+            annotations: serde_json::json!([]),
+            created_ms: 2,
+            updated_ms: 2,
+        };
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert!(store.put_rule_trigger(&t, false).await.unwrap());
+            let changed = RuleTrigger { feed: None, updated_ms: 5, ..t.clone() };
+            assert!(!store.put_rule_trigger(&changed, false).await.unwrap(), "no overwrite: left alone");
+            assert!(store.put_rule(&r, false).await.unwrap());
+            assert!(!store.put_rule(&Rule { action: "g".into(), ..r.clone() }, false).await.unwrap());
+            assert!(store.set_rule_active("r", false).await.unwrap());
+            assert!(!store.set_rule_active("nope", false).await.unwrap());
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.rule_trigger("t").await.unwrap(), Some(t.clone()));
+        let got = store.rule("r").await.unwrap().unwrap();
+        assert_eq!((got.action.as_str(), got.active), ("f", false));
+        assert_eq!(store.rules(Some("t")).await.unwrap().len(), 1);
+        assert_eq!(store.rules(Some("other")).await.unwrap().len(), 0);
+        let replaced = RuleTrigger { feed: None, created_ms: 9, updated_ms: 9, ..t.clone() };
+        assert!(store.put_rule_trigger(&replaced, true).await.unwrap());
+        let now = store.rule_trigger("t").await.unwrap().unwrap();
+        assert_eq!((now.feed, now.created_ms, now.updated_ms), (None, 1, 9));
+        assert_eq!(store.rule_triggers().await.unwrap().len(), 1);
+        assert!(store.delete_rule_trigger("t").await.unwrap());
+        assert!(!store.delete_rule_trigger("t").await.unwrap());
+        // Its rule stays, as OpenWhisk's do.
+        assert!(store.rule("r").await.unwrap().is_some());
+        assert!(store.delete_rule("r").await.unwrap());
+        assert_eq!(store.rules(None).await.unwrap(), vec![]);
     }
 
     #[tokio::test]
