@@ -46,7 +46,8 @@ impl ApiError {
                 P::FunctionNotFound(_)
                 | P::RevisionNotFound { .. }
                 | P::ActivationNotFound(_)
-                | P::DeadLetterNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                | P::DeadLetterNotFound(_)
+                | P::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 P::Name(_) | P::Package(_) | P::Manifest(_) | P::BadRequest(_) => {
                     (StatusCode::BAD_REQUEST, "bad_request")
                 }

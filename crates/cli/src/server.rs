@@ -152,6 +152,8 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             wait_for(stop_rx.clone()),
         ))
     };
+    // Alarm feeds of rule triggers (the OpenWhisk API's) follow their changes.
+    let alarm_task = tokio::spawn(flick_triggers::alarms::run(platform.clone(), wait_for(stop_rx.clone())));
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
     say!("dashboard: http://{addr}/ui  (log in with the admin key)");
@@ -174,6 +176,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // Sources stop before the platform: the events in hand are queued (and
     // acked to their brokers) first; broker sessions stay for the restart.
     let _ = trigger_task.await;
+    let _ = alarm_task.await;
     let _ = background.await;
     platform.shutdown().await;
     // Instances are stopped; remove their cgroups now rather than leave

@@ -339,6 +339,13 @@ fn one(
 
 /// Parses a cron schedule: five fields, or six with seconds first
 /// (`*/10 * * * * *`); names of months and days work.
+/// An IANA time zone name (`Europe/Rome`, `UTC`).
+pub fn check_timezone(tz: &str) -> Result<(), String> {
+    tz.parse::<chrono_tz::Tz>()
+        .map(drop)
+        .map_err(|_| format!("`{tz}` is not a time zone (use an IANA name like `Europe/Rome` or `UTC`)"))
+}
+
 pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
     use croner::parser::{CronParser, Seconds, Year};
     if schedule.is_empty() {

@@ -49,6 +49,9 @@ pub enum PlatformError {
     /// A repeated `Idempotency-Key` whose first call has not finished yet.
     #[error("a call with this Idempotency-Key is still running: activation {0}; retry later for its result")]
     InProgress(flick_core::ActivationId),
+    /// A rule trigger or rule (`what`) of that name does not exist.
+    #[error("{what} `{name}` not found")]
+    NotFound { what: &'static str, name: String },
     #[error("dead letter `{0}` not found")]
     DeadLetterNotFound(String),
     #[error("internal error: {0}")]

@@ -9,6 +9,8 @@
 //!   render, and the native rendering records store;
 //! - `events`: CloudEvents to the functions whose triggers match, and
 //!   reply events routed on with loop protection;
+//! - `rules`: triggers that fire rules (OpenWhisk's model), firing them
+//!   through the async queue, and their alarm feeds;
 //! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
 //!   parent record;
 //! - `usage`: the daily usage per function, priced as a bill;
@@ -32,6 +34,7 @@ mod install;
 mod invoke;
 mod outcome;
 mod records;
+mod rules;
 mod sequence;
 mod usage;
 
@@ -56,6 +59,7 @@ pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
 pub use outcome::{Outcome, SequenceFailure};
+pub use rules::{Alarm, AlarmSchedule, Fired, FiredRule, Rule, RuleTrigger, Saved};
 pub use usage::{Pricing, UsageDayRow, UsageFunctionRow, UsageReport, UsageSums};
 
 /// How long activation records are kept, and how many and how much of them.
@@ -124,6 +128,9 @@ pub struct Platform {
     /// Bumped after every change of `routes` (deploy, rollback, delete):
     /// what followers of deploys (the triggers manager) wait on.
     route_changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every change of a rule trigger (`rules.rs`): what the
+    /// alarm feeds follow.
+    rule_changes: tokio::sync::watch::Sender<u64>,
     /// One lock per function name being changed: held from the store write
     /// through the route switch (see the module docs).
     changing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -184,6 +191,7 @@ impl Platform {
             sandbox,
             routes: RwLock::default(),
             route_changes: tokio::sync::watch::channel(0).0,
+            rule_changes: tokio::sync::watch::channel(0).0,
             changing: Mutex::default(),
             gc: tokio::sync::RwLock::new(()),
             gc_wanted: Notify::new(),

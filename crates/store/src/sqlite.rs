@@ -344,8 +344,7 @@ fn convert_to_incremental_vacuum(conn: &Connection, label: &str) {
 
 const RULE_TRIGGER_SELECT: &str =
     "SELECT name, params_json, annotations_json, feed_json, created_ms, updated_ms FROM rule_triggers";
-const RULE_SELECT: &str =
-    "SELECT name, trigger, action, active, annotations_json, created_ms, updated_ms FROM rules";
+const RULE_SELECT: &str = "SELECT name, trigger, action, active, annotations_json, created_ms, updated_ms FROM rules";
 
 fn json_column(what: &str, text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })
@@ -361,7 +360,12 @@ fn rule_trigger_row(r: &Row<'_>) -> rusqlite::Result<Result<RuleTrigger, StoreEr
         Ok(RuleTrigger {
             params: match json_column("trigger parameters", &params)? {
                 serde_json::Value::Object(m) => m,
-                _ => return Err(StoreError::Corrupt { what: "trigger parameters".into(), detail: "not an object".into() }),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "trigger parameters".into(),
+                        detail: "not an object".into(),
+                    });
+                }
             },
             annotations: json_column("trigger annotations", &annotations)?,
             feed: feed.as_deref().map(|f| json_column("trigger feed", f)).transpose()?,
@@ -999,7 +1003,8 @@ impl Store for SqliteStore {
     async fn rules(&self, trigger: Option<&str>) -> Result<Vec<Rule>, StoreError> {
         let trigger = trigger.map(str::to_owned);
         self.with_conn(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!("{RULE_SELECT} WHERE ?1 IS NULL OR trigger = ?1 ORDER BY name"))?;
+            let mut stmt =
+                conn.prepare_cached(&format!("{RULE_SELECT} WHERE ?1 IS NULL OR trigger = ?1 ORDER BY name"))?;
             let rows = stmt.query_map([trigger], rule_row)?.collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().collect()
         })

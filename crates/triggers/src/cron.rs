@@ -72,7 +72,7 @@ pub(crate) async fn run(ctx: Ctx, schedule: String, timezone: String, mut stop: 
 }
 
 /// The first tick strictly after `after_ms`.
-fn next_tick(cron: &croner::Cron, tz: Tz, after_ms: i64) -> Option<i64> {
+pub(crate) fn next_tick(cron: &croner::Cron, tz: Tz, after_ms: i64) -> Option<i64> {
     let from = tz.timestamp_millis_opt(after_ms).single()?;
     cron.find_next_occurrence(&from, false).ok().map(|t| t.timestamp_millis())
 }

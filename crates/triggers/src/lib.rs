@@ -11,12 +11,15 @@
 //!   trigger's last tick is kept. [`PlatformSink`] is the real one.
 //! - `manager`: reconciles running sources with the current revisions and
 //!   keeps each trigger's [`TriggerStatus`].
+//! - `alarms`: the schedules of rule triggers' alarm feeds (OpenWhisk's
+//!   `/whisk.system/alarms`), firing them through `Platform::fire`;
 //! - `cron`, `mqtt`, `nats`: one source each; `event`: the JSON events
 //!   they hand to functions.
 //!
 //! Sources never fail a deploy or flick itself: a broker that is down is
 //! retried with backoff, and the trigger's status says so.
 
+pub mod alarms;
 mod cron;
 mod event;
 mod manager;

@@ -24,9 +24,9 @@ const MAX_LIMIT: usize = 200;
 
 #[derive(Deserialize)]
 pub(crate) struct ListParams {
-    limit: Option<String>,
-    skip: Option<String>,
-    count: Option<String>,
+    pub(super) limit: Option<String>,
+    pub(super) skip: Option<String>,
+    pub(super) count: Option<String>,
 }
 
 /// A non-negative number from the query, named in the error.
@@ -119,16 +119,6 @@ pub(crate) async fn delete(
     Ok(Json(doc).into_response())
 }
 
-/// `…/actions/{package}/{name}`: flick has no packages.
-pub(crate) async fn in_package(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path((ns, package, _)): Path<(String, String, String)>,
-) -> OwResult {
-    authorize(&s, &headers, &ns)?;
-    Err(no_packages(&package))
-}
-
 pub(super) fn no_packages(package: &str) -> OwError {
     OwError::BadRequest(format!(
         "package '{}': flick has no packages; create the action in the default package (no '/' in its name)",
@@ -138,7 +128,7 @@ pub(super) fn no_packages(package: &str) -> OwError {
 
 #[derive(Deserialize)]
 pub(crate) struct PutParams {
-    overwrite: Option<String>,
+    pub(super) overwrite: Option<String>,
 }
 
 #[derive(Deserialize)]

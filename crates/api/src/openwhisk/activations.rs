@@ -166,7 +166,8 @@ pub(super) async fn document(
     if a.status == ActivationStatus::Timeout {
         annotations.push(json!({"key": "timeout", "value": true}));
     }
-    if a.parent.is_some() {
+    // A rule's call names its trigger's activation as `cause`, without this.
+    if a.parent.is_some() && a.cause == flick_core::Cause::Sequence {
         annotations.push(json!({"key": "causedBy", "value": "sequence"}));
     }
     let mut doc = json!({

@@ -20,6 +20,9 @@ pub(crate) enum OwError {
     Forbidden(String),
     #[error("The requested resource does not exist.")]
     NotFound,
+    /// Not found, and the message says what (a rule's missing action).
+    #[error("{0}")]
+    Missing(String),
     #[error("resource already exists")]
     Conflict,
     #[error("The request content was malformed:\n{0}")]
@@ -59,7 +62,7 @@ impl OwError {
         match self {
             Self::NoAuth | Self::BadAuth => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::Conflict => StatusCode::CONFLICT,
             Self::Malformed(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,7 +71,7 @@ impl OwError {
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Platform(p) => match p {
                 P::FunctionNotFound(_) | P::RevisionNotFound { .. } | P::ActivationNotFound(_) => StatusCode::NOT_FOUND,
-                P::DeadLetterNotFound(_) => StatusCode::NOT_FOUND,
+                P::DeadLetterNotFound(_) | P::NotFound { .. } => StatusCode::NOT_FOUND,
                 P::Name(_) | P::Package(_) | P::Manifest(_) | P::BadRequest(_) => StatusCode::BAD_REQUEST,
                 P::Dependencies { .. } | P::DependencyRefused { .. } => StatusCode::BAD_REQUEST,
                 P::Overloaded { .. } | P::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -25,7 +25,7 @@ pub(super) const MAX_WAIT_MS: u64 = 60_000;
 
 #[derive(Deserialize)]
 pub(crate) struct InvokeParams {
-    blocking: Option<String>,
+    pub(super) blocking: Option<String>,
     result: Option<String>,
     timeout: Option<String>,
 }

@@ -1,9 +1,10 @@
 //! OpenWhisk's REST API under `/api/v1/`, so the `openwhisk` npm client
 //! (and wsk-style tools) work against flick unchanged: namespaces, actions
 //! (PUT/GET/DELETE/list, invoke blocking and not), activations (list, get,
-//! logs, result) and web actions. Triggers, rules and packages have no
-//! counterpart (flick's triggers live in `flick.toml`): lists are empty,
-//! changes get 501 saying so.
+//! logs, result), web actions, triggers and rules (the platform's rule
+//! triggers: CRUD, fire, enable/disable) and the `/whisk.system/alarms`
+//! feeds (the platform's alarms). Packages have no counterpart: the list
+//! is empty, changes get 501 saying so.
 //!
 //! An action is a flick function of the same name (`package.rs` turns a PUT
 //! into a package); an activation is a flick activation record rendered
@@ -15,8 +16,11 @@ mod activations;
 mod auth;
 mod entities;
 mod error;
+mod feeds;
 mod invoke;
 mod package;
+mod rules;
+mod triggers;
 mod web;
 
 use axum::Router;
@@ -45,7 +49,17 @@ pub(crate) fn routes() -> Router<AppState> {
             &format!("{ns}/actions/{{name}}"),
             methods(get(actions::get).put(actions::put).delete(actions::delete).post(invoke::invoke)),
         )
-        .route(&format!("{ns}/actions/{{package}}/{{name}}"), any(actions::in_package))
+        .route(&format!("{ns}/actions/{{package}}/{{name}}"), any(feeds::package_action))
+        .route(&format!("{ns}/triggers"), methods(get(triggers::list)))
+        .route(
+            &format!("{ns}/triggers/{{name}}"),
+            methods(get(triggers::get).put(triggers::put).delete(triggers::delete).post(triggers::fire)),
+        )
+        .route(&format!("{ns}/rules"), methods(get(rules::list)))
+        .route(
+            &format!("{ns}/rules/{{name}}"),
+            methods(get(rules::get).put(rules::put).delete(rules::delete).post(rules::set_status)),
+        )
         .route(&format!("{ns}/activations"), methods(get(activations::list)))
         .route(&format!("{ns}/activations/{{id}}"), methods(get(activations::get)))
         .route(&format!("{ns}/activations/{{id}}/logs"), methods(get(activations::logs)))
