@@ -62,7 +62,30 @@ def main(args):
                      "greeting": args.get("greeting"), "h": args["__ow_headers"].get("x-test")}}
 `;
 
+const ECHO = `
+def main(args):
+    return {"args": args}
+`;
+
 const results = {};
+const HEX32 = /^[0-9a-f]{32}$/;
+const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+
+// The finished activations of `name` (newest first), with their documents.
+async function runs(name) {
+  return ow.activations.list({ name, limit: 200, docs: true });
+}
+
+// Polls `f` until it returns something truthy (or fails after `ms`).
+async function eventually(what, ms, f) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) assert.fail(`${what}: not within ${ms} ms`);
+    await sleep(200);
+  }
+}
 
 async function rejects(promise, status, what) {
   try {
@@ -312,7 +335,7 @@ async function main() {
     owError(await raw('POST', '/api/v1/namespaces/_/actions/hello-py?blocking=true', { body: '[1,2]' }), 400, 'params not an object');
     owError(await raw('POST', '/api/v1/namespaces/_/actions/hello-py?blocking=true', { body: 'x'.repeat(7 << 20) }), 413, 'oversized invoke');
     owError(await raw('POST', '/api/v1/namespaces/_/actions/hello-py?blocking=maybe'), 400, 'bad flag');
-    owError(await raw('PUT', '/api/v1/namespaces/_/triggers/t', { body: '{}' }), 501, 'triggers');
+    owError(await raw('PUT', '/api/v1/namespaces/_/packages/p', { body: '{}' }), 501, 'packages');
     assert.deepEqual(await ow.triggers.list(), []);
     owError(await raw('GET', '/api/v1/nothing/here'), 404, 'unknown path');
     assert.deepEqual(await names(), before);
@@ -332,6 +355,122 @@ async function main() {
     const bomb = owError(await raw('PUT', '/api/v1/namespaces/_/actions/evil', { body: JSON.stringify({ exec: { kind: 'python:3', code: fs.readFileSync(process.env.OW_ZIP_BOMB).toString('base64') } }) }), 400, 'zip bomb');
     assert.match(bomb, /zeros\.bin/);
     assert.deepEqual(await names(), before);
+  });
+
+
+  await step('triggers and rules: fire runs the rule\'s action with merged parameters', async () => {
+    await ow.actions.create({ name: 'echo', kind: 'python:3', action: ECHO, params: { a: 'action', b: 'action', c: 'action' } });
+    const t = await ow.triggers.create({ name: 'tr', trigger: { parameters: [{ key: 'b', value: 'trigger' }, { key: 'c', value: 'trigger' }] } });
+    assert.equal(t.name, 'tr');
+    assert.deepEqual(t.parameters, [{ key: 'b', value: 'trigger' }, { key: 'c', value: 'trigger' }]);
+    await rejects(ow.triggers.create({ name: 'tr' }), 409, 'second trigger create');
+    // No rule yet: 204, nothing runs.
+    const idle = await raw('POST', '/api/v1/namespaces/_/triggers/tr', { body: '{"c": "payload"}' });
+    assert.equal(idle.status, 204, idle.buf.toString());
+    const rule = await ow.rules.create({ name: 'rl', trigger: 'tr', action: 'echo' });
+    assert.equal(rule.status, 'active');
+    assert.deepEqual(rule.trigger, { name: 'tr', path: 'admin' });
+    assert.deepEqual(rule.action, { name: 'echo', path: 'admin' });
+    await rejects(ow.rules.create({ name: 'rl', trigger: 'tr', action: 'echo' }), 409, 'second rule create');
+    assert.deepEqual((await ow.rules.list()).map((r) => r.name), ['rl']);
+    assert.deepEqual((await ow.triggers.list()).map((x) => x.name), ['tr']);
+    const tg = await ow.triggers.get('tr');
+    assert.deepEqual(tg.rules, { 'admin/rl': { action: { name: 'echo', path: 'admin' }, status: 'active' } });
+    const fired = await ow.triggers.invoke({ name: 'tr', params: { c: 'payload' } });
+    assert.match(fired.activationId, HEX32);
+    const act = await eventually('the rule\'s activation', 30000, async () => (await runs('echo')).find((a) => a.cause === fired.activationId));
+    // Defaults < trigger parameters < the event's.
+    assert.deepEqual(act.response.result, { args: { a: 'action', b: 'trigger', c: 'payload' } });
+    results.fired = act.activationId;
+    results.trigger_activation = fired.activationId;
+  });
+
+  await step('a disabled rule runs nothing; enabled again it does', async () => {
+    await ow.rules.disable({ name: 'rl' });
+    assert.equal((await ow.rules.get('rl')).status, 'inactive');
+    const before = (await runs('echo')).length;
+    const r = await raw('POST', '/api/v1/namespaces/_/triggers/tr', { body: '{}' });
+    assert.equal(r.status, 204, r.buf.toString());
+    await sleep(1500);
+    assert.equal((await runs('echo')).length, before, 'a disabled rule ran its action');
+    await ow.rules.enable({ name: 'rl' });
+    assert.equal((await ow.rules.get('rl')).status, 'active');
+    const fired = await ow.triggers.invoke({ name: 'tr' });
+    await eventually('the re-enabled rule\'s activation', 30000, async () => (await runs('echo')).some((a) => a.cause === fired.activationId));
+  });
+
+  await step('delete rules and triggers', async () => {
+    const d = await ow.rules.delete({ name: 'rl' });
+    assert.equal(d.name, 'rl');
+    await rejects(ow.rules.get('rl'), 404, 'rule after delete');
+    await rejects(ow.rules.delete('rl'), 404, 'second rule delete');
+    const r = await raw('POST', '/api/v1/namespaces/_/triggers/tr', { body: '{}' });
+    assert.equal(r.status, 204, 'a trigger without rules');
+    assert.equal((await ow.triggers.delete({ name: 'tr' })).name, 'tr');
+    await rejects(ow.triggers.get('tr'), 404, 'trigger after delete');
+    await rejects(ow.triggers.invoke({ name: 'tr' }), 404, 'fire of a deleted trigger');
+    assert.deepEqual(await ow.triggers.list(), []);
+  });
+
+  await step('alarm feed: flick\'s cron fires the trigger every second', async () => {
+    await ow.triggers.create({ name: 'tick', trigger: { annotations: [{ key: 'feed', value: '/whisk.system/alarms/alarm' }] } });
+    await ow.rules.create({ name: 'on-tick', trigger: 'tick', action: 'echo' });
+    const created = await ow.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'tick', params: { cron: '* * * * * *', trigger_payload: { c: 'alarm' } } });
+    assert.equal(created.response.success, true);
+    const read = await ow.feeds.get({ name: '/whisk.system/alarms/alarm', trigger: 'tick' });
+    assert.equal(read.response.result.config.cron, '* * * * * *');
+    assert.deepEqual(read.response.result.config.trigger_payload, { c: 'alarm' });
+    assert.equal(JSON.stringify(read).includes(KEY), false, 'the key is never echoed');
+    const ticks = async () => (await runs('echo')).filter((a) => a.response.result.args && a.response.result.args.c === 'alarm');
+    const seen = await eventually('two alarm ticks', 30000, async () => ((await ticks()).length >= 2 ? await ticks() : null));
+    const starts = seen.map((a) => a.start).sort();
+    assert.ok(starts[starts.length - 1] - starts[0] >= 500, `ticks a second apart: ${starts}`);
+    await ow.feeds.delete({ name: '/whisk.system/alarms/alarm', trigger: 'tick' });
+    await sleep(2000); // a tick queued just before the delete may still run
+    const settled = (await ticks()).length;
+    await sleep(2500);
+    assert.equal((await ticks()).length, settled, 'the alarm fired after its feed was deleted');
+    await ow.rules.delete('on-tick');
+    await ow.triggers.delete('tick');
+    // One left running for the Rust side: it must survive a restart.
+    await ow.triggers.create({ name: 'kept' });
+    await ow.rules.create({ name: 'kept-rule', trigger: 'kept', action: 'echo' });
+    await ow.feeds.create({ name: '/whisk.system/alarms/interval', trigger: 'kept', params: { minutes: 60 } });
+    await ow.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'kept', params: { cron: '*/2 * * * * *', trigger_payload: { c: 'kept' } } });
+  });
+
+  await step("triggers, rules and feeds from the attacker's side", async () => {
+    await ow.triggers.create({ name: 'safe' });
+    const before = { triggers: (await ow.triggers.list()).map((t) => t.name), rules: (await ow.rules.list()).map((r) => r.name) };
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { body: JSON.stringify({ trigger: '/_/safe', action: '/_/missing' }) }), 404, 'rule to a missing action'), /missing/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { body: JSON.stringify({ trigger: '/_/nope', action: '/_/echo' }) }), 404, 'rule on a missing trigger'), /nope/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { body: JSON.stringify({ action: '/_/echo' }) }), 400, 'rule without a trigger'), /trigger/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { body: JSON.stringify({ trigger: '/_/safe', action: '/_/echo', status: 'maybe' }) }), 400, 'bad status'), /status/);
+    owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { body: JSON.stringify({ trigger: '/someone-else/safe', action: '/_/echo' }) }), 403, 'a trigger of another namespace');
+    assert.match(owError(await raw('POST', '/api/v1/namespaces/_/rules/nope', { body: '{"status":"active"}' }), 404, 'enable a missing rule'), /nope/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/triggers/bad%20name!', { body: '{}' }), 400, 'bad trigger name'), /trigger name/);
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/triggers/x'.padEnd(200, 'x'), { body: '{}' }), 400, 'long trigger name'), /64/);
+    owError(await raw('PUT', '/api/v1/namespaces/_/triggers/pkg/t', { body: '{}' }), 400, 'a trigger in a package');
+    assert.match(owError(await raw('PUT', '/api/v1/namespaces/_/triggers/t2', { body: '{"parameters": 5}' }), 400, 'malformed parameters'), /malformed/);
+    owError(await raw('POST', '/api/v1/namespaces/_/triggers/safe', { body: '[1]' }), 400, 'an event that is not an object');
+    owError(await raw('POST', '/api/v1/namespaces/_/triggers/safe', { body: 'x'.repeat(7 << 20) }), 413, 'a huge event');
+    owError(await raw('POST', '/api/v1/namespaces/_/triggers/safe', { auth: null, body: '{}' }), 401, 'fire without auth');
+    owError(await raw('GET', '/api/v1/namespaces/_/triggers', { auth: null }), 401, 'list triggers without auth');
+    owError(await raw('PUT', '/api/v1/namespaces/_/rules/bad', { auth: null, body: '{}' }), 401, 'rule without auth');
+    await rejects(wrong.triggers.invoke({ name: 'safe' }), 401, 'fire with a wrong key');
+    await rejects(wrong.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'safe', params: { cron: '* * * * * *' } }), 401, 'feed with a wrong key');
+    // Feeds: refused parameters are the feed action's application error (502), unknown feeds 404.
+    const badCron = await rejects(ow.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'safe', params: { cron: 'every day' } }), 502, 'bad cron');
+    assert.match(badCron.error.response.result.error, /cron/);
+    const noCron = await rejects(ow.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'safe' }), 502, 'no cron');
+    assert.match(noCron.error.response.result.error, /cron/);
+    const noTrigger = await rejects(ow.feeds.create({ name: '/whisk.system/alarms/alarm', trigger: 'ghost', params: { cron: '* * * * *' } }), 502, 'feed of a missing trigger');
+    assert.match(noTrigger.error.response.result.error, /ghost/);
+    assert.match((await rejects(ow.feeds.create({ name: '/whisk.system/messaging/kafkaFeed', trigger: 'safe' }), 404, 'an unknown feed')).message, /alarms\/alarm/);
+    await rejects(ow.feeds.create({ name: '/whisk.system/alarms/once', trigger: 'safe', params: { date: '2001-01-01T00:00:00Z' } }), 502, 'a date in the past');
+    assert.deepEqual({ triggers: (await ow.triggers.list()).map((t) => t.name), rules: (await ow.rules.list()).map((r) => r.name) }, before);
+    assert.equal((await ow.triggers.get('safe')).rules, undefined);
+    await ow.triggers.delete('safe');
   });
 
   console.log('RESULT ' + JSON.stringify(results));

@@ -4,8 +4,10 @@
 //! non-blocking invokes, activations, web actions over plain HTTP, and the
 //! attacker's side (no key, wrong key, other namespace, anonymous calls of
 //! non-web actions, malformed JSON, unknown kinds, oversized bodies, a zip
-//! with `..`). The Rust side then checks what the client saw against
-//! flick's own API.
+//! with `..`), triggers and rules (create, fire with merged parameters,
+//! disable, delete), the alarm feed, and their hostile cases. The Rust side
+//! then checks what the client saw against flick's own API, and that
+//! triggers, rules and alarms survive a restart.
 
 mod common;
 
@@ -104,4 +106,36 @@ fn the_openwhisk_npm_client_works_against_flick() {
     // Nothing of the refused requests exists.
     assert_eq!(flick.get("/v1/functions/evil").status, 404);
     assert!(!flick.data_dir().join("escape.py").exists());
+
+    // A rule's call went through the async queue as a trigger's: cause,
+    // trigger name, and the trigger's activation as its parent.
+    let fired = flick.activation(result["fired"].as_str().unwrap());
+    assert_eq!(fired["cause"], "trigger", "{fired}");
+    assert_eq!(fired["trigger"], "tr");
+    assert_eq!(fired["parent"], result["trigger_activation"]);
+    let by_trigger = flick.get("/v1/activations?function=echo&cause=trigger&trigger=tr").json();
+    assert!(by_trigger["activations"].as_array().unwrap().len() >= 2, "{by_trigger}");
+
+    // Triggers, rules and alarm feeds live in the store: after a restart the
+    // kept trigger's alarm fires its rule again.
+    let flick = Flick::start_in(flick.into_dir(), &[]);
+    let restarted_ms = now_ms();
+    let t = flick.get("/api/v1/namespaces/_/triggers/kept");
+    assert_eq!(t.status, 200, "{}", t.text());
+    assert_eq!(t.json()["rules"]["admin/kept-rule"]["status"], "active");
+    let r = flick.get("/api/v1/namespaces/_/rules/kept-rule").json();
+    assert_eq!((r["trigger"]["name"].as_str(), r["action"]["name"].as_str()), (Some("kept"), Some("echo")));
+    let ticked = flick.wait_until(std::time::Duration::from_secs(30), || {
+        let list = flick.get("/v1/activations?function=echo&trigger=kept").json();
+        list["activations"].as_array().unwrap().iter().any(|a| {
+            a["start_ms"].as_i64().unwrap_or(0) >= restarted_ms
+                && serde_json::from_str::<serde_json::Value>(a["response"].as_str().unwrap_or("{}"))
+                    .is_ok_and(|v| v["args"]["c"] == "kept")
+        })
+    });
+    assert!(ticked, "the kept alarm did not fire after the restart");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
