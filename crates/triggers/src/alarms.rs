@@ -65,9 +65,9 @@ fn reconcile(
         keep
     });
     for (name, alarm) in wanted {
-        if !running.contains_key(&name) {
-            let task = tokio::spawn(ring(platform.clone(), name.clone(), alarm.clone()));
-            running.insert(name, (alarm, task));
+        if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(name) {
+            let task = tokio::spawn(ring(platform.clone(), slot.key().clone(), alarm.clone()));
+            slot.insert((alarm, task));
         }
     }
 }

@@ -144,7 +144,7 @@ fn alarm_of(feed: &str, params: &Map<String, Value>) -> Result<Alarm, OwError> {
         },
         "interval" => AlarmSchedule::Interval {
             minutes: match params.get("minutes") {
-                Some(Value::Number(n)) => n.as_u64().ok_or_else(|| missing_minutes())?,
+                Some(Value::Number(n)) => n.as_u64().ok_or_else(missing_minutes)?,
                 Some(Value::String(s)) => s.parse().map_err(|_| missing_minutes())?,
                 _ => return Err(missing_minutes()),
             },
