@@ -322,3 +322,38 @@ fn the_bill_outlives_pruned_records_and_deleted_functions() {
     assert_eq!(flick.get("/v1/usage").json()["total"], before["total"]);
     assert!(flick.cli_ok(&["usage", "sleeps"]).lines().any(|l| l.contains("sleeps")));
 }
+
+/// Each attempt of a retried async call ran and is billed (as Lambda bills
+/// retries), though only the last one leaves a record.
+#[test]
+fn every_attempt_of_a_retried_async_call_is_counted() {
+    let flick = Flick::start_with(&[], Some("retry_base = \"50ms\"\nretry_cap = \"100ms\"\n"));
+    flick.deploy_py(
+        "flaky",
+        "memory = \"256MiB\"\nretries = 2\n",
+        "import time\ndef handler(event, context):\n    time.sleep(0.2)\n    raise RuntimeError('not yet')\n",
+    );
+    let r = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/fn/flaky", flick.base))
+        .bearer_auth(&flick.key)
+        .header("x-flick-async", "true")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-flick-activation-id"].to_str().unwrap().to_string();
+    let mut last = serde_json::Value::Null;
+    let done = flick.wait_until(std::time::Duration::from_secs(60), || {
+        last = flick.get(&format!("/v1/activations/{id}")).json();
+        !matches!(last["status"].as_str(), Some("queued" | "running"))
+    });
+    assert!(done && last["attempt"] == 3, "three attempts: {last}");
+    assert_eq!(flick.get("/v1/activations?function=flaky").json()["activations"].as_array().unwrap().len(), 1);
+    let v = flick.get("/v1/usage?function=flaky").json();
+    let total = &v["total"];
+    assert_eq!((total["invocations"].as_u64(), total["errors"].as_u64()), (Some(3), Some(3)), "{v}");
+    assert!(f64_of(total, "billed_gb_s") >= 3.0 * 0.05, "three 200 ms attempts of 256 MiB: {v}");
+}

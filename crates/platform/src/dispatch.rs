@@ -6,7 +6,7 @@
 //! lease → (a record with its id exists? then only finish: callback, ack or
 //! dead) → run through the same invoke path as a sync call (same pools,
 //! limits, deadlines) → on a retryable failure with attempts left: `nack`
-//! with a backoff, no record → otherwise the final record (carrying the
+//! with a backoff, no record (its usage is counted all the same) → otherwise the final record (carrying the
 //! earlier attempts) is **stored**, then the callback is delivered and its
 //! outcome noted on the record, then `ack` (success) or `dead` (failure).
 //!
@@ -457,6 +457,9 @@ impl Platform {
         let failed = retryable(activation.status, activation.http_status);
         let attempt = item.invocation.attempt;
         if failed && attempt < item.max_attempts {
+            // The attempt ran (and is billed, as Lambda bills each retry)
+            // but leaves no record: count its usage on its own.
+            self.count_attempt_usage(&activation).await;
             let retry_at = now_ms() + backoff(&self.config.asynchronous, attempt).as_millis() as i64;
             tracing::debug!(activation = %id, function, attempt, status = activation.status.as_str(), "attempt failed; retrying later");
             self.settle(self.queue.nack(&id, retry_at, attempt_error(&activation)).await, &id, "nack");

@@ -412,6 +412,18 @@ impl Platform {
 
     /// Like [`Platform::record`], returning once the record is stored
     /// (`false`: dropped or refused).
+    /// Counts a call that stores no record of its own (a failed async
+    /// attempt that will be retried) in the usage accounting; not for a
+    /// deleted function's revision, like its records.
+    async fn count_attempt_usage(&self, activation: &Activation) {
+        if self.deleted.read().await.contains(&activation.revision_id) {
+            return;
+        }
+        if let Err(e) = self.store.count_usage(activation).await {
+            tracing::warn!(activation = %activation.id, error = %e, "the usage of a retried attempt was not counted");
+        }
+    }
+
     async fn record_stored(&self, activation: Activation) -> bool {
         let deleted = self.deleted.read().await;
         if deleted.contains(&activation.revision_id) {

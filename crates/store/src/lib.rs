@@ -221,6 +221,10 @@ pub trait Store: Send + Sync + 'static {
     /// records were stored, so pruning records leaves it as it was.
     async fn usage(&self, function: Option<&str>, since_ms: i64) -> Result<Vec<UsageDay>, StoreError>;
 
+    /// Counts a call that ran but stores no record of its own (an async
+    /// attempt that will be retried) in `usage`, as a stored record is.
+    async fn count_usage(&self, activation: &Activation) -> Result<(), StoreError>;
+
     /// Stores a rule trigger; with `overwrite` false an existing one is
     /// left alone and `false` comes back. An overwrite keeps `created_ms`.
     async fn put_rule_trigger(&self, trigger: &RuleTrigger, overwrite: bool) -> Result<bool, StoreError>;

@@ -898,6 +898,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_usage(&self, activation: &Activation) -> Result<(), StoreError> {
+        let activation = activation.clone();
+        self.with_conn(move |conn| count_usage(conn, &activation)).await
+    }
+
     async fn usage(&self, function: Option<&str>, since_ms: i64) -> Result<Vec<UsageDay>, StoreError> {
         let function = function.map(str::to_owned);
         self.with_reader(move |conn| {
@@ -1086,6 +1091,29 @@ fn record_bytes(a: &Activation) -> u64 {
     (a.response.len() + logs) as u64 + RECORD_OVERHEAD
 }
 
+/// Adds one call to its function's `usage_daily` row of the day it started.
+fn count_usage(conn: &Connection, a: &Activation) -> Result<(), StoreError> {
+    let mut usage = conn.prepare_cached(
+        "INSERT INTO usage_daily (function, day, invocations, errors, cold_starts, billed_ms, billed_mib_ms, \
+         measured_byte_ms, cpu_ms) VALUES (?1, date(?2 / 1000, 'unixepoch'), 1, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (function, day) DO UPDATE SET invocations = invocations + 1, errors = errors + ?3, \
+         cold_starts = cold_starts + ?4, billed_ms = billed_ms + ?5, billed_mib_ms = billed_mib_ms + ?6, \
+         measured_byte_ms = measured_byte_ms + ?7, cpu_ms = cpu_ms + ?8",
+    )?;
+    let billed = a.billed_ms() as i64;
+    usage.execute(params![
+        a.function,
+        a.start_ms,
+        a.status != ActivationStatus::Success,
+        a.cold,
+        billed,
+        i64::from(a.memory_mb) * billed,
+        a.memory_peak_bytes.unwrap_or(0) as f64 * billed as f64,
+        a.cpu_ms.unwrap_or(0.0),
+    ])?;
+    Ok(())
+}
+
 /// One batch in one transaction: make room under the size budget, insert
 /// each record (one the database refuses alone is reported, not fatal to
 /// the others), then cut each touched function back to its record count.
@@ -1113,13 +1141,6 @@ fn insert_batch(
         )?;
         // Counted in the same transaction as the record: a stored record
         // is in the bill exactly once, and stays there when it is pruned.
-        let mut usage = tx.prepare_cached(
-            "INSERT INTO usage_daily (function, day, invocations, errors, cold_starts, billed_ms, billed_mib_ms, \
-             measured_byte_ms, cpu_ms) VALUES (?1, date(?2 / 1000, 'unixepoch'), 1, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (function, day) DO UPDATE SET invocations = invocations + 1, errors = errors + ?3, \
-             cold_starts = cold_starts + ?4, billed_ms = billed_ms + ?5, billed_mib_ms = billed_mib_ms + ?6, \
-             measured_byte_ms = measured_byte_ms + ?7, cpu_ms = cpu_ms + ?8",
-        )?;
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
             // number, even after pruning, so it stays a valid follow cursor.
@@ -1156,17 +1177,7 @@ fn insert_batch(
             ]);
             let inserted = inserted.map_err(StoreError::from).and_then(|_| {
                 let seq = tx.last_insert_rowid();
-                let billed = a.billed_ms() as i64;
-                usage.execute(params![
-                    a.function,
-                    a.start_ms,
-                    a.status != ActivationStatus::Success,
-                    a.cold,
-                    billed,
-                    i64::from(a.memory_mb) * billed,
-                    a.memory_peak_bytes.unwrap_or(0) as f64 * billed as f64,
-                    a.cpu_ms.unwrap_or(0.0),
-                ])?;
+                count_usage(&tx, a)?;
                 Ok(seq)
             });
             match inserted {
@@ -1625,6 +1636,11 @@ mod tests {
         assert!(store.usage(Some("nope"), 0).await.unwrap().is_empty());
         assert_eq!(store.prune_activations(i64::MAX, 0).await.unwrap(), 4);
         assert_eq!(store.usage(None, 0).await.unwrap(), all, "pruning records keeps the bill");
+        // A call that ran without a record of its own (a retried attempt).
+        store.count_usage(&call("b", day + 8, ActivationStatus::Timeout, 99.5)).await.unwrap();
+        let b1 = store.usage(Some("b"), day).await.unwrap();
+        assert_eq!((b1[0].invocations, b1[0].errors, b1[0].billed_ms), (2, 1, 101), "{b1:?}");
+        assert_eq!(store.activations(&ActivationQuery::default()).await.unwrap().len(), 0, "and stores no record");
     }
 
     #[tokio::test]
