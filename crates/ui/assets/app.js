@@ -322,7 +322,7 @@ function Logs({ logs, truncated, id }) {
 
 // --- activations -----------------------------------------------------------
 
-const CAUSES = ['http', 'async', 'cron', 'mqtt', 'nats', 'cloudevent', 'sequence', 'redrive'];
+const CAUSES = ['http', 'async', 'cron', 'mqtt', 'nats', 'cloudevent', 'sequence', 'redrive', 'trigger'];
 const STATUSES = ['success', 'error', 'timeout', 'out_of_memory', 'platform_error'];
 
 function Activations({ query }) {
