@@ -124,6 +124,28 @@ def lifecycle():
     lam.get_waiter("function_active_v2").wait(FunctionName="py-life", WaiterConfig={"Delay": 1, "MaxAttempts": 5})
     got = lam.get_function(FunctionName="py-life")
     assert got["Configuration"]["FunctionName"] == "py-life"
+    # Code.Location: a presigned URL on flick that serves the code as a zip
+    # without credentials of its own; tampering with it is refused.
+    import urllib.error
+    import urllib.request
+
+    location = got["Code"]["Location"]
+    with urllib.request.urlopen(location) as r:
+        assert r.headers["content-type"] == "application/zip"
+        downloaded = zipfile.ZipFile(io.BytesIO(r.read()))
+    assert downloaded.namelist() == ["lambda_function.py"], downloaded.namelist()
+    assert downloaded.read("lambda_function.py").decode() == PY_HANDLER
+    for bad in [
+        location.replace("Signature=", "Signature=00"),
+        location.replace("Revision=1", "Revision=2"),
+        location.replace("/py-life/", "/py-other/"),
+        location.split("&Signature")[0],
+    ]:
+        try:
+            urllib.request.urlopen(bad)
+            raise AssertionError("a tampered code URL was served: " + bad)
+        except urllib.error.HTTPError as e:
+            assert e.code == 403, (bad, e.code)
     conf = lam.get_function_configuration(FunctionName="arn:aws:lambda:us-east-1:000000000000:function:py-life")
     assert conf["RevisionId"] == created["RevisionId"], (conf, created)
 

@@ -157,6 +157,29 @@ fn inflate(entry: &mut impl Read, name: &str, cap: u64, compressed: u64) -> Resu
     }
 }
 
+/// Files held in memory as a zip (deflated; exec bits as mode 0o755,
+/// symlinks as zip symlinks), in the given order: a function's code handed
+/// back the way the Lambda API takes it (GetFunction's `Code.Location`).
+pub fn write(files: &[PackedFile]) -> Result<Vec<u8>, PackageError> {
+    use std::io::Write as _;
+    use zip::write::SimpleFileOptions;
+    let failed = |e: &dyn std::fmt::Display| PackageError::CorruptZip { reason: format!("writing the zip: {e}") };
+    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for f in files {
+        let mode = if f.exec { 0o755 } else { 0o644 };
+        let options =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).unix_permissions(mode);
+        if f.symlink {
+            let target = String::from_utf8_lossy(&f.contents);
+            writer.add_symlink(f.path.as_str(), target.as_ref(), options).map_err(|e| failed(&e))?;
+        } else {
+            writer.start_file(f.path.as_str(), options).map_err(|e| failed(&e))?;
+            writer.write_all(&f.contents).map_err(|e| failed(&e))?;
+        }
+    }
+    Ok(writer.finish().map_err(|e| failed(&e))?.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -195,6 +218,20 @@ mod tests {
             assert!(text.contains(part), "error `{text}` should contain `{part}`");
         }
         err
+    }
+
+    #[test]
+    fn written_zips_read_back_the_same() {
+        let files = vec![
+            PackedFile::file("main.py", b"print(1)\n".to_vec()),
+            PackedFile { path: "bin/run".into(), contents: b"#!/bin/sh\n".to_vec(), exec: true, symlink: false },
+            PackedFile { path: "link".into(), contents: b"main.py".to_vec(), exec: false, symlink: true },
+        ];
+        let mut back = read(&write(&files).unwrap(), &UnpackLimits::default()).unwrap();
+        back.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut want = files.clone();
+        want.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(back, want);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the body (`Presentation::Direct`). Errors are Lambda's: the status, an
 //! `x-amzn-ErrorType` header and `{"Type", "message"}`.
 
+mod code;
 mod config;
 mod sigv4;
 
@@ -67,6 +68,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(&format!("{f}/{{name}}"), or_unknown(get(get_function).delete(delete_function)))
         .route(&format!("{f}/{{name}}/configuration"), or_unknown(get(get_configuration).put(update_configuration)))
         .route(&format!("{f}/{{name}}/code"), or_unknown(put(update_code)))
+        .route(&format!("{f}/{{name}}/code.zip"), or_unknown(get(code::download)))
         .route(&format!("{f}/{{name}}/invocations"), or_unknown(post(invoke)))
         .route(&format!("{f}/{{name}}/versions"), or_unknown(get(list_versions).post(publish_version)))
         .route(&format!("{f}/{{name}}/aliases"), any(aliases))
@@ -594,16 +596,18 @@ async fn get_function(
     Query(query): Query<QualifierQuery>,
     req: Request<Body>,
 ) -> Result<Response, LambdaError> {
+    let headers = req.headers().clone();
     authenticate(&state, req, SMALL_BODY, "GetFunction").await?;
     let target = target(&raw, &query)?;
     let revision = current(&state.platform, &target.name).await?;
     let version = resolve_version(&revision, target.qualifier.as_deref())?;
     let meta = meta_of(&state.platform, &revision);
     let configuration = config::configuration(state.platform.lambda_identity(), &revision, meta.as_ref(), &version);
-    Ok(json_response(
-        StatusCode::OK,
-        json!({ "Configuration": configuration, "Code": { "RepositoryType": "S3" }, "Tags": {} }),
-    ))
+    let mut code = json!({ "RepositoryType": "S3" });
+    if let Some(url) = code::location(&headers, &state.keys, &revision.function, revision.number) {
+        code["Location"] = json!(url);
+    }
+    Ok(json_response(StatusCode::OK, json!({ "Configuration": configuration, "Code": code, "Tags": {} })))
 }
 
 async fn get_configuration(
