@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::ActivationId;
 use crate::invocation::{Cause, Invocation};
+use crate::trace::Trace;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +162,22 @@ pub struct Activation {
     /// (for exec, over the call's process's life), in bytes.
     #[serde(default)]
     pub memory_peak_bytes: Option<u64>,
+    /// The W3C trace the call belongs to (32 hex digits); `None` in
+    /// records written before traces existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// flick's span for this call (16 hex digits): the parent id the
+    /// function, its callback and the calls it caused were sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The span this call continues: the caller's (its `traceparent`), or
+    /// the sequence's or replying activation's; `None` when flick started the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// `00-<trace_id>-<span_id>-<flags>`: what the function was sent as
+    /// `traceparent`, and the native caller got back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The delivery of an async call's outcome to its `X-Callback-Url`.
@@ -216,6 +233,23 @@ impl Activation {
             memory_mb: 0,
             cpu_ms: None,
             memory_peak_bytes: None,
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            traceparent: None,
+        }
+        .traced(inv.trace.as_ref())
+    }
+
+    /// The record with `trace`'s ids (or none).
+    pub fn traced(self, trace: Option<&Trace>) -> Self {
+        let c = trace.map(|t| t.context);
+        Self {
+            trace_id: c.map(|c| c.trace_id_hex()),
+            span_id: c.map(|c| c.span_id_hex()),
+            parent_span_id: c.and_then(|c| c.parent_span_id_hex()),
+            traceparent: c.map(|c| c.traceparent()),
+            ..self
         }
     }
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::id::ActivationId;
+use crate::trace::Trace;
 
 /// What caused an invocation (shown on its activation record).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -150,6 +151,11 @@ pub struct Invocation {
     /// JSON object), shown to lambda handlers as `context.client_context`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_context: Option<String>,
+    /// The W3C trace this call belongs to and flick's span for it (from the
+    /// caller's `traceparent`, or started by flick). `None` only in queued
+    /// items written before traces existed: they get a new trace when run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
 }
 
 fn first_attempt() -> u32 {
@@ -177,6 +183,7 @@ impl Invocation {
             accepted_ms: crate::now_ms(),
             presentation: Presentation::Http,
             client_context: None,
+            trace: Some(Trace::start()),
         }
     }
 }
@@ -229,6 +236,7 @@ mod tests {
         let inv: Invocation = serde_json::from_str(old).unwrap();
         assert_eq!(inv.presentation, Presentation::Http);
         assert_eq!(inv.client_context, None);
+        assert_eq!(inv.trace, None);
         assert_eq!(inv.body, b"hi");
     }
 
@@ -239,6 +247,7 @@ mod tests {
         inv.client_context = Some("eyJjdXN0b20iOnt9fQ==".into());
         let json = serde_json::to_value(&inv).unwrap();
         assert_eq!(json["presentation"], "direct");
+        assert!(json["trace"]["traceparent"].as_str().unwrap().starts_with("00-"));
         assert_eq!(serde_json::from_value::<Invocation>(json).unwrap(), inv);
     }
 

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod name;
 pub mod revision;
 pub mod timefmt;
+pub mod trace;
 pub mod trigger;
 pub mod units;
 
@@ -26,6 +27,7 @@ pub use invocation::{Cause, Invocation, Presentation};
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestError, Network, RuntimeKind, Scaling, Shape};
 pub use name::{FunctionName, NameError};
 pub use revision::{FunctionInfo, Revision};
+pub use trace::{Trace, TraceContext};
 pub use trigger::{TriggerKind, TriggerSpec};
 
 /// Milliseconds since the Unix epoch: the one timestamp format of records and the API.
