@@ -31,6 +31,7 @@ pub(crate) async fn post_events(State(state): State<AppState>, req: Request<Body
     let body = crate::read_body(body, state.limits.max_body_bytes, &state.limits).await?;
     let headers: Vec<(&str, &[u8])> = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
     let events = cloudevent::from_http(headers.iter().copied(), &body)?;
+    let trace = crate::trace_of(&parts.headers);
     if events.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!(
             "a batch holds at most {MAX_BATCH} events, this one {}; split it",
@@ -42,8 +43,9 @@ pub(crate) async fn post_events(State(state): State<AppState>, req: Request<Body
     let mut tasks = tokio::task::JoinSet::new();
     for (i, event) in events.into_iter().enumerate() {
         let platform = state.platform.clone();
+        let trace = trace.clone();
         tasks.spawn(async move {
-            let deliveries = platform.publish_event(&event).await;
+            let deliveries = platform.publish_event(&event, trace).await;
             (i, event, deliveries)
         });
     }

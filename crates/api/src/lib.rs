@@ -113,6 +113,16 @@ pub(crate) async fn read_limited(
     Ok((total <= limit).then(|| axum::body::Bytes::from(kept)))
 }
 
+/// The W3C trace a request asks to continue (its `traceparent` and
+/// `tracestate` headers), or a new one: an invalid header is ignored, never
+/// an error (`flick_core::trace`). Every invoke surface starts here.
+pub(crate) fn trace_of(headers: &axum::http::HeaderMap) -> flick_core::Trace {
+    flick_core::Trace::from_headers(
+        headers.get_all("traceparent").iter().map(|v| v.as_bytes()),
+        headers.get_all("tracestate").iter().map(|v| v.as_bytes()),
+    )
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
     platform: Arc<Platform>,

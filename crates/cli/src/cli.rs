@@ -267,9 +267,16 @@ pub struct UpArgs {
     /// Largest invocation request body, e.g. 6MiB.
     #[arg(long, env = "FLICK_MAX_BODY")]
     pub max_body: Option<String>,
-    /// Log filter, e.g. info, debug, flick_scheduler=debug.
+    /// Log filter, e.g. info, debug, flick_platform=debug (debug shows each
+    /// call: accepted, cold or warm start, finished with status and duration).
     #[arg(long, env = "FLICK_LOG")]
     pub log: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line) for
+    /// log collectors. Lines logged while a call runs carry its
+    /// `activation_id`, so `grep <activation id>` finds them (default: text;
+    /// config file: `log_format`).
+    #[arg(long, env = "FLICK_LOG_FORMAT", value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     /// Also deploy the bundled example functions.
     #[arg(long)]
     pub examples: bool,

@@ -42,6 +42,8 @@ pub struct Config {
     pub node: PathBuf,
     pub npm: PathBuf,
     pub log: String,
+    /// How log lines are written (`--log-format`).
+    pub log_format: LogFormat,
     /// Run functions without any isolation (hosts without namespaces).
     pub insecure_no_sandbox: bool,
     pub instance_uid: u32,
@@ -86,6 +88,18 @@ pub struct Config {
     pub pricing: flick_platform::Pricing,
 }
 
+/// How flick writes its own log lines (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour at a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields.message`,
+    /// the other fields, and the call's `span` (`activation_id`, `function`).
+    Json,
+}
+
 /// The config file: the same settings, human units as strings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +123,7 @@ struct FileConfig {
     node: Option<PathBuf>,
     npm: Option<PathBuf>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
     instance_uid: Option<u32>,
     instance_gid: Option<u32>,
     uid_range: Option<[u32; 2]>,
@@ -204,6 +219,7 @@ impl Config {
             node: file.node.unwrap_or_else(|| "node".into()),
             npm: file.npm.unwrap_or_else(|| "npm".into()),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             insecure_no_sandbox: args.insecure_no_sandbox,
             // 65534 is `nobody`: owns nothing on the host.
             instance_uid: file.instance_uid.unwrap_or(65534),
@@ -362,6 +378,7 @@ mod tests {
             config: None,
             max_body: None,
             log: None,
+            log_format: None,
             examples: false,
             insecure_no_sandbox: false,
             lambda_region: None,

@@ -18,7 +18,7 @@ use crate::client::{ADDR_FILE, SECRET_FILE};
 use crate::config::Config;
 
 pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
-    init_logging(&config.log)?;
+    init_logging(&config.log, config.log_format)?;
     let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating data dir {}", data.display()))?;
     let data = data.canonicalize().with_context(|| format!("resolving {}", data.display()))?;
@@ -458,19 +458,19 @@ fn random_key() -> String {
     format!("flk_{}", hex::encode(bytes))
 }
 
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+fn init_logging(filter: &str, format: crate::config::LogFormat) -> anyhow::Result<()> {
     let targets: tracing_subscriber::filter::Targets =
         filter.parse().map_err(|e| anyhow::anyhow!("log filter `{filter}`: {e}"))?;
     use tracing_subscriber::prelude::*;
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                // Colour codes only for a person at a terminal, not in log files.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(targets)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("logging: {e}"))
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Either way a line logged inside a call names the call: text prefixes
+    // it with `call{activation_id=… function=…}`, JSON has it in `span`.
+    let layer = match format {
+        // Colour codes only for a person at a terminal, not in log files.
+        crate::config::LogFormat::Text => layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).boxed(),
+        // The innermost span (the call) and its parents (a sequence step's
+        // sequence) are both there; `current_span` alone would drop the parent.
+        crate::config::LogFormat::Json => layer.json().with_current_span(true).with_span_list(true).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).with(targets).try_init().map_err(|e| anyhow::anyhow!("logging: {e}"))
 }

@@ -49,7 +49,12 @@ impl Trace {
     /// records every call).
     pub fn start() -> Self {
         Self {
-            context: TraceContext { trace_id: random_nonzero(), span_id: random_nonzero(), parent_span_id: None, flags: SAMPLED },
+            context: TraceContext {
+                trace_id: random_nonzero(),
+                span_id: random_nonzero(),
+                parent_span_id: None,
+                flags: SAMPLED,
+            },
             tracestate: None,
         }
     }
@@ -97,6 +102,15 @@ impl Trace {
         let c = self.context;
         Self {
             context: TraceContext { span_id: random_nonzero(), parent_span_id: Some(c.span_id), ..c },
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
+    /// Another span beside this one (same trace and parent): one event
+    /// handed to several functions is one call each.
+    pub fn sibling(&self) -> Self {
+        Self {
+            context: TraceContext { span_id: random_nonzero(), ..self.context },
             tracestate: self.tracestate.clone(),
         }
     }
@@ -366,6 +380,12 @@ mod tests {
         assert_eq!(child.context.parent_span_id, Some(root.context.span_id));
         assert_ne!(child.context.span_id, root.context.span_id);
         assert_ne!(Trace::start().context.trace_id, root.context.trace_id);
+        let sib = child.sibling();
+        assert_eq!(
+            (sib.context.trace_id, sib.context.parent_span_id),
+            (child.context.trace_id, child.context.parent_span_id)
+        );
+        assert_ne!(sib.context.span_id, child.context.span_id);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use flick_core::{
 use flick_queue::{AttemptError, EnqueueOptions, Enqueued, Item, ItemState};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::invoke::{Caller, InvokeResponse, Tries};
 use crate::{Platform, PlatformError, Route};
@@ -235,10 +236,17 @@ impl Platform {
             idempotency: idempotency_key.map(|k| (k, self.config.asynchronous.idempotency_window)),
             max_queued: m.max_queued.unwrap_or(self.config.asynchronous.max_queued),
         };
-        Ok(match self.queue.enqueue(inv, opts).await? {
+        let (function, cause) = (inv.function.clone(), inv.cause);
+        let trace_id = inv.trace.as_ref().map(|t| t.context.trace_id_hex()).unwrap_or_default();
+        let submitted = match self.queue.enqueue(inv, opts).await? {
             Enqueued::New(id) => Submitted { id, existing: false },
             Enqueued::Existing(id) => Submitted { id, existing: true },
-        })
+        };
+        tracing::debug!(
+            activation_id = %submitted.id, function, cause = cause.as_str(), existing = submitted.existing, trace_id,
+            "async call accepted"
+        );
+        Ok(submitted)
     }
 
     /// Idempotency for a sync call: `None` if `key` is new for the
@@ -397,7 +405,8 @@ impl Platform {
             for item in self.queue.lease(&function, n, lease_for).await? {
                 *self.dispatch.inflight.lock().entry(function.clone()).or_default() += 1;
                 let slot = Slot { platform: self.clone(), function: function.clone() };
-                tasks.spawn(self.clone().deliver(item, slot));
+                let span = crate::invoke::call_span(&item.invocation);
+                tasks.spawn(self.clone().deliver(item, slot).instrument(span));
             }
         }
         Ok(blocked)
@@ -461,7 +470,14 @@ impl Platform {
             // but leaves no record: count its usage on its own.
             self.count_attempt_usage(&activation).await;
             let retry_at = now_ms() + backoff(&self.config.asynchronous, attempt).as_millis() as i64;
-            tracing::debug!(activation = %id, function, attempt, status = activation.status.as_str(), "attempt failed; retrying later");
+            tracing::info!(
+                attempt,
+                max_attempts = item.max_attempts,
+                status = activation.status.as_str(),
+                http_status = activation.http_status,
+                retry_in_ms = retry_at - now_ms(),
+                "attempt failed; retrying later"
+            );
             self.settle(self.queue.nack(&id, retry_at, attempt_error(&activation)).await, &id, "nack");
             return;
         }
@@ -589,6 +605,13 @@ impl Platform {
             if let Some((_, id)) = inv.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-call-id")) {
                 rb = rb.header("x-call-id", id.as_str());
             }
+            // The trace goes on: the receiver's span is a child of the call's.
+            if let Some(tp) = &record.traceparent {
+                rb = rb.header("traceparent", tp.as_str());
+                if let Some(state) = inv.trace.as_ref().and_then(|t| t.tracestate.as_deref()) {
+                    rb = rb.header("tracestate", state);
+                }
+            }
             let rb = rb
                 .header("x-flick-activation-id", record.id.as_str())
                 .header("x-flick-status", record.status.as_str())
@@ -623,8 +646,10 @@ impl Platform {
             }
         }
         outcome.end_ms = now_ms();
-        if !outcome.delivered {
-            tracing::warn!(activation = %record.id, error = ?outcome.error, "callback not delivered");
+        if outcome.delivered {
+            tracing::debug!(attempts = outcome.attempts, http_status = ?outcome.http_status, "callback delivered");
+        } else {
+            tracing::warn!(activation = %record.id, attempts = outcome.attempts, error = ?outcome.error, "callback not delivered");
         }
         outcome
     }
@@ -691,7 +716,7 @@ impl Platform {
 /// framing or connection headers (the callback is a request of its own),
 /// nor the names the callback sets itself.
 fn passes_to_callback(name: &str) -> bool {
-    const NOT: [&str; 12] = [
+    const NOT: [&str; 14] = [
         "connection",
         "content-length",
         "keep-alive",
@@ -704,6 +729,9 @@ fn passes_to_callback(name: &str) -> bool {
         "x-function-status",
         "x-function-name",
         "x-duration-seconds",
+        // The callback carries the call's own trace context.
+        "traceparent",
+        "tracestate",
     ];
     let lower = name.to_ascii_lowercase();
     !NOT.contains(&lower.as_str()) && !lower.starts_with("proxy-") && !lower.starts_with("x-flick-")

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use flick_core::TriggerKind;
 use flick_core::cloudevent::{self, CloudEvent, HOPS};
-use flick_core::{ActivationId, Cause, Invocation, LogLine, LogStream, now_ms};
+use flick_core::{ActivationId, Cause, Invocation, LogLine, LogStream, Trace, now_ms};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -68,7 +68,13 @@ impl Platform {
 
     /// Routes an event posted to `/events`: a durable async invocation for
     /// every matching trigger. No match is not an error (an empty list).
-    pub async fn publish_event(self: &Arc<Self>, event: &CloudEvent) -> Result<Vec<EventDelivery>, PlatformError> {
+    /// `trace` is the poster's (its `traceparent` header, else a new
+    /// trace); the event's own `traceparent` attribute, when valid, wins.
+    pub async fn publish_event(
+        self: &Arc<Self>,
+        event: &CloudEvent,
+        trace: Trace,
+    ) -> Result<Vec<EventDelivery>, PlatformError> {
         let limit = self.config.event_max_hops;
         if event.hops() > limit {
             return Err(PlatformError::BadRequest(format!(
@@ -77,7 +83,7 @@ impl Platform {
                 event.hops()
             )));
         }
-        self.deliver_event(event, None).await
+        self.deliver_event(event, None, trace).await
     }
 
     /// Submits `event` to every matching trigger, except the function named
@@ -86,7 +92,14 @@ impl Platform {
         self: &Arc<Self>,
         event: &CloudEvent,
         skip: Option<&str>,
+        trace: Trace,
     ) -> Result<Vec<EventDelivery>, PlatformError> {
+        // The CloudEvents distributed-tracing extension: the event's own
+        // trace, when it carries a valid one.
+        let trace = match event.get("traceparent") {
+            Some(tp) => Trace::from_values(Some(tp), event.get("tracestate")),
+            None => trace,
+        };
         let targets = self.cloudevent_targets();
         let mut out = Vec::new();
         for (route, trigger) in cloudevent::route(event, &targets) {
@@ -94,7 +107,9 @@ impl Platform {
             if skip == Some(function.as_str()) {
                 continue;
             }
-            let inv = event_invocation(&function, &trigger, event);
+            let mut inv = event_invocation(&function, &trigger, event);
+            // One span per delivery, all under the same parent.
+            inv.trace = Some(trace.sibling());
             let key = idempotency_key(&trigger, event);
             let submitted = self.submit(route, Caller::Admin, inv, Some(key)).await?;
             out.push(EventDelivery { function, trigger, activation_id: submitted.id, duplicate: submitted.existing });
@@ -147,7 +162,9 @@ impl Platform {
         // handed it again.
         let same_id = header("ce-id").is_some_and(|id| id == reply.id());
         let skip = same_id.then_some(delivered.function.as_str());
-        match self.deliver_event(&reply, skip).await {
+        // The reply's deliveries are children of the call that replied.
+        let trace = delivered.trace.as_ref().map_or_else(Trace::start, Trace::child);
+        match self.deliver_event(&reply, skip, trace).await {
             Ok(sent) if sent.is_empty() && same_id => vec![note(format!(
                 "reply event `{}` has the id of the event `{}` was given: not routed back to it; no other trigger matched",
                 reply.id(),

@@ -9,10 +9,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flick_core::{Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, Invocation, now_ms};
+use flick_core::{Activation, ActivationId, ActivationStatus, AttemptOutcome, Cause, Invocation, Trace, now_ms};
 use flick_runtime::{Captured, Failure, Request, Response, StartError};
 use flick_scheduler::AcquireError;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::{Outcome, Platform, PlatformError, Route};
 
@@ -79,6 +80,8 @@ struct Origin {
     trigger: Option<String>,
     attempt: u32,
     parent: Option<ActivationId>,
+    /// The call's trace; a new one for a queued item from before traces.
+    trace: Trace,
 }
 
 impl Origin {
@@ -88,6 +91,7 @@ impl Origin {
             trigger: inv.trigger.clone(),
             attempt: inv.attempt,
             parent: inv.parent.clone(),
+            trace: inv.trace.clone().unwrap_or_else(Trace::start),
         })
     }
 }
@@ -143,10 +147,11 @@ impl Platform {
         caller: Caller,
         inv: Invocation,
     ) -> Result<InvokeResponse, PlatformError> {
+        let span = call_span(&inv);
         if route.revision.manifest.runtime == flick_core::RuntimeKind::Sequence {
             // Its steps are calls of their own (`sequence.rs`); boxed, as
             // a step may be a sequence again.
-            return Box::pin(self.invoke_sequence(route, inv, Vec::new())).await;
+            return Box::pin(self.invoke_sequence(route, inv, Vec::new())).instrument(span).await;
         }
         let timeout = route.revision.manifest.timeout;
         let started = Instant::now();
@@ -161,15 +166,18 @@ impl Platform {
             origin: Origin::of(&inv),
         };
         let (this, task_route, task_call) = (self.clone(), route.clone(), call.clone());
-        let mut task = tokio::spawn(async move {
-            let (done, activation) = this.run(task_route, caller, inv, task_call, Tries::ONE).await?;
-            // Stored off the request path; reads flush first, so the caller
-            // can still read its record right after this response. Waits
-            // only when the writer's backlog is full: that bounds memory
-            // under a flood.
-            this.record(activation).await;
-            Ok(done)
-        });
+        let mut task = tokio::spawn(
+            async move {
+                let (done, activation) = this.run(task_route, caller, inv, task_call, Tries::ONE).await?;
+                // Stored off the request path; reads flush first, so the caller
+                // can still read its record right after this response. Waits
+                // only when the writer's backlog is full: that bounds memory
+                // under a flood.
+                this.record(activation).await;
+                Ok(done)
+            }
+            .instrument(span),
+        );
         let joined = match call.caller_deadline {
             None => task.await,
             Some(deadline) => match tokio::time::timeout_at(deadline, &mut task).await {
@@ -229,9 +237,19 @@ impl Platform {
         let Call { ref id, start_ms, started, .. } = call;
         let mut headers = inv.headers;
         // Which attempt this is, so a function can tell a retry from a first
-        // call; flick's to set, never the caller's.
-        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(ATTEMPT_HEADER));
+        // call; flick's to set, never the caller's. So is the trace context:
+        // the function is sent flick's span as its parent, and only what
+        // flick formatted or validated (the caller's raw header could be
+        // anything, `trace.rs`).
+        headers
+            .retain(|(n, _)| ![ATTEMPT_HEADER, "traceparent", "tracestate"].iter().any(|h| n.eq_ignore_ascii_case(h)));
         headers.push((ATTEMPT_HEADER.into(), inv.attempt.to_string()));
+        let trace = &call.origin.trace;
+        let traceparent = trace.traceparent();
+        headers.push(("traceparent".into(), traceparent.clone()));
+        if let Some(state) = &trace.tracestate {
+            headers.push(("tracestate".into(), state.clone()));
+        }
         let request = Request {
             id: id.to_string(),
             method: inv.method,
@@ -247,6 +265,8 @@ impl Platform {
                 + call.caller_deadline.unwrap_or(call.function_deadline).duration_since(started).as_millis() as i64,
             presentation: inv.presentation,
             client_context: inv.client_context,
+            traceparent: Some(traceparent),
+            tracestate: trace.tracestate.clone(),
         };
         let mut record = Record::default();
         let function = |route: &Route| route.revision.function.clone();
@@ -263,6 +283,16 @@ impl Platform {
                     return Ok(self.abandoned_in_queue(&route, &call, record, &tries));
                 }
                 Ok(mut lease) => {
+                    if lease.cold {
+                        tracing::debug!(
+                            init_ms = ms(lease.init),
+                            prewarmed = lease.prewarmed,
+                            wait_ms = ms(lease.wait),
+                            "cold start: new instance"
+                        );
+                    } else {
+                        tracing::debug!(wait_ms = ms(lease.wait), "warm instance");
+                    }
                     let exec_started = Instant::now();
                     let invoked = lease.instance().invoke(request.clone()).await;
                     record = Record {
@@ -413,7 +443,13 @@ impl Platform {
             memory_mb: (route.revision.manifest.memory >> 20) as u32,
             cpu_ms: record.usage.and_then(|u| u.cpu_ns).map(|ns| ns as f64 / 1e6),
             memory_peak_bytes: record.usage.and_then(|u| u.memory_peak),
-        };
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            traceparent: None,
+        }
+        .traced(Some(&origin.trace));
+        log_finished(&activation);
         let done = InvokeResponse {
             activation_id: activation.id.clone(),
             function: function.clone(),
@@ -496,6 +532,42 @@ fn caller_gave_up(call: &Call, function: &str) -> InvokeResponse {
         status: ActivationStatus::Timeout,
         timing: Timing { wait_ms: 0.0, init_ms: 0.0, exec_ms: 0.0, total_ms: ms(waited), prewarmed: false },
         outcome: Outcome::CallerGaveUp { waited, abandoned: false },
+    }
+}
+
+/// The span every log line of one call is under: `grep <activation id>`
+/// over flick's log finds them all (the JSON format puts it in `span`).
+pub(crate) fn call_span(inv: &Invocation) -> tracing::Span {
+    tracing::info_span!(
+        "call",
+        activation_id = %inv.id,
+        function = %inv.function,
+        cause = inv.cause.as_str(),
+        attempt = inv.attempt,
+    )
+}
+
+/// One line per finished call: at debug when it succeeded (a busy host
+/// would otherwise log every request), at info when it did not.
+pub(crate) fn log_finished(a: &Activation) {
+    macro_rules! finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                status = a.status.as_str(),
+                http_status = a.http_status,
+                duration_ms = a.duration_ms,
+                init_ms = a.init_ms,
+                cold = a.cold,
+                trace_id = a.trace_id.as_deref().unwrap_or(""),
+                "call finished"
+            )
+        };
+    }
+    if a.status == ActivationStatus::Success {
+        finished!(tracing::Level::DEBUG);
+    } else {
+        finished!(tracing::Level::INFO);
     }
 }
 

@@ -67,6 +67,9 @@ impl Platform {
         inv: Invocation,
         chain: Vec<String>,
     ) -> (InvokeResponse, Activation) {
+        let mut inv = inv;
+        // A queued call from before traces had none: its steps share one.
+        let trace = inv.trace.get_or_insert_with(flick_core::Trace::start).clone();
         let m = &route.revision.manifest;
         let name = route.revision.function.clone();
         let started = Instant::now();
@@ -118,6 +121,9 @@ impl Platform {
             step_inv.attempt = 1;
             step_inv.callback_url = None;
             step_inv.budget_ms = Some(left.as_millis().max(1) as u64);
+            // Same trace, a span of its own under the sequence's.
+            step_inv.trace = Some(trace.child());
+            tracing::debug!(step = n, function = %step, activation = %step_inv.id, "sequence step");
             let result = if step_route.revision.manifest.runtime == RuntimeKind::Sequence {
                 if chain.iter().any(|c| c == step.as_str()) || chain.len() >= MAX_DEPTH {
                     let path = format!("{} → {step}", chain.join(" → "));
@@ -233,6 +239,7 @@ impl Platform {
             logs,
             ..Activation::of(&inv, status, start_ms)
         };
+        crate::invoke::log_finished(&activation);
         let done = InvokeResponse {
             activation_id: id,
             function: name,

@@ -754,6 +754,13 @@ class Context {
     if (!direct) this.http = { method: h.method, path: h.path, query: h.query, headers: headerObject(h) };
     const cc = clientContext(h.client_context);
     if (cc !== undefined) this.clientContext = cc;
+    // The W3C trace context: flick's span for this call as the parent to
+    // pass on to whatever the handler calls.
+    const tp = typeof h.traceparent === 'string' && h.traceparent.length === 55 ? h.traceparent : undefined;
+    this.traceparent = tp;
+    this.tracestate = typeof h.tracestate === 'string' ? h.tracestate : undefined;
+    this.traceId = tp && tp.slice(3, 35);
+    this.spanId = tp && tp.slice(36, 52);
     this[kDeadline] = Number(h.deadline_ms) || 0;
   }
 

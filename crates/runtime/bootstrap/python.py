@@ -930,6 +930,13 @@ def _make_context_class():
             cc = h.get("client_context")
             if cc:
                 self.client_context = _client_context(cc)
+            # The W3C trace context: flick's span for this call as the parent
+            # to pass on to whatever the handler calls.
+            tp = h.get("traceparent")
+            self.traceparent = tp
+            self.tracestate = h.get("tracestate")
+            self.trace_id = tp[3:35] if isinstance(tp, str) and len(tp) == 55 else None
+            self.span_id = tp[36:52] if isinstance(tp, str) and len(tp) == 55 else None
 
         def get_remaining_time_in_millis(self):
             left = self._deadline_ms - int(time.time() * 1000)

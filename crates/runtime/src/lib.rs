@@ -99,6 +99,11 @@ pub struct Request {
     pub presentation: Presentation,
     /// A Lambda caller's client context (base64 JSON), for `context.client_context`.
     pub client_context: Option<String>,
+    /// The W3C trace context of the call (`00-<trace>-<flick's span>-<flags>`),
+    /// for the handler's `context` (also among `headers`).
+    pub traceparent: Option<String>,
+    /// The caller's `tracestate`, when it sent a valid one.
+    pub tracestate: Option<String>,
 }
 
 #[derive(Clone, Debug)]

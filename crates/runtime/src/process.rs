@@ -299,6 +299,8 @@ impl ProcessInstance {
             headers: &req.headers,
             presentation: req.presentation.as_str(),
             client_context: req.client_context.as_deref(),
+            traceparent: req.traceparent.as_deref(),
+            tracestate: req.tracestate.as_deref(),
             len: req.body.len(),
         };
         if self.to_instance.send(protocol::encode_invoke(&header, &req.body)).is_err() {

@@ -8,7 +8,7 @@
 //! ```text
 //! bootstrap → flick  {"type":"ready"}  |  {"type":"init_error","error":{…}}
 //! flick → bootstrap  {"type":"invoke","id":…,"deadline_ms":…,"method":…,"path":…,"raw_path":…,"query":…,"headers":[[k,v]…],
-//!                     "presentation":"http"|"direct"[,"client_context":…],"len":N} + N bytes
+//!                     "presentation":"http"|"direct"[,"client_context":…][,"traceparent":…,"tracestate":…],"len":N} + N bytes
 //! bootstrap → flick  {"type":"result","id":…,"status":200,"headers":[[k,v]…],"len":N} + N bytes
 //!                  | {"type":"error","id":…,"error":{"type":…,"message":…,"trace":[…]}}
 //! ```
@@ -38,6 +38,11 @@ pub struct InvokeHeader<'a> {
     /// A Lambda caller's `X-Amz-Client-Context` (base64 JSON), when sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_context: Option<&'a str>,
+    /// The call's W3C `traceparent` (flick's span as parent) and `tracestate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<&'a str>,
     pub len: usize,
 }
 

@@ -357,7 +357,7 @@ impl ApiInstance {
             ("lambda-runtime-aws-request-id", req.id.clone()),
             ("lambda-runtime-deadline-ms", deadline.to_string()),
             ("lambda-runtime-invoked-function-arn", self.shared.arn.clone()),
-            ("lambda-runtime-trace-id", trace_id(&req.id)),
+            ("lambda-runtime-trace-id", trace_id(&req.id, req.traceparent.as_deref())),
         ];
         // Only valid JSON text: anything else fails the clients' context.
         if let Some(context) = req.client_context.as_deref().and_then(client_context) {
@@ -434,7 +434,16 @@ fn absolute(program: &Path) -> Result<PathBuf, StartError> {
 
 /// An X-Ray-shaped trace id derived from the invocation id (flick traces
 /// nothing; clients only copy it into `_X_AMZN_TRACE_ID`).
-fn trace_id(id: &str) -> String {
+fn trace_id(id: &str, traceparent: Option<&str>) -> String {
+    // The W3C trace in X-Ray's notation (its 32 hex digits split 8 + 24), so
+    // a Lambda client's `_X_AMZN_TRACE_ID` names the same trace.
+    if let Some(tp) = traceparent
+        && tp.len() == 55
+        && tp.is_ascii()
+    {
+        let sampled = u8::from_str_radix(&tp[53..55], 16).unwrap_or(0) & 1;
+        return format!("Root=1-{}-{};Parent={};Sampled={sampled}", &tp[3..11], &tp[11..35], &tp[36..52]);
+    }
     let secs = flick_core::now_ms() / 1000;
     let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
     let tail = format!("{hex:0>24}");
@@ -765,8 +774,13 @@ mod tests {
         let local = if cfg!(target_endian = "little") { "0100007F:2329" } else { "7F000001:2329" };
         assert_eq!(parse_addr(local), Some("127.0.0.1:9001".parse().unwrap()));
         assert_eq!(parse_addr("zz:1"), None);
-        let t = trace_id("019ad84f8c2b4e5a9f3c1d2e3f4a5b6c");
+        let t = trace_id("019ad84f8c2b4e5a9f3c1d2e3f4a5b6c", None);
         assert!(t.starts_with("Root=1-") && t.ends_with(";Sampled=0") && t.contains(";Parent="), "{t}");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id("019ad84f8c2b4e5a9f3c1d2e3f4a5b6c", Some(tp)),
+            "Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1"
+        );
         assert_eq!(client_context("eyJhIjoxfQ=="), Some("{\"a\":1}".into()));
         assert_eq!(client_context("bm90IGpzb24="), None, "not JSON");
         assert_eq!(client_context("!!"), None);

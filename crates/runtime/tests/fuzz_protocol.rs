@@ -175,6 +175,8 @@ proptest! {
                 headers,
                 presentation: "http",
                 client_context: Some(path),
+                traceparent: Some(path),
+                tracestate: None,
                 len: body.len(),
             };
             stream.extend(encode_invoke(&header, body));

@@ -183,6 +183,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rules_trigger ON rules(trigger);
     ",
+    // 10: the W3C trace of each call (ids as lowercase hex).
+    "
+    ALTER TABLE activations ADD COLUMN trace_id TEXT;
+    ALTER TABLE activations ADD COLUMN span_id TEXT;
+    ALTER TABLE activations ADD COLUMN parent_span_id TEXT;
+    ALTER TABLE activations ADD COLUMN traceparent TEXT;
+    ",
 ];
 
 /// How long a statement waits for another process holding the database
@@ -478,7 +485,7 @@ fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
 const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
      init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
      revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms, callback_json, \
-     memory_mb, cpu_ms, memory_peak_bytes";
+     memory_mb, cpu_ms, memory_peak_bytes, trace_id, span_id, parent_span_id, traceparent";
 
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
     let seq: i64 = row.get(0)?;
@@ -550,6 +557,10 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
         memory_mb: row.get(27)?,
         cpu_ms: row.get(28)?,
         memory_peak_bytes: row.get::<_, Option<i64>>(29)?.map(|b| b.max(0) as u64),
+        trace_id: row.get(30)?,
+        span_id: row.get(31)?,
+        parent_span_id: row.get(32)?,
+        traceparent: row.get(33)?,
     }))
 }
 
@@ -1135,9 +1146,10 @@ fn insert_batch(
             "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
              wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
              exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, \
-             caller_gave_up_ms, callback_json, memory_mb, cpu_ms, memory_peak_bytes) \
+             caller_gave_up_ms, callback_json, memory_mb, cpu_ms, memory_peak_bytes, trace_id, span_id, \
+             parent_span_id, traceparent) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
         )?;
         // Counted in the same transaction as the record: a stored record
         // is in the bill exactly once, and stays there when it is pruned.
@@ -1174,6 +1186,10 @@ fn insert_batch(
                 a.memory_mb,
                 a.cpu_ms,
                 a.memory_peak_bytes.map(|b| b.min(i64::MAX as u64) as i64),
+                a.trace_id,
+                a.span_id,
+                a.parent_span_id,
+                a.traceparent,
             ]);
             let inserted = inserted.map_err(StoreError::from).and_then(|_| {
                 let seq = tx.last_insert_rowid();
@@ -1295,6 +1311,10 @@ mod tests {
             memory_mb: 0,
             cpu_ms: None,
             memory_peak_bytes: None,
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            traceparent: None,
         }
     }
 
@@ -1495,6 +1515,9 @@ mod tests {
         ];
         a.logs_truncated = true;
         a.caller_gave_up_ms = Some(250.5);
+        let inv = flick_core::Invocation::post("hello", Cause::Http, vec![]);
+        a = a.traced(inv.trace.as_ref());
+        assert!(a.trace_id.is_some() && a.span_id.is_some() && a.traceparent.is_some());
         let seq = store.insert_activation(&a).await.unwrap();
         assert!(seq > 0);
 

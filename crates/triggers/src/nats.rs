@@ -112,7 +112,8 @@ async fn core(
         match msg.reply {
             Some(reply) => {
                 e["reply"] = true.into();
-                let inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+                let mut inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+                inv.trace = Some(message_trace(msg.headers.as_ref()));
                 // Calls run side by side (a slow one does not hold up the
                 // rest), at most MAX_CALLS at once.
                 let Ok(permit) = calls.clone().acquire_owned().await else { break };
@@ -142,7 +143,8 @@ async fn core(
                 });
             }
             None => {
-                let inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+                let mut inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+                inv.trace = Some(message_trace(msg.headers.as_ref()));
                 match ctx.sink.submit(inv, None).await {
                     Ok(_) => ctx.tracker.fired(),
                     // Core NATS cannot redeliver: the message is lost, and counted.
@@ -199,7 +201,8 @@ async fn js(
             }
             Err(_) => None,
         };
-        let inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+        let mut inv = crate::event::invocation(&ctx.function, Cause::Nats, &ctx.trigger, e);
+        inv.trace = Some(message_trace(msg.headers.as_ref()));
         match ctx.sink.submit(inv, key).await {
             Ok(_) => {
                 ctx.tracker.fired();
@@ -213,6 +216,21 @@ async fn js(
             }
         }
     }
+}
+
+/// The trace a message's publisher asked to continue (its `traceparent`
+/// and `tracestate` headers, validated as over HTTP), or a new one.
+fn message_trace(headers: Option<&async_nats::HeaderMap>) -> flick_core::Trace {
+    let values = |want: &str| -> Vec<String> {
+        headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .filter(|(name, _)| name.to_string().eq_ignore_ascii_case(want))
+            .flat_map(|(_, values)| values.iter().map(|v| v.to_string()))
+            .collect()
+    };
+    let (parents, states) = (values("traceparent"), values("tracestate"));
+    flick_core::Trace::from_headers(parents.iter().map(|v| v.as_bytes()), states.iter().map(|v| v.as_bytes()))
 }
 
 fn event(trigger: &str, subject: &str, payload: &[u8], headers: Option<&async_nats::HeaderMap>) -> Value {

@@ -821,7 +821,8 @@ async fn invoke(
             Ok(resp)
         }
         InvocationType::Event => {
-            let id = enqueue(platform, route, signed.body, client_context).await?;
+            let trace = crate::trace_of(&signed.parts.headers);
+            let id = enqueue(platform, route, signed.body, client_context, trace).await?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             request_id(resp.headers_mut(), &id);
             Ok(resp)
@@ -830,6 +831,7 @@ async fn invoke(
             let mut inv = Invocation::post(target.name.clone(), Cause::Http, signed.body.to_vec());
             inv.presentation = Presentation::Direct;
             inv.client_context = client_context;
+            inv.trace = Some(crate::trace_of(&signed.parts.headers));
             let identity = platform.lambda_identity();
             let memory = route.revision.manifest.memory;
             let done =
@@ -884,10 +886,12 @@ async fn enqueue(
     route: Arc<Route>,
     body: Bytes,
     client_context: Option<String>,
+    trace: flick_core::Trace,
 ) -> Result<ActivationId, LambdaError> {
     let mut inv = Invocation::post(route.revision.function.clone(), Cause::Async, body.to_vec());
     inv.presentation = Presentation::Direct;
     inv.client_context = client_context;
+    inv.trace = Some(trace);
     let identity = platform.lambda_identity();
     let submitted =
         platform.submit(route, Caller::Admin, inv, None).await.map_err(|e| LambdaError::platform(e, identity))?;
@@ -905,7 +909,8 @@ async fn invoke_async(
     let platform = &state.platform;
     let route =
         platform.route(&target.name).ok_or_else(|| LambdaError::not_found(platform.lambda_identity(), &target.name))?;
-    let id = enqueue(platform, route, signed.body, None).await?;
+    let trace = crate::trace_of(&signed.parts.headers);
+    let id = enqueue(platform, route, signed.body, None, trace).await?;
     let mut resp = (StatusCode::ACCEPTED, axum::Json(json!({ "Status": 202 }))).into_response();
     request_id(resp.headers_mut(), &id);
     Ok(resp)

@@ -90,6 +90,8 @@ pub(crate) async fn invoke(
         None => None,
         Some(v) => Some(parse_deadline(v.to_str().unwrap_or(""))?),
     };
+    let trace = crate::trace_of(&parts.headers);
+    let traceparent = trace.traceparent();
     let inv = Invocation {
         id: ActivationId::generate(),
         function: name,
@@ -108,6 +110,7 @@ pub(crate) async fn invoke(
         accepted_ms: now_ms(),
         presentation: Presentation::Http,
         client_context: None,
+        trace: Some(trace),
     };
     if is_async {
         let submitted = state.platform.submit(route, caller, inv, idempotency_key).await?;
@@ -122,6 +125,9 @@ pub(crate) async fn invoke(
         }
         if submitted.existing {
             resp.headers_mut().insert("x-flick-idempotent-replay", HeaderValue::from_static("true"));
+        } else if let Ok(v) = HeaderValue::try_from(traceparent) {
+            // The span the queued call will run as (a replay's is the first call's).
+            resp.headers_mut().insert("traceparent", v);
         }
         return Ok(resp);
     }
@@ -143,6 +149,11 @@ pub(crate) async fn invoke(
         h.insert("x-flick-activation-id", v);
     }
     h.insert("x-flick-status", HeaderValue::from_static(done.status.as_str()));
+    // flick's span for the call (a function's own `traceparent` header is
+    // replaced: the caller is told the span that was recorded).
+    if let Ok(v) = HeaderValue::try_from(traceparent) {
+        h.insert("traceparent", v);
+    }
     let t = &done.timing;
     let init_desc = if t.prewarmed { ";desc=\"prewarmed\"" } else { "" };
     let timing = format!(
@@ -230,6 +241,9 @@ fn replay(first: &flick_core::Activation) -> Response {
     }
     h.insert("x-flick-status", HeaderValue::from_static(first.status.as_str()));
     h.insert("x-flick-idempotent-replay", HeaderValue::from_static("true"));
+    if let Some(v) = first.traceparent.as_deref().and_then(|t| HeaderValue::try_from(t).ok()) {
+        h.insert("traceparent", v);
+    }
     resp
 }
 

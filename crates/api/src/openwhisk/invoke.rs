@@ -51,7 +51,8 @@ pub(crate) async fn invoke(
     let route = s.platform.route(&name).ok_or(OwError::NotFound)?;
     let body = crate::read_body(body, s.limits.max_body_bytes, &s.limits).await?;
     let params = params_object(&body)?;
-    let inv = invocation(&route, params, if blocking { Cause::Http } else { Cause::Async })?;
+    let mut inv = invocation(&route, params, if blocking { Cause::Http } else { Cause::Async })?;
+    inv.trace = Some(crate::trace_of(&parts.headers));
     if !blocking {
         let submitted = s.platform.submit(route, Caller::Admin, inv, None).await?;
         return Ok(accepted(submitted.id.as_str()));

@@ -95,22 +95,29 @@ pub(crate) async fn web(
             params.insert("__ow_body".into(), Value::String(text));
         }
     }
-    let headers: Map<String, Value> = parts
+    let trace = crate::trace_of(&parts.headers);
+    let mut headers: Map<String, Value> = parts
         .headers
         .iter()
         // The key (any header carrying it) is flick's, never the action's.
         .filter(|(n, v)| *n != header::AUTHORIZATION && !s.keys.appears_in(v.as_bytes()))
+        // The trace context the action sees is flick's span (set below).
+        .filter(|(n, _)| n.as_str() != "traceparent" && n.as_str() != "tracestate")
         // So is the dashboard's session (its cookie and CSRF token).
         .filter_map(|(n, v)| Some((n, crate::session::forwardable(n.as_str(), v.as_bytes())?)))
         .map(|(n, v)| (n.as_str().to_string(), Value::String(String::from_utf8_lossy(&v).into_owned())))
         .collect();
+    headers.insert("traceparent".into(), Value::String(trace.traceparent()));
+    if let Some(state) = &trace.tracestate {
+        headers.insert("tracestate".into(), Value::String(state.clone()));
+    }
     params.insert("__ow_method".into(), json!(parts.method.as_str().to_ascii_lowercase()));
     params.insert("__ow_headers".into(), Value::Object(headers));
     params.insert("__ow_path".into(), json!(rest));
     params.insert("__ow_query".into(), json!(query));
 
     let inv = invocation(&route, params, Cause::Http)?;
-    let inv = flick_core::Invocation { budget_ms: Some(MAX_WAIT_MS), ..inv };
+    let inv = flick_core::Invocation { budget_ms: Some(MAX_WAIT_MS), trace: Some(trace), ..inv };
     let start_ms = flick_core::now_ms();
     // Web-exported: it runs for its owner, whoever calls.
     let done = s.platform.invoke(route, Caller::Admin, inv.clone()).await?;
