@@ -71,6 +71,8 @@ pub enum Command {
   flick up --examples                        also deploy the bundled examples
   flick up --listen 0.0.0.0:9000 --data-dir /var/lib/flick
   FLICK_LOG=debug flick up                   see every scheduling decision
+  flick up --log-format json --log info,flick_platform=debug 2>flick.log
+                                             JSON lines; grep an activation id for its call
 
 Settings come from flags, then FLICK_* environment variables, then
 <data-dir>/config.toml (or --config FILE), then defaults. See README.")]
