@@ -210,10 +210,13 @@ impl Platform {
     /// rule. `None` when no rule is active (nothing ran). Errors: the
     /// trigger does not exist; or every call was refused (the queue is
     /// full, the disk is) — then the first refusal, so the caller retries.
+    /// Each call is a span of `trace` (the firer's `traceparent`, else a
+    /// new trace shared by the calls of this firing).
     pub async fn fire(
         self: &Arc<Self>,
         trigger: &str,
         event: Map<String, Value>,
+        trace: Option<flick_core::Trace>,
     ) -> Result<Option<Fired>, PlatformError> {
         let t = self.rule_trigger(trigger).await?;
         let rules: Vec<Rule> = self.store.rules(Some(trigger)).await?.into_iter().filter(|r| r.active).collect();
@@ -221,6 +224,7 @@ impl Platform {
             return Ok(None);
         }
         let id = ActivationId::generate();
+        let trace = trace.unwrap_or_else(flick_core::Trace::start);
         let mut params = t.params;
         params.extend(event);
         let mut fired = Vec::with_capacity(rules.len());
@@ -238,6 +242,7 @@ impl Platform {
                     inv.presentation = Presentation::Direct;
                     inv.trigger = Some(trigger.to_string());
                     inv.parent = Some(id.clone());
+                    inv.trace = Some(trace.sibling());
                     match self.submit(route, Caller::Admin, inv, None).await {
                         Ok(s) => Ok(s.id),
                         Err(e) => {

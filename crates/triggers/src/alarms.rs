@@ -109,7 +109,7 @@ async fn ring(platform: Arc<Platform>, trigger: String, alarm: Alarm) {
             }
             tokio::time::sleep(Duration::from_millis(wait.min(60_000) as u64)).await;
         }
-        match platform.fire(&trigger, alarm.payload.clone()).await {
+        match platform.fire(&trigger, alarm.payload.clone(), None).await {
             Ok(Some(fired)) => tracing::debug!(trigger, id = %fired.id, rules = fired.rules.len(), "alarm fired"),
             Ok(None) => tracing::debug!(trigger, "alarm fired; no active rule"),
             Err(e) => tracing::warn!(trigger, error = %e, "alarm could not fire its trigger"),

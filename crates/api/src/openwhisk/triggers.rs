@@ -130,7 +130,7 @@ pub(crate) async fn fire(
     s.platform.rule_trigger(&name).await?;
     let body = crate::read_body(body, s.limits.max_body_bytes, &s.limits).await?;
     let event = params_object(&body)?;
-    match s.platform.fire(&name, event).await? {
+    match s.platform.fire(&name, event, Some(crate::trace_of(&parts.headers))).await? {
         Some(fired) => Ok(accepted(fired.id.as_str())),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
