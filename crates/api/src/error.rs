@@ -27,6 +27,9 @@ pub enum ApiError {
     /// attribute and, in a batch, the index.
     #[error("malformed CloudEvent: {0}")]
     Event(#[from] flick_core::cloudevent::EventError),
+    /// A bounded resource of the API is all in use (503, retry later).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Platform(#[from] PlatformError),
 }
@@ -42,6 +45,7 @@ impl ApiError {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Event(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Platform(e) => match e {
                 P::FunctionNotFound(_)
                 | P::RevisionNotFound { .. }

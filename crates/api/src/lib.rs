@@ -19,7 +19,8 @@
 //! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
 //!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…`), `usage` (`/v1/usage`, usage per function and day,
-//!   priced) and `/healthz`; its errors are [`ApiError`];
+//!   priced), `live` (`/v1/logs` as server-sent events, `/v1/stats`,
+//!   `/v1/stats/series`) and `/healthz`; its errors are [`ApiError`];
 //! - `events`: `POST /events`, CloudEvents in binary, structured and batched mode;
 //! - `openwhisk`: OpenWhisk's REST API under `/api/v1/` (actions,
 //!   activations, web actions), with its own auth and error shape;

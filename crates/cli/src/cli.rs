@@ -181,14 +181,16 @@ returns) are shown escaped, e.g. \\x1b; --raw prints them as they are.")]
     /// Print a function's log lines (from its recent activations).
     #[command(after_help = "Examples:
   flick logs hello
-  flick logs hello -f       # keep printing new lines
+  flick logs hello -f       # keep printing new lines as they are written
   flick logs hello --raw    # control characters as they are, not escaped
 
 Control characters in log lines (terminal escapes, carriage returns) are shown
 escaped, e.g. \\x1b, so a function cannot drive your terminal.")]
     Logs {
         name: String,
-        /// Follow: print new lines as invocations finish.
+        /// Follow: print new lines as functions write them (streamed from
+        /// flick, each with its activation id and stream; reconnects when
+        /// flick restarts).
         #[arg(long, short = 'f')]
         follow: bool,
         /// How many recent activations to read.
@@ -222,6 +224,32 @@ deleted functions.")]
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Live per-function figures: request rate, p50/p99 latency, errors, cold
+    /// starts, instances and memory, refreshed every second.
+    #[command(after_help = "Examples:
+  flick top                     full screen, refreshed every second
+  flick top --sort errors       start sorted by errors
+  flick top --window 5m         figures over the last 5 minutes
+  flick top --once              one plain table (also when stdout is not a terminal)
+
+Keys: n r l e c i m sort by name, rate, p99 latency, errors, cold starts,
+instances, memory; Tab / Shift-Tab the next / previous; q, Esc or Ctrl-C quit.
+INST S/I/B is instances starting/idle/busy now; MEM PEAK the largest measured
+memory peak of a call in the window; the last row is the whole host.")]
+    Top {
+        /// Print one plain table and exit.
+        #[arg(long)]
+        once: bool,
+        /// The span the figures cover, 1s to 24h.
+        #[arg(long, default_value = "60s")]
+        window: String,
+        /// The column to sort by first.
+        #[arg(long, value_enum, default_value_t = crate::commands::SortKey::Rate)]
+        sort: crate::commands::SortKey,
+        /// How often the screen refreshes.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: std::time::Duration,
     },
     /// Dead letters: async calls that failed every attempt.
     #[command(
@@ -372,4 +400,13 @@ pub struct InvokeArgs {
     /// With --async: where flick POSTs the outcome (X-Callback-Url; needs the admin key).
     #[arg(long, requires = "is_async")]
     pub callback_url: Option<String>,
+}
+
+/// `--interval`: a duration of at least 100ms.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = flick_core::units::parse_duration(text)?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err(format!("`{text}` is too short: at least 100ms"));
+    }
+    Ok(d)
 }

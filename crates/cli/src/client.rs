@@ -139,6 +139,11 @@ impl Client {
     /// message; a success that is not JSON is an error too.
     pub async fn json(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = self.send(rb).await?;
+        self.json_of(resp).await
+    }
+
+    /// The JSON body of `resp`, or the API's error it carries.
+    pub async fn json_of(&self, resp: reqwest::Response) -> anyhow::Result<Value> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| anyhow!("reading the answer of flick at {}: {e}", self.base))?;
         if !status.is_success() {

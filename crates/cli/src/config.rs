@@ -86,6 +86,8 @@ pub struct Config {
     pub lambda: flick_core::LambdaIdentity,
     /// Prices of usage (`[pricing]`): `flick usage` and `GET /v1/usage`.
     pub pricing: flick_platform::Pricing,
+    /// Live log streams and statistics (`[live]`).
+    pub live: flick_platform::LiveConfig,
 }
 
 /// How flick writes its own log lines (to stderr).
@@ -153,6 +155,8 @@ struct FileConfig {
     lambda: FileLambda,
     #[serde(default)]
     pricing: FilePricing,
+    #[serde(default)]
+    live: FileLive,
 }
 
 /// `[pricing]`: what usage costs.
@@ -162,6 +166,16 @@ struct FilePricing {
     gb_second: Option<f64>,
     per_million_requests: Option<f64>,
     currency: Option<String>,
+}
+
+/// `[live]`: log streams (`GET /v1/logs`) and in-memory statistics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLive {
+    /// Log streams open at once (one more: 503).
+    max_streams: Option<u32>,
+    /// Lines buffered per follower before it skips some.
+    buffer: Option<usize>,
 }
 
 /// `[lambda]`: the identity Lambda-style clients and code see.
@@ -275,6 +289,14 @@ impl Config {
                 };
                 p.check().map_err(anyhow::Error::msg)?;
                 p
+            },
+            live: {
+                let d = flick_platform::LiveConfig::default();
+                let buffer = file.live.buffer.unwrap_or(d.buffer);
+                if !(1..=1 << 20).contains(&buffer) {
+                    bail!("`[live] buffer` must be between 1 and 1048576 lines, not {buffer}");
+                }
+                flick_platform::LiveConfig { max_streams: file.live.max_streams.unwrap_or(d.max_streams), buffer }
             },
         };
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {

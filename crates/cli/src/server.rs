@@ -106,6 +106,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             event_max_hops: config.event_max_hops,
             lambda: config.lambda.clone(),
             pricing: config.pricing.clone(),
+            live: config.live.clone(),
         },
     )
     .await

@@ -267,6 +267,7 @@ impl Platform {
             client_context: inv.client_context,
             traceparent: Some(traceparent),
             tracestate: trace.tracestate.clone(),
+            log_sink: Some(self.live.sink(&route.revision.function, id.as_str())),
         };
         let mut record = Record::default();
         let function = |route: &Route| route.revision.function.clone();
@@ -344,6 +345,13 @@ impl Platform {
                 Err(AcquireError::Start(e)) => {
                     record.cold = true;
                     record.init = started.elapsed();
+                    // The failed start's output was never attributed to a
+                    // call as it was read: followers get it now.
+                    if let (StartError::Init { logs, .. } | StartError::Timeout { logs }, Some(sink)) =
+                        (&e, &request.log_sink)
+                    {
+                        logs.lines.iter().for_each(|l| sink.send(l));
+                    }
                     break match e {
                         StartError::Init { error, logs } => (Err(Failure::Function(error)), logs),
                         StartError::Timeout { logs } => (Err(Failure::Timeout), logs),

@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod install;
 mod invoke;
+pub mod live;
 mod outcome;
 mod records;
 mod rules;
@@ -57,6 +58,7 @@ pub use error::PlatformError;
 pub use events::{DEFAULT_MAX_HOPS, EventDelivery};
 pub use flick_queue::{AttemptError, Item, ItemState as QueueItemState};
 pub use install::InstallConfig;
+pub use live::{Live, LiveConfig};
 pub use invoke::{ATTEMPT_HEADER, Caller, InvokeResponse, Timing};
 pub use outcome::{Outcome, SequenceFailure};
 pub use rules::{Alarm, AlarmSchedule, Fired, FiredRule, Rule, RuleTrigger, Saved};
@@ -97,6 +99,8 @@ pub struct PlatformConfig {
     pub lambda: flick_core::LambdaIdentity,
     /// Prices that turn usage into a bill (`[pricing]`; `usage.rs`).
     pub pricing: Pricing,
+    /// Live log streams and in-memory statistics (`live.rs`).
+    pub live: LiveConfig,
 }
 
 /// How often code and archives no revision refers to are looked for, when
@@ -147,6 +151,8 @@ pub struct Platform {
     /// to the writer happen under one read guard.
     deleted: tokio::sync::RwLock<HashSet<u64>>,
     records: records::Recorder,
+    /// Live log lines and statistics (`live.rs`).
+    live: Arc<live::Live>,
     config: PlatformConfig,
 }
 
@@ -197,6 +203,7 @@ impl Platform {
             gc_wanted: Notify::new(),
             deleted: tokio::sync::RwLock::default(),
             records,
+            live: Arc::new(live::Live::new(config.live.clone())),
             config,
         });
         for f in platform.store.functions().await? {
@@ -254,6 +261,11 @@ impl Platform {
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
+    }
+
+    /// Live log lines and statistics.
+    pub fn live(&self) -> &Arc<live::Live> {
+        &self.live
     }
 
     /// Region and account in functions' ARNs (`[lambda]` in flick's config).
@@ -380,6 +392,7 @@ impl Platform {
         self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         self.route_changes.send_modify(|v| *v += 1);
         self.scheduler.retire_function(name);
+        self.live.forget(name);
         // Its queued calls and dead letters go with it (a call running now
         // finds its item gone when it acks).
         let removed = self.queue.remove_function(name).await?;
@@ -407,6 +420,7 @@ impl Platform {
         if deleted.contains(&activation.revision_id) {
             return;
         }
+        self.live.observe(&activation);
         self.records.record(activation).await;
     }
 
@@ -429,6 +443,7 @@ impl Platform {
         if deleted.contains(&activation.revision_id) {
             return false;
         }
+        self.live.observe(&activation);
         let stored = self.records.record_stored(activation).await;
         // The guard only orders the hand-over against a delete; the wait
         // for the commit happens without it.
@@ -509,6 +524,7 @@ impl Platform {
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let reaper = tokio::spawn(self.scheduler.clone().run_reaper(std::future::pending::<()>()));
         let dispatcher = tokio::spawn(self.clone().run_dispatcher());
+        let sampler = tokio::spawn(self.live.clone().run_sampler(self.scheduler.clone()));
         let this = self.clone();
         let gc = tokio::spawn(async move {
             let mut wait = GC_INTERVAL;
@@ -542,6 +558,7 @@ impl Platform {
         self.stop_dispatch();
         let _ = dispatcher.await;
         reaper.abort();
+        sampler.abort();
         retention.abort();
         gc.abort();
     }

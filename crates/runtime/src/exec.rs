@@ -139,7 +139,7 @@ impl ExecInstance {
             }
         };
         let logs = LogCollector::new(self.launcher.config().log_limits);
-        logs.begin(&req.id);
+        logs.begin(&req.id, req.log_sink.clone());
         if let Some(err) = stderr {
             logs.spawn_reader(LogStream::Stderr, err);
         }

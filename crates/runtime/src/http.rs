@@ -226,7 +226,7 @@ impl HttpInstance {
             let outcome = Err(Failure::NotDelivered("the function's server had exited".into()));
             return Invoked { outcome, logs: Default::default(), reusable: false, prewarmed: false, usage: None };
         }
-        self.logs.begin(&req.id);
+        self.logs.begin(&req.id, req.log_sink.clone());
         // Exactly as the caller sent it: decoding here would let `%3F`, `%23`
         // or `%2e%2e%2f` change what the server is asked for.
         let target =

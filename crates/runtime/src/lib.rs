@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use flick_sandbox::Usage;
-pub use logs::{Captured, LogLimits};
+pub use logs::{Captured, LogLimits, LogSink};
 pub use prewarm::StemCount;
 
 /// Settings of the runtime layer, from flick's config.
@@ -104,6 +104,8 @@ pub struct Request {
     pub traceparent: Option<String>,
     /// The caller's `tracestate`, when it sent a valid one.
     pub tracestate: Option<String>,
+    /// Where its log lines go as they are read (live followers), if anywhere.
+    pub log_sink: Option<LogSink>,
 }
 
 #[derive(Clone, Debug)]

@@ -178,9 +178,39 @@ impl Drain {
     }
 }
 
+/// Where an invocation's lines go the moment they are read (live log
+/// followers), besides its record. Called under the collector's lock: it
+/// must not block (a broadcast send, which never waits for a reader).
+#[derive(Clone)]
+pub struct LogSink(Arc<dyn Fn(&LogLine) + Send + Sync>);
+
+impl LogSink {
+    pub fn new(f: impl Fn(&LogLine) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn send(&self, line: &LogLine) {
+        (self.0)(line)
+    }
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
+}
+
+/// An invocation in flight: its lines, end markers seen, its live sink.
+#[derive(Debug, Default)]
+struct Inflight {
+    tail: Tail,
+    ends: u8,
+    sink: Option<LogSink>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    inflight: HashMap<String, (Tail, u8)>,
+    inflight: HashMap<String, Inflight>,
     idle: Tail,
     /// Streams being read, and those that reached EOF: once all are closed
     /// the process writes no more markers, so nobody should wait for them.
@@ -203,11 +233,15 @@ impl LogCollector {
         Self { state: Arc::default(), notify: Arc::new(Notify::new()), limits, budget }
     }
 
-    /// Starts attributing lines to `id`, handing it what was written while idle.
-    pub fn begin(&self, id: &str) {
+    /// Starts attributing lines to `id`, handing it what was written while
+    /// idle; every line of it is also sent to `sink` as it is read.
+    pub fn begin(&self, id: &str, sink: Option<LogSink>) {
         let mut st = self.state.lock();
         let idle = std::mem::take(&mut st.idle);
-        st.inflight.insert(id.to_string(), (idle, 0));
+        if let Some(sink) = &sink {
+            idle.lines.iter().for_each(|l| sink.send(l));
+        }
+        st.inflight.insert(id.to_string(), Inflight { tail: idle, ends: 0, sink });
     }
 
     /// Stops attributing lines to `id` and returns them. With
@@ -222,7 +256,7 @@ impl LogCollector {
                 notified.as_mut().enable();
                 let done = {
                     let st = self.state.lock();
-                    st.closed >= st.open || st.inflight.get(id).is_none_or(|(_, ends)| *ends >= 2)
+                    st.closed >= st.open || st.inflight.get(id).is_none_or(|f| f.ends >= 2)
                 };
                 if done || tokio::time::timeout_at(deadline, notified).await.is_err() {
                     break;
@@ -230,7 +264,7 @@ impl LogCollector {
             }
         }
         let mut st = self.state.lock();
-        st.inflight.remove(id).map(|(t, _)| t.into_captured(&self.limits)).unwrap_or_default()
+        st.inflight.remove(id).map(|f| f.tail.into_captured(&self.limits)).unwrap_or_default()
     }
 
     /// Everything not attributed to an invocation (e.g. output of an
@@ -248,8 +282,8 @@ impl LogCollector {
         }
         let mut st = self.state.lock();
         if let Some(id) = text.strip_prefix(END_MARKER) {
-            if let Some((_, ends)) = st.inflight.get_mut(id.trim_end()) {
-                *ends += 1;
+            if let Some(f) = st.inflight.get_mut(id.trim_end()) {
+                f.ends += 1;
                 drop(st);
                 self.notify.notify_waiters();
             }
@@ -260,14 +294,20 @@ impl LogCollector {
         if st.inflight.is_empty() {
             st.idle.push(line, &limits);
         } else if st.inflight.len() == 1 {
-            if let Some((tail, _)) = st.inflight.values_mut().next() {
-                tail.push(line, &limits);
+            if let Some(f) = st.inflight.values_mut().next() {
+                if let Some(sink) = &f.sink {
+                    sink.send(&line);
+                }
+                f.tail.push(line, &limits);
             }
         } else {
             // Concurrent invocations in one instance share its streams; the
             // line may belong to any of them, so each keeps it.
-            for (tail, _) in st.inflight.values_mut() {
-                tail.push(line.clone(), &limits);
+            for f in st.inflight.values_mut() {
+                if let Some(sink) = &f.sink {
+                    sink.send(&line);
+                }
+                f.tail.push(line.clone(), &limits);
             }
         }
     }
@@ -279,8 +319,8 @@ impl LogCollector {
         if st.inflight.is_empty() {
             st.idle.dropped += bytes;
         } else {
-            for (tail, _) in st.inflight.values_mut() {
-                tail.dropped += bytes;
+            for f in st.inflight.values_mut() {
+                f.tail.dropped += bytes;
             }
         }
     }
@@ -292,8 +332,8 @@ impl LogCollector {
         if st.inflight.is_empty() {
             st.idle.truncated = true;
         }
-        for (tail, _) in st.inflight.values_mut() {
-            tail.truncated = true;
+        for f in st.inflight.values_mut() {
+            f.tail.truncated = true;
         }
     }
 
@@ -463,10 +503,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sink_gets_each_line_as_it_is_read_with_the_idle_ones_first() {
+        let logs = LogCollector::new(limits());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let into = seen.clone();
+        let sink = LogSink::new(move |l: &LogLine| into.lock().push(format!("{:?} {}", l.stream, l.text)));
+        logs.on_line(LogStream::Stdout, "init".into());
+        logs.begin("a", Some(sink));
+        logs.on_line(LogStream::Stderr, "hello".into());
+        assert_eq!(*seen.lock(), ["Stdout init", "Stderr hello"], "sent before the call ends");
+        logs.on_line(LogStream::Stdout, format!("{END_MARKER}a"));
+        let got = logs.finish("a", false, Duration::ZERO).await;
+        assert_eq!(texts(&got), ["init", "hello"], "the record keeps them too");
+        logs.on_line(LogStream::Stdout, "after".into());
+        assert_eq!(seen.lock().len(), 2, "nothing after the call ended, and no marker");
+    }
+
+    #[tokio::test]
     async fn lines_go_to_the_invocation_in_flight_and_markers_end_it() {
         let logs = LogCollector::new(limits());
         logs.on_line(LogStream::Stdout, "init".into());
-        logs.begin("a");
+        logs.begin("a", None);
         logs.on_line(LogStream::Stdout, "hello".into());
         logs.on_line(LogStream::Stdout, format!("{END_MARKER}a"));
         logs.on_line(LogStream::Stderr, format!("{END_MARKER}a"));
@@ -480,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn a_marker_after_output_without_newline_still_ends_the_invocation() {
         let logs = LogCollector::new(limits());
-        logs.begin("a");
+        logs.begin("a", None);
         logs.on_line(LogStream::Stdout, format!("partial{END_MARKER}a"));
         logs.on_line(LogStream::Stderr, format!("{END_MARKER}a"));
         let started = std::time::Instant::now();
@@ -493,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_tail_and_says_so() {
         let logs = LogCollector::new(limits());
-        logs.begin("a");
+        logs.begin("a", None);
         for i in 0..5 {
             logs.on_line(LogStream::Stdout, format!("l{i}"));
         }
@@ -506,7 +563,7 @@ mod tests {
     #[tokio::test]
     async fn reader_cuts_long_lines_and_reads_to_eof() {
         let logs = LogCollector::new(limits());
-        logs.begin("a");
+        logs.begin("a", None);
         let data: &[u8] = b"0123456789abcdef\nshort\nno-newline";
         logs.spawn_reader(LogStream::Stderr, data);
         logs.spawn_reader(LogStream::Stdout, &b""[..]);
@@ -518,7 +575,7 @@ mod tests {
         assert!(got.truncated, "a cut line is a truncated record");
 
         let logs = LogCollector::new(limits());
-        logs.begin("b");
+        logs.begin("b", None);
         logs.spawn_reader(LogStream::Stdout, &b"0123456789\nfits\n"[..]);
         let got = logs.finish("b", true, Duration::from_secs(5)).await;
         assert_eq!(got.lines.len(), 2);
@@ -528,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn output_over_the_budget_is_dropped_counted_and_markers_still_end_it() {
         let logs = LogCollector::new(tight());
-        logs.begin("a");
+        logs.begin("a", None);
         let mut flood = String::new();
         for i in 0..1000 {
             flood.push_str(&format!("line{i}\n"));
@@ -558,7 +615,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _inside = rt.enter();
         let logs = LogCollector::new(tight());
-        logs.begin("a");
+        logs.begin("a", None);
         let mut r = Reading { line: Vec::new(), cut: false, mode: Mode::Drop { resume: false } };
         let whole = format!("xxxx{END_MARKER}a\nyy");
         let cut = whole.find("end").unwrap();
@@ -567,7 +624,7 @@ mod tests {
         let rest = &whole.as_bytes()[used..];
         let (used, _) = logs.split(LogStream::Stdout, rest, &mut r, false);
         assert_eq!(used, rest.len());
-        assert_eq!(logs.state.lock().inflight["a"].1, 1, "the marker was seen");
+        assert_eq!(logs.state.lock().inflight["a"].ends, 1, "the marker was seen");
         // Not a marker: an RS in dropped output is just dropped.
         let mut r = Reading { line: Vec::new(), cut: false, mode: Mode::Drop { resume: false } };
         let (used, dropped) = logs.split(LogStream::Stdout, b"ab\x1enot-a-marker\ncd", &mut r, true);

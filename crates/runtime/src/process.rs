@@ -287,7 +287,7 @@ impl ProcessInstance {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(req.id.clone(), tx);
-        self.logs.begin(&req.id);
+        self.logs.begin(&req.id, req.log_sink.clone());
         let header = InvokeHeader {
             kind: "invoke",
             id: &req.id,

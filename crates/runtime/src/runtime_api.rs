@@ -281,7 +281,7 @@ impl ApiInstance {
         }
         let (tx, mut rx) = oneshot::channel();
         let event = Event { id: req.id.clone(), body: req.body.clone(), headers: self.headers(&req), answer: tx };
-        self.logs.begin(&req.id);
+        self.logs.begin(&req.id, req.log_sink.clone());
         {
             let mut st = self.shared.state.lock();
             st.queued = Some(event);

@@ -85,6 +85,8 @@ pub struct PoolStatus {
     pub instances: usize,
     pub starting: u32,
     pub inflight: u32,
+    /// Instances serving at least one request (the rest are idle).
+    pub busy: usize,
     pub waiting: u32,
 }
 
@@ -149,6 +151,7 @@ impl Scheduler {
                     instances: st.slots.len(),
                     starting: st.starting,
                     inflight: st.inflight(),
+                    busy: st.slots.iter().filter(|s| s.inflight > 0).count(),
                     waiting: st.waiting,
                 }
             })

@@ -1,6 +1,7 @@
 //! flick's own surface: the invoke path `/fn/{name}[/{rest}]`, the
 //! management API under `/v1/` (which the CLI uses), `/v1/usage` (the
-//! bill) and `/healthz`.
+//! bill), its live views (`/v1/logs` over server-sent events, `/v1/stats`)
+//! and `/healthz`.
 //!
 //! Its error shape is [`crate::ApiError`] (`{"error": {"code", "message"}}`,
 //! defined in `error.rs` because `events.rs`, `triggers.rs` and the body
@@ -9,6 +10,7 @@
 //! the activation records keep.
 
 pub(crate) mod invoke;
+mod live;
 mod manage;
 mod usage;
 
@@ -30,4 +32,5 @@ pub(crate) fn routes() -> Router<AppState> {
         .merge(invoke::routes())
         .merge(manage::routes())
         .merge(usage::routes())
+        .merge(live::routes())
 }

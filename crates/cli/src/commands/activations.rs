@@ -1,16 +1,19 @@
-//! `activations`, `activation`, `logs`: reading invocation records.
+//! `activations`, `activation`, `logs`: reading invocation records, and
+//! `logs -f`: following log lines live over `GET /v1/logs` (server-sent events).
 //!
 //! Responses and log lines are the function's output: they are printed
 //! escaped (`out::escape`) unless `--raw`, so a function cannot drive the
 //! terminal of whoever reads them.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use flick_core::Activation;
+use flick_core::{Activation, LogStream};
 use serde::Deserialize;
 
+use crate::cli::Global;
 use crate::client::Client;
 use crate::out::{escape, escape_json};
 use flick_core::timefmt::rfc3339;
@@ -163,25 +166,176 @@ pub async fn show(client: &Client, id: &str, json: bool, raw: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn logs(client: &Client, function: &str, follow: bool, limit: u32, raw: bool) -> anyhow::Result<ExitCode> {
+pub async fn logs(
+    g: &Global,
+    client: &Client,
+    function: &str,
+    follow: bool,
+    limit: u32,
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
     // Make sure the function exists, for a clear error instead of silence.
     client.get::<serde_json::Value>(&format!("/v1/functions/{function}")).await?;
     let only = Filter { function: Some(function), ..Default::default() };
-    let mut recent = fetch(client, &only, limit, None).await?;
-    recent.reverse();
-    let mut cursor = recent.iter().map(|a| a.seq).max().unwrap_or(0);
-    for a in &recent {
-        print_lines(a, raw)?;
-    }
     if !follow {
+        let mut recent = fetch(client, &only, limit, None).await?;
+        recent.reverse();
+        for a in &recent {
+            print_lines(a, raw)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    // Follow until interrupted (or until a fetch fails).
+    // Following: the stream is opened first, so no line falls between the
+    // recent records and the live ones; lines of a record already printed
+    // are not printed again.
+    let mut stream = open_stream(client, function).await?;
+    let mut recent = fetch(client, &only, limit, None).await?;
+    recent.reverse();
+    let printed: HashSet<String> = recent.iter().map(|a| a.id.as_str().to_string()).collect();
+    for a in &recent {
+        for l in &a.logs {
+            print_live(l.ts_ms, a.id.as_str(), l.stream, &l.text, raw)?;
+        }
+    }
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for a in fetch(client, &only, 1000, Some(cursor)).await? {
-            cursor = cursor.max(a.seq);
-            print_lines(&a, raw)?;
+        let mut parser = sse::Parser::default();
+        let ended = loop {
+            let chunk = match stream.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break "flick closed the stream".to_string(),
+                Err(e) => break format!("the stream broke: {e}"),
+            };
+            for (event, data) in parser.push(&chunk)? {
+                match event.as_str() {
+                    "log" => {
+                        let line: LiveLine = serde_json::from_str(&data)
+                            .map_err(|e| anyhow::anyhow!("flick sent a log event that is not a line ({e})"))?;
+                        if !printed.contains(&line.activation_id) {
+                            print_live(line.ts_ms, &line.activation_id, line.stream, &line.text, raw)?;
+                        }
+                    }
+                    "lagged" => {
+                        let skipped = serde_json::from_str::<serde_json::Value>(&data)
+                            .ok()
+                            .and_then(|v| v["skipped"].as_u64())
+                            .unwrap_or(0);
+                        eprintln!("flick: {skipped} lines skipped: this terminal fell behind the stream");
+                    }
+                    _ => {}
+                }
+            }
+        };
+        // flick restarted or the network broke: keep trying, as `tail -F` does.
+        eprintln!("flick: {ended}; reconnecting…");
+        stream = loop {
+            tokio::time::sleep(RECONNECT_EVERY).await;
+            let reconnected = match Client::connect(g).await {
+                Ok(c) => open_stream(&c, function).await,
+                Err(e) => Err(e),
+            };
+            match reconnected {
+                Ok(s) => break s,
+                // Gone, or the key no longer opens it: trying again will not help.
+                Err(e) if ["(HTTP 404)", "(HTTP 401)"].iter().any(|c| e.to_string().contains(c)) => return Err(e),
+                Err(_) => continue,
+            }
+        };
+        eprintln!("flick: following again (lines written while it was away are in `flick logs {function}`)");
+    }
+}
+
+/// How often `flick logs -f` tries to reach a flick that went away.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// One line of `GET /v1/logs`.
+#[derive(Deserialize)]
+struct LiveLine {
+    activation_id: String,
+    stream: LogStream,
+    ts_ms: i64,
+    text: String,
+}
+
+/// `GET /v1/logs?function=NAME`, answered with a stream (or the API's error).
+async fn open_stream(client: &Client, function: &str) -> anyhow::Result<reqwest::Response> {
+    let query = url::form_urlencoded::Serializer::new(String::new()).append_pair("function", function).finish();
+    let resp = client.send(client.request(reqwest::Method::GET, &format!("/v1/logs?{query}"))).await?;
+    if !resp.status().is_success() {
+        // Reads the error body and turns it into the API's message.
+        client.json_of(resp).await?;
+        anyhow::bail!("flick refused the log stream");
+    }
+    Ok(resp)
+}
+
+/// A followed line: time, activation id, stream, text.
+fn print_live(ts_ms: i64, id: &str, stream: LogStream, text: &str, raw: bool) -> anyhow::Result<()> {
+    let stream = match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+    };
+    outln!("{} {} {stream} {}", rfc3339(ts_ms), escape(id, false), shown(text, false, raw));
+    Ok(())
+}
+
+/// The server-sent events `GET /v1/logs` writes: `event:` and `data:`
+/// lines, comments (`:`), a blank line ending each event. This is all of
+/// the format flick uses; reqwest hands over the body in chunks.
+mod sse {
+    /// Longest event flick's lines can make (a line is capped far below).
+    const MAX_EVENT: usize = 1 << 20;
+
+    #[derive(Default)]
+    pub struct Parser {
+        buf: Vec<u8>,
+    }
+
+    impl Parser {
+        /// Feeds a chunk; returns the (event, data) of each event it completed.
+        pub fn push(&mut self, chunk: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
+            // CR may end lines too; it never appears inside one.
+            self.buf.extend(chunk.iter().copied().map(|b| if b == b'\r' { b'\n' } else { b }));
+            let mut events = Vec::new();
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut event, mut data, mut any) = (String::from("message"), String::new(), false);
+                for line in text.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => event = value.to_string(),
+                        "data" => {
+                            if any {
+                                data.push('\n');
+                            }
+                            data.push_str(value);
+                            any = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if any {
+                    events.push((event, data));
+                }
+            }
+            if self.buf.len() > MAX_EVENT {
+                anyhow::bail!("flick sent an event over {MAX_EVENT} bytes on the log stream");
+            }
+            Ok(events)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Parser;
+
+        #[test]
+        fn events_split_across_chunks_comments_and_crlf() {
+            let mut p = Parser::default();
+            assert!(p.push(b": following\n\nevent: log\ndata: {\"a\"").unwrap().is_empty());
+            let got = p.push(b":1}\n\n:ping\r\n\r\nevent: lagged\r\ndata: x\r\ndata: y\r\n\r\n").unwrap();
+            assert_eq!(got, [("log".into(), "{\"a\":1}".into()), ("lagged".into(), "x\ny".into())]);
         }
     }
 }

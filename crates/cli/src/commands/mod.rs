@@ -6,8 +6,11 @@ mod dlq;
 mod doctor;
 mod functions;
 mod invoke;
+mod top;
 mod triggers;
 mod usage;
+
+pub use top::SortKey;
 
 use std::process::ExitCode;
 
@@ -46,10 +49,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Triggers { name, json } => triggers::list(&client, name.as_deref(), json).await,
                 Command::Activation { id, json, raw } => activations::show(&client, &id, json, raw).await,
                 Command::Logs { name, follow, limit, raw } => {
-                    activations::logs(&client, &name, follow, limit, raw).await
+                    activations::logs(g, &client, &name, follow, limit, raw).await
                 }
                 Command::Dlq(cmd) => dlq::run(&client, cmd).await,
                 Command::Usage { name, since, json } => usage::show(&client, name.as_deref(), &since, json).await,
+                Command::Top { once, window, sort, interval } => {
+                    top::top(g, client, top::TopArgs { once, window, sort, interval }).await
+                }
                 Command::Up(_) | Command::New { .. } | Command::Doctor => unreachable!("handled above"),
             }
         }
