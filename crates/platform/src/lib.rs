@@ -553,6 +553,9 @@ impl Platform {
             }
         });
         shutdown.await;
+        // Log streams end now, or they would hold the server's graceful
+        // shutdown for its whole grace period.
+        self.live.close();
         // Stop leasing and let running async calls finish (bounded), while
         // the reaper still runs.
         self.stop_dispatch();

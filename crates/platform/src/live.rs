@@ -70,7 +70,32 @@ pub struct TooManyStreams(pub u32);
 #[derive(Debug)]
 pub struct Follower {
     pub lines: broadcast::Receiver<Arc<LiveLine>>,
+    /// Becomes true when flick stops: streams end, so they do not hold
+    /// the server's graceful shutdown for its whole grace period.
+    closing: tokio::sync::watch::Receiver<bool>,
     _slot: StreamSlot,
+}
+
+/// What a follower reads next.
+#[derive(Debug)]
+pub enum Next {
+    Line(Arc<LiveLine>),
+    /// This many lines were skipped: the follower fell behind.
+    Lagged(u64),
+}
+
+impl Follower {
+    /// The next line, or a note of lines skipped; `None` once flick stops.
+    pub async fn next(&mut self) -> Option<Next> {
+        tokio::select! {
+            r = self.lines.recv() => match r {
+                Ok(line) => Some(Next::Line(line)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some(Next::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            _ = self.closing.wait_for(|c| *c) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -364,6 +389,7 @@ pub struct Series {
 pub struct Live {
     lines: broadcast::Sender<Arc<LiveLine>>,
     streams: Arc<AtomicU32>,
+    closing: tokio::sync::watch::Sender<bool>,
     config: LiveConfig,
     stats: Mutex<Stats>,
 }
@@ -373,6 +399,7 @@ impl Live {
         Self {
             lines: broadcast::channel(config.buffer.max(1)).0,
             streams: Arc::default(),
+            closing: tokio::sync::watch::channel(false).0,
             config,
             stats: Mutex::default(),
         }
@@ -384,7 +411,13 @@ impl Live {
         self.streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| TooManyStreams(max))?;
-        Ok(Follower { lines: self.lines.subscribe(), _slot: StreamSlot(self.streams.clone()) })
+        let closing = self.closing.subscribe();
+        Ok(Follower { lines: self.lines.subscribe(), closing, _slot: StreamSlot(self.streams.clone()) })
+    }
+
+    /// Ends every log stream (flick is stopping).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Log streams open now.
@@ -681,7 +714,10 @@ mod tests {
             sink.send(&LogLine { ts_ms: i, stream: LogStream::Stdout, text: format!("line {i}") });
         }
         assert!(matches!(b.lines.recv().await, Err(broadcast::error::RecvError::Lagged(6))));
-        let next = b.lines.recv().await.unwrap();
+        let Some(Next::Line(next)) = b.next().await else { panic!("a line") };
         assert_eq!((next.text.as_str(), next.activation_id.as_str(), next.function.as_str()), ("line 6", "id1", "f"));
+        // Stopping ends the streams.
+        live.close();
+        assert!(b.next().await.is_none());
     }
 }

@@ -11,9 +11,9 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use flick_core::units::parse_duration;
 use flick_platform::PlatformError;
+use flick_platform::live::Next;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::admin;
 use crate::caller::Caller;
@@ -67,16 +67,15 @@ async fn logs(State(s): State<AppState>, caller: Caller, Query(p): Query<LogPara
         let only = only.clone();
         async move {
             loop {
-                match f.lines.recv().await {
-                    Ok(line) if only.as_deref().is_none_or(|o| o == line.function) => {
+                match f.next().await? {
+                    Next::Line(line) if only.as_deref().is_none_or(|o| o == line.function) => {
                         return Some((Event::default().event("log").json_data(&*line), f));
                     }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
+                    Next::Line(_) => continue,
+                    Next::Lagged(n) => {
                         let note = serde_json::json!({ "skipped": n }).to_string();
                         return Some((Ok(Event::default().event("lagged").data(note)), f));
                     }
-                    Err(RecvError::Closed) => return None,
                 }
             }
         }

@@ -239,7 +239,6 @@ async fn live(g: &Global, mut client: Client, args: TopArgs, first: Report) -> a
     let mut terminal = ratatui::try_init()?;
     let keys = keys();
     let (mut report, mut error, mut by) = (first, None::<String>, args.sort);
-    let mut sorted_by = by;
     let mut next_fetch = tokio::time::Instant::now() + args.interval;
     let result = loop {
         let drawn = terminal.draw(|frame| {
@@ -247,7 +246,8 @@ async fn live(g: &Global, mut client: Client, args: TopArgs, first: Report) -> a
                 Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(frame.area());
             let h = &report.host;
             let title = format!(
-                "flick top — {} — last {}s: {} calls, {:.2}/s, {} errors, {} cold; instances {}; stem cells {}",
+                "flick top [{}] {} — last {}s: {} calls, {:.2}/s, {} errors, {} cold; instances {}; stem cells {}",
+                by.label(),
                 client.base,
                 report.window_s,
                 h.invocations,
@@ -313,13 +313,7 @@ async fn live(g: &Global, mut client: Client, args: TopArgs, first: Report) -> a
         if quit {
             break Ok(ExitCode::SUCCESS);
         }
-        if by != sorted_by {
-            // Rows move wholesale: redraw everything rather than a diff.
-            sorted_by = by;
-            if let Err(e) = terminal.clear() {
-                break Err(e.into());
-            }
-        }
+
         if tokio::time::Instant::now() >= next_fetch {
             next_fetch = tokio::time::Instant::now() + args.interval;
             match fetch(&client, &args.window).await {
