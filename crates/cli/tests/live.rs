@@ -45,12 +45,18 @@ impl Sse {
         let addr = flick.base.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).unwrap();
         let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-        write!(stream, "GET /v1/logs{query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: text/event-stream\r\n\r\n").unwrap();
+        write!(stream, "GET /v1/logs{query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: text/event-stream\r\n\r\n")
+            .unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed before the head: {}", String::from_utf8_lossy(&head));
+            assert_eq!(
+                stream.read(&mut byte).unwrap(),
+                1,
+                "closed before the head: {}",
+                String::from_utf8_lossy(&head)
+            );
             head.push(byte[0]);
         }
         let head = String::from_utf8(head).unwrap();
@@ -143,9 +149,8 @@ fn log_lines_stream_as_functions_write_them_with_activation_id_and_stream() {
     assert_eq!(line["activation_id"], id.as_str(), "{line}");
     assert_eq!((line["function"].as_str(), line["stream"].as_str()), (Some("talker"), Some("stdout")), "{line}");
     assert!(line["ts_ms"].as_i64().unwrap() > 0);
-    let note = only_talker
-        .wait_for("log", Duration::from_secs(10), |v| v["text"] == "note first")
-        .expect("the stderr line");
+    let note =
+        only_talker.wait_for("log", Duration::from_secs(10), |v| v["text"] == "note first").expect("the stderr line");
     assert_eq!((note["stream"].as_str(), note["activation_id"].as_str()), (Some("stderr"), Some(id.as_str())));
 
     // exec: one process per call, its stderr streamed the same way.

@@ -189,7 +189,10 @@ impl Bucket {
 fn is_error(status: ActivationStatus) -> bool {
     matches!(
         status,
-        ActivationStatus::Error | ActivationStatus::Timeout | ActivationStatus::OutOfMemory | ActivationStatus::PlatformError
+        ActivationStatus::Error
+            | ActivationStatus::Timeout
+            | ActivationStatus::OutOfMemory
+            | ActivationStatus::PlatformError
     )
 }
 
@@ -482,11 +485,7 @@ impl Live {
         for p in scheduler.status() {
             let c = counts.entry(p.function).or_default();
             let busy = p.busy as u32;
-            c.add(&InstanceCounts {
-                starting: p.starting,
-                busy,
-                idle: (p.instances as u32).saturating_sub(busy),
-            });
+            c.add(&InstanceCounts { starting: p.starting, busy, idle: (p.instances as u32).saturating_sub(busy) });
         }
         let stems = scheduler.stem_cells().iter().map(|c| c.ready as u32).sum();
         let now = now_ms();

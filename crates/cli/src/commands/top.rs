@@ -243,7 +243,8 @@ async fn live(g: &Global, mut client: Client, args: TopArgs, first: Report) -> a
     let result = loop {
         let drawn = terminal.draw(|frame| {
             let [head, body, foot] =
-                Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)]).areas(frame.area());
+                Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1)])
+                    .areas(frame.area());
             let h = &report.host;
             let title = format!(
                 "flick top [{}] {} — last {}s: {} calls, {:.2}/s, {} errors, {} cold; instances {}; stem cells {}",
@@ -292,7 +293,8 @@ async fn live(g: &Global, mut client: Client, args: TopArgs, first: Report) -> a
         if let Err(e) = drawn {
             break Err(e.into());
         }
-        let until = tokio::time::Instant::now().max(next_fetch.min(tokio::time::Instant::now() + Duration::from_millis(50)));
+        let until =
+            tokio::time::Instant::now().max(next_fetch.min(tokio::time::Instant::now() + Duration::from_millis(50)));
         tokio::time::sleep_until(until).await;
         let mut quit = false;
         while let Ok(k) = keys.try_recv() {
