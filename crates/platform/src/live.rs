@@ -135,7 +135,7 @@ const HIST_BASE_MS: f64 = 0.01;
 const HIST_STEPS_PER_DOUBLING: f64 = 8.0;
 
 fn hist_index(ms: f64) -> u8 {
-    if !(ms > HIST_BASE_MS) {
+    if ms.is_nan() || ms <= HIST_BASE_MS {
         return 0;
     }
     ((ms / HIST_BASE_MS).log2() * HIST_STEPS_PER_DOUBLING).ceil().min(255.0) as u8
