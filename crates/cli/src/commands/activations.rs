@@ -288,13 +288,22 @@ mod sse {
     #[derive(Default)]
     pub struct Parser {
         buf: Vec<u8>,
+        after_cr: bool,
     }
 
     impl Parser {
         /// Feeds a chunk; returns the (event, data) of each event it completed.
         pub fn push(&mut self, chunk: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
-            // CR may end lines too; it never appears inside one.
-            self.buf.extend(chunk.iter().copied().map(|b| if b == b'\r' { b'\n' } else { b }));
+            // CR LF, LF and CR all end a line (CR never appears inside one);
+            // a CR LF split across chunks is still one line end.
+            for &b in chunk {
+                match b {
+                    b'\n' if self.after_cr => {}
+                    b'\r' => self.buf.push(b'\n'),
+                    b => self.buf.push(b),
+                }
+                self.after_cr = b == b'\r';
+            }
             let mut events = Vec::new();
             while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..end + 2).collect();
@@ -334,8 +343,10 @@ mod sse {
         fn events_split_across_chunks_comments_and_crlf() {
             let mut p = Parser::default();
             assert!(p.push(b": following\n\nevent: log\ndata: {\"a\"").unwrap().is_empty());
-            let got = p.push(b":1}\n\n:ping\r\n\r\nevent: lagged\r\ndata: x\r\ndata: y\r\n\r\n").unwrap();
-            assert_eq!(got, [("log".into(), "{\"a\":1}".into()), ("lagged".into(), "x\ny".into())]);
+            let got = p.push(b":1}\n\n:ping\r\n\r\nevent: lagged\r\ndata: x\r").unwrap();
+            assert_eq!(got, [("log".into(), "{\"a\":1}".into())]);
+            let got = p.push(b"\ndata: y\r\n\r\n").unwrap();
+            assert_eq!(got, [("lagged".into(), "x\ny".into())]);
         }
     }
 }
