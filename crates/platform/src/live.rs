@@ -675,11 +675,12 @@ mod tests {
         let s = live.series(Some("f"), Duration::from_secs(3600), Duration::from_secs(60)).unwrap();
         assert_eq!(s.points.len(), 60);
         assert_eq!(s.points.iter().map(|p| p.invocations).sum::<u64>(), 4);
-        assert_eq!(s.points.last().unwrap().invocations, 4);
+        // The last point, or the one before if a minute began meanwhile.
+        assert!(s.points.iter().rev().take(2).map(|p| p.invocations).sum::<u64>() == 4);
         assert!(s.points.windows(2).all(|w| w[1].t_ms - w[0].t_ms == 60_000));
         let fine = live.series(None, Duration::from_secs(60), Duration::from_secs(5)).unwrap();
         assert_eq!(fine.points.len(), 12);
-        assert_eq!(fine.points.last().unwrap().invocations, 4);
+        assert_eq!(fine.points.iter().map(|p| p.invocations).sum::<u64>(), 4);
         assert!(live.series(None, Duration::from_secs(3600), Duration::from_secs(5)).is_err());
         assert!(live.series(None, Duration::from_secs(86_400), Duration::from_secs(1)).is_err());
         assert!(live.series(None, Duration::from_secs(60), Duration::from_millis(1500)).is_err());
