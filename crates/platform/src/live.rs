@@ -87,13 +87,15 @@ pub enum Next {
 impl Follower {
     /// The next line, or a note of lines skipped; `None` once flick stops.
     pub async fn next(&mut self) -> Option<Next> {
+        // Closing first: lines still buffered must not keep a stream open.
         tokio::select! {
+            biased;
+            _ = self.closing.wait_for(|c| *c) => None,
             r = self.lines.recv() => match r {
                 Ok(line) => Some(Next::Line(line)),
                 Err(broadcast::error::RecvError::Lagged(n)) => Some(Next::Lagged(n)),
                 Err(broadcast::error::RecvError::Closed) => None,
             },
-            _ = self.closing.wait_for(|c| *c) => None,
         }
     }
 }
