@@ -33,6 +33,8 @@
 //! - `lambda`: the AWS Lambda REST API (`/2015-03-31/functions…`, SigV4);
 //! - `openfaas`: the OpenFaaS gateway API (`/system/*`, `/function/*`,
 //!   `/async-function/*`) in OpenFaaS's shapes;
+//! - `metrics`: `GET /metrics` (merged in by the binary, on the main or
+//!   its own listener) and the layer counting responses by surface;
 //! - `serve`: the server loop (connection limit, header and body deadlines).
 
 mod auth;
@@ -41,6 +43,7 @@ mod error;
 mod events;
 pub mod handshake;
 mod lambda;
+pub mod metrics;
 mod native;
 mod openfaas;
 mod openwhisk;

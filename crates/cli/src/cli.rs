@@ -73,6 +73,8 @@ pub enum Command {
   FLICK_LOG=debug flick up                   see every scheduling decision
   flick up --log-format json --log info,flick_platform=debug 2>flick.log
                                              JSON lines; grep an activation id for its call
+  FLICK_METRICS_TOKEN=$(openssl rand -hex 24) flick up --metrics-listen 127.0.0.1:9100
+                                             Prometheus scrapes :9100/metrics with that token
 
 Settings come from flags, then FLICK_* environment variables, then
 <data-dir>/config.toml (or --config FILE), then defaults. See README.")]
@@ -334,6 +336,19 @@ pub struct UpArgs {
     /// `[pricing] currency`).
     #[arg(long, env = "FLICK_CURRENCY", value_name = "CODE")]
     pub currency: Option<String>,
+    /// A Bearer token that may read GET /metrics and nothing else (the admin
+    /// key always may); at least 16 characters. Prefer the environment
+    /// variable: flags show in `ps`. Config file: `[metrics] token`.
+    #[arg(long, env = "FLICK_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Serve GET /metrics on this address alone (and not on --listen), e.g.
+    /// 127.0.0.1:9100. Config file: `[metrics] listen`.
+    #[arg(long, env = "FLICK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Keep no Prometheus metrics at all (no counting, no /metrics).
+    /// Config file: `[metrics] enabled = false`.
+    #[arg(long, env = "FLICK_NO_METRICS")]
+    pub no_metrics: bool,
 }
 
 #[derive(Debug, Subcommand)]

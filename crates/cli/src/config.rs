@@ -88,6 +88,8 @@ pub struct Config {
     pub pricing: flick_platform::Pricing,
     /// Live log streams and statistics (`[live]`).
     pub live: flick_platform::LiveConfig,
+    /// `GET /metrics` (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 /// How flick writes its own log lines (to stderr).
@@ -101,6 +103,32 @@ pub enum LogFormat {
     /// the other fields, and the call's `span` (`activation_id`, `function`).
     Json,
 }
+
+/// `[metrics]`: whether flick keeps Prometheus metrics, who may scrape
+/// them and where.
+#[derive(Clone)]
+pub struct MetricsConfig {
+    /// Off: nothing is counted and `/metrics` does not exist.
+    pub enabled: bool,
+    /// A Bearer token that may scrape (and do nothing else); the admin key
+    /// always may.
+    pub token: Option<String>,
+    /// Serve `/metrics` on this address alone (and not on `listen`).
+    pub listen: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("enabled", &self.enabled)
+            .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+/// The shortest metrics token accepted: guessing one must be hopeless.
+const MIN_METRICS_TOKEN: usize = 16;
 
 /// The config file: the same settings, human units as strings.
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +185,8 @@ struct FileConfig {
     pricing: FilePricing,
     #[serde(default)]
     live: FileLive,
+    #[serde(default)]
+    metrics: FileMetrics,
 }
 
 /// `[pricing]`: what usage costs.
@@ -176,6 +206,15 @@ struct FileLive {
     max_streams: Option<u32>,
     /// Lines buffered per follower before it skips some.
     buffer: Option<usize>,
+}
+
+/// `[metrics]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    enabled: Option<bool>,
+    token: Option<String>,
+    listen: Option<SocketAddr>,
 }
 
 /// `[lambda]`: the identity Lambda-style clients and code see.
@@ -298,7 +337,26 @@ impl Config {
                 }
                 flick_platform::LiveConfig { max_streams: file.live.max_streams.unwrap_or(d.max_streams), buffer }
             },
+            metrics: MetricsConfig {
+                enabled: !args.no_metrics && file.metrics.enabled.unwrap_or(true),
+                token: args.metrics_token.clone().or(file.metrics.token),
+                listen: args.metrics_listen.or(file.metrics.listen),
+            },
         };
+        if let Some(token) = &config.metrics.token
+            && (token.len() < MIN_METRICS_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!(
+                "`[metrics] token` (--metrics-token, FLICK_METRICS_TOKEN) must be at least {MIN_METRICS_TOKEN} \
+                 visible ASCII characters, without spaces (e.g. `openssl rand -hex 24`)"
+            );
+        }
+        if config.metrics.listen.is_some_and(|m| m == config.listen) {
+            bail!(
+                "`[metrics] listen` must differ from `listen` ({}): leave it out to serve /metrics there",
+                config.listen
+            );
+        }
         if *config.uid_range.start() == 0 || config.uid_range.is_empty() {
             bail!(
                 "`uid_range` must be [first, last] with 0 < first <= last, not [{}, {}]",
@@ -408,6 +466,9 @@ mod tests {
             price_gb_second: None,
             price_per_million_requests: None,
             currency: None,
+            metrics_token: None,
+            metrics_listen: None,
+            no_metrics: false,
         }
     }
 
@@ -546,6 +607,41 @@ mod tests {
             ("[pricing]\ngb_second = \"cheap\"\n", "gb_second"),
             ("[pricing]\ncurrency = \"dollars\"\n", "currency"),
             ("[pricing]\nper_gb_second = 1\n", "per_gb_second"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_keys_layer_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert!(c.metrics.enabled && c.metrics.token.is_none() && c.metrics.listen.is_none());
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[metrics]\nenabled = true\ntoken = \"file-token-0123456789\"\nlisten = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.metrics.token.as_deref(), Some("file-token-0123456789"));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(!format!("{c:?}").contains("file-token"), "Debug hides the token");
+        let mut a = args();
+        a.metrics_token = Some("flag-token-0123456789".into());
+        a.no_metrics = true;
+        let c = Config::load(&a, dir.path()).unwrap();
+        assert_eq!(c.metrics.token.as_deref(), Some("flag-token-0123456789"), "a flag beats the file");
+        assert!(!c.metrics.enabled);
+        std::fs::write(dir.path().join("config.toml"), "[metrics]\nenabled = false\n").unwrap();
+        assert!(!Config::load(&args(), dir.path()).unwrap().metrics.enabled);
+        for (text, key) in [
+            ("[metrics]\ntoken = \"short\"\n", "token"),
+            ("[metrics]\ntoken = \"has a space in it, long enough\"\n", "token"),
+            ("[metrics]\nlisten = \"127.0.0.1:8080\"\n", "listen"),
+            ("[metrics]\nport = 9100\n", "port"),
+            ("[metrics]\nenabled = \"yes\"\n", "enabled"),
         ] {
             std::fs::write(dir.path().join("config.toml"), text).unwrap();
             let err = Config::load(&args(), dir.path()).unwrap_err().to_string();

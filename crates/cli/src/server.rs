@@ -107,6 +107,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             lambda: config.lambda.clone(),
             pricing: config.pricing.clone(),
             live: config.live.clone(),
+            metrics: config.metrics.enabled,
         },
     )
     .await
@@ -137,6 +138,37 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         flick_triggers::ManagerConfig { instance: instance_id(&data), stop_grace: TRIGGER_STOP_GRACE },
     );
     let router = router.merge(flick_api::triggers::router(triggers.clone(), platform.clone(), key.clone()));
+    // Metrics: the triggers' counts are read at each scrape; /metrics is
+    // on the main listener unless it has one of its own.
+    let metrics_listener =
+        match (config.metrics.enabled, config.metrics.listen) {
+            (true, Some(at)) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
+                format!("cannot listen on {at} for metrics (`[metrics] listen`, --metrics-listen)")
+            })?),
+            _ => None,
+        };
+    let metrics_router = config.metrics.enabled.then(|| {
+        let t = triggers.clone();
+        platform.metrics().set_trigger_source(move || {
+            t.statuses(None)
+                .into_iter()
+                .map(|s| flick_platform::metrics::TriggerCount {
+                    function: s.function,
+                    trigger: s.name,
+                    kind: s.kind,
+                    delivered: s.fired,
+                    failed: s.failed,
+                })
+                .collect()
+        });
+        let access = flick_api::metrics::MetricsAccess::new(config.metrics.token.clone(), &key);
+        flick_api::metrics::router(platform.clone(), access)
+    });
+    let (router, metrics_router) = match (metrics_router, &metrics_listener) {
+        (Some(m), None) => (router.merge(m), None),
+        (m, _) => (router, m),
+    };
+    let router = flick_api::metrics::count_responses(router, platform.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(platform.clone().run_background(wait_for(stop_rx.clone())));
@@ -144,7 +176,15 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         max_connections: config.max_connections as usize,
         header_read_timeout: config.header_read_timeout,
     };
-    let server = tokio::spawn(flick_api::serve(listener, router, connections, wait_for(stop_rx.clone())));
+    let server = tokio::spawn(flick_api::serve(listener, router, connections.clone(), wait_for(stop_rx.clone())));
+    let metrics_server = match (metrics_listener, metrics_router) {
+        (Some(listener), Some(router)) => {
+            say!("metrics on http://{}/metrics", listener.local_addr()?);
+            let router = flick_api::metrics::count_responses(router, platform.clone());
+            Some(tokio::spawn(flick_api::serve(listener, router, connections, wait_for(stop_rx.clone()))))
+        }
+        _ => None,
+    };
     let trigger_task = {
         let p = platform.clone();
         tokio::spawn(triggers.run(
@@ -173,6 +213,9 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("calls still in flight after the grace period; stopping them"),
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
     }
     // Sources stop before the platform: the events in hand are queued (and
     // acked to their brokers) first; broker sessions stay for the restart.

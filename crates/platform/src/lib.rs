@@ -14,6 +14,8 @@
 //! - `sequence`: `runtime = "sequence"`, its steps through `invoke`, one
 //!   parent record;
 //! - `usage`: the daily usage per function, priced as a bill;
+//! - `metrics`: the Prometheus registry (observed at the record point,
+//!   collectors read at scrape time);
 //! - this file: the [`Platform`] itself, its routes (function → current
 //!   revision's pool), rollback, delete, garbage collection of code and
 //!   archives, and the read-only queries.
@@ -33,6 +35,7 @@ mod events;
 mod install;
 mod invoke;
 pub mod live;
+pub mod metrics;
 mod outcome;
 mod records;
 mod rules;
@@ -101,6 +104,8 @@ pub struct PlatformConfig {
     pub pricing: Pricing,
     /// Live log streams and in-memory statistics (`live.rs`).
     pub live: LiveConfig,
+    /// Keep Prometheus metrics (`[metrics] enabled`); off, nothing is counted.
+    pub metrics: bool,
 }
 
 /// How often code and archives no revision refers to are looked for, when
@@ -153,6 +158,7 @@ pub struct Platform {
     records: records::Recorder,
     /// Live log lines and statistics (`live.rs`).
     live: Arc<live::Live>,
+    metrics: metrics::Metrics,
     config: PlatformConfig,
 }
 
@@ -188,6 +194,8 @@ impl Platform {
         let limits =
             RecordLimits { per_function: config.retention.per_function, max_bytes: config.retention.max_bytes };
         let records = records::Recorder::spawn(store.clone(), limits);
+        let metrics =
+            if config.metrics { metrics::Metrics::new(scheduler.clone()) } else { metrics::Metrics::disabled() };
         let platform = Arc::new(Self {
             store,
             queue,
@@ -204,6 +212,7 @@ impl Platform {
             deleted: tokio::sync::RwLock::default(),
             records,
             live: Arc::new(live::Live::new(config.live.clone())),
+            metrics,
             config,
         });
         for f in platform.store.functions().await? {
@@ -266,6 +275,51 @@ impl Platform {
     /// Live log lines and statistics.
     pub fn live(&self) -> &Arc<live::Live> {
         &self.live
+    }
+
+    /// The Prometheus metrics (disabled ones count nothing).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
+    /// `GET /metrics`' body: every series, the async queue read now.
+    /// `None` when metrics are disabled.
+    pub async fn render_metrics(&self, format: metrics::Format) -> Option<String> {
+        if !self.metrics.enabled() {
+            return None;
+        }
+        let mut rows = Vec::new();
+        let now = now_ms();
+        for route in self.routes_snapshot() {
+            let function = &route.revision.function;
+            let depth = match self.queue.depth(function).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(function, error = %e, "metrics: reading the async queue's depth");
+                    continue;
+                }
+            };
+            let mut lag_seconds = 0.0;
+            if depth.ready > 0 {
+                match self.queue.items(Some(function), Some(ItemState::Ready), 1).await {
+                    Ok(items) => {
+                        if let Some(oldest) = items.first() {
+                            lag_seconds = (now - oldest.not_before_ms).max(0) as f64 / 1000.0;
+                        }
+                    }
+                    Err(e) => tracing::warn!(function, error = %e, "metrics: reading the oldest async call"),
+                }
+            }
+            rows.push(metrics::QueueRow {
+                function: function.clone(),
+                ready: depth.ready,
+                leased: depth.leased,
+                dead: depth.dead,
+                lag_seconds,
+            });
+        }
+        rows.sort_by(|a, b| a.function.cmp(&b.function));
+        self.metrics.render(rows, format)
     }
 
     /// Region and account in functions' ARNs (`[lambda]` in flick's config).
@@ -421,6 +475,7 @@ impl Platform {
             return;
         }
         self.live.observe(&activation);
+        self.metrics.observe(&activation);
         self.records.record(activation).await;
     }
 
@@ -444,6 +499,7 @@ impl Platform {
             return false;
         }
         self.live.observe(&activation);
+        self.metrics.observe(&activation);
         let stored = self.records.record_stored(activation).await;
         // The guard only orders the hand-over against a delete; the wait
         // for the commit happens without it.
