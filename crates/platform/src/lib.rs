@@ -447,6 +447,7 @@ impl Platform {
         self.route_changes.send_modify(|v| *v += 1);
         self.scheduler.retire_function(name);
         self.live.forget(name);
+        self.metrics.forget(name);
         // Its queued calls and dead letters go with it (a call running now
         // finds its item gone when it acks).
         let removed = self.queue.remove_function(name).await?;

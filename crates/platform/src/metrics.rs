@@ -249,6 +249,31 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted function's series (a function created again under
+    /// its name starts from zero, as its records do).
+    pub fn forget(&self, function: &str) {
+        let Some(inner) = &self.inner else { return };
+        let Some(f) = inner.functions.write().remove(function) else { return };
+        let labels = FunctionLabels { function: f.name.clone() };
+        for family in [&inner.duration, &inner.init, &inner.wait] {
+            family.remove(&labels);
+        }
+        use flick_core::ActivationStatus as S;
+        let statuses = [S::Success, S::Error, S::Timeout, S::OutOfMemory, S::PlatformError, S::Queued, S::Running];
+        for status in statuses {
+            for cause in flick_core::Cause::ALL {
+                for start in ["cold", "warm", "prewarmed"] {
+                    inner.invocations.remove(&InvocationLabels {
+                        function: f.name.clone(),
+                        status: status.as_str(),
+                        cause: cause.as_str(),
+                        start,
+                    });
+                }
+            }
+        }
+    }
+
     /// Counts one HTTP response of `surface` (a fixed name chosen by the API).
     pub fn http_response(&self, surface: &'static str, code: u16) {
         if let Some(inner) = &self.inner {
@@ -533,6 +558,50 @@ mod tests {
         // Every sample line is kept as it was.
         let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
         assert_eq!(samples(&om), samples(&classic));
+    }
+
+    #[test]
+    fn a_forgotten_function_loses_its_series() {
+        let inner = Inner {
+            registry: Mutex::new(Registry::default()),
+            functions: RwLock::default(),
+            invocations: Family::default(),
+            duration: HistogramFamily::new_with_constructor(histogram as fn() -> Histogram),
+            init: HistogramFamily::new_with_constructor(histogram as fn() -> Histogram),
+            wait: HistogramFamily::new_with_constructor(histogram as fn() -> Histogram),
+            kills: Family::default(),
+            http: Family::default(),
+        };
+        let m = Metrics { inner: Some(inner) };
+        let mut a: Activation = serde_json::from_value(serde_json::json!({
+            "id": "0123456789abcdef0123456789abcdef", "function": "gone", "revision": 1, "start_ms": 0, "end_ms": 5,
+            "duration_ms": 5.0, "init_ms": 3.0, "wait_ms": 0.0, "cold": true, "status": "timeout",
+            "http_status": 504, "response": "", "response_truncated": false, "logs": [], "logs_truncated": false,
+            "cause": "async"
+        }))
+        .unwrap();
+        m.observe(&a);
+        a.function = "kept".into();
+        m.observe(&a);
+        let inner = m.inner.as_ref().unwrap();
+        let has = |function: &str| {
+            let f = FunctionLabels { function: Arc::from(function) };
+            let calls =
+                InvocationLabels { function: f.function.clone(), status: "timeout", cause: "async", start: "cold" };
+            [
+                inner.invocations.get(&calls).is_some(),
+                inner.duration.get(&f).is_some(),
+                inner.init.get(&f).is_some(),
+                inner.wait.get(&f).is_some(),
+                inner.functions.read().contains_key(function),
+            ]
+        };
+        assert_eq!((has("gone"), has("kept")), ([true; 5], [true; 5]));
+        m.forget("gone");
+        assert_eq!((has("gone"), has("kept")), ([false; 5], [true; 5]));
+        m.forget("never-seen");
+        // Kills are not per function: both timeouts stay counted.
+        assert_eq!(inner.kills.get_or_create(&KillLabels { reason: "timeout" }).get(), 2);
     }
 
     #[test]
