@@ -12,6 +12,7 @@ Sections (bench/README.md says what each measures):
   burst   200 requests to one cold function; 1 each to 50 cold functions
   memory  idle `flick up` with 100 functions; memory per warm instance
   peers   functions-framework and serverless-offline side by side
+  metrics the warm path with Prometheus metrics on vs off, same rounds
 
 It installs what it needs (wrk via apt-get, the peers under bench/), builds
 flick in release mode when the binary is missing or older than the sources,
@@ -37,10 +38,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import burst, cold, deps, memory, peers, report, warm  # noqa: E402
+from harness import burst, cold, deps, memory, metrics, peers, report, warm  # noqa: E402
 from harness.context import BENCH, QUICK, REPO, Context, Settings  # noqa: E402
 
-SECTIONS = {"cold": cold.run, "warm": warm.run, "burst": burst.run, "memory": memory.run, "peers": peers.run}
+SECTIONS = {
+    "cold": cold.run,
+    "warm": warm.run,
+    "burst": burst.run,
+    "memory": memory.run,
+    "peers": peers.run,
+    "metrics": metrics.run,
+}
 
 
 def parse_args():
@@ -93,7 +101,7 @@ def main():
     results = {"run_id": run_id, "invocation": invocation(args), "settings": asdict(ctx.settings)}
     try:
         results["flick_build"] = deps.ensure_flick(ctx)
-        if {"warm", "peers"} & set(args.sections):
+        if {"warm", "peers", "metrics"} & set(args.sections):
             deps.ensure_wrk(ctx)
         results["machine"] = report.machine_info()
         ctx.log(f"scratch dir {work}; sections: {', '.join(args.sections)}{' (quick)' if args.quick else ''}")

@@ -30,6 +30,8 @@ class Settings:
     breakdown_requests: int = 2000  # sequential requests read for Server-Timing
     idle_samples: int = 5  # exec cold starts after a long idle time, per server
     idle_seconds: float = 30.0  # how long the server is left alone before each
+    metrics_rounds: int = 5  # interleaved rounds of the metrics on/off comparison
+    metrics_scrape_every: float = 5.0  # seconds between scrapes of the metrics-on flick
 
 
 QUICK = Settings(
@@ -44,6 +46,7 @@ QUICK = Settings(
     peer_memory_samples=1,
     breakdown_requests=300,
     idle_samples=2,
+    metrics_rounds=2,
 )
 
 

@@ -28,17 +28,19 @@ def wrk(ctx, url, connections, seconds):
     raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
-def measure(ctx, targets):
+def measure(ctx, targets, rounds=None):
     """`targets`: {label: url}. Returns {label: {"c1": summary, "c32": summary}},
-    a summary holding the medians over rounds of rps, p50, p99 and the rounds."""
+    a summary holding the medians over rounds of rps, p50, p99 and the rounds.
+    `rounds` defaults to the settings' `warm_rounds`."""
     s = ctx.settings
+    rounds = rounds or s.warm_rounds
     labels = list(targets)
     for label in labels:
         ctx.log(f"  warm-up {label} ({s.warm_warmup:g}s at 32 clients)")
         wrk(ctx, targets[label], 32, s.warm_warmup)
     rounds = {label: {c: [] for c in CONCURRENCIES} for label in labels}
     for c in CONCURRENCIES:
-        for r in range(s.warm_rounds):
+        for r in range(rounds):
             order = labels[r % len(labels) :] + labels[: r % len(labels)]
             for label in order:
                 result = wrk(ctx, targets[label], c, s.warm_seconds)

@@ -103,6 +103,7 @@ def tables(results):
         ("burst", _burst),
         ("memory", _memory),
         ("peers", _peers),
+        ("metrics", _metrics),
     ):
         data = results.get(section)
         if data is None:
@@ -284,6 +285,40 @@ def _warm(d):
             )
         )
     return out
+
+
+def _metrics(d):
+    rows = []
+    for kind, c in d["comparison"].items():
+        rows.append(
+            [
+                kind,
+                us(c["p50_c1_us"][0]),
+                us(c["p50_c1_us"][1]),
+                times(c["p50_c1_ratio"]),
+                rps(c["rps_c32"][0]),
+                rps(c["rps_c32"][1]),
+                times(c["rps_c32_ratio"]),
+            ]
+        )
+    check = d.get("check", {})
+    scrapes = d.get("scrapes", {})
+    note = (
+        "Two sandboxed flicks serving the warm section's functions in the same interleaved wrk rounds "
+        "(medians over rounds): metrics on (the default) and `--no-metrics`. The metrics-on flick was "
+        f"scraped {scrapes.get('ok', 0)} times during the rounds ({scrapes.get('failed', 0)} failed, "
+        f"last scrape {scrapes.get('last_bytes', 0)} bytes); afterwards it had counted "
+        f"{check.get('invocations_counted_on', 0):,.0f} invocations, and the metrics-off flick answered "
+        f"/metrics with {check.get('metrics_status_off')}."
+    )
+    return [
+        (
+            "2e. Warm path: metrics on vs off (same rounds)",
+            ["function", "p50 1 client µs, on", "off", "on ÷ off", "req/s 32 clients, on", "off", "on ÷ off"],
+            rows,
+            note,
+        )
+    ]
 
 
 def _burst(d):
@@ -589,7 +624,7 @@ def markdown(results, invocation, old_text=""):
         "```sh",
         "python3 bench/run.py --write-md        # full run, rewrites this file",
         "python3 bench/run.py --quick           # fewer samples and shorter loads",
-        "python3 bench/run.py --only cold,warm  # a subset: cold, warm, burst, memory, peers",
+        "python3 bench/run.py --only cold,warm  # a subset: cold, warm, burst, memory, peers, metrics",
         "```",
         "",
         "The commands this run executed ($WORK is its scratch dir, PORT a free port; raw results: "
