@@ -134,7 +134,10 @@ pub enum Caller {
 
 /// How often one call follows its function to a newer revision before
 /// giving up (each time, a deploy retired the pool it was about to use).
-const MAX_REROUTES: u32 = 3;
+/// A burst of deploys can retire the pool once per deploy (CI saw more
+/// than three in a row with twelve racing deploys), and each reroute moves to a newer
+/// revision, so the bound only stops a call that never catches up.
+const MAX_REROUTES: u32 = 32;
 
 impl Platform {
     /// Runs a call on `route`, the one route the caller resolved (with
