@@ -147,11 +147,13 @@ async function main() {
 
     // Charts (host and function) and the usage bill: drawn, or "no data".
     await page.goto(`${base}/ui#/charts`);
-    await page.locator('#charts, #charts-empty').first().waitFor();
+    // uPlot draws after the page renders: wait for its canvas, not the box.
+    await page.locator('#charts canvas, #charts-empty').first().waitFor();
     findings.charts = (await page.locator('#charts canvas').count()) > 0 ? 'drawn' : 'no data';
     await shot('09-charts-host');
     await page.goto(`${base}/ui#/charts/${fn}`);
-    await page.locator('#charts, #charts-empty').first().waitFor();
+    // uPlot draws after the page renders: wait for its canvas, not the box.
+    await page.locator('#charts canvas, #charts-empty').first().waitFor();
     findings.function_charts = (await page.locator('#charts canvas').count()) > 0 ? 'drawn' : 'no data';
     await shot('10-charts-function');
     await page.goto(`${base}/ui#/usage`);
