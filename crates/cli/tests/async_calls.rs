@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -317,29 +316,6 @@ fn an_anonymous_flood_of_a_public_function_is_bounded_and_cannot_borrow_idempote
     assert_eq!(send(&flick, "open", "plain", &[], false).text(), "plain");
 }
 
-/// A one-connection HTTP server: returns the request head and body it got.
-fn receive_one(listener: &TcpListener) -> (String, Vec<u8>) {
-    let (stream, _) = listener.accept().unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).unwrap();
-    let mut stream = reader.into_inner();
-    stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").unwrap();
-    (head, body)
-}
-
 #[test]
 fn a_callback_receives_the_outcome_and_is_recorded() {
     let flick = Flick::start();
@@ -349,7 +325,7 @@ fn a_callback_receives_the_outcome_and_is_recorded() {
     let r = send(&flick, "echo", "call me back", &[("x-flick-async", "true"), ("x-callback-url", &url)], true);
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.activation_id();
-    let (head, body) = receive_one(&listener);
+    let (head, body) = common::receive_one(&listener, b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
     assert!(head.starts_with("post /done?x=1 "), "{head}");
     assert!(head.contains(&format!("x-flick-activation-id: {}", id.to_ascii_lowercase())), "{head}");
     assert!(head.contains("x-flick-status: success") && head.contains("x-function-status: 200"), "{head}");

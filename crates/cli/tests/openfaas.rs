@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -64,28 +63,6 @@ fn describe(flick: &Flick, name: &str) -> Value {
     let r = admin(flick, "GET", &format!("/system/function/{name}"), Value::Null);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
-}
-
-/// A one-connection HTTP server: returns the request head (lower case) and body.
-fn receive_one(listener: &TcpListener) -> (String, Vec<u8>) {
-    let (stream, _) = listener.accept().unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).unwrap();
-    reader.into_inner().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
-    (head, body)
 }
 
 /// The classic watchdog's contract through `functions/alpine` + envProcess:
@@ -153,7 +130,8 @@ fn faas_cli_flow_deploy_list_invoke_async_scale_logs_delete() {
     );
     assert_eq!((r.status, r.body.len()), (202, 0), "{}", r.text());
     assert_eq!(r.header("x-call-id").as_deref(), Some("cb-1"));
-    let (head, body) = receive_one(&listener);
+    let (head, body) =
+        common::receive_one(&listener, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     assert!(head.starts_with("post /cb "), "{head}");
     for h in ["x-call-id: cb-1", "x-function-status: 200", "x-function-name: echo", "x-duration-seconds: "] {
         assert!(head.contains(h), "{h} in {head}");

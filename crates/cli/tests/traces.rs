@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
@@ -213,29 +213,6 @@ fn raw_request(flick: &Flick, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A one-connection HTTP server: returns the request head (lowercase) and body.
-fn receive_one(listener: &TcpListener) -> (String, Vec<u8>) {
-    let (stream, _) = listener.accept().unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line.to_ascii_lowercase());
-    }
-    let len: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).unwrap();
-    let mut stream = reader.into_inner();
-    stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").unwrap();
-    (head, body)
-}
-
 #[test]
 fn async_calls_callbacks_and_sequence_steps_continue_the_trace() {
     let flick = Flick::start();
@@ -256,7 +233,7 @@ fn async_calls_callbacks_and_sequence_steps_continue_the_trace() {
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.activation_id();
     let accepted_tp = r.header("traceparent").expect("a 202 names the span the call will run as");
-    let (head, body) = receive_one(&listener);
+    let (head, body) = common::receive_one(&listener, b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
     let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let ran_as = got["header"].as_str().unwrap();
     assert_eq!(ran_as, accepted_tp);

@@ -319,3 +319,28 @@ impl Flick {
 pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
+
+/// A one-connection HTTP server (a callback's receiver): reads one request,
+/// answers it with `answer` (a whole response) and returns the request head
+/// (lower case) and body.
+pub fn receive_one(listener: &std::net::TcpListener, answer: &[u8]) -> (String, Vec<u8>) {
+    use std::io::{BufRead, Read, Write};
+    let (stream, _) = listener.accept().unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).unwrap();
+    reader.into_inner().write_all(answer).unwrap();
+    (head, body)
+}
