@@ -88,6 +88,8 @@ pub struct HttpInstance {
     process: ProcessHandle,
     launcher: Launcher,
     network: flick_sandbox::Network,
+    /// Where connections to the server are made, found on the first one.
+    net: std::sync::OnceLock<flick_sandbox::InstanceNet>,
     port: u16,
     /// The host port reserved for this instance (host network only).
     _lease: Option<PortLease>,
@@ -139,6 +141,7 @@ impl HttpInstance {
             process: ProcessHandle::new(spawned),
             launcher: launcher.clone(),
             network: limits.network,
+            net: std::sync::OnceLock::new(),
             port,
             _lease: lease,
             idle: Mutex::default(),
@@ -192,12 +195,15 @@ impl HttpInstance {
             // On the host network the port may be someone else's by now.
             return Err("the server has exited".into());
         }
-        let stream = self
-            .launcher
-            .sandbox()
-            .connect(self.process.pid(), self.network, self.port)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sandbox = self.launcher.sandbox();
+        let net = match self.net.get() {
+            Some(net) => net,
+            None => {
+                let net = sandbox.instance_net(self.process.pid(), self.network).map_err(|e| e.to_string())?;
+                self.net.get_or_init(|| net)
+            }
+        };
+        let stream = sandbox.connect_in(net, self.port).await.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;

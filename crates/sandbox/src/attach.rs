@@ -1,6 +1,6 @@
 //! Reaching into a running sandbox: mounting a function's code into a stem
-//! cell, and connecting to (or listening for) an instance inside its network
-//! namespace.
+//! cell, and listening for an instance inside its network namespace
+//! (connections to it are made by `netns.rs`).
 //!
 //! A stem cell is an instance started before flick knows its function: its
 //! `/var/task` is an empty directory. To specialise it, the code directory
@@ -47,7 +47,7 @@ fn open(path: &str, flags: libc::c_int) -> Result<OwnedFd> {
 
 /// The pid (in flick's namespace) of the stem's inner process: the only
 /// child of the outer process that set up its pid namespace.
-fn inner_pid(outer: u32) -> Result<u32> {
+pub(crate) fn inner_pid(outer: u32) -> Result<u32> {
     let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))?;
     children
         .split_whitespace()
@@ -122,27 +122,8 @@ pub fn attach_code(outer: u32, code_dir: &Path) -> Result<()> {
     .map_err(|_| Error::other("attach thread panicked"))?
 }
 
-/// Opens a TCP connection to `127.0.0.1:port` inside the network namespace
-/// of the sandbox whose outer process is `outer`: the socket is created on
-/// a short-lived thread that entered that namespace (a socket belongs to
-/// the namespace it was created in), so flick's other threads stay put.
-/// Blocking; run it off the async executor.
-pub fn connect_inside(outer: u32, port: u16) -> Result<std::net::TcpStream> {
-    let inner = inner_pid(outer)?;
-    let ns = open(&format!("/proc/{inner}/ns/net"), libc::O_RDONLY)?;
-    std::thread::spawn(move || -> Result<std::net::TcpStream> {
-        // SAFETY: setns on this thread only; it ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            return Err(Error::last_os_error());
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port))
-    })
-    .join()
-    .map_err(|_| Error::other("connect thread panicked"))?
-}
-
 /// Binds a TCP listener on `127.0.0.1:port` inside the network namespace of
-/// the sandbox whose outer process is `outer` (see [`connect_inside`]): the
+/// the sandbox whose outer process is `outer` (see `netns.rs`): the
 /// socket stays in that namespace, reachable only from inside it, while
 /// flick accepts on it from any thread. Blocking; run it off the executor.
 pub fn listen_inside(outer: u32, port: u16) -> Result<std::net::TcpListener> {

@@ -476,7 +476,7 @@ struct IfReqFlags {
 
 /// A new network namespace has only `lo`, and it is down: bring it up so
 /// functions can still talk to themselves over 127.0.0.1.
-unsafe fn loopback_up() -> Result<(), Error> {
+pub(crate) unsafe fn loopback_up() -> Result<(), Error> {
     const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
     const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
     // SAFETY: the ioctls read and write an ifreq we own.

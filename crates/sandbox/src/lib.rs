@@ -23,6 +23,7 @@ mod child;
 pub mod doctor;
 mod kernel;
 pub mod mounts;
+mod netns;
 pub mod seccomp;
 mod spawner;
 mod uids;
@@ -214,6 +215,19 @@ pub struct Sandbox {
     runtime_dir: PathBuf,
     /// Every child is forked on this thread ([`spawner`]).
     spawner: Arc<spawner::Spawner>,
+    /// Sockets inside instances' namespaces are made on this thread
+    /// ([`netns`]); isolated sandboxes only.
+    sockets: Option<Arc<netns::SocketMaker>>,
+}
+
+pub use netns::Netns;
+
+/// The network an instance's connections go through: its own namespace,
+/// held open (so a recycled pid can never redirect them), or the host's.
+#[derive(Clone, Debug)]
+pub enum InstanceNet {
+    Host,
+    Own(Netns),
 }
 
 impl Sandbox {
@@ -237,13 +251,20 @@ impl Sandbox {
         }
         let uids = uids::Uids::new(&config.scope, config.uid_range.clone());
         let isolated = Isolated { config, cgroups, filters, uids, next: AtomicU64::new(0) };
-        Ok(Self { isolated: Some(Arc::new(isolated)), runtime_dir, spawner: start_spawner()? })
+        let sockets = netns::SocketMaker::start()
+            .map_err(|e| SandboxError::Unavailable(format!("starting the namespace socket thread: {e}")))?;
+        Ok(Self {
+            isolated: Some(Arc::new(isolated)),
+            runtime_dir,
+            spawner: start_spawner()?,
+            sockets: Some(Arc::new(sockets)),
+        })
     }
 
     /// No isolation at all: processes run as flick's user on the host.
     /// Only for hosts without namespaces, behind a loudly named flag.
     pub fn unisolated(runtime_dir: PathBuf) -> Result<Self, SandboxError> {
-        Ok(Self { isolated: None, runtime_dir, spawner: start_spawner()? })
+        Ok(Self { isolated: None, runtime_dir, spawner: start_spawner()?, sockets: None })
     }
 
     /// Removes every cgroup of this sandbox's scope, including the scope
@@ -313,14 +334,32 @@ impl Sandbox {
     /// Connects to `127.0.0.1:port` as seen by the instance whose outer
     /// process is `pid`: inside its network namespace when it has its own.
     pub async fn connect(&self, pid: u32, network: Network, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        let net = self.instance_net(pid, network)?;
+        self.connect_in(&net, port).await
+    }
+
+    /// The network the instance whose outer process is `pid` connects
+    /// through, looked up once: keep it and connect with
+    /// [`Sandbox::connect_in`] as often as needed.
+    pub fn instance_net(&self, pid: u32, network: Network) -> std::io::Result<InstanceNet> {
         if !self.is_isolated() || network == Network::Host {
-            return tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+            return Ok(InstanceNet::Host);
         }
-        let std_stream = tokio::task::spawn_blocking(move || attach::connect_inside(pid, port))
-            .await
-            .map_err(std::io::Error::other)??;
-        std_stream.set_nonblocking(true)?;
-        tokio::net::TcpStream::from_std(std_stream)
+        Ok(InstanceNet::Own(Netns::of(attach::inner_pid(pid)?)?))
+    }
+
+    /// Connects to `127.0.0.1:port` in `net`. In an instance's own
+    /// namespace the socket is made there by the namespace thread
+    /// ([`netns`]) and connected here, like any other.
+    pub async fn connect_in(&self, net: &InstanceNet, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match (net, &self.sockets) {
+            (InstanceNet::Host, _) => tokio::net::TcpStream::connect(loopback).await,
+            (InstanceNet::Own(ns), Some(sockets)) => sockets.tcp_socket(ns).await?.connect(loopback).await,
+            (InstanceNet::Own(_), None) => {
+                Err(std::io::Error::other("an unisolated sandbox has no instance namespaces"))
+            }
+        }
     }
 
     /// A listener on `127.0.0.1:port` as seen by the instance whose outer
