@@ -6,7 +6,8 @@
 // A screenshot of each page goes to $ARTIFACTS.
 //
 // Run by crates/cli/tests/ui.rs against a real `flick up`:
-//   FLICK_URL=http://127.0.0.1:PORT FLICK_KEY=... FUNCTION=name LOG_LINE=... \
+//   FLICK_URL=http://127.0.0.1:UI_PORT FLICK_MAIN_URL=http://127.0.0.1:PORT \
+//   FLICK_KEY=... FUNCTION=name EVIL=name LOG_LINE=... \
 //   ARTIFACTS=target/ci-artifacts/ui node tests/ui/dashboard.js
 // Prints one JSON line of findings; exits non-zero on the first failure.
 
@@ -16,6 +17,9 @@ const path = require('path');
 const { chromium } = require('playwright-core');
 
 const base = need('FLICK_URL');
+// Where functions' own pages are served (the main listener).
+const mainBase = need('FLICK_MAIN_URL');
+const evil = need('EVIL');
 const key = need('FLICK_KEY');
 const fn = need('FUNCTION');
 const logLine = need('LOG_LINE');
@@ -173,6 +177,27 @@ async function main() {
     }, { fn });
     check(forged.no_header === 401 && forged.wrong_token === 401 && forged.get_no_header === 401, 'forged requests refused: ' + JSON.stringify(forged));
     findings.forged = forged;
+
+    // A hostile function's page, opened in this logged-in browser on each
+    // origin flick serves it from: its script tries to read the dashboard's
+    // CSRF token from /ui and to call /v1 with it.
+    const evilPage = await context.newPage();
+    const titleOf = async (url, waitMs) => {
+      await evilPage.goto(url);
+      await evilPage.waitForFunction(() => document.title.startsWith('done:'), null, { timeout: waitMs }).catch(() => {});
+      return evilPage.title();
+    };
+    // On the main listener the script runs, but /ui there only points
+    // across origins (unreadable) and the session is no key there.
+    const onMain = await titleOf(`${mainBase}/fn/${evil}`, 10000);
+    check(onMain.startsWith('done:'), 'the function\'s page ran on the main origin: ' + onMain);
+    check(!/token:|v1:200/.test(onMain), 'a function\'s page on the main origin got the token or /v1: ' + onMain);
+    // On the dashboard's own origin (the invoke panel's /fn) it is
+    // sandboxed: no script runs at all.
+    const onUi = await titleOf(`${base}/fn/${evil}`, 3000);
+    check(onUi === 'untouched', 'a function\'s page ran script on the dashboard\'s origin: ' + onUi);
+    findings.evil = { main: onMain, ui: onUi };
+    await evilPage.close();
 
     // Log out: the session ends on the server, not only in this browser.
     await page.goto(`${base}/ui#/functions`);

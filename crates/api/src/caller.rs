@@ -36,9 +36,11 @@ use crate::session::{self, Sessions};
 pub const ADMIN_KEY_ID: &str = "admin";
 
 /// flick's keys: id → secret. Today one entry, the admin key as `admin`.
-/// And the dashboard sessions opened with them.
+/// And the dashboard sessions opened with them, which prove a caller only
+/// on the dashboard's own listener ([`Keys::with_sessions`]): everywhere
+/// else a function's page could be the one sending the cookie.
 #[derive(Clone)]
-pub struct Keys(Arc<Vec<(String, String)>>, Sessions);
+pub struct Keys(Arc<Vec<(String, String)>>, Sessions, bool);
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,7 +66,14 @@ pub(crate) enum Credentials {
 
 impl Keys {
     pub fn new(admin: &AdminKey) -> Self {
-        Self(Arc::new(vec![(ADMIN_KEY_ID.to_string(), admin.as_str().to_string())]), admin.sessions().clone())
+        Self(Arc::new(vec![(ADMIN_KEY_ID.to_string(), admin.as_str().to_string())]), admin.sessions().clone(), false)
+    }
+
+    /// The same keys, and a dashboard session (cookie and CSRF token)
+    /// proves its key too: for the dashboard's own listener only.
+    pub fn with_sessions(mut self) -> Self {
+        self.2 = true;
+        self
     }
 
     /// The dashboard sessions opened with these keys.
@@ -104,7 +113,9 @@ impl Keys {
     /// What the `Authorization` header of `headers` proves.
     pub(crate) fn credentials(&self, headers: &HeaderMap) -> Credentials {
         let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-        let Some(value) = values.next() else { return self.session(headers) };
+        let Some(value) = values.next() else {
+            return if self.2 { self.session(headers) } else { Credentials::None };
+        };
         // Two answers to "who are you" are no answer.
         if values.next().is_some() {
             return Credentials::Invalid;
@@ -311,7 +322,7 @@ mod tests {
     #[test]
     fn a_session_needs_its_cookie_and_its_csrf_header() {
         let admin = AdminKey::new("s3cret-key".into());
-        let keys = Keys::new(&admin);
+        let keys = Keys::new(&admin).with_sessions();
         let id = keys.sessions().open("admin").unwrap();
         let csrf = keys.sessions().get(&id).unwrap().csrf;
         let h = |pairs: &[(&str, &str)]| {
@@ -330,7 +341,11 @@ mod tests {
             Caller::of(&keys, &h(&[("cookie", "flick_session=planted"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
         assert!(two.is_admin());
         // Another router built from a clone of the key knows the session.
-        assert!(Caller::of(&Keys::new(&admin.clone()), &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
+        let both = h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)]);
+        assert!(Caller::of(&Keys::new(&admin.clone()).with_sessions(), &both).is_admin());
+        // Away from the dashboard's listener a session proves nothing: a
+        // function's page there could be the one sending the cookie.
+        assert_eq!(Caller::of(&Keys::new(&admin), &both).credentials, Credentials::None);
         for refused in [
             // The cookie alone: what a forged cross-site request carries.
             h(&[("cookie", &cookie)]),
@@ -352,7 +367,7 @@ mod tests {
             Caller::of(&keys, &h(&[("authorization", "Bearer wrong"), ("cookie", &cookie), ("x-flick-csrf", &csrf)]));
         assert_eq!(c.credentials, Credentials::Invalid);
         // Another key's sessions are not these keys' sessions.
-        let other = Keys::new(&AdminKey::new("s3cret-key".into()));
+        let other = Keys::new(&AdminKey::new("s3cret-key".into())).with_sessions();
         assert!(!Caller::of(&other, &h(&[("cookie", &cookie), ("x-flick-csrf", &csrf)])).is_admin());
         // Logged out: refused.
         keys.sessions().close(&id);

@@ -15,7 +15,9 @@
 //!   session's cookie with its `X-Flick-CSRF` token);
 //! - `session`: the dashboard's sessions (in memory, each with a CSRF token);
 //! - `ui`: the web dashboard at `/ui` (login, logout, the page shell and
-//!   the assets embedded by `flick-ui`); its data comes from `/v1/`;
+//!   the assets embedded by `flick-ui`) on a listener of its own
+//!   ([`dashboard_router`]), its own browser origin; its data comes from
+//!   `/v1/`;
 //! - `native`: flick's own surface: `invoke` (`ANY /fn/{name}[/{rest}]`),
 //!   `manage` (`/v1/functions…`, `/v1/activations…`, `/v1/instances`,
 //!   `/v1/dlq…`), `usage` (`/v1/usage`, usage per function and day,
@@ -141,17 +143,44 @@ impl axum::extract::FromRef<AppState> for Keys {
     }
 }
 
-/// The whole HTTP surface as one router.
-pub fn router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Router {
+/// The main listener's router: every surface but the dashboard, whose
+/// `/ui` points at `dashboard` (its own listener), when there is one. A
+/// dashboard session proves nothing here: a function's page, served from
+/// this origin, could be what sends its cookie.
+pub fn router(
+    platform: Arc<Platform>,
+    key: AdminKey,
+    limits: ApiLimits,
+    dashboard: Option<std::net::SocketAddr>,
+) -> Router {
     let keys = Keys::new(&key);
+    let state = AppState { platform, keys, limits };
+    let router = Router::new()
+        .merge(native::routes())
+        .route("/events", post(events::post_events))
+        .merge(openwhisk::routes())
+        .merge(lambda::routes())
+        .merge(openfaas::routes());
+    let router = match dashboard {
+        Some(at) => router.merge(ui::elsewhere(at)),
+        None => router,
+    };
+    router.fallback(|| async { ApiError::NoRoute }).with_state(state)
+}
+
+/// The dashboard's own listener: its pages (`/ui`), the native API its
+/// script calls (`/v1`) and functions for its invoke panel (`/fn`). Its
+/// sessions count here only. No answer but the dashboard's own may run
+/// script on this origin: everything else carries
+/// `Content-Security-Policy: sandbox`.
+pub fn dashboard_router(platform: Arc<Platform>, key: AdminKey, limits: ApiLimits) -> Router {
+    let keys = Keys::new(&key).with_sessions();
     let state = AppState { platform, keys, limits };
     Router::new()
         .merge(native::routes())
         .merge(ui::routes())
-        .route("/events", post(events::post_events))
-        .merge(openwhisk::routes())
-        .merge(lambda::routes())
-        .merge(openfaas::routes())
+        .route("/", axum::routing::get(ui::home))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(state)
+        .layer(axum::middleware::from_fn(ui::sandbox_all_but_ui))
 }

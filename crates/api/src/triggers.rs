@@ -11,9 +11,9 @@ use flick_platform::{Platform, PlatformError};
 use flick_triggers::Manager;
 use serde_json::json;
 
+use crate::ApiError;
 use crate::caller::{Caller, Keys};
 use crate::native::admin;
-use crate::{AdminKey, ApiError};
 
 #[derive(Clone)]
 struct TriggersState {
@@ -28,11 +28,12 @@ impl FromRef<TriggersState> for Keys {
     }
 }
 
-pub fn router(manager: Arc<Manager>, platform: Arc<Platform>, key: AdminKey) -> Router {
+/// `keys`: the listener's ([`Keys::with_sessions`] on the dashboard's).
+pub fn router(manager: Arc<Manager>, platform: Arc<Platform>, keys: Keys) -> Router {
     Router::new()
         .route("/v1/triggers", get(list))
         .route("/v1/triggers/{function}", get(one))
-        .with_state(TriggersState { manager, platform, keys: Keys::new(&key) })
+        .with_state(TriggersState { manager, platform, keys })
 }
 
 async fn list(State(s): State<TriggersState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {

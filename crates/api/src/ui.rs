@@ -38,6 +38,63 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/ui/assets/{*path}", get(asset))
 }
 
+/// `GET /` on the dashboard's listener.
+pub(crate) async fn home() -> Response {
+    redirect(HOME)
+}
+
+/// The main listener's `/ui…`: a pointer to the dashboard's own address.
+pub(crate) fn elsewhere(at: std::net::SocketAddr) -> axum::Router<AppState> {
+    use axum::routing::get;
+    let to = move |headers: HeaderMap| async move { pointer(at, &headers) };
+    axum::Router::new().route("/ui", get(to)).route("/ui/", get(to)).route("/ui/{*rest}", get(to))
+}
+
+/// A redirect to the dashboard at `at`: on the host the browser used when
+/// `at` listens on every address, so `localhost` stays `localhost`.
+fn pointer(at: std::net::SocketAddr, headers: &HeaderMap) -> Response {
+    let asked = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(host_of);
+    let host = match (at.ip().is_unspecified(), asked) {
+        (true, Some(host)) => host.to_string(),
+        _ => match at.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    let to = format!("http://{host}:{}{HOME}", at.port());
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::try_from(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    harden(resp)
+}
+
+/// The host of a `Host` header (no port), if it is a plain name or address.
+fn host_of(value: &str) -> Option<&str> {
+    let host = if value.starts_with('[') {
+        &value[..=value.find(']')?]
+    } else {
+        value.rsplit_once(':').map_or(value, |(h, _)| h)
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    (!host.is_empty() && host.chars().all(plain)).then_some(host)
+}
+
+/// Every answer of the dashboard's listener but the dashboard's own pages
+/// runs in a sandbox: a function's HTML, opened here, gets an opaque origin
+/// and no script, so it can read neither the dashboard's token nor `/v1`.
+/// Appended, not set: a function's own policy still applies as well.
+pub(crate) async fn sandbox_all_but_ui(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let ours = req.uri().path() == HOME || req.uri().path().starts_with("/ui/");
+    let mut resp = next.run(req).await;
+    if !ours {
+        resp.headers_mut().append(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+        resp.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    resp
+}
+
 /// The headers every dashboard answer carries.
 fn harden(mut resp: Response) -> Response {
     let h = resp.headers_mut();

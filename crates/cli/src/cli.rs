@@ -75,6 +75,7 @@ pub enum Command {
                                              JSON lines; grep an activation id for its call
   FLICK_METRICS_TOKEN=$(openssl rand -hex 24) flick up --metrics-listen 127.0.0.1:9100
                                              Prometheus scrapes :9100/metrics with that token
+  flick up --ui-listen 127.0.0.1:9001        the web dashboard at http://127.0.0.1:9001/ui
 
 Settings come from flags, then FLICK_* environment variables, then
 <data-dir>/config.toml (or --config FILE), then defaults. See README.")]
@@ -349,6 +350,16 @@ pub struct UpArgs {
     /// Config file: `[metrics] enabled = false`.
     #[arg(long, env = "FLICK_NO_METRICS")]
     pub no_metrics: bool,
+    /// Serve the web dashboard (/ui, with /v1 and /fn for its pages) on
+    /// this address. It always has an address of its own, so that no
+    /// function's page shares its browser origin. Default: --listen's
+    /// address with the next port (8080 → 8081), or a free port when that
+    /// one is taken. Config file: `[ui] listen`.
+    #[arg(long, env = "FLICK_UI_LISTEN", value_name = "ADDR")]
+    pub ui_listen: Option<SocketAddr>,
+    /// No web dashboard. Config file: `[ui] enabled = false`.
+    #[arg(long, env = "FLICK_NO_UI")]
+    pub no_ui: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,8 @@ use crate::out::escape;
 
 /// The file `flick up` writes with the address it listens on.
 pub const ADDR_FILE: &str = "flick.addr";
+/// The file `flick up` writes beside [`ADDR_FILE`]: the dashboard's address.
+pub const UI_ADDR_FILE: &str = "flick.ui-addr";
 /// The file `flick up` writes beside [`ADDR_FILE`]: its handshake secret (0600).
 pub const SECRET_FILE: &str = "flick.secret";
 const KEY_FILE: &str = "admin.key";

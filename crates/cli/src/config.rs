@@ -90,6 +90,37 @@ pub struct Config {
     pub live: flick_platform::LiveConfig,
     /// `GET /metrics` (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// The web dashboard (`[ui]`).
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the web dashboard, on a listener of its own.
+///
+/// Its own address is its own browser origin: a function's page (served
+/// under `/fn` on the main listener) cannot read the dashboard's pages or
+/// call `/v1` with its session, and the dashboard's session is refused
+/// everywhere but there.
+#[derive(Clone, Debug)]
+pub struct UiConfig {
+    /// Off: no dashboard, no sessions.
+    pub enabled: bool,
+    /// Where the dashboard listens. Unset: `listen`'s address with the
+    /// next port (8080 → 8081), or any free port when that one is taken.
+    pub listen: Option<SocketAddr>,
+}
+
+impl UiConfig {
+    /// The address to try first, and whether another may be taken when it
+    /// is in use (only when nobody chose it).
+    pub fn address(&self, main: SocketAddr) -> (SocketAddr, bool) {
+        match self.listen {
+            Some(at) => (at, false),
+            None => {
+                let port = if main.port() == 0 { 0 } else { main.port().checked_add(1).unwrap_or(0) };
+                (SocketAddr::new(main.ip(), port), true)
+            }
+        }
+    }
 }
 
 /// How flick writes its own log lines (to stderr).
@@ -187,6 +218,16 @@ struct FileConfig {
     live: FileLive,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    ui: FileUi,
+}
+
+/// `[ui]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUi {
+    enabled: Option<bool>,
+    listen: Option<SocketAddr>,
 }
 
 /// `[pricing]`: what usage costs.
@@ -342,7 +383,18 @@ impl Config {
                 token: args.metrics_token.clone().or(file.metrics.token),
                 listen: args.metrics_listen.or(file.metrics.listen),
             },
+            ui: UiConfig {
+                enabled: !args.no_ui && file.ui.enabled.unwrap_or(true),
+                listen: args.ui_listen.or(file.ui.listen),
+            },
         };
+        if config.ui.enabled && config.ui.listen.is_some_and(|u| u == config.listen || Some(u) == config.metrics.listen)
+        {
+            bail!(
+                "`[ui] listen` must differ from `listen` and `[metrics] listen`: the dashboard needs an address \
+                 (a browser origin) of its own"
+            );
+        }
         if let Some(token) = &config.metrics.token
             && (token.len() < MIN_METRICS_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -469,6 +521,8 @@ mod tests {
             metrics_token: None,
             metrics_listen: None,
             no_metrics: false,
+            ui_listen: None,
+            no_ui: false,
         }
     }
 
@@ -610,6 +664,37 @@ mod tests {
         ] {
             std::fs::write(dir.path().join("config.toml"), text).unwrap();
             let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_dashboard_has_an_address_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert!(c.ui.enabled && c.ui.listen.is_none());
+        // Unchosen: the next port, and it may move when that one is taken.
+        assert_eq!(c.ui.address(c.listen), ("127.0.0.1:8081".parse().unwrap(), true));
+        assert_eq!(c.ui.address("127.0.0.1:0".parse().unwrap()), ("127.0.0.1:0".parse().unwrap(), true));
+        assert_eq!(c.ui.address("[::1]:65535".parse().unwrap()), ("[::1]:0".parse().unwrap(), true));
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[ui]
+listen = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.ui.address(c.listen), ("127.0.0.1:9001".parse().unwrap(), false), "chosen: it stays");
+        let mut a = args();
+        a.no_ui = true;
+        assert!(!Config::load(&a, dir.path()).unwrap().ui.enabled, "a flag beats the file");
+        for (text, key) in [
+            ("[ui]\nlisten = \"127.0.0.1:8080\"\n", "[ui] listen"),
+            ("[metrics]\nlisten = \"127.0.0.1:9100\"\n[ui]\nlisten = \"127.0.0.1:9100\"\n", "[ui] listen"),
+            ("[ui]\nport = 1\n", "port"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = format!("{:#}", Config::load(&args(), dir.path()).unwrap_err());
             assert!(err.contains(key), "{text}: {err}");
         }
     }

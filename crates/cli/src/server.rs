@@ -14,7 +14,7 @@ use flick_scheduler::{BudgetLimits, QueuePolicy, Scheduler, SchedulerConfig};
 use flick_store::{CodeStore, SqliteStore};
 use tokio::sync::watch;
 
-use crate::client::{ADDR_FILE, SECRET_FILE};
+use crate::client::{ADDR_FILE, SECRET_FILE, UI_ADDR_FILE};
 use crate::config::Config;
 
 pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
@@ -120,16 +120,23 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // The secret first: a CLI that finds flick.addr must find its secret too.
     let secret = write_handshake_secret(&data)?;
     write_private(&data.join(ADDR_FILE), addr.to_string().as_bytes())?;
-    let router = flick_api::router(
-        platform.clone(),
-        key.clone(),
-        ApiLimits {
-            max_body_bytes: config.max_body_bytes,
-            max_archive_bytes: config.max_archive_bytes,
-            body_read_timeout: config.body_read_timeout,
-        },
-    )
-    .merge(flick_api::handshake::router(secret, addr));
+    // The dashboard is its own origin: its listener is bound before the
+    // main router is built, which points `/ui` there.
+    let ui_listener = if config.ui.enabled { Some(bind_dashboard(&config, addr).await?) } else { None };
+    let ui_addr = ui_listener.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+    match ui_addr {
+        Some(at) => write_private(&data.join(UI_ADDR_FILE), at.to_string().as_bytes())?,
+        None => {
+            let _ = std::fs::remove_file(data.join(UI_ADDR_FILE));
+        }
+    }
+    let limits = ApiLimits {
+        max_body_bytes: config.max_body_bytes,
+        max_archive_bytes: config.max_archive_bytes,
+        body_read_timeout: config.body_read_timeout,
+    };
+    let router = flick_api::router(platform.clone(), key.clone(), limits.clone(), ui_addr)
+        .merge(flick_api::handshake::router(secret, addr));
     // Triggers follow deploys: sources start, restart and stop with the
     // revisions that declare them; a broker that is down only shows in
     // their state.
@@ -137,7 +144,13 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         flick_triggers::PlatformSink::new(platform.clone()),
         flick_triggers::ManagerConfig { instance: instance_id(&data), stop_grace: TRIGGER_STOP_GRACE },
     );
-    let router = router.merge(flick_api::triggers::router(triggers.clone(), platform.clone(), key.clone()));
+    let keys = flick_api::Keys::new(&key);
+    let router = router.merge(flick_api::triggers::router(triggers.clone(), platform.clone(), keys.clone()));
+    let ui_router = ui_listener.is_some().then(|| {
+        let router = flick_api::dashboard_router(platform.clone(), key.clone(), limits)
+            .merge(flick_api::triggers::router(triggers.clone(), platform.clone(), keys.with_sessions()));
+        flick_api::metrics::count_responses(router, platform.clone())
+    });
     // Metrics: the triggers' counts are read at each scrape; /metrics is
     // on the main listener unless it has one of its own.
     let metrics_listener =
@@ -181,6 +194,12 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         (Some(listener), Some(router)) => {
             say!("metrics on http://{}/metrics", listener.local_addr()?);
             let router = flick_api::metrics::count_responses(router, platform.clone());
+            Some(tokio::spawn(flick_api::serve(listener, router, connections.clone(), wait_for(stop_rx.clone()))))
+        }
+        _ => None,
+    };
+    let ui_server = match (ui_listener, ui_router) {
+        (Some(listener), Some(router)) => {
             Some(tokio::spawn(flick_api::serve(listener, router, connections, wait_for(stop_rx.clone()))))
         }
         _ => None,
@@ -197,7 +216,10 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let alarm_task = tokio::spawn(flick_triggers::alarms::run(platform.clone(), wait_for(stop_rx.clone())));
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
-    say!("dashboard: http://{addr}/ui  (log in with the admin key)");
+    match ui_addr {
+        Some(at) => say!("dashboard: http://{at}/ui  (log in with the admin key)"),
+        None => say!("dashboard: off (--no-ui)"),
+    }
     if new_key {
         say!("admin API key (saved to {}): {}", data.join("admin.key").display(), key.as_str());
     }
@@ -214,8 +236,8 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("calls still in flight after the grace period; stopping them"),
     }
-    if let Some(metrics_server) = metrics_server {
-        let _ = metrics_server.await;
+    for extra in [metrics_server, ui_server].into_iter().flatten() {
+        let _ = extra.await;
     }
     // Sources stop before the platform: the events in hand are queued (and
     // acked to their brokers) first; broker sessions stay for the restart.
@@ -227,6 +249,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // them for the next start on this data dir (which may never come).
     let _ = tokio::task::spawn_blocking(move || sandbox_for_cleanup.remove_scope()).await;
     let _ = std::fs::remove_file(data.join(ADDR_FILE));
+    let _ = std::fs::remove_file(data.join(UI_ADDR_FILE));
     let _ = std::fs::remove_file(data.join(SECRET_FILE));
     say!("flick stopped");
     Ok(())
@@ -238,6 +261,26 @@ const TRIGGER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 /// Tells this data dir's broker clients from another flick's on the same
 /// broker (part of every MQTT client id): FNV-1a of the data dir's path,
 /// stable across restarts and builds.
+/// The dashboard's listener: where `[ui] listen` says, or beside the main
+/// one (the next port, else any free port: an unchosen default must not
+/// stop flick from starting).
+async fn bind_dashboard(config: &Config, main: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let (at, may_move) = config.ui.address(main);
+    match tokio::net::TcpListener::bind(at).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if may_move => {
+            tracing::info!(%at, error = %e, "the dashboard's default port is taken; it takes a free one");
+            let any = std::net::SocketAddr::new(at.ip(), 0);
+            Ok(tokio::net::TcpListener::bind(any)
+                .await
+                .with_context(|| format!("cannot listen on {any} for the dashboard"))?)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot listen on {at} for the dashboard (`[ui] listen`, --ui-listen; --no-ui turns it off)")
+        }),
+    }
+}
+
 fn instance_id(data: &Path) -> String {
     let hash = data
         .as_os_str()

@@ -33,6 +33,38 @@ fn deploy_greeter(flick: &Flick) {
     assert_eq!(flick.get("/v1/functions/greeter").json()["current_revision"], 2);
 }
 
+/// `evil`, public: a page whose script, run in a logged-in browser, tries
+/// to read the dashboard's CSRF token from `/ui` and call `/v1` with it,
+/// and writes what it got into the page's title.
+fn deploy_evil_page(flick: &Flick) {
+    let script = r#"(async () => {
+  document.title = 'running';
+  const out = [];
+  let tok = null;
+  try {
+    const t = await (await fetch('/ui', { credentials: 'include' })).text();
+    const m = t.match(/flick-csrf" content="([0-9a-f]{64})/);
+    tok = m && m[1];
+    out.push(tok ? 'token:' + tok : 'no-token');
+  } catch (e) { out.push('ui-refused'); }
+  try {
+    const r = await fetch('/v1/functions', { credentials: 'include', headers: tok ? { 'X-Flick-CSRF': tok } : {} });
+    out.push('v1:' + r.status);
+  } catch (e) { out.push('v1-refused'); }
+  document.title = 'done:' + out.join(',');
+})();"#;
+    let page = format!(
+        "<!doctype html><html><head><title>untouched</title></head><body><script>{script}</script></body></html>"
+    );
+    let code = format!(
+        "PAGE = {}\ndef handler(event, context):\n    return {{'statusCode': 200, 'headers': {{'content-type': \
+         'text/html'}}, 'body': PAGE}}\n",
+        serde_json::to_string(&page).unwrap()
+    );
+    let toml = manifest("evil", "python3", "main.handler", "public = true\n");
+    flick.deploy_files("evil", &[("flick.toml", &toml), ("main.py", &code)]);
+}
+
 #[test]
 fn the_dashboard_works_in_a_real_browser() {
     let tests = root().join("tests/ui");
@@ -44,11 +76,14 @@ fn the_dashboard_works_in_a_real_browser() {
     assert!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium}: `apt-get install chromium`");
     let flick = Flick::start();
     deploy_greeter(&flick);
+    deploy_evil_page(&flick);
     let artifacts = root().join("target/ci-artifacts/ui");
 
     let out = Command::new("node")
         .arg(tests.join("dashboard.js"))
-        .env("FLICK_URL", &flick.base)
+        .env("FLICK_URL", flick.ui_base())
+        .env("FLICK_MAIN_URL", &flick.base)
+        .env("EVIL", "evil")
         .env("FLICK_KEY", &flick.key)
         .env("FUNCTION", "greeter")
         .env("LOG_LINE", LOG_LINE)
@@ -111,8 +146,8 @@ fn browserish() -> reqwest::blocking::Client {
 /// Logs in with a form post; returns the session cookie's value and the
 /// page's CSRF token.
 fn log_in(http: &reqwest::blocking::Client, flick: &Flick) -> (String, String) {
-    let r =
-        http.post(format!("{}/ui/login", flick.base)).form_of(&[("id", "admin"), ("key", &flick.key)]).send().unwrap();
+    let ui = flick.ui_base();
+    let r = http.post(format!("{ui}/ui/login")).form_of(&[("id", "admin"), ("key", &flick.key)]).send().unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/ui");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -120,8 +155,7 @@ fn log_in(http: &reqwest::blocking::Client, flick: &Flick) -> (String, String) {
         assert!(set.contains(attr), "{set}");
     }
     let session = set.split(';').next().unwrap().strip_prefix("flick_session=").unwrap().to_string();
-    let page =
-        http.get(format!("{}/ui", flick.base)).header("cookie", format!("flick_session={session}")).send().unwrap();
+    let page = http.get(format!("{ui}/ui")).header("cookie", format!("flick_session={session}")).send().unwrap();
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
     assert!(
@@ -139,7 +173,10 @@ fn sessions_hold_against_forgery() {
     let flick = Flick::start();
     deploy_greeter(&flick);
     let http = browserish();
-    let url = |p: &str| format!("{}{p}", flick.base);
+    let ui = flick.ui_base();
+    let url = |p: &str| format!("{ui}{p}");
+    let main = |p: &str| format!("{}{p}", flick.base);
+    assert_ne!(ui, flick.base, "the dashboard has an origin of its own");
 
     // No session: the pages send the browser to the login page, the API refuses.
     let r = http.get(url("/ui")).send().unwrap();
@@ -198,6 +235,33 @@ fn sessions_hold_against_forgery() {
     // The token without the cookie: nothing.
     let r = http.get(url("/v1/functions")).header("x-flick-csrf", &csrf).send().unwrap();
     assert_eq!(r.status(), 401);
+
+    // On the main listener, where functions' pages live, the session is
+    // nothing: not for /v1, not for a private function, and /ui there
+    // only points at the dashboard's own address.
+    assert_eq!(with(http.get(main("/v1/functions")), Some(&csrf)).status(), 401);
+    assert_eq!(with(http.post(main("/fn/greeter")).body("{}"), Some(&csrf)).status(), 401);
+    assert_eq!(with(http.get(main("/api/v1/namespaces/_/actions")), Some(&csrf)).status(), 401);
+    for path in ["/ui", "/ui/", "/ui/login", "/ui/assets/app.js"] {
+        let r = with(http.get(main(path)), Some(&csrf));
+        assert_eq!(r.status(), 307, "{path}");
+        assert_eq!(r.headers()["location"].to_str().unwrap(), format!("{ui}/ui"), "{path}");
+        assert!(r.headers().get("set-cookie").is_none());
+        assert!(!r.text().unwrap().contains(&csrf), "{path}");
+    }
+    // A login posted to the main listener opens nothing.
+    let r = http.post(main("/ui/login")).form_of(&[("id", "admin"), ("key", &flick.key)]).send().unwrap();
+    assert!(r.headers().get("set-cookie").is_none(), "{:?}", r.headers());
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // On the dashboard's listener, a function's answer runs sandboxed (no
+    // script, an opaque origin), whatever policy it sets itself.
+    let r = with(http.post(url("/fn/greeter")).body("{}"), Some(&csrf));
+    assert_eq!(r.status(), 200);
+    let csp: Vec<_> = r.headers().get_all("content-security-policy").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(csp.contains(&"sandbox"), "{csp:?}");
+    // Only the native surface is there: no other API to reach with a session.
+    assert_eq!(with(http.get(url("/api/v1/namespaces")), Some(&csrf)).status(), 404);
+    assert_eq!(with(http.get(url("/system/functions")), Some(&csrf)).status(), 404);
 
     // The function, called through the session, sees neither the session
     // cookie nor the token; its own cookies still reach it.

@@ -286,6 +286,22 @@ impl Flick {
         flick
     }
 
+    /// The dashboard's own address (`http://host:port`), from the file
+    /// `flick up` writes beside flick.addr.
+    pub fn ui_base(&self) -> String {
+        let file = self.dir.path().join("flick.ui-addr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&file)
+                && !a.is_empty()
+            {
+                return format!("http://{}", a.trim());
+            }
+            assert!(Instant::now() < deadline, "flick up wrote no {}", file.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops flick (if it still runs) and hands back its data dir, for a
     /// restart with [`Flick::start_in`].
     pub fn into_dir(mut self) -> tempfile::TempDir {
