@@ -55,7 +55,8 @@ pub struct Config {
     pub instance_nofile: u64,
     /// Longest a request waits for a busy function before a 429.
     pub queue_timeout: Duration,
-    /// Requests that may wait per function before new ones get a 429 at once.
+    /// Requests that may wait per function before new ones get a 429 at
+    /// once: a memory bound, not the usual limit (`queue_timeout` is).
     pub max_queue: u32,
     /// Host-wide bound on running instances.
     pub max_instances_total: u32,
@@ -157,6 +158,10 @@ impl std::fmt::Debug for MetricsConfig {
             .finish()
     }
 }
+
+/// Default `max_queue`: above any burst `max_connections` (1024) lets in
+/// at once, so by default `queue_timeout` decides who gets a 429.
+const DEFAULT_MAX_QUEUE: u32 = 2048;
 
 /// The shortest metrics token accepted: guessing one must be hopeless.
 const MIN_METRICS_TOKEN: usize = 16;
@@ -324,7 +329,14 @@ impl Config {
             instance_cpus: file.instance_cpus.unwrap_or(1.0),
             instance_nofile: file.instance_nofile.unwrap_or(1024),
             queue_timeout: duration("queue_timeout", &file.queue_timeout, Duration::from_secs(10))?,
-            max_queue: file.max_queue.unwrap_or(100),
+            // Time, not a count, is what should turn a burst away: a
+            // function that can serve every waiter within `queue_timeout`
+            // serves them all. The count only bounds memory (each waiter is
+            // a parked task holding its request); a sync waiter is also an
+            // open connection, so `max_connections` (1024) bounds the sum
+            // over all functions, and this stays a per-function bound when
+            // that is raised. A hostile flood meets both, never unbounded.
+            max_queue: file.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
             max_instances_total: file.max_instances_total.unwrap_or(1000),
             // Most of the machine: instances rarely use their whole limit.
             max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
@@ -561,6 +573,16 @@ mod tests {
         std::fs::write(dir.path().join("config.toml"), "activations_max_size = \"1MiB\"\n").unwrap();
         let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
         assert!(err.contains("activations_max_size") && err.contains("at least"), "{err}");
+    }
+
+    #[test]
+    fn the_queue_bound_is_above_what_connections_let_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!(c.queue_timeout, Duration::from_secs(10));
+        assert!(c.max_queue > c.max_connections, "by default time, not the count, rejects: {c:?}");
+        std::fs::write(dir.path().join("config.toml"), "max_queue = 3\n").unwrap();
+        assert_eq!(Config::load(&args(), dir.path()).unwrap().max_queue, 3);
     }
 
     #[test]

@@ -151,3 +151,36 @@ fn a_burst_on_a_cold_function_is_served_within_its_bounds() {
     let peak = peak.into_inner();
     assert!((1..=4).contains(&peak), "instances peaked at {peak}, bound is 4");
 }
+
+/// Default settings: a crowd that the function can serve within the queue
+/// timeout is served, however many wait at once — time, not a small count,
+/// is what turns requests away (`max_queue` is a memory bound in the
+/// thousands).
+#[test]
+fn with_default_settings_a_crowd_of_200_waits_and_is_served() {
+    let flick = Flick::start();
+    deploy_sleepy(&flick, "crowd", "max_instances = 1\ntimeout = \"60s\"\n");
+    assert_eq!(flick.invoke("crowd", "{}").status, 200, "warm it up");
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        // The one instance is busy while the crowd arrives, so all of it queues.
+        let busy = s.spawn(|| flick.invoke("crowd", r#"{"sleep": 3}"#).status);
+        assert!(flick.wait_until(Duration::from_secs(10), || flick.pool_stat("crowd", "inflight") == 1));
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(flick.pool_stat("crowd", "waiting"), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let calls: Vec<_> = (0..200).map(|_| s.spawn(|| flick.invoke("crowd", "{}").status)).collect();
+        let mut statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        statuses.push(busy.join().unwrap());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        statuses
+    });
+    let refused = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(refused, 0, "{refused} of 201 not served: {statuses:?}");
+    let peak = peak.into_inner();
+    assert!(peak > 100, "the crowd queued behind the busy instance (peak {peak} waiting)");
+}
