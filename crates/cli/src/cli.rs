@@ -310,6 +310,13 @@ pub struct UpArgs {
     /// config file: `log_format`).
     #[arg(long, env = "FLICK_LOG_FORMAT", value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
+    /// How instances' CPU is limited: `shares` (default) gives each a weight
+    /// in proportion to its memory and no quota, so a burst is never
+    /// throttled; `hard` adds a CFS quota of `instance_cpus` per instance, a
+    /// cap even on an idle host that stalls a burst past it until the next
+    /// 100 ms period (config file: `cpu_limit`).
+    #[arg(long, env = "FLICK_CPU_LIMIT", value_enum)]
+    pub cpu_limit: Option<crate::config::CpuLimit>,
     /// Also deploy the bundled example functions.
     #[arg(long)]
     pub examples: bool,

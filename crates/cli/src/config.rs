@@ -51,7 +51,10 @@ pub struct Config {
     /// Each function's instances run as their own uid (and gid) from here.
     pub uid_range: std::ops::RangeInclusive<u32>,
     pub instance_pids: u32,
+    /// The per-instance CPU cap under `cpu_limit = "hard"`.
     pub instance_cpus: f64,
+    /// Weights only (default) or a hard CFS quota per instance.
+    pub cpu_limit: CpuLimit,
     pub instance_nofile: u64,
     /// Longest a request waits for a busy function before a 429.
     pub queue_timeout: Duration,
@@ -136,6 +139,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// How instances' CPU is limited (`cpu_limit`, `--cpu-limit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuLimit {
+    /// Proportional weights (by memory), no quota: an instance may use idle
+    /// cores and is never throttled mid-burst; under contention CPU is
+    /// shared by weight.
+    #[default]
+    Shares,
+    /// The weights plus a CFS quota of `instance_cpus` per instance: a hard
+    /// cap even on an idle host, at the price of throttling stalls (tail
+    /// latency) when an instance bursts past it.
+    Hard,
+}
+
+impl From<CpuLimit> for flick_sandbox::CpuLimit {
+    fn from(c: CpuLimit) -> Self {
+        match c {
+            CpuLimit::Shares => Self::Shares,
+            CpuLimit::Hard => Self::Hard,
+        }
+    }
+}
+
 /// `[metrics]`: whether flick keeps Prometheus metrics, who may scrape
 /// them and where.
 #[derive(Clone)]
@@ -195,6 +222,7 @@ struct FileConfig {
     uid_range: Option<[u32; 2]>,
     instance_pids: Option<u32>,
     instance_cpus: Option<f64>,
+    cpu_limit: Option<CpuLimit>,
     instance_nofile: Option<u64>,
     queue_timeout: Option<String>,
     max_queue: Option<u32>,
@@ -327,6 +355,7 @@ impl Config {
             uid_range: file.uid_range.map_or(200_000..=265_535, |[first, last]| first..=last),
             instance_pids: file.instance_pids.unwrap_or(256),
             instance_cpus: file.instance_cpus.unwrap_or(1.0),
+            cpu_limit: args.cpu_limit.or(file.cpu_limit).unwrap_or_default(),
             instance_nofile: file.instance_nofile.unwrap_or(1024),
             queue_timeout: duration("queue_timeout", &file.queue_timeout, Duration::from_secs(10))?,
             // Time, not a count, is what should turn a burst away: a
@@ -523,6 +552,7 @@ mod tests {
             max_body: None,
             log: None,
             log_format: None,
+            cpu_limit: None,
             examples: false,
             insecure_no_sandbox: false,
             lambda_region: None,
@@ -583,6 +613,21 @@ mod tests {
         assert!(c.max_queue > c.max_connections, "by default time, not the count, rejects: {c:?}");
         std::fs::write(dir.path().join("config.toml"), "max_queue = 3\n").unwrap();
         assert_eq!(Config::load(&args(), dir.path()).unwrap().max_queue, 3);
+    }
+
+    #[test]
+    fn cpu_limit_defaults_to_shares_and_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(&args(), dir.path()).unwrap().cpu_limit, CpuLimit::Shares);
+        std::fs::write(dir.path().join("config.toml"), "cpu_limit = \"hard\"\ninstance_cpus = 0.5\n").unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert_eq!((c.cpu_limit, c.instance_cpus), (CpuLimit::Hard, 0.5));
+        let mut a = args();
+        a.cpu_limit = Some(CpuLimit::Shares);
+        assert_eq!(Config::load(&a, dir.path()).unwrap().cpu_limit, CpuLimit::Shares, "a flag beats the file");
+        std::fs::write(dir.path().join("config.toml"), "cpu_limit = \"soft\"\n").unwrap();
+        let err = Config::load(&args(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("soft"), "{err}");
     }
 
     #[test]

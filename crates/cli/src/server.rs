@@ -499,6 +499,7 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
         pids_max: config.instance_pids,
         nofile: config.instance_nofile,
         cpus: config.instance_cpus,
+        cpu_limit: config.cpu_limit.into(),
     };
     let hint = "run `flick doctor` for details, or start with --insecure-no-sandbox to run functions unisolated";
     let sandbox = Sandbox::new(sandbox_config).map_err(|e| anyhow::anyhow!("{e}\n{hint}"))?;

@@ -470,6 +470,41 @@ fn instance_cgroups(flick_pid: u32) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The CPU policy, as the kernel holds it in each instance's cgroup: by
+/// default a weight that follows the function's memory and no quota (so
+/// nothing throttles a burst); `cpu_limit = "hard"` adds the quota of
+/// `instance_cpus`.
+#[test]
+fn instances_get_cpu_weights_by_default_and_a_quota_when_asked() {
+    let hard = "cpu_limit = \"hard\"\ninstance_cpus = 0.5\n";
+    for (config, quota_v1, max_v2) in [(None, "-1", "max 100000"), (Some(hard), "50000", "50000 100000")] {
+        let flick = Flick::start_with(&[], config);
+        flick.deploy_py("cpu", "memory = \"512MiB\"\n", "def handler(event, context):\n    return 'hi'\n");
+        assert_eq!(flick.invoke("cpu", "{}").status, 200);
+        let read = |dir: &std::path::Path, file: &str| {
+            std::fs::read_to_string(dir.join(file)).map(|t| t.trim().to_string()).unwrap_or_default()
+        };
+        // v1: the cpu controller's directories; v2: the unified ones.
+        let cpu_dirs: Vec<_> = instance_cgroups(flick.pid())
+            .into_iter()
+            .filter(|c| c.join("cpu.cfs_quota_us").exists() || c.join("cpu.max").exists())
+            .collect();
+        assert!(!cpu_dirs.is_empty(), "no CPU cgroup for the instance ({config:?})");
+        let mut weights = Vec::new();
+        for dir in &cpu_dirs {
+            if dir.join("cpu.max").exists() {
+                assert_eq!(read(dir, "cpu.max"), max_v2, "{} ({config:?})", dir.display());
+                weights.push(read(dir, "cpu.weight"));
+            } else {
+                assert_eq!(read(dir, "cpu.cfs_quota_us"), quota_v1, "{} ({config:?})", dir.display());
+                weights.push(read(dir, "cpu.shares"));
+            }
+        }
+        // The instance came from a stem cell: it weighs by its own memory.
+        assert!(weights.iter().any(|w| w == "2048" || w == "200"), "512 MiB weighs double: {weights:?}");
+    }
+}
+
 #[test]
 fn nothing_is_left_after_sigkill_and_restart() {
     let flick = Flick::start();

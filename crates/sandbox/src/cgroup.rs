@@ -32,13 +32,32 @@ pub enum Hierarchy {
     },
 }
 
+/// How an instance's CPU time is limited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuLimit {
+    /// Weights only (v1 `cpu.shares`, v2 `cpu.weight`, in proportion to
+    /// memory) and no CFS quota: an instance may use any idle core, and
+    /// under contention CPU is split by weight. Nothing throttles a burst,
+    /// so a request never waits out the rest of a quota period (tail
+    /// latency); the price is that a busy instance's speed depends on what
+    /// else runs.
+    #[default]
+    Shares,
+    /// The weights plus a CFS quota of `cpus` per 100 ms period: never more
+    /// than `cpus`, even on an idle host (predictable, isolates neighbours),
+    /// but a burst past the quota stops until the next period.
+    Hard,
+}
+
 /// Limits applied to one instance.
 #[derive(Clone, Copy, Debug)]
 pub struct CgroupLimits {
     pub memory: u64,
     pub pids: u32,
-    /// CPUs the instance may use at most (1.0 = one core).
+    /// CPUs the instance may use at most (1.0 = one core) under
+    /// [`CpuLimit::Hard`].
     pub cpus: f64,
+    pub cpu_limit: CpuLimit,
 }
 
 impl Hierarchy {
@@ -162,17 +181,21 @@ pub struct Cgroup {
 impl Cgroup {
     fn apply(&self, l: CgroupLimits) -> std::io::Result<()> {
         let period: u64 = 100_000;
-        let quota = ((l.cpus * period as f64) as u64).max(1000);
-        // Under contention CPU follows memory, as on Lambda; a 256 MiB
-        // instance weighs as much as any other process (1024 shares).
-        let shares = ((l.memory >> 20) * 4).clamp(2, 262_144);
+        // Written either way, so an instance's files always say which
+        // policy it runs under (and a reused name inherits nothing).
+        let quota = match l.cpu_limit {
+            CpuLimit::Hard => Some(((l.cpus * period as f64) as u64).max(1000)),
+            CpuLimit::Shares => None,
+        };
+        let shares = shares(l.memory);
         if self.v2 {
             let d = &self.dirs[0];
             write(d, "memory.max", l.memory)?;
             let _ = write(d, "memory.swap.max", 0);
             write(d, "pids.max", l.pids)?;
-            fs::write(d.join("cpu.max"), format!("{quota} {period}"))?;
-            let _ = write(d, "cpu.weight", (shares * 100 / 1024).clamp(1, 10_000));
+            let max = quota.map_or_else(|| "max".to_string(), |q| q.to_string());
+            fs::write(d.join("cpu.max"), format!("{max} {period}"))?;
+            let _ = write(d, "cpu.weight", weight(shares));
         } else {
             let (memory, pids, cpu) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
             write(memory, "memory.limit_in_bytes", l.memory)?;
@@ -180,19 +203,24 @@ impl Cgroup {
             let _ = write(memory, "memory.memsw.limit_in_bytes", l.memory);
             write(pids, "pids.max", l.pids)?;
             write(cpu, "cpu.cfs_period_us", period)?;
-            write(cpu, "cpu.cfs_quota_us", quota)?;
+            write(cpu, "cpu.cfs_quota_us", quota.map_or(-1, |q| q as i64))?;
             let _ = write(cpu, "cpu.shares", shares);
         }
         Ok(())
     }
 
     /// Changes the memory limit of a running instance (a stem cell taking
-    /// on a function). With cgroup v1 the swap limit may never be below the
-    /// memory limit, so the order of the two writes depends on the direction.
+    /// on a function), and its CPU weight, which follows memory. With
+    /// cgroup v1 the swap limit may never be below the memory limit, so the
+    /// order of the two writes depends on the direction.
     pub fn set_memory(&self, bytes: u64) -> std::io::Result<()> {
         let dir = &self.dirs[0];
         if self.v2 {
+            let _ = write(dir, "cpu.weight", weight(shares(bytes)));
             return write(dir, "memory.max", bytes);
+        }
+        if let Some(cpu) = self.dirs.get(2) {
+            let _ = write(cpu, "cpu.shares", shares(bytes));
         }
         let current: u64 = fs::read_to_string(dir.join("memory.limit_in_bytes"))?.trim().parse().unwrap_or(u64::MAX);
         if bytes > current {
@@ -328,6 +356,18 @@ impl Meter {
     }
 }
 
+/// v1 `cpu.shares` for an instance of `memory` bytes. Under contention CPU
+/// follows memory, as on Lambda; a 256 MiB instance weighs as much as any
+/// other process (1024 shares).
+fn shares(memory: u64) -> u64 {
+    ((memory >> 20) * 4).clamp(2, 262_144)
+}
+
+/// v2 `cpu.weight` for the same share (100 = 1024 shares).
+fn weight(shares: u64) -> u64 {
+    (shares * 100 / 1024).clamp(1, 10_000)
+}
+
 fn read_at0(file: &fs::File) -> Option<String> {
     let mut buf = [0u8; 1024];
     let n = file.read_at(&mut buf, 0).ok()?;
@@ -367,7 +407,8 @@ mod tests {
         fs::read_to_string(dir.join(file)).unwrap()
     }
 
-    const LIMITS: CgroupLimits = CgroupLimits { memory: 256 << 20, pids: 64, cpus: 0.5 };
+    const LIMITS: CgroupLimits = CgroupLimits { memory: 256 << 20, pids: 64, cpus: 0.5, cpu_limit: CpuLimit::Hard };
+    const SHARES: CgroupLimits = CgroupLimits { cpu_limit: CpuLimit::Shares, ..LIMITS };
 
     #[test]
     fn v1_limits_land_in_each_controller() {
@@ -392,8 +433,15 @@ mod tests {
         assert_eq!(read(&d.0, "cpu/cpu.shares"), "1024", "256 MiB weighs as much as any process");
         fs::write(d.0.join("memory/memory.limit_in_bytes"), "268435456").unwrap();
         cg.set_memory(512 << 20).unwrap();
+        assert_eq!(read(&d.0, "cpu/cpu.shares"), "2048", "the weight follows a new memory limit");
         assert_eq!(read(&d.0, "memory/memory.limit_in_bytes"), "536870912");
         assert_eq!(read(&d.0, "memory/memory.memsw.limit_in_bytes"), "536870912");
+        // The default: weights, no quota (-1 is the kernel's "unlimited").
+        // A plain file keeps old digits past a shorter write: start empty.
+        fs::write(d.0.join("cpu/cpu.cfs_quota_us"), "").unwrap();
+        cg.apply(SHARES).unwrap();
+        assert_eq!(read(&d.0, "cpu/cpu.cfs_quota_us"), "-1", "no quota to throttle a burst");
+        assert_eq!(read(&d.0, "cpu/cpu.shares"), "1024", "the weight still follows memory");
     }
 
     #[test]
@@ -405,6 +453,9 @@ mod tests {
         assert_eq!(read(&d.0, "memory.swap.max"), "0");
         assert_eq!(read(&d.0, "pids.max"), "64");
         assert_eq!(read(&d.0, "cpu.max"), "50000 100000");
+        assert_eq!(read(&d.0, "cpu.weight"), "100");
+        cg.apply(SHARES).unwrap();
+        assert_eq!(read(&d.0, "cpu.max"), "max 100000", "no quota to throttle a burst");
         assert_eq!(read(&d.0, "cpu.weight"), "100");
     }
 

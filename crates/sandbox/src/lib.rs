@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::process::{Child, Command};
 
-pub use cgroup::{Cgroup, CgroupLimits, Hierarchy, Meter, Usage};
+pub use cgroup::{Cgroup, CgroupLimits, CpuLimit, Hierarchy, Meter, Usage};
 
 /// The file descriptor number the protocol channel gets in the child.
 pub const PROTOCOL_FD: i32 = 3;
@@ -73,7 +73,10 @@ pub struct SandboxConfig {
     pub uid_range: std::ops::RangeInclusive<u32>,
     pub pids_max: u32,
     pub nofile: u64,
+    /// The CPU cap of [`CpuLimit::Hard`] (1.0 = one core).
     pub cpus: f64,
+    /// Weights only (the default) or weights and a hard quota.
+    pub cpu_limit: CpuLimit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -467,7 +470,12 @@ impl Sandbox {
             Some(iso) => {
                 let cfg = &iso.config;
                 let name = format!("i{}-{}", std::process::id(), iso.next.fetch_add(1, Ordering::Relaxed));
-                let limits = CgroupLimits { memory: spec.limits.memory, pids: cfg.pids_max, cpus: cfg.cpus };
+                let limits = CgroupLimits {
+                    memory: spec.limits.memory,
+                    pids: cfg.pids_max,
+                    cpus: cfg.cpus,
+                    cpu_limit: cfg.cpu_limit,
+                };
                 let (cg, fds) = iso.cgroups.create(&name, limits).map_err(SandboxError::Cgroup)?;
                 cgroup = Some(cg);
                 procs_fds = fds;

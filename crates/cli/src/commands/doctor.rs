@@ -21,6 +21,7 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         pids_max: 64,
         nofile: 256,
         cpus: 1.0,
+        cpu_limit: flick_sandbox::CpuLimit::default(),
     };
     match Sandbox::new(config) {
         Ok(sandbox) => {
