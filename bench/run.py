@@ -8,11 +8,15 @@
 
 Sections (bench/README.md says what each measures):
   cold    scaled to zero → first response, per runtime, sandbox on and off
-  warm    latency at 1 client, throughput at 32, against the bare handler
+  warm    latency at 1 client, throughput at 32, against the bare handler;
+          close-per-request servers (http.server, gunicorn); CPU per request
   burst   200 requests to one cold function; 1 each to 50 cold functions
-  memory  idle `flick up` with 100 functions; memory per warm instance
+  memory  idle `flick up` with 100 functions, its whole process tree;
+          memory per warm instance
   peers   functions-framework and serverless-offline side by side
   metrics the warm path with Prometheus metrics on vs off, same rounds
+  heavy   a numpy + pandas function: cold start and scale-out
+  callgrind  instructions per warm request of `flick up` under valgrind
 
 It installs what it needs (wrk via apt-get, the peers under bench/), builds
 flick in release mode when the binary is missing or older than the sources,
@@ -38,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import burst, cold, deps, memory, metrics, peers, report, warm  # noqa: E402
+from harness import burst, callgrind, cold, deps, heavy, memory, metrics, peers, report, warm  # noqa: E402
 from harness.context import BENCH, QUICK, REPO, Context, Settings  # noqa: E402
 
 SECTIONS = {
@@ -48,6 +52,8 @@ SECTIONS = {
     "memory": memory.run,
     "peers": peers.run,
     "metrics": metrics.run,
+    "heavy": heavy.run,
+    "callgrind": callgrind.run,
 }
 
 

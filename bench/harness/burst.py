@@ -8,7 +8,10 @@
 Every request has its own connection; all connections are opened first and
 the requests released together. Statuses are counted as 200 / 429 / other
 (any other status, a connection error or no answer within timeout + 15 s).
-Each burst runs on a sandboxed and an unsandboxed flick, `burst_reps` times.
+Each burst runs on a sandboxed and an unsandboxed flick, `burst_reps` times,
+with flick's default settings (`max_queue`, `queue_timeout`, `stem_cells`).
+The distinct burst's rate is requests ÷ wall time (50 ÷ wall: cold starts
+per second when all 50 are cold starts, which the activation records say).
 """
 
 import time
@@ -47,8 +50,10 @@ def _burst(srv, names, all_names):
     records = [srv.activation(r["activation"]) for r in results if r["activation"]]
     return {
         "wall_s": wall,
+        "per_s": len(names) / wall if wall else None,
         "results": results,
         "cold": sum(1 for a in records if a.get("cold")),
+        "prewarmed": sum(1 for a in records if a.get("prewarmed")),
         "max_wait_ms": max((a.get("wait_ms") or 0 for a in records), default=None),
         "max_init_ms": max((a.get("init_ms") or 0 for a in records), default=None),
     }
@@ -72,7 +77,9 @@ def _summarize(reps):
         "other": other,
         "latency_ms": stats.summarize(latencies),
         "wall_s": stats.summarize([rep["wall_s"] for rep in reps]),
+        "per_s": stats.median([rep["per_s"] for rep in reps]),
         "cold": [rep["cold"] for rep in reps],
+        "prewarmed": [rep["prewarmed"] for rep in reps],
         "max_wait_ms": [rep["max_wait_ms"] for rep in reps],
         "max_init_ms": [rep["max_init_ms"] for rep in reps],
         "reps": [{k: v for k, v in rep.items() if k != "results"} for rep in reps],

@@ -23,11 +23,16 @@ With `--baseline BINARY`, that binary (e.g. a build of an older commit) runs
 as one more sandboxed server with the default settings, sampled in the same
 rounds, so a change can be compared with what it replaced on equal terms.
 
-Exec after idleness: a separate server (and one of the baseline) is left
-alone for `idle_seconds` before each exec cold start. tokio retires a
-blocking-pool thread after 10 s idle; when that thread had forked the
-waiting exec sandbox, the parent-death signal killed it, and the cold start
-found it dead and started from nothing.
+After idleness: separate sandboxed servers with default settings, one per
+runtime (python3, node, exec; and the same with the baseline binary), each
+with one function and no other traffic, are left alone for `idle_seconds`
+(60 s) before each cold start. One server per runtime so that one runtime's
+cold start does not wake the server another runtime is then measured on;
+the samples follow each other 0.5 s apart, so a refilling stem cell of the
+previous one has started. tokio retires a blocking-pool thread after 10 s
+idle; when that thread had forked a waiting stem cell, the parent-death
+signal killed it, and the cold start found it dead and started from
+nothing.
 """
 
 import time
@@ -36,6 +41,7 @@ from . import stats
 from .flick import Flick, make_function
 
 RUNTIMES = ("python3", "node", "exec", "http")
+IDLE_RUNTIMES = ("python3", "node", "exec")
 # mode: (sandbox, flick config, runtimes measured)
 MODES = {
     "sandbox": (True, {}, RUNTIMES),
@@ -48,6 +54,8 @@ BASELINE = "baseline: sandbox"
 # (with, without) sandbox: the pairs whose difference is the sandbox's cost.
 PAIRS = {"": ("sandbox", "no-sandbox"), "no stem cells": ("sandbox, no stem cells", "no-sandbox, no stem cells")}
 SETTLE = 0.1
+# Between the after-idleness samples: a used stem cell's replacement has started.
+IDLE_GAP = 0.5
 # A sample that gets no answer in this time is a failure, not a hang.
 REQUEST_TIMEOUT = 30.0
 # After this many failed samples a runtime/server pair is given up on, so a
@@ -70,9 +78,10 @@ def run(ctx):
         for label, binary in (("this build", None), ("baseline", ctx.baseline)):
             if label == "baseline" and not binary:
                 continue
-            srv = idle[label] = Flick(ctx, "idle-" + label.replace(" ", "-"), binary=binary)
-            srv.start()
-            srv.deploy(make_function(ctx, "exec", "idle-exec", keep_alive="100ms", max_instances=1))
+            for rt in IDLE_RUNTIMES:
+                srv = idle[(label, rt)] = Flick(ctx, f"idle-{label.replace(' ', '-')}-{rt}", binary=binary)
+                srv.start()
+                srv.deploy(make_function(ctx, rt, f"idle-{rt}", keep_alive="100ms", max_instances=1))
         samples = {(rt, m): [] for m, (_, _, rts, _) in modes.items() for rt in rts}
         n = ctx.settings.cold_samples
         for i in range(n):
@@ -86,27 +95,32 @@ def run(ctx):
                 _wait_all_idle(ctx, servers, modes)
                 samples[(rt, mode)].append(_sample(servers[mode], f"cold-{rt}"))
         out = _summarize(samples)
-        out["_idle_exec"] = _idle_exec(ctx, idle)
+        out["_idle"] = _idle(ctx, idle)
         return out
     finally:
         for srv in list(servers.values()) + list(idle.values()):
             srv.stop()
 
 
-def _idle_exec(ctx, idle):
-    """exec cold starts, each after `idle_seconds` without any request."""
-    rows = {label: [] for label in idle}
+def _idle(ctx, idle):
+    """Cold starts, each after `idle_seconds` without any request to its
+    server. {"<server>: <runtime>": summary}."""
+    rows = {key: [] for key in idle}
     for i in range(ctx.settings.idle_samples):
-        ctx.log(f"cold: exec after {ctx.settings.idle_seconds:.0f} s idle, {i + 1}/{ctx.settings.idle_samples}")
+        ctx.log(f"cold: after {ctx.settings.idle_seconds:.0f} s idle, {i + 1}/{ctx.settings.idle_samples}")
         time.sleep(ctx.settings.idle_seconds)
-        # Alternate which goes first; the second has waited a few ms longer.
+        # Rotate the order: a later sample's server has waited a little longer.
         order = list(idle.items())
-        for label, srv in order[i % 2 :] + order[: i % 2]:
-            rows[label].append(_sample(srv, "idle-exec"))
+        for key, srv in order[i % len(order) :] + order[: i % len(order)]:
+            rows[key].append(_sample(srv, f"idle-{key[1]}"))
+            time.sleep(IDLE_GAP)
     out = {}
-    for label, samples in rows.items():
-        good = [r for r in samples if r["status"] == 200]
-        out[label] = {
+    for (label, rt), samples in rows.items():
+        good = [r for r in samples if r["status"] == 200 and r["cold"]]
+        out[f"{label}: {rt}"] = {
+            "server": label,
+            "runtime": rt,
+            "idle_s": ctx.settings.idle_seconds,
             "client_ms": stats.summarize([r["client_ms"] for r in good]),
             "init_ms": stats.summarize([r["init_ms"] for r in good if r["init_ms"] is not None]),
             "prewarmed": sum(1 for r in good if r.get("prewarmed")),

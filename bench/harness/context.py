@@ -28,8 +28,11 @@ class Settings:
     sls_cold_samples: int = 5  # serverless-offline takes ~3 s to start
     peer_memory_samples: int = 3
     breakdown_requests: int = 2000  # sequential requests read for Server-Timing
-    idle_samples: int = 5  # exec cold starts after a long idle time, per server
-    idle_seconds: float = 30.0  # how long the server is left alone before each
+    idle_samples: int = 5  # cold starts (python3, node, exec) after a long idle time, per server
+    idle_seconds: float = 60.0  # how long the server is left alone before each
+    cpu_requests: int = 20000  # requests at 32 clients over which CPU per request is read
+    callgrind_requests: int = 1000  # warm requests counted under callgrind, per function
+    heavy_samples: int = 5  # numpy+pandas function: cold starts and scale-outs
     metrics_rounds: int = 5  # interleaved rounds of the metrics on/off comparison
     metrics_scrape_every: float = 5.0  # seconds between scrapes of the metrics-on flick
 
@@ -47,6 +50,9 @@ QUICK = Settings(
     breakdown_requests=300,
     idle_samples=2,
     metrics_rounds=2,
+    cpu_requests=5000,
+    callgrind_requests=200,
+    heavy_samples=2,
 )
 
 
@@ -73,5 +79,7 @@ class Context:
         text = re.sub(r"PORT=\d+", "PORT=PORT", text)
         # One line stands for a family of numbered functions (idle-000 … idle-099).
         text = re.sub(r"\b(idle|burst)-\d+\b", r"\1-NN", text)
+        text = re.sub(r"callgrind\.out\.\d+", "callgrind.out.PID", text)
+        text = re.sub(r"(callgrind_control -[zd]) \d+", r"\1 PID", text)
         if text not in self.commands:
             self.commands.append(text)

@@ -1,7 +1,9 @@
 """Installs what the benchmarks need, idempotently: the flick release binary,
-wrk (Debian package), and the peers in bench-local places (bench/.venv,
-bench/peers/serverless/node_modules). Each install is skipped when a stamp
-says the same inputs were installed before."""
+wrk and valgrind (Debian packages), and the peers in bench-local places
+(bench/.venv, bench/peers/serverless/node_modules). Each install is skipped
+when a stamp says the same inputs were installed before. Bench functions with
+a requirements.txt get their packages installed (pip, from the package index)
+into a scratch copy for their directly-started baselines."""
 
 import hashlib
 import os
@@ -77,13 +79,42 @@ def ensure_flick(ctx):
 # --- wrk -----------------------------------------------------------------------
 
 
-def ensure_wrk(ctx):
-    if shutil.which("wrk"):
+def _ensure_apt(ctx, command, package):
+    if shutil.which(command):
         return
-    ctx.log("installing wrk (apt-get)")
+    ctx.log(f"installing {package} (apt-get)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run(ctx, ["apt-get", "update", "-qq"], "apt.log", timeout=600, env=env)
-    _run(ctx, ["apt-get", "install", "-y", "-qq", "wrk"], "apt.log", timeout=600, env=env)
+    _run(ctx, ["apt-get", "install", "-y", "-qq", package], "apt.log", timeout=600, env=env)
+
+
+def ensure_wrk(ctx):
+    _ensure_apt(ctx, "wrk", "wrk")
+
+
+def ensure_valgrind(ctx):
+    """valgrind with its callgrind tool and `callgrind_control`."""
+    _ensure_apt(ctx, "callgrind_control", "valgrind")
+
+
+# --- functions' own packages -----------------------------------------------------
+
+
+def function_with_requirements(ctx, kind):
+    """A scratch copy of bench/functions/<kind> with its requirements.txt
+    installed where flick's deploy installs them (`.deps/python`, by
+    `pip install --target`), for running the function's server directly.
+    Installed with the interpreter flick's installs use (ctx.python)."""
+    dst = ctx.work / "direct" / kind
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(BENCH / "functions" / kind, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    if (dst / "requirements.txt").exists():
+        ctx.log(f"installing {kind}'s requirements.txt for its direct baseline (pip)")
+        cmd = [ctx.python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+        cmd += ["--target", dst / ".deps" / "python", "-r", dst / "requirements.txt"]
+        _run(ctx, cmd, "pip.log", timeout=900)
+    return dst
 
 
 # --- peers ---------------------------------------------------------------------

@@ -50,13 +50,14 @@ class Flick:
     """`flick up` on 127.0.0.1 with a private data dir. Use as a context
     manager; `restart()` keeps the data dir (and so the deployed functions)."""
 
-    def __init__(self, ctx, label, sandbox=True, port=0, config=None, binary=None, args=()):
+    def __init__(self, ctx, label, sandbox=True, port=0, config=None, binary=None, args=(), wrapper=()):
         self.ctx = ctx
         self.binary = binary or ctx.flick  # the server, and the CLI that deploys to it
         self.label = label
         self.sandbox = sandbox
         self.config = config or {}  # written to <data-dir>/config.toml
         self.args = list(args)  # extra `flick up` flags
+        self.wrapper = list(wrapper)  # runs `flick up` under this (e.g. valgrind); the same pid
         self.data = (ctx.work / "data" / label).resolve()
         self.requested_port = port
         self.proc = None
@@ -64,6 +65,7 @@ class Flick:
 
     def command(self):
         cmd = [self.binary, "up", "--listen", f"127.0.0.1:{self.requested_port}", "--data-dir", self.data, *self.args]
+        cmd = self.wrapper + cmd
         return cmd if self.sandbox else cmd + ["--insecure-no-sandbox"]
 
     def start(self, timeout=60.0):

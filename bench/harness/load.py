@@ -38,18 +38,18 @@ def measure(ctx, targets, rounds=None):
     for label in labels:
         ctx.log(f"  warm-up {label} ({s.warm_warmup:g}s at 32 clients)")
         wrk(ctx, targets[label], 32, s.warm_warmup)
-    rounds = {label: {c: [] for c in CONCURRENCIES} for label in labels}
+    runs = {label: {c: [] for c in CONCURRENCIES} for label in labels}
     for c in CONCURRENCIES:
         for r in range(rounds):
             order = labels[r % len(labels) :] + labels[: r % len(labels)]
             for label in order:
                 result = wrk(ctx, targets[label], c, s.warm_seconds)
-                rounds[label][c].append(result)
+                runs[label][c].append(result)
                 ctx.log(
                     f"  {label:<28} c={c:<2} round {r + 1}: {result['rps']:8.0f} req/s"
                     f"  p50 {result['latency_us']['p50']:6.0f} µs  p99 {result['latency_us']['p99']:7.0f} µs"
                 )
-    return {label: {f"c{c}": _summary(rounds[label][c]) for c in CONCURRENCIES} for label in labels}
+    return {label: {f"c{c}": _summary(runs[label][c]) for c in CONCURRENCIES} for label in labels}
 
 
 def _summary(runs):

@@ -5,6 +5,12 @@
   restart with those 100 functions and no instances (what a server that has
   been up a while and scaled everything to zero looks like, without the
   allocator's leftovers from 100 deploys).
+- the whole idle tree at that point, once the stem cells flick keeps ready
+  are up (`stem_cells` of /v1/instances unchanged for a second): every
+  process, flick and each one below it (stem cells, the sandbox's waiting
+  parents), with its command line, RSS and PSS, and the totals. PSS divides
+  shared pages among the processes sharing them, so the tree's PSS is what
+  it costs the machine.
 - per warm idle python3 instance: a function with min_instances = N is
   deployed and flick prewarms N instances. Once they are all up and 2 s have
   passed, everything below flick is measured again; the growth divided by N
@@ -17,6 +23,7 @@
 import time
 
 from . import procs, stats
+from .context import REPO
 from .flick import Flick, make_function
 
 SETTLE = 2.0
@@ -39,12 +46,31 @@ def run(ctx):
         out["functions"] = s.idle_functions
         out["restarted_kib"] = procs.rss_kib(srv.pid)
         out["restarted_instances"] = sum(counts.values())
+        out["stem_cells"] = _wait_stem_cells(srv)
         # flick's children at idle: the stem cells it keeps ready.
         out["restarted_below"] = _below_flick(srv)
+        out["idle_tree"] = procs.process_rows(srv.pid)
+        for row in out["idle_tree"]:  # this run's paths as placeholders, as in the commands
+            row["cmdline"] = row["cmdline"].replace(str(ctx.work), "$WORK").replace(str(REPO) + "/", "")
         out["instances"] = {"sandbox": _instances(ctx, srv)}
     with Flick(ctx, "memory-nosandbox", sandbox=False) as srv:
         out["instances"]["no-sandbox"] = _instances(ctx, srv)
     return out
+
+
+def _wait_stem_cells(srv, timeout=20.0):
+    """Waits until the ready stem cells (per kind, /v1/instances) have not
+    changed for a second; returns them."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = srv.api("/v1/instances").get("stem_cells", {})
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 1.0:
+            break
+        time.sleep(0.1)
+    return last
 
 
 def _instances(ctx, srv):
@@ -69,7 +95,7 @@ def _below_flick(srv):
     own RSS, its instance cgroups' memory use, and each interpreter's RSS."""
     kids = procs.children_map()
     pids = procs.descendants(srv.pid, kids)
-    pythons = [procs.rss_kib(p) for p in pids if _comm(p).startswith("python")]
+    pythons = [procs.rss_kib(p) for p in pids if procs.comm(p).startswith("python")]
     return {
         "processes": len(pids),
         "rss_kib": sum(procs.rss_kib(p) for p in pids),
@@ -78,14 +104,6 @@ def _below_flick(srv):
         "flick_rss_kib": procs.rss_kib(srv.pid),
         "python_rss_kib": stats.summarize(pythons),
     }
-
-
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _instance_cgroup_usage(srv):

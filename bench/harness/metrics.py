@@ -59,7 +59,7 @@ def run(ctx):
 
 def _request(srv):
     return urllib.request.Request(
-        f"http://127.0.0.1:{srv.port}/metrics", headers={"Authorization": f"Bearer {srv.key()}"}
+        f"http://127.0.0.1:{srv.port}/metrics", headers={"Authorization": f"Bearer {srv.key}"}
     )
 
 

@@ -153,3 +153,76 @@ def tree_memory(pid):
         "rss_kib": sum(rss_kib(p) for p in pids),
         "pss_kib": sum(pss_kib(p) for p in pids),
     }
+
+
+def process_rows(pid):
+    """`pid` and every process below it, one row each: pid, parent, comm,
+    command line (up to 120 characters), RSS and PSS in KiB. Tree order
+    (a parent before its children)."""
+    kids = children_map()
+    rows, todo = [], [(pid, None)]
+    while todo:
+        p, parent = todo.pop(0)
+        rows.append(
+            {
+                "pid": p,
+                "ppid": parent,
+                "comm": comm(p),
+                "cmdline": cmdline(p)[:120],
+                "rss_kib": rss_kib(p),
+                "pss_kib": pss_kib(p),
+            }
+        )
+        todo[:0] = [(c, p) for c in sorted(kids.get(p, []))]
+    return rows
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+# --- CPU ----------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of one process (all its threads), seconds; None when it
+    is gone. Fields 14 and 15 of /proc/<pid>/stat, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu(pid):
+    """{pid: CPU seconds} for `pid` and every process below it."""
+    out = {}
+    for p in [pid] + descendants(pid):
+        s = cpu_seconds(p)
+        if s is not None:
+            out[p] = s
+    return out
+
+
+def cpu_delta(before, after):
+    """CPU seconds spent between two `tree_cpu` readings by the processes
+    alive at the second (one that started in between counts from zero; one
+    that exited in between is lost, as its CPU went to no reading)."""
+    return sum(s - before.get(p, 0.0) for p, s in after.items())
