@@ -72,7 +72,7 @@ def _flick(ctx, sandbox):
     dumps = ctx.work / label
     dumps.mkdir(parents=True, exist_ok=True)
     nofile = NOFILE[sandbox]
-    wrapper = ["sh", "-c", f'ulimit -Sn {nofile} && exec "$@"', "sh"]  # exec: flick keeps the pid
+    wrapper = ["prlimit", f"--nofile={nofile}:"]  # the soft limit only; it execs, so the pid stays
     wrapper += ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dumps}/callgrind.out.%p"]
     return Flick(ctx, label, sandbox=sandbox, wrapper=wrapper, config={"instance_nofile": NOFILE[True]})
 

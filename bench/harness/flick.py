@@ -84,8 +84,12 @@ class Flick:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"flick up ({self.label}) did not start: see {self.ctx.work}/flick-{self.label}.log")
             time.sleep(0.01)
-        time.sleep(0.01)  # the file is written in one call; let it land
-        self.port = int(addr_file.read_text().strip().rsplit(":", 1)[1])
+        # The file may exist before its one write lands (slowly under valgrind).
+        text = addr_file.read_text().strip()
+        while ":" not in text and time.monotonic() < deadline:
+            time.sleep(0.01)
+            text = addr_file.read_text().strip()
+        self.port = int(text.rsplit(":", 1)[1])
         return self
 
     def stop(self):

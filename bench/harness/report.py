@@ -284,41 +284,7 @@ def _warm(d):
         "directly. Throughput targets: issue 12's step (the long-term goal is 70 %).",
     )
     out = [t1, t2]
-    cpu = d.get("cpu_per_request")
-    if cpu:
-        rows = []
-        for label, c in cpu.items():
-            if "error" in c:
-                rows.append([label, "–", "–", "–", "–", "–", c["error"][:120]])
-                continue
-            is_flick = label.startswith("flick ")
-            rows.append(
-                [
-                    label,
-                    f"{c['requests']:,}",
-                    rps(c["rps"]),
-                    f"{c['own_us']:.1f}" if c["own_us"] is not None else "–",
-                    f"{c['below_us']:.1f}" if c.get("below_us") is not None else "–",
-                    f"{c['total_us']:.1f}" if c["total_us"] is not None else "–",
-                    f"≤ {FLICK_CPU_GOAL_US} (flick's own)" if is_flick else "",
-                ]
-            )
-        out.append(
-            (
-                "2f. CPU per warm request at 32 clients (µs)",
-                ["target", "requests", "req/s", "own process", "below it (instances)", "whole tree", "target"],
-                rows,
-                "utime + stime from /proc/<pid>/stat before and after a fixed request count (wrk, 32 connections, "
-                "wrk/count.lua), divided by the count. For flick: `flick up` itself (all its threads), and every "
-                "process below it (the instances: python3 bootstrap or http server, and the sandbox's waiting "
-                "parents). For a baseline: its server process (and a gunicorn worker below its master). "
-                "Resolution: one clock tick over the request count, "
-                + ", ".join(
-                    sorted({f"{c['tick_us']:.1f} µs" for c in cpu.values() if c.get("tick_us") is not None})
-                )
-                + ".",
-            )
-        )
+    cpu_table = _cpu_table(d.get("cpu_per_request"))
     b = d.get("breakdown")
     if b:
         direct = b.get("http server direct (baseline)", {}).get("client_us")
@@ -364,7 +330,43 @@ def _warm(d):
                 "interleaved wrk rounds.",
             )
         )
-    return out
+    return out + ([cpu_table] if cpu_table else [])
+
+
+def _cpu_table(cpu):
+    if not cpu:
+        return None
+    rows = []
+    for label, c in cpu.items():
+        if "error" in c:
+            rows.append([label, "–", "–", "–", "–", "–", c["error"][:120]])
+            continue
+        is_flick = label.startswith("flick ")
+        rows.append(
+            [
+                label,
+                f"{c['requests']:,}",
+                rps(c["rps"]),
+                f"{c['own_us']:.1f}" if c["own_us"] is not None else "–",
+                f"{c['below_us']:.1f}" if c.get("below_us") is not None else "–",
+                f"{c['total_us']:.1f}" if c["total_us"] is not None else "–",
+                f"≤ {FLICK_CPU_GOAL_US} (flick's own)" if is_flick else "",
+            ]
+        )
+    return (
+        "2f. CPU per warm request at 32 clients (µs)",
+        ["target", "requests", "req/s", "own process", "below it (instances)", "whole tree", "target"],
+        rows,
+        "utime + stime from /proc/<pid>/stat before and after a fixed request count (wrk, 32 connections, "
+        "wrk/count.lua), divided by the count. For flick: `flick up` itself (all its threads), and every "
+        "process below it (the instances: python3 bootstrap or http server, and the sandbox's waiting "
+        "parents). For a baseline: its server process (and a gunicorn worker below its master). "
+        "Resolution: one clock tick over the request count, "
+        + ", ".join(
+            sorted({f"{c['tick_us']:.1f} µs" for c in cpu.values() if c.get("tick_us") is not None})
+        )
+        + ".",
+    )
 
 
 def _metrics(d):
@@ -520,7 +522,7 @@ def _memory(d):
         inst,
         "Growth of everything below flick when N idle instances are up, divided by N.",
     )
-    return [t1] + ([t_tree] if t_tree else []) + [t2]
+    return [t1, t2] + ([t_tree] if t_tree else [])
 
 
 def _peers(d):
