@@ -65,7 +65,8 @@ pub struct Config {
     pub max_instances_total: u32,
     /// Host-wide bound on the sum of instances' `memory`.
     pub max_instance_memory: u64,
-    /// Prewarmed stem cells per runtime (python3, node) and network kind.
+    /// Prewarmed stem cells per runtime (python3, node, exec) and network
+    /// kind in use by a deployed function (a burst grows it for a while).
     pub stem_cells: u32,
     /// Whether `http` functions may declare `network = "host"` (their
     /// server's port is then open to the host's network, without flick's auth).

@@ -63,7 +63,8 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         sandbox,
     )
     .context("installing the language bootstraps")?;
-    launcher.prewarm();
+    // No stem cells yet: each kind starts when the first function using it
+    // is loaded or deployed (the scheduler tells the launcher).
     let python = interpreters.python.clone();
     let scheduler = Scheduler::new(
         launcher,

@@ -36,7 +36,6 @@ fn check_identity(env: &serde_json::Value, name: &str, handler: &str, region: &s
 fn every_runtime_gets_the_lambda_identity_from_the_config() {
     let flick = Flick::start_with(&[], Some("[lambda]\nregion = \"eu-west-3\"\naccount = \"123456789012\"\n"));
     let stems = || flick.get("/v1/instances").json()["stem_cells"]["python3/none"].as_u64().unwrap_or(0);
-    assert!(flick.wait_until(Duration::from_secs(20), || stems() >= 1), "a python stem cell is ready");
     // A user's own AWS_REGION cannot contradict the ARN: flick's wins, and
     // there is only one of it.
     flick.deploy_files(
@@ -54,6 +53,8 @@ fn every_runtime_gets_the_lambda_identity_from_the_config() {
             ("main.py", PY_ENV),
         ],
     );
+    // Stem cells of a kind start once a function of that kind is deployed.
+    assert!(flick.wait_until(Duration::from_secs(20), || stems() >= 1), "a python stem cell is ready");
     let r = flick.invoke("py-id", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true, "this one came from a stem cell");

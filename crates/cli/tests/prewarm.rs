@@ -15,8 +15,13 @@ fn stem_cells(flick: &Flick, kind: &str) -> u64 {
 #[test]
 fn cold_starts_take_a_stem_cell_and_the_pool_refills() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "python stem ready");
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "node stem ready");
+    flick.deploy_files(
+        "js",
+        &[
+            ("flick.toml", &manifest("js", "node", "index.handler", "")),
+            ("index.js", "exports.handler = async (e, ctx) => ({ name: ctx.functionName, cwd: process.cwd() });\n"),
+        ],
+    );
     flick.deploy_py(
         "py",
         "",
@@ -29,6 +34,9 @@ fn cold_starts_take_a_stem_cell_and_the_pool_refills() {
             ("main.py", "import os\ndef handler(event, context):\n    return {'env': os.environ.get('GREETING'), 'stem': os.environ.get('FLICK_STEM')}\n"),
         ],
     );
+    // Stem cells of a kind start once a function of that kind is deployed.
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "python stem ready");
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "node stem ready");
     let r = flick.invoke("py", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["cwd"], "/var/task");
@@ -43,13 +51,6 @@ fn cold_starts_take_a_stem_cell_and_the_pool_refills() {
     assert!(r.json()["stem"].is_null(), "no trace of stem mode");
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true);
 
-    flick.deploy_files(
-        "js",
-        &[
-            ("flick.toml", &manifest("js", "node", "index.handler", "")),
-            ("index.js", "exports.handler = async (e, ctx) => ({ name: ctx.functionName, cwd: process.cwd() });\n"),
-        ],
-    );
     let r = flick.invoke("js", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["name"], "js");
@@ -98,9 +99,9 @@ def handler(event, context):
 #[test]
 fn functions_a_stem_cannot_serve_start_the_ordinary_way() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
     // A /tmp size other than the stem cells' own.
     flick.deploy_py("bigtmp", "tmp_size = \"128MiB\"\n", "def handler(event, context):\n    return 'ok'\n");
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
     let r = flick.invoke("bigtmp", "{}");
     assert_eq!(r.status, 200, "{}", r.text());
     let a = flick.activation(&r.activation_id());
@@ -125,7 +126,6 @@ fn prewarming_can_be_switched_off() {
 #[test]
 fn exec_requests_run_in_prewarmed_sandboxes_with_the_full_contract() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     flick.deploy_files(
         "shell",
         &[
@@ -136,6 +136,7 @@ fn exec_requests_run_in_prewarmed_sandboxes_with_the_full_contract() {
             ),
         ],
     );
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     // Calls in a row: the first takes the ready sandbox, later ones take
     // refills or start afresh; all must behave the same.
     for i in 0..4 {
@@ -152,4 +153,53 @@ fn exec_requests_run_in_prewarmed_sandboxes_with_the_full_contract() {
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("status 4"), "{}", r.text());
     assert_eq!(stem_cells(&flick, "exec/host"), 0, "no host-network sandboxes until one is needed");
+}
+
+/// Stem cells exist only for kinds some deployed function uses: none for
+/// node or exec while only python3 is deployed, and none for python3 once
+/// its last function is deleted.
+#[test]
+fn only_kinds_in_use_keep_stem_cells() {
+    let flick = Flick::start();
+    flick.deploy_py("only-py", "", "def handler(event, context):\n    return 'ok'\n");
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1), "python stem ready");
+    // Started together, node's and exec's would be ready by now as well.
+    std::thread::sleep(Duration::from_secs(2));
+    let stems = flick.get("/v1/instances").json()["stem_cells"].clone();
+    assert_eq!((stem_cells(&flick, "node/none"), stem_cells(&flick, "exec/none")), (0, 0), "{stems}");
+    flick.cli_ok(&["delete", "only-py"]);
+    assert!(
+        flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") == 0),
+        "the python stem cell stops with the last python function: {}",
+        flick.get("/v1/instances").json()["stem_cells"]
+    );
+}
+
+/// A burst of cold starts of distinct functions takes stem cells faster
+/// than one at a time can replace them: the pool grows (several ready at
+/// once afterwards), then shrinks back to one when the burst is over.
+#[test]
+fn a_burst_of_distinct_cold_functions_grows_the_pool_and_it_shrinks_back() {
+    let flick = Flick::start();
+    let names: Vec<String> = (0..12).map(|i| format!("burst{i}")).collect();
+    for name in &names {
+        flick.deploy_py(name, "", "def handler(event, context):\n    return 'ok'\n");
+    }
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
+    let shared = &flick;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let calls: Vec<_> = names.iter().map(|n| s.spawn(move || shared.invoke(n, "{}").status)).collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 2),
+        "the pool grew past one after the burst: {}",
+        flick.get("/v1/instances").json()["stem_cells"]
+    );
+    assert!(
+        flick.wait_until(Duration::from_secs(60), || stem_cells(&flick, "python3/none") == 1),
+        "the extra stem cells stop once the burst is over: {}",
+        flick.get("/v1/instances").json()["stem_cells"]
+    );
 }

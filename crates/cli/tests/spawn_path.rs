@@ -69,7 +69,6 @@ fn kill(pid: u32) {
 #[test]
 fn a_long_exec_call_in_a_stem_cell_outlives_idle_blocking_threads() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     flick.deploy_files(
         "slow",
         &[
@@ -77,6 +76,7 @@ fn a_long_exec_call_in_a_stem_cell_outlives_idle_blocking_threads() {
             ("run.sh", "sleep 15\necho done\n"),
         ],
     );
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     let r = flick.invoke("slow", "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text().trim(), "done");
@@ -90,8 +90,8 @@ fn a_long_exec_call_in_a_stem_cell_outlives_idle_blocking_threads() {
 #[test]
 fn exec_activations_say_whether_a_stem_cell_served_them() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     flick.deploy_files("who", &[("flick.toml", &manifest("who", "exec", "cat", ""))]);
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     let r = flick.invoke("who", "one");
     assert_eq!((r.status, r.text()), (200, "one".to_string()));
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true);
@@ -109,6 +109,8 @@ fn exec_activations_say_whether_a_stem_cell_served_them() {
 #[test]
 fn a_killed_stem_cell_is_reported_and_replaced() {
     let flick = Flick::start();
+    // Exec stem cells exist while an exec function is deployed.
+    flick.deploy_files("after", &[("flick.toml", &manifest("after", "exec", "cat", ""))]);
     assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "exec/none") >= 1), "exec stem ready");
     let before = exec_stem_pids(&flick);
     assert_eq!(before.len(), 1, "one exec stem cell is running: {before:?}");
@@ -129,7 +131,6 @@ fn a_killed_stem_cell_is_reported_and_replaced() {
         exec_stem_pids(&flick)
     );
     // And the replacement serves.
-    flick.deploy_files("after", &[("flick.toml", &manifest("after", "exec", "cat", ""))]);
     let r = flick.invoke("after", "ok");
     assert_eq!((r.status, r.text()), (200, "ok".to_string()));
     assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true);

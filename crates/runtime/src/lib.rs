@@ -49,7 +49,9 @@ pub struct RuntimeConfig {
     pub log_limits: LogLimits,
     /// Largest response body an instance may return.
     pub max_response_bytes: usize,
-    /// Stem cells kept ready per runtime (python3, node) and network kind; 0 disables prewarming.
+    /// Stem cells kept ready per runtime (python3, node, exec) and network
+    /// kind that a served function uses (more for a while after a burst);
+    /// 0 disables prewarming.
     pub stem_cells: u32,
     /// `http` functions may use `network = "host"`: their server listens on
     /// the host's network, where anyone who can reach the port bypasses

@@ -3,13 +3,22 @@
 //! start-up nor sandbox set-up. Each is used once and replaced in the
 //! background.
 //!
+//! Only kinds some deployed function uses have stem cells (the scheduler
+//! says which, [`Launcher::use_stems_for`]): an idle flick keeps no
+//! interpreter no function needs. Each kind keeps `stem_cells` ready; when
+//! cold starts take them faster than they are replaced (a burst of distinct
+//! functions), the kind's target grows by one per cell found missing, up to
+//! [`BURST_MAX`], so more start in parallel and the burst's later cold
+//! starts find them; [`STEM_IDLE`] after the last such shortfall the extra
+//! cells are stopped ([`Launcher::trim_stems`]).
+//!
 //! python3 and node stem cells are bootstraps waiting to be told their
 //! function; exec stem cells are sandboxes, fully set up, waiting to be told
 //! the program to run (exec starts a process per request, so every request
 //! of an exec function is a cold start, and joining a cgroup alone costs
 //! ~14 ms on cgroup v1 hosts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +44,13 @@ const EXEC_STEM_MEMORY: u64 = 256 << 20;
 /// doubling with each failure in a row up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Most stem cells one kind may grow to in a burst. Each python3 cell is
+/// ~17 MiB RSS, so a burst costs at most ~0.3 GiB for a while; starting
+/// more at once gains nothing on a small host (the starts share its cores
+/// and, on cgroup v1, one kernel lock).
+pub const BURST_MAX: u32 = 16;
+/// How long after the last shortfall a grown pool keeps its extra cells.
+pub const STEM_IDLE: Duration = Duration::from_secs(10);
 
 /// A ready stem cell.
 enum Cell {
@@ -67,6 +83,16 @@ struct Stats {
     failures: u32,
 }
 
+/// Per kind: how many cells it should keep, grown by recent demand.
+#[derive(Clone, Copy, Debug)]
+struct Demand {
+    /// Cells to keep ready (or starting); at least `stem_cells`.
+    target: u32,
+    /// The last take that found the kind short (no cell, or its last one
+    /// while a replacement was still starting).
+    last_short: std::time::Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct StemPool {
     /// Ready stem cells per key.
@@ -74,6 +100,10 @@ pub(crate) struct StemPool {
     /// Stem cells being started per key (a retry waiting counts too).
     starting: Mutex<HashMap<Key, u32>>,
     stats: Mutex<HashMap<Key, Stats>>,
+    /// Kinds grown past `stem_cells` by a burst.
+    demand: Mutex<HashMap<Key, Demand>>,
+    /// Kinds some deployed function uses: the only ones kept ready.
+    in_use: Mutex<HashSet<Key>>,
     next_id: AtomicU64,
     /// Set on shutdown: no more refills.
     closed: AtomicBool,
@@ -106,12 +136,93 @@ pub struct StemCount {
     pub died: u64,
 }
 
+/// The kind of stem cell a function of `m` could start from, if any.
+fn stem_key(m: &Manifest) -> Option<Key> {
+    match m.runtime {
+        RuntimeKind::Python3 | RuntimeKind::Node if !m.lambda_ric => Some((m.runtime, m.network)),
+        RuntimeKind::Exec => Some((m.runtime, m.network)),
+        _ => None,
+    }
+}
+
 impl Launcher {
-    /// Fills the stem pools of the default network kind.
-    pub fn prewarm(&self) {
-        for runtime in [RuntimeKind::Python3, RuntimeKind::Node, RuntimeKind::Exec] {
-            self.refill((runtime, Network::None));
+    /// Keeps stem cells for the kinds the functions of `manifests` use
+    /// (every deployed function's current revision), and only those: new
+    /// kinds start filling, kinds no function uses any more are stopped.
+    pub fn use_stems_for<'a>(&self, manifests: impl IntoIterator<Item = &'a Manifest>) {
+        let wanted: HashSet<Key> = manifests.into_iter().filter_map(stem_key).collect();
+        let (added, dropped) = {
+            let mut in_use = self.stems.in_use.lock();
+            if *in_use == wanted {
+                return;
+            }
+            let added: Vec<Key> = wanted.difference(&in_use).copied().collect();
+            let dropped: Vec<Key> = in_use.difference(&wanted).copied().collect();
+            *in_use = wanted;
+            (added, dropped)
+        };
+        if !dropped.is_empty() {
+            // Removed from the map here, dropped (killed) outside the lock.
+            let gone: Vec<Vec<Ready>> = {
+                let mut ready = self.stems.ready.lock();
+                dropped.iter().filter_map(|k| ready.remove(k)).collect()
+            };
+            let mut demand = self.stems.demand.lock();
+            for key in &dropped {
+                demand.remove(key);
+                tracing::debug!(kind = %kind_name(*key), "no function uses this kind any more: its stem cells stop");
+            }
+            drop(demand);
+            drop(gone);
         }
+        for key in added {
+            self.refill(key);
+        }
+    }
+
+    /// Shrinks kinds grown by a burst back to `stem_cells` once no cold
+    /// start has found them short for [`STEM_IDLE`], stopping the extra
+    /// ready cells. Called by the scheduler's reaper.
+    pub fn trim_stems(&self) {
+        let now = std::time::Instant::now();
+        self.stems.demand.lock().retain(|_, d| now.duration_since(d.last_short) < STEM_IDLE);
+        // Every kind, not only those just calmed: cells a burst had asked
+        // for may have come up since.
+        let keys: Vec<Key> = self.stems.ready.lock().keys().copied().collect();
+        let targets: Vec<(Key, usize)> = keys.into_iter().map(|k| (k, self.target(k) as usize)).collect();
+        let extra: Vec<Ready> = {
+            let mut ready = self.stems.ready.lock();
+            let mut extra = Vec::new();
+            for (key, target) in targets {
+                if let Some(cells) = ready.get_mut(&key)
+                    && cells.len() > target
+                {
+                    // The oldest go: they are at the front.
+                    extra.extend(cells.drain(..cells.len() - target));
+                }
+            }
+            extra
+        };
+        if !extra.is_empty() {
+            tracing::debug!(stopped = extra.len(), "burst over: extra stem cells stop");
+        }
+        // Dropping a cell kills it (outside the lock).
+        drop(extra);
+    }
+
+    /// The number of cells `key` should keep ready or starting.
+    fn target(&self, key: Key) -> u32 {
+        let base = self.config.stem_cells;
+        self.stems.demand.lock().get(&key).map_or(base, |d| d.target.max(base))
+    }
+
+    /// A take found `key` short: one more cell for it, up to [`BURST_MAX`].
+    fn grow(&self, key: Key) {
+        let base = self.config.stem_cells;
+        let mut demand = self.stems.demand.lock();
+        let d = demand.entry(key).or_insert(Demand { target: base, last_short: std::time::Instant::now() });
+        d.target = (d.target + 1).min(BURST_MAX.max(base));
+        d.last_short = std::time::Instant::now();
     }
 
     /// A ready python3/node stem cell for `key`, if there is one; either
@@ -172,13 +283,24 @@ impl Launcher {
     }
 
     fn take(&self, key: Key, refill: bool) -> Option<Cell> {
-        let cell = {
+        if self.config.stem_cells == 0 {
+            return None;
+        }
+        let (cell, left) = {
             let mut ready = self.stems.ready.lock();
-            let cells = ready.get_mut(&key)?;
-            // A dead cell still listed (its watcher has not run yet) is skipped.
+            let cells = ready.entry(key).or_default();
+            // A dead cell still listed (its watcher has not run yet) is
+            // skipped. The newest first: the oldest go first when trimmed.
             let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
-            at.map(|i| cells.swap_remove(i).cell)
+            let cell = at.map(|i| cells.remove(i).cell);
+            (cell, cells.len())
         };
+        // Taken faster than replaced: none left, or the last one taken
+        // while another is still starting.
+        let starting = self.stems.starting.lock().get(&key).copied().unwrap_or(0);
+        if cell.is_none() || (left == 0 && starting > 0) {
+            self.grow(key);
+        }
         if refill {
             self.refill(key);
         }
@@ -191,9 +313,9 @@ impl Launcher {
     }
 
     fn refill(&self, key: Key) {
-        let want = self.config.stem_cells;
+        let want = self.target(key);
         let exec_unsupported = key.0 == RuntimeKind::Exec && !self.sandbox.is_isolated();
-        if want == 0 || exec_unsupported || self.stems.closed.load(Ordering::Relaxed) {
+        if want == 0 || exec_unsupported || self.closed() || !self.stems.in_use.lock().contains(&key) {
             return;
         }
         let missing = {
@@ -243,7 +365,9 @@ impl Launcher {
             // is never added after the pool was emptied for good.
             let mut ready = self.stems.ready.lock();
             *self.stems.starting.lock().entry(key).or_default() -= 1;
-            if self.closed() {
+            // Nor for a kind no function uses any more (checked under the
+            // lock `use_stems_for` removes that kind's cells under).
+            if self.closed() || !self.stems.in_use.lock().contains(&key) {
                 return; // dropping the cell stops it
             }
             ready.entry(key).or_default().push(Ready { id, cell });

@@ -119,7 +119,19 @@ impl Scheduler {
         // removes drained pools under the same lock, and a removed pool
         // stays retired for good.
         pool.state.lock().retired = false;
+        drop(pools);
+        // A function's first deploy (or load at start) of its kind starts
+        // that kind's stem cells.
+        self.sync_stems();
         pool
+    }
+
+    /// Tells the launcher which kinds of stem cell the served functions
+    /// (every pool not retired) use, so it keeps those and no others.
+    fn sync_stems(&self) {
+        let manifests: Vec<Arc<flick_core::Manifest>> =
+            self.pools.lock().values().filter(|p| !p.state.lock().retired).map(|p| p.spec().manifest.clone()).collect();
+        self.launcher.use_stems_for(manifests.iter().map(|m| &**m));
     }
 
     /// Retires every pool of a deleted function.
@@ -211,6 +223,10 @@ impl Scheduler {
             pool.prewarm(want, now);
         }
         self.pools.lock().retain(|_, pool| !pool.is_drained());
+        // A deleted function's kind may be used by no one now; a burst's
+        // extra stem cells go once it is over.
+        self.sync_stems();
+        self.launcher.trim_stems();
     }
 
     /// Whether functions of `manifest` can run here (see [`Launcher::admit`]).
