@@ -176,27 +176,36 @@ fn only_kinds_in_use_keep_stem_cells() {
 }
 
 /// A burst of cold starts of distinct functions takes stem cells faster
-/// than one at a time can replace them: the pool grows (several ready at
-/// once afterwards), then shrinks back to one when the burst is over.
+/// than one at a time can replace them: the pool grows, and a second burst
+/// finds a cell ready for each of its cold starts; the pool shrinks back to
+/// one when the bursts are over.
 #[test]
 fn a_burst_of_distinct_cold_functions_grows_the_pool_and_it_shrinks_back() {
     let flick = Flick::start();
-    let names: Vec<String> = (0..12).map(|i| format!("burst{i}")).collect();
+    let names: Vec<String> = (0..18).map(|i| format!("burst{i}")).collect();
     for name in &names {
         flick.deploy_py(name, "", "def handler(event, context):\n    return 'ok'\n");
     }
     assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
-    let shared = &flick;
-    let statuses: Vec<u16> = std::thread::scope(|s| {
-        let calls: Vec<_> = names.iter().map(|n| s.spawn(move || shared.invoke(n, "{}").status)).collect();
-        calls.into_iter().map(|c| c.join().unwrap()).collect()
-    });
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let burst = |names: &[String]| -> Vec<common::Reply> {
+        let shared = &flick;
+        std::thread::scope(|s| {
+            let calls: Vec<_> = names.iter().map(|n| s.spawn(move || shared.invoke(n, "{}"))).collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    };
+    let first = burst(&names[..12]);
+    assert!(first.iter().all(|r| r.status == 200), "{:?}", first.iter().map(|r| r.status).collect::<Vec<_>>());
     assert!(
-        flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 2),
+        flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 6),
         "the pool grew past one after the burst: {}",
         flick.get("/v1/instances").json()["stem_cells"]
     );
+    let second = burst(&names[12..]);
+    for r in &second {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(flick.activation(&r.activation_id())["prewarmed"], true, "every cold start found a cell ready");
+    }
     assert!(
         flick.wait_until(Duration::from_secs(60), || stem_cells(&flick, "python3/none") == 1),
         "the extra stem cells stop once the burst is over: {}",

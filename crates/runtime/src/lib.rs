@@ -281,7 +281,7 @@ impl Launcher {
             }
             RuntimeKind::Python3 | RuntimeKind::Node => {
                 if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
-                    && let Some(stem) = self.take_stem((m.runtime, m.network))
+                    && let Some(stem) = self.take_stem_or_wait((m.runtime, m.network), deadline).await
                 {
                     match stem.specialise(self, spec, deadline).await {
                         Ok(instance) => return Ok(Instance::Process(instance)),

@@ -51,6 +51,10 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 pub const BURST_MAX: u32 = 16;
 /// How long after the last shortfall a grown pool keeps its extra cells.
 pub const STEM_IDLE: Duration = Duration::from_secs(10);
+/// Longest a cold start waits for a stem cell being started for it before
+/// it starts its own process. A failed start ends the wait at once (the
+/// kind's failures are then above zero and nobody waits until one starts).
+const STEM_WAIT: Duration = Duration::from_secs(10);
 
 /// A ready stem cell.
 enum Cell {
@@ -104,6 +108,11 @@ pub(crate) struct StemPool {
     demand: Mutex<HashMap<Key, Demand>>,
     /// Kinds some deployed function uses: the only ones kept ready.
     in_use: Mutex<HashSet<Key>>,
+    /// Cold starts waiting for a cell being started, per kind (each has
+    /// claimed one of `starting`).
+    waiting: Mutex<HashMap<Key, u32>>,
+    /// Woken whenever a cell becomes ready.
+    arrived: tokio::sync::Notify,
     next_id: AtomicU64,
     /// Set on shutdown: no more refills.
     closed: AtomicBool,
@@ -235,6 +244,68 @@ impl Launcher {
         }
     }
 
+    /// Like [`Self::take_stem`], but when none is ready and a cell is being
+    /// started that no other cold start has claimed, waits for a ready one
+    /// (at most [`STEM_WAIT`], never past `deadline`). In a burst of
+    /// distinct functions the cold starts draw from the cells the grown
+    /// pool starts, instead of each starting another process beside them.
+    pub(crate) async fn take_stem_or_wait(&self, key: Key, deadline: tokio::time::Instant) -> Option<Stem> {
+        if let Some(stem) = self.take_stem(key) {
+            return Some(stem);
+        }
+        let failing = || self.stems.stats.lock().get(&key).is_some_and(|s| s.failures > 0);
+        if failing() {
+            return None;
+        }
+        let claimed = {
+            let starting = self.stems.starting.lock().get(&key).copied().unwrap_or(0);
+            let mut waiting = self.stems.waiting.lock();
+            let n = waiting.entry(key).or_default();
+            let free = *n < starting;
+            if free {
+                *n += 1;
+            }
+            free
+        };
+        if !claimed {
+            return None;
+        }
+        /// Gives the claim back however the wait ends.
+        struct Claim<'a>(&'a StemPool, Key);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                if let Some(n) = self.0.waiting.lock().get_mut(&self.1) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        let _claim = Claim(&self.stems, key);
+        let give_up = deadline.min(tokio::time::Instant::now() + STEM_WAIT);
+        loop {
+            let arrived = self.stems.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(cell) = self.take_ready(key) {
+                self.refill(key);
+                return match cell {
+                    Cell::Bootstrap(stem) => Some(stem),
+                    Cell::Exec(_) => None,
+                };
+            }
+            if self.closed() || failing() || tokio::time::timeout_at(give_up, arrived).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A ready, live cell of `key`, if any (no demand counted, no refill).
+    fn take_ready(&self, key: Key) -> Option<Cell> {
+        let mut ready = self.stems.ready.lock();
+        let cells = ready.get_mut(&key)?;
+        let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
+        at.map(|i| cells.remove(i).cell)
+    }
+
     /// A prewarmed sandbox running `program` for `spec`, with its code
     /// attached and its memory limit set, or `None` (start one afresh).
     pub(crate) async fn exec_stem(
@@ -345,6 +416,8 @@ impl Launcher {
                     s.failures = s.failures.saturating_add(1);
                     s.failures
                 };
+                // Cold starts waiting for this cell start their own now.
+                self.stems.arrived.notify_waiters();
                 let wait = RETRY_FIRST.saturating_mul(1 << failures.min(8)).min(RETRY_MAX);
                 if !self.closed() {
                     tracing::warn!(kind = %kind_name(key), error = %e, retry_in = ?wait, "could not start a stem cell");
@@ -372,6 +445,7 @@ impl Launcher {
             }
             ready.entry(key).or_default().push(Ready { id, cell });
         }
+        self.stems.arrived.notify_waiters();
         // Watch it while it waits: a stem cell that dies (killed, out of
         // memory, its runtime crashed) leaves the pool at once, is reported,
         // and is replaced — not found dead by the next cold start.
