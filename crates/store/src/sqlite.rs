@@ -1088,11 +1088,13 @@ impl Store for SqliteStore {
     }
 }
 
-/// Bytes of the database's pages in use (not on the free list).
+/// Bytes of the database's pages in use (not on the free list). Read
+/// before every batch of records: one cached statement, not three pragmas
+/// parsed afresh each time.
 fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
-    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
-    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-    let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()")?;
+    let (pages, free, page): (i64, i64, i64) = stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(((pages - free).max(0) * page) as u64)
 }
 
