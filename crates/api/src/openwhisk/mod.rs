@@ -86,6 +86,21 @@ fn authorize(s: &AppState, headers: &HeaderMap, namespace: &str) -> Result<Strin
     Ok(id)
 }
 
+/// What a PUT replaces: the entity as it is, `None` when there is none,
+/// or OpenWhisk's 409 when there is one and the PUT did not say
+/// `overwrite=true`.
+async fn replaced<T>(
+    lookup: impl std::future::Future<Output = Result<T, flick_platform::PlatformError>>,
+    overwrite: bool,
+) -> Result<Option<T>, OwError> {
+    match lookup.await {
+        Ok(_) if !overwrite => Err(OwError::Conflict),
+        Ok(old) => Ok(Some(old)),
+        Err(flick_platform::PlatformError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A caller's value in an error message: cut, control characters escaped.
 fn shown(v: &str) -> String {
     v.chars().take(64).flat_map(char::escape_default).collect()

@@ -82,14 +82,7 @@ pub(crate) async fn put(
     let put: PutBody = serde_json::from_slice(&body).map_err(|e| OwError::Malformed(e.to_string()))?;
     let trigger = entity_name(&id, "trigger", put.trigger.as_deref())?;
     let action = entity_name(&id, "action", put.action.as_deref())?;
-    let old = match s.platform.rule(&name).await {
-        Ok(r) => Some(r),
-        Err(PlatformError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    if old.is_some() && !overwrite {
-        return Err(OwError::Conflict);
-    }
+    let old = super::replaced(s.platform.rule(&name), overwrite).await?;
     let active = match put.status.as_deref() {
         Some(s) => status(s)?,
         // A new rule is active; an update keeps the rule's status.

@@ -86,14 +86,7 @@ pub(crate) async fn put(
         serde_json::from_slice(&body)
     }
     .map_err(|e| OwError::Malformed(e.to_string()))?;
-    let old = match s.platform.rule_trigger(&name).await {
-        Ok(t) => Some(t),
-        Err(flick_platform::PlatformError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    if old.is_some() && !overwrite {
-        return Err(OwError::Conflict);
-    }
+    let old = super::replaced(s.platform.rule_trigger(&name), overwrite).await?;
     let now = now_ms();
     let params: Map<String, Value> = match put.parameters {
         Some(list) => list.into_iter().map(|kv| (kv.key, kv.value)).collect::<BTreeMap<_, _>>().into_iter().collect(),
