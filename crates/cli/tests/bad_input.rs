@@ -439,9 +439,12 @@ fn python_timeout_is_504_and_the_function_recovers() {
     let flick = Flick::start();
     // A call whose body has "comm" names its process (seen from the host
     // whatever the sandbox does), so the process serving it can be found.
-    let code = "import time\n\ndef handler(event, context):\n    \
-                if event.get(\"comm\"):\n        with open(\"/proc/self/comm\", \"w\") as f:\n            \
-                f.write(event[\"comm\"])\n    \
+    // prctl(PR_SET_NAME), not a write to /proc/self/comm: a process that
+    // changed its uid (a stem cell taking on the function) is not dumpable,
+    // and its /proc files are root's.
+    let code = "import ctypes, time\n\ndef handler(event, context):\n    \
+                if event.get(\"comm\"):\n        \
+                ctypes.CDLL(None).prctl(15, event[\"comm\"].encode(), 0, 0, 0)\n    \
                 time.sleep(float(event.get(\"sleep\", 0)))\n    return {\"done\": True}\n";
     let comm = format!("fk{}t", std::process::id());
     let name = "sleepy";
@@ -463,7 +466,13 @@ fn python_timeout_is_504_and_the_function_recovers() {
         let (r, took) = call.join().unwrap();
         (r, took, seen)
     });
-    assert!(seen_running, "sanity: the process serving the slow call was never seen in /proc");
+    assert!(
+        seen_running,
+        "sanity: the process serving the slow call was never seen in /proc ({} {}, seen: {:?})",
+        r.status,
+        r.text(),
+        processes_named(&comm)
+    );
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.json()["errorType"], "Function.Timeout", "{}", r.text());
     assert!(took < Duration::from_secs(30), "the timeout did not cut the call short: {took:?}");
