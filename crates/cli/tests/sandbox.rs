@@ -140,8 +140,9 @@ fn an_instance_is_unprivileged_filtered_and_alone() {
     assert_unprivileged_filtered_and_alone(&invoke_from(&cold, "introspect", false));
 
     let warm = Flick::start();
-    assert!(warm.wait_until(Duration::from_secs(20), || stem_cells(&warm, "python3/none") >= 1), "a python stem");
+    // Stem cells of a runtime start with its first function.
     warm.deploy_py("introspect", "", INTROSPECT);
+    assert!(warm.wait_until(Duration::from_secs(20), || stem_cells(&warm, "python3/none") >= 1), "a python stem");
     assert_unprivileged_filtered_and_alone(&invoke_from(&warm, "introspect", true));
 }
 
@@ -152,7 +153,6 @@ fn an_instance_is_unprivileged_filtered_and_alone() {
 #[test]
 fn every_thread_of_a_specialised_node_stem_is_unprivileged() {
     let flick = Flick::start();
-    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "a node stem");
     flick.deploy_files(
         "threads",
         &[
@@ -182,6 +182,8 @@ exports.handler = async () => {
             ),
         ],
     );
+    // Stem cells of a runtime start with its first function.
+    assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "node/none") >= 1), "a node stem");
     let v = invoke_from(&flick, "threads", true);
     assert!(v["tasks"].as_object().unwrap().len() > 1, "node runs threads: {v}");
     assert_no_task_is_privileged(&v, &["CapPrm", "CapEff", "CapAmb", "CapBnd"]);
@@ -891,8 +893,8 @@ def handler(event, context):
 "#;
     // Both python functions start from stem cells (the stem's bootstrap
     // switches uid when specialised); node and exec too.
-    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
     flick.deploy_py("hoarder", "", identity);
+    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
     let hoarder = flick.invoke("hoarder", r#"{"hoard": true}"#);
     assert_eq!(hoarder.status, 200, "{}", hoarder.text());
     let hoarder_prewarmed = flick.activation(&hoarder.activation_id())["prewarmed"].clone();
@@ -901,8 +903,8 @@ def handler(event, context):
     assert_eq!(hoarder["one_more"], "EMFILE", "the hoarder used up its own inotify instances: {hoarder}");
     assert!(hoarder["held"].as_u64().unwrap() > 0, "{hoarder}");
 
-    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
     flick.deploy_py("watcher", "", identity);
+    assert!(flick.wait_until(Duration::from_secs(30), || stem_cells(&flick, "python3/none") >= 1), "python stem");
     let watcher = flick.invoke("watcher", "{}");
     assert_eq!(watcher.status, 200, "{}", watcher.text());
     let watcher_prewarmed = flick.activation(&watcher.activation_id())["prewarmed"].clone();
