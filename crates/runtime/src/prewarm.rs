@@ -285,7 +285,7 @@ impl Launcher {
             let arrived = self.stems.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            if let Some(cell) = self.take_ready(key) {
+            if let (Some(cell), _) = self.take_ready(key) {
                 self.refill(key);
                 return match cell {
                     Cell::Bootstrap(stem) => Some(stem),
@@ -298,12 +298,16 @@ impl Launcher {
         }
     }
 
-    /// A ready, live cell of `key`, if any (no demand counted, no refill).
-    fn take_ready(&self, key: Key) -> Option<Cell> {
+    /// A ready, live cell of `key`, if any, and how many cells are left
+    /// listed (no demand counted, no refill). A dead cell still listed (its
+    /// watcher has not run yet) is skipped. The newest first: the oldest go
+    /// first when trimmed.
+    fn take_ready(&self, key: Key) -> (Option<Cell>, usize) {
         let mut ready = self.stems.ready.lock();
-        let cells = ready.get_mut(&key)?;
+        let Some(cells) = ready.get_mut(&key) else { return (None, 0) };
         let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
-        at.map(|i| cells.remove(i).cell)
+        let cell = at.map(|i| cells.remove(i).cell);
+        (cell, cells.len())
     }
 
     /// A prewarmed sandbox running `program` for `spec`, with its code
@@ -357,15 +361,7 @@ impl Launcher {
         if self.config.stem_cells == 0 {
             return None;
         }
-        let (cell, left) = {
-            let mut ready = self.stems.ready.lock();
-            let cells = ready.entry(key).or_default();
-            // A dead cell still listed (its watcher has not run yet) is
-            // skipped. The newest first: the oldest go first when trimmed.
-            let at = cells.iter().rposition(|r| !r.cell.process().has_exited());
-            let cell = at.map(|i| cells.remove(i).cell);
-            (cell, cells.len())
-        };
+        let (cell, left) = self.take_ready(key);
         // Taken faster than replaced: none left, or the last one taken
         // while another is still starting.
         let starting = self.stems.starting.lock().get(&key).copied().unwrap_or(0);
