@@ -55,6 +55,9 @@ pub struct Config {
     pub instance_cpus: f64,
     /// Weights only (default) or a hard CFS quota per instance.
     pub cpu_limit: CpuLimit,
+    /// Set the kernel's cgroup2 `favordynmods` at start (host-wide): moving
+    /// a process into a cgroup then costs ~0.25 ms instead of 10-25 ms.
+    pub cgroup_favordynmods: bool,
     pub instance_nofile: u64,
     /// Longest a request waits for a busy function before a 429.
     pub queue_timeout: Duration,
@@ -224,6 +227,7 @@ struct FileConfig {
     instance_pids: Option<u32>,
     instance_cpus: Option<f64>,
     cpu_limit: Option<CpuLimit>,
+    cgroup_favordynmods: Option<bool>,
     instance_nofile: Option<u64>,
     queue_timeout: Option<String>,
     max_queue: Option<u32>,
@@ -357,6 +361,7 @@ impl Config {
             instance_pids: file.instance_pids.unwrap_or(256),
             instance_cpus: file.instance_cpus.unwrap_or(1.0),
             cpu_limit: args.cpu_limit.or(file.cpu_limit).unwrap_or_default(),
+            cgroup_favordynmods: file.cgroup_favordynmods.unwrap_or(true),
             instance_nofile: file.instance_nofile.unwrap_or(1024),
             queue_timeout: duration("queue_timeout", &file.queue_timeout, Duration::from_secs(10))?,
             // Time, not a count, is what should turn a burst away: a

@@ -501,6 +501,7 @@ pub async fn build_sandbox(config: &Config, data: &Path, interpreters: &Interpre
         nofile: config.instance_nofile,
         cpus: config.instance_cpus,
         cpu_limit: config.cpu_limit.into(),
+        favor_dynmods: config.cgroup_favordynmods,
     };
     let hint = "run `flick doctor` for details, or start with --insecure-no-sandbox to run functions unisolated";
     let sandbox = Sandbox::new(sandbox_config).map_err(|e| anyhow::anyhow!("{e}\n{hint}"))?;

@@ -184,3 +184,35 @@ fn the_api_keeps_answering_during_a_burst_of_cold_starts() {
     }
     assert!(health > 0, "management requests were answered while the burst ran");
 }
+
+/// What each start costs outside the function: python3 instances (cold and
+/// from a stem cell) run the bootstrap's bytecode compiled at start-up, with
+/// `site` off and site-packages still importable; and moves into cgroups are
+/// cheap host-wide (the kernel's cgroup2 `favordynmods`), where the host
+/// has a cgroup2 mount to show it.
+#[test]
+fn python_starts_run_compiled_bytecode_and_cgroup_moves_are_favoured() {
+    let code = "import site, sys\n\
+                def handler(event, context):\n    \
+                    return {'argv0': sys.argv[0], 'no_site': sys.flags.no_site,\n            \
+                    'site_packages': all(p in sys.path for p in site.getsitepackages())}\n";
+    for (label, config) in [("cold", "stem_cells = 0\n"), ("stem cell", "")] {
+        let flick = Flick::start_with(&[], Some(config));
+        flick.deploy_py("starts", "", code);
+        if config.is_empty() {
+            assert!(flick.wait_until(Duration::from_secs(20), || stem_cells(&flick, "python3/none") >= 1));
+        }
+        let r = flick.invoke("starts", "{}");
+        assert_eq!(r.status, 200, "{label}: {}", r.text());
+        let prewarmed = flick.activation(&r.activation_id())["prewarmed"].as_bool();
+        assert_eq!(prewarmed, Some(config.is_empty()), "{label}");
+        let v = r.json();
+        assert!(v["argv0"].as_str().is_some_and(|a| a.ends_with("/python.pyc")), "{label}: {v}");
+        assert_eq!(v["no_site"], 1, "{label}: {v}");
+        assert_eq!(v["site_packages"], true, "{label}: {v}");
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if let Some(cgroup2) = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")) {
+        assert!(cgroup2.ends_with(",favordynmods") || cgroup2.contains(",favordynmods,"), "{cgroup2}");
+    }
+}

@@ -1402,6 +1402,18 @@ def _stem_cell(channel):
 # --- start -------------------------------------------------------------------
 
 
+def _site_packages():
+    """What `site` would have done at start-up (flick starts python with
+    -S), less the `.pth` hooks: the interpreter's site-packages importable,
+    `exit()` and `quit()` defined. The hooks of the host's site-packages are
+    the host's set-up, not the function's, and cost a cold start tens of ms."""
+    if sys.flags.no_site:
+        import site
+
+        sys.path.extend(p for p in site.getsitepackages() if p not in sys.path)
+        site.setquit()
+
+
 def main():
     # Logs reach flick as they are written, not when a block buffer fills.
     for stream in (sys.stdout, sys.stderr):
@@ -1418,6 +1430,7 @@ def main():
     # -I keeps the script's directory off sys.path; make sure of it, since
     # `import python` must not find this file.
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
+    _site_packages()
 
     if os.environ.get("FLICK_STEM"):
         _stem_cell(channel)

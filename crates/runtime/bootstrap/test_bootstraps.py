@@ -64,7 +64,8 @@ class Instance(object):
         write_files(self.dir, files)
         self.extra_dirs = []
         if runtime == "python":
-            argv = [PYTHON, "-I", os.path.join(HERE, "python.py")]
+            # As flick starts it (crates/runtime/src/process.rs).
+            argv = [PYTHON, "-I", "-S", os.path.join(HERE, "python.py")]
         else:
             argv = [NODE, os.path.join(HERE, "node.js")]
         if stem:
@@ -1323,6 +1324,29 @@ class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
     error_type = "ZeroDivisionError"
     code_file = "main.py"
     import_trace_hint = "Traceback"
+
+    def test_site_packages_without_their_pth_hooks(self):
+        # Started with -S, as flick starts it: the interpreter's own
+        # site-packages are importable all the same (what the host installed
+        # for every function), and exit() exists; `site.main()` never ran.
+        files = {
+            "main.py": """
+                import site, sys
+                def handler(event, context):
+                    wanted = [p for p in site.getsitepackages()]
+                    return {
+                        "missing": [p for p in wanted if p not in sys.path],
+                        "wanted": len(wanted),
+                        "exit": callable(exit) and callable(quit),
+                        "no_site": sys.flags.no_site,
+                    }
+            """
+        }
+        got = self.json_result(self.start_ready(files=files, handler="main.handler"), "s", {})
+        self.assertEqual(got["missing"], [])
+        self.assertGreater(got["wanted"], 0)
+        self.assertTrue(got["exit"])
+        self.assertEqual(got["no_site"], 1)
 
     def test_openfaas_handle(self):
         files = {

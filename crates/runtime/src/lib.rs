@@ -243,13 +243,22 @@ pub struct Launcher {
     sandbox: Sandbox,
     stems: Arc<prewarm::StemPool>,
     host_ports: Arc<http::HostPorts>,
+    /// The Python bootstrap's bytecode is there to run.
+    python_compiled: bool,
 }
 
 impl Launcher {
-    /// Writes the bootstraps to `config.bootstrap_dir`.
+    /// Writes the bootstraps to `config.bootstrap_dir` (and compiles the
+    /// Python one: a blocking call of the interpreter, ~40 ms).
     pub fn new(config: RuntimeConfig, sandbox: Sandbox) -> std::io::Result<Self> {
-        bootstrap::install(&config.bootstrap_dir)?;
-        Ok(Self { config: Arc::new(config), sandbox, stems: prewarm::new_pool(), host_ports: Arc::default() })
+        let compiled = bootstrap::install(&config.bootstrap_dir, &config.python, &sandbox.runtime_path())?;
+        Ok(Self {
+            config: Arc::new(config),
+            sandbox,
+            stems: prewarm::new_pool(),
+            host_ports: Arc::default(),
+            python_compiled: compiled,
+        })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -349,7 +358,7 @@ impl Launcher {
 
     /// The bootstrap of `runtime` as the instance sees it.
     fn bootstrap_path(&self, runtime: RuntimeKind) -> PathBuf {
-        bootstrap::path(&self.sandbox.runtime_path(), runtime)
+        bootstrap::path(&self.sandbox.runtime_path(), runtime, self.python_compiled)
     }
 
     /// Resources and network of an instance of `spec`.

@@ -21,6 +21,7 @@ mod attach;
 mod cgroup;
 mod child;
 pub mod doctor;
+mod dynmods;
 mod kernel;
 pub mod mounts;
 mod netns;
@@ -77,6 +78,9 @@ pub struct SandboxConfig {
     pub cpus: f64,
     /// Weights only (the default) or weights and a hard quota.
     pub cpu_limit: CpuLimit,
+    /// Ask the kernel for cheap moves into cgroups (`favordynmods`), a
+    /// host-wide setting ([`dynmods`]'s comment says what it trades).
+    pub favor_dynmods: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,6 +246,20 @@ impl Sandbox {
         }
         std::fs::create_dir_all(&config.rootfs_dir)
             .map_err(|e| SandboxError::Unavailable(format!("creating {}: {e}", config.rootfs_dir.display())))?;
+        if config.favor_dynmods {
+            let scratch = config.rootfs_dir.parent().unwrap_or(&config.rootfs_dir);
+            match dynmods::favor(scratch) {
+                Ok(dynmods::Favored::Already) => tracing::debug!("cgroup moves already favoured (favordynmods)"),
+                Ok(done) => tracing::info!(
+                    ?done,
+                    "cgroup2 favordynmods set: moving an instance into its cgroups no longer waits for an RCU grace period (host-wide; `cgroup_favordynmods = false` to leave the host alone)"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not set cgroup2 favordynmods: each instance start pays ~10-25 ms per cgroup it joins"
+                ),
+            }
+        }
         let cgroups = Hierarchy::detect(&config.scope).map_err(SandboxError::Unavailable)?;
         let swept = cgroups.sweep();
         if swept > 0 {

@@ -22,6 +22,8 @@ pub async fn doctor() -> anyhow::Result<ExitCode> {
         nofile: 256,
         cpus: 1.0,
         cpu_limit: flick_sandbox::CpuLimit::default(),
+        // A diagnosis changes nothing on the host.
+        favor_dynmods: false,
     };
     match Sandbox::new(config) {
         Ok(sandbox) => {
