@@ -1333,7 +1333,7 @@ class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
             "main.py": """
                 import site, sys
                 def handler(event, context):
-                    wanted = [p for p in site.getsitepackages()]
+                    wanted = site.getsitepackages()
                     return {
                         "missing": [p for p in wanted if p not in sys.path],
                         "wanted": len(wanted),
