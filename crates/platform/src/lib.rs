@@ -357,6 +357,8 @@ impl Platform {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(route.revision.function.clone(), route.clone());
+        // Only now: a call whose pool this retires reroutes to `route`.
+        self.scheduler.serve_only(&route.pool);
         self.route_changes.send_modify(|v| *v += 1);
         route
     }

@@ -100,18 +100,14 @@ impl Scheduler {
         })
     }
 
-    /// The pool of `spec`'s revision, made current: pools of the function's
-    /// other revisions are retired (they drain and stop, in-flight calls finish).
+    /// The pool of `spec`'s revision, ready to serve. The function's other
+    /// pools keep serving until [`Scheduler::serve_only`]: the caller
+    /// points its route table at this pool first, so a call that finds its
+    /// pool retired always finds the newer route when it looks again.
     pub fn activate(&self, spec: InstanceSpec) -> Arc<Pool> {
         let mut pools = self.pools.lock();
-        for (id, pool) in pools.iter() {
-            if pool.spec().function == spec.function && *id != spec.revision_id {
-                pool.retire();
-            }
-        }
-        let key = spec.revision_id;
         let pool = pools
-            .entry(key)
+            .entry(spec.revision_id)
             .or_insert_with(|| Arc::new(Pool::new(spec, self.launcher.clone(), self.budget.clone(), self.queue)))
             .clone();
         // A rollback to a revision whose pool is still draining serves it
@@ -119,11 +115,21 @@ impl Scheduler {
         // removes drained pools under the same lock, and a removed pool
         // stays retired for good.
         pool.state.lock().retired = false;
-        drop(pools);
+        pool
+    }
+
+    /// Makes `current` its function's only served pool: the others are
+    /// retired (they drain and stop, in-flight calls finish).
+    pub fn serve_only(&self, current: &Pool) {
+        let spec = current.spec();
+        for (id, pool) in self.pools.lock().iter() {
+            if pool.spec().function == spec.function && *id != spec.revision_id {
+                pool.retire();
+            }
+        }
         // A function's first deploy (or load at start) of its kind starts
         // that kind's stem cells.
         self.sync_stems();
-        pool
     }
 
     /// Tells the launcher which kinds of stem cell the served functions
