@@ -352,3 +352,54 @@ fn files_flick_writes_are_owner_only() {
     assert_eq!(mode(&code), 0o755);
     assert_eq!(mode(&code.join("main.py")), 0o644);
 }
+
+/// A python3 package is compiled to bytecode at deploy, in the installers'
+/// sandbox, without running any of it: modules that shadow the standard
+/// library modules the compile step imports are not imported, top-level code
+/// does not run, a module with a syntax error does not fail the deploy, and
+/// what the step wrote is flick's, like an install's.
+#[test]
+fn deploy_time_bytecode_is_compiled_without_running_the_package() {
+    let flick = Flick::start_with(&[], Some(INSTALL_CONFIG));
+    let mark = |name: &str| {
+        format!("import os\nopen(os.path.join(os.path.dirname(os.path.abspath(__file__)), '{name}'), 'w').close()\n")
+    };
+    let (compileall, py_compile, re) = (mark("hijacked-compileall"), mark("hijacked-py_compile"), mark("hijacked-re"));
+    let side_effect = mark("top-level-ran");
+    flick.deploy_files(
+        "compiled",
+        &[
+            ("flick.toml", &manifest("compiled", "python3", "main.handler", "")),
+            ("main.py", "import helper\n\ndef handler(event, context):\n    return {'helper': helper.VALUE}\n"),
+            ("helper.py", "VALUE = 42\n"),
+            ("compileall.py", &compileall),
+            ("py_compile.py", &py_compile),
+            ("re.py", &re),
+            ("lib/side_effect.py", &side_effect),
+            ("broken.py", "def nope(:\n"),
+        ],
+    );
+    let r = flick.invoke("compiled", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["helper"], 42);
+    let dir = code_dir_with(&flick, "helper.py");
+    let compiled = |rel: &str, stem: &str| {
+        std::fs::read_dir(dir.join(rel).join("__pycache__"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .any(|f| f.starts_with(&format!("{stem}.cpython-")))
+            })
+            .unwrap_or(false)
+    };
+    for (rel, stem) in [("", "main"), ("", "helper"), ("lib", "side_effect")] {
+        assert!(compiled(rel, stem), "{rel}/{stem}.py was not compiled at deploy");
+    }
+    assert!(!compiled("", "broken"), "a module with a syntax error has bytecode");
+    for marker in ["hijacked-compileall", "hijacked-py_compile", "hijacked-re", "top-level-ran"] {
+        assert!(
+            !dir.join(marker).exists() && !dir.join("lib").join(marker).exists(),
+            "{marker}: package code ran at deploy"
+        );
+    }
+    assert_taken_back(&dir);
+}

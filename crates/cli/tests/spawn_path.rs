@@ -191,10 +191,14 @@ fn the_api_keeps_answering_during_a_burst_of_cold_starts() {
 /// cheap host-wide (the kernel's cgroup2 `favordynmods`), where the host
 /// has a cgroup2 mount to show it.
 #[test]
-fn python_starts_run_compiled_bytecode_and_cgroup_moves_are_favoured() {
-    let code = "import site, sys\n\
+fn python_starts_run_compiled_bytecode_of_bootstrap_and_handler_and_cgroup_moves_are_favoured() {
+    // The handler's module comes from bytecode compiled at deploy
+    // (unchecked-hash: flags 1 in the .pyc header), not from its source.
+    let code = "import os, site, sys\n\
                 def handler(event, context):\n    \
+                    pyc = open(__cached__, 'rb').read(8) if os.path.exists(__cached__) else None\n    \
                     return {'argv0': sys.argv[0], 'no_site': sys.flags.no_site,\n            \
+                    'pyc_flags': pyc and int.from_bytes(pyc[4:8], 'little'),\n            \
                     'site_packages': all(p in sys.path for p in site.getsitepackages())}\n";
     for (label, config) in [("cold", "stem_cells = 0\n"), ("stem cell", "")] {
         let flick = Flick::start_with(&[], Some(config));
@@ -210,6 +214,7 @@ fn python_starts_run_compiled_bytecode_and_cgroup_moves_are_favoured() {
         assert!(v["argv0"].as_str().is_some_and(|a| a.ends_with("/python.pyc")), "{label}: {v}");
         assert_eq!(v["no_site"], 1, "{label}: {v}");
         assert_eq!(v["site_packages"], true, "{label}: {v}");
+        assert_eq!(v["pyc_flags"], 1, "{label}: the handler's module was compiled at start: {v}");
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     if let Some(cgroup2) = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")) {

@@ -107,13 +107,13 @@ impl Platform {
         // Installing may take minutes: not under the collector's lock.
         let mut installed = false;
         if !self.code.has_code(&unpacked.hash) {
-            self.install_dependencies(staging).await?;
+            self.install_dependencies(staging, &manifest).await?;
             installed = true;
         }
         let shared = self.gc.read().await;
         if !installed && !self.code.has_code(&unpacked.hash) {
             // Collected since we looked: this copy must be complete too.
-            self.install_dependencies(staging).await?;
+            self.install_dependencies(staging, &manifest).await?;
         }
         let recorded = self.record_revision(archive, staging, manifest, &unpacked.hash).await;
         drop(shared);
@@ -178,8 +178,12 @@ impl Platform {
     /// Installs `requirements.txt` / `package.json` dependencies into the
     /// package at deploy time, so no invocation ever waits for an installer;
     /// each installer runs in a sandbox of its own (`install.rs`).
-    async fn install_dependencies(&self, dir: &Path) -> Result<(), PlatformError> {
-        crate::install::install_dependencies(&self.sandbox, &self.config.install, dir).await
+    async fn install_dependencies(&self, dir: &Path, manifest: &Manifest) -> Result<(), PlatformError> {
+        crate::install::install_dependencies(&self.sandbox, &self.config.install, dir).await?;
+        if manifest.runtime == flick_core::RuntimeKind::Python3 {
+            crate::install::compile_python(&self.sandbox, &self.config.install, dir).await;
+        }
+        Ok(())
     }
 }
 

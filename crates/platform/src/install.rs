@@ -84,6 +84,30 @@ pub async fn install_dependencies(sandbox: &Sandbox, config: &InstallConfig, dir
     Ok(())
 }
 
+/// Compiles a python3 package's modules to bytecode beside them
+/// (`__pycache__`), so no cold start compiles them: the code is mounted
+/// read-only into instances, where Python cannot write what it compiled,
+/// and compiled it again on every start (~0.4 ms for a ten-line module,
+/// tens of ms for a large one). Compiling parses the package's code without
+/// running it, in the installers' sandbox all the same. Unchecked-hash
+/// bytecode: the code directory never changes after deploy. `.deps` was
+/// compiled by pip. `-I` keeps the package off `sys.path`: its own
+/// `re.py` or `compileall.py` must not stand in for the standard library's.
+/// A failure costs only the speed-up: it is logged and the
+/// deploy goes on (a module with a syntax error is reported when the
+/// function starts, as before).
+pub async fn compile_python(sandbox: &Sandbox, config: &InstallConfig, dir: &Path) {
+    const SCRIPT: &str = "import compileall, py_compile, re, sys\n\
+        compileall.compile_dir(sys.argv[1], quiet=2, force=True, workers=1,\n\
+        rx=re.compile(r'(^|/)(\\.deps|node_modules)(/|$)'),\n\
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
+    let task = sandbox.code_path(dir);
+    let args = vec!["-I".into(), "-S".into(), "-c".into(), SCRIPT.into(), task.into_os_string()];
+    if let Err(e) = run(sandbox, config, "python -m compileall", &config.python, args, dir).await {
+        tracing::warn!(error = %e, "could not precompile the function's modules; its cold starts compile them");
+    }
+}
+
 /// Runs one installer in its sandbox over `dir` and waits for it, its
 /// output capped at [`OUTPUT_TAIL`].
 async fn run(

@@ -292,7 +292,9 @@ impl Launcher {
                 if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
                     && let Some(stem) = self.take_stem_or_wait((m.runtime, m.network), deadline).await
                 {
-                    match stem.specialise(self, spec, deadline).await {
+                    let specialised = stem.specialise(self, spec, deadline).await;
+                    self.refill_stems((m.runtime, m.network));
+                    match specialised {
                         Ok(instance) => return Ok(Instance::Process(instance)),
                         Err(process::SpecialiseError::Start(e)) => return Err(e),
                         Err(process::SpecialiseError::Unusable(why)) => {
