@@ -292,8 +292,11 @@ impl Launcher {
                 if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
                     && let Some(stem) = self.take_stem_or_wait((m.runtime, m.network), deadline).await
                 {
+                    // The replacement starts once this one is specialised,
+                    // or its start was dropped half-way.
+                    let refill = self.stems_refill_on_drop((m.runtime, m.network));
                     let specialised = stem.specialise(self, spec, deadline).await;
-                    self.refill_stems((m.runtime, m.network));
+                    drop(refill);
                     match specialised {
                         Ok(instance) => return Ok(Instance::Process(instance)),
                         Err(process::SpecialiseError::Start(e)) => return Err(e),

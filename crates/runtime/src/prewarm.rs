@@ -383,10 +383,17 @@ impl Launcher {
         self.refill((RuntimeKind::Exec, network));
     }
 
-    /// Tops up `key`'s stem cells after one taken by [`Self::take_stem`]
-    /// has been specialised (or found unusable).
-    pub(crate) fn refill_stems(&self, key: Key) {
-        self.refill(key);
+    /// Tops up `key`'s stem cells when the returned guard is dropped: after
+    /// a cell taken by [`Self::take_stem`] has been specialised, found
+    /// unusable, or its cold start given up.
+    pub(crate) fn stems_refill_on_drop(&self, key: Key) -> impl Drop + '_ {
+        struct Refill<'a>(&'a Launcher, Key);
+        impl Drop for Refill<'_> {
+            fn drop(&mut self) {
+                self.0.refill(self.1);
+            }
+        }
+        Refill(self, key)
     }
 
     fn refill(&self, key: Key) {
