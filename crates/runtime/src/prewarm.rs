@@ -237,9 +237,9 @@ impl Launcher {
     /// A ready python3/node stem cell for `key`, if there is one. A miss
     /// (a sign the key is in demand) tops the pool up at once; a hit leaves
     /// that to the caller once the cell has become its instance
-    /// ([`Self::refill_stems`]): a replacement started beside it would take
-    /// a core from the cold start it serves (~30 ms of CPU for a python3
-    /// start against a ~3 ms specialise, on a host with two cores).
+    /// ([`Self::stems_refill_on_drop`]): a replacement started beside it
+    /// would take a core from the cold start it serves (~30 ms of CPU for a
+    /// python3 start against a ~3 ms specialise, on a host with two cores).
     pub(crate) fn take_stem(&self, key: Key) -> Option<Stem> {
         let Some(cell) = self.take(key) else {
             self.refill(key);
