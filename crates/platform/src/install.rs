@@ -103,7 +103,7 @@ pub async fn compile_python(sandbox: &Sandbox, config: &InstallConfig, dir: &Pat
         invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
     let task = sandbox.code_path(dir);
     let args = vec!["-I".into(), "-S".into(), "-c".into(), SCRIPT.into(), task.into_os_string()];
-    if let Err(e) = run(sandbox, config, "python -m compileall", &config.python, args, dir).await {
+    if let Err(e) = run(sandbox, config, "compileall", &config.python, args, dir).await {
         tracing::warn!(error = %e, "could not precompile the function's modules; its cold starts compile them");
     }
 }

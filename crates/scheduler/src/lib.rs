@@ -122,11 +122,7 @@ impl Scheduler {
     /// retired (they drain and stop, in-flight calls finish).
     pub fn serve_only(&self, current: &Pool) {
         let spec = current.spec();
-        for (id, pool) in self.pools.lock().iter() {
-            if pool.spec().function == spec.function && *id != spec.revision_id {
-                pool.retire();
-            }
-        }
+        self.retire_pools_of(&spec.function, Some(spec.revision_id));
         // A function's first deploy (or load at start) of its kind starts
         // that kind's stem cells.
         self.sync_stems();
@@ -142,8 +138,13 @@ impl Scheduler {
 
     /// Retires every pool of a deleted function.
     pub fn retire_function(&self, function: &str) {
-        for pool in self.pools.lock().values() {
-            if pool.spec().function == function {
+        self.retire_pools_of(function, None);
+    }
+
+    /// Retires `function`'s pools, but for the one of revision `keep`.
+    fn retire_pools_of(&self, function: &str, keep: Option<u64>) {
+        for (id, pool) in self.pools.lock().iter() {
+            if pool.spec().function == function && Some(*id) != keep {
                 pool.retire();
             }
         }
