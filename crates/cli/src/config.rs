@@ -71,6 +71,10 @@ pub struct Config {
     /// Prewarmed stem cells per runtime (python3, node, exec) and network
     /// kind in use by a deployed function (a burst grows it for a while).
     pub stem_cells: u32,
+    /// A python3 cold start at least this slow leaves a fork template of
+    /// its revision behind, from which later instances are forked (`None`:
+    /// `fork_templates = "off"`).
+    pub fork_templates: Option<Duration>,
     /// Whether `http` functions may declare `network = "host"` (their
     /// server's port is then open to the host's network, without flick's auth).
     pub allow_host_network_http: bool,
@@ -234,6 +238,7 @@ struct FileConfig {
     max_instances_total: Option<u32>,
     max_instance_memory: Option<String>,
     stem_cells: Option<u32>,
+    fork_templates: Option<String>,
     allow_host_network_http: Option<bool>,
     max_connections: Option<u32>,
     header_read_timeout: Option<String>,
@@ -376,6 +381,10 @@ impl Config {
             // Most of the machine: instances rarely use their whole limit.
             max_instance_memory: size("max_instance_memory", None, &file.max_instance_memory, host_memory() / 10 * 9)?,
             stem_cells: file.stem_cells.unwrap_or(1),
+            fork_templates: match file.fork_templates.as_deref() {
+                Some("off") => None,
+                other => Some(duration("fork_templates", &other.map(String::from), Duration::from_millis(20))?),
+            },
             allow_host_network_http: file.allow_host_network_http.unwrap_or(false),
             max_connections: file.max_connections.unwrap_or(1024),
             header_read_timeout: duration("header_read_timeout", &file.header_read_timeout, Duration::from_secs(10))?,

@@ -57,6 +57,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
             log_limits: log_limits(config.log_capture_bytes),
             max_response_bytes: config.max_response_bytes,
             stem_cells: config.stem_cells,
+            template_after: config.fork_templates,
             allow_host_network_http: config.allow_host_network_http,
             lambda: config.lambda.clone(),
         },

@@ -13,6 +13,13 @@
 # specialise frame must also carry a uid and gid: it switches to them and
 # checks that no thread kept a capability before any function code runs.
 #
+# Started with FLICK_TEMPLATE=1 it is a fork template: it imports the handler,
+# sends {"type":"template_ready"} (or init_error when a fork could not be
+# trusted), then answers each {"type":"fork","env":{...}} message, which
+# carries three descriptors (SCM_RIGHTS: protocol socket, stdout, stderr),
+# by forking: the child takes them as fds 3, 1 and 2 and serves as a new
+# instance; the template replies {"type":"forked","pid":N}.
+#
 # Standard library only, and it must keep working on Python 3.8.
 
 import json
@@ -1399,6 +1406,99 @@ def _stem_cell(channel):
         _init_failed("Runtime.InitError", "Unable to specialise: %s" % _message(e), _format_exception(e))
 
 
+# --- fork templates -----------------------------------------------------------
+
+
+def _fork_unsafe():
+    """Why forks of this process could not be trusted, or None: a running
+    thread (a fork keeps only the forking one, with whatever locks the others
+    held) or an open connection (every fork would share it)."""
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return "the handler's import left %d threads running" % (threading.active_count() - 1)
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return "cannot list open descriptors"
+    for name in fds:
+        if name == str(PROTOCOL_FD):
+            continue
+        try:
+            target = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            return "the handler's import left a socket open (fd %s)" % name
+    return None
+
+
+def _reseed():
+    # `random` reseeds itself in a fork (os.register_at_fork); numpy's global
+    # generator does not, and forks must not draw the same numbers.
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        try:
+            np_random.seed()
+        except Exception:
+            pass
+
+
+def _template():
+    """Serves fork requests until flick closes the channel; returns only in
+    a fork, which then starts as a new instance."""
+    import array
+    import signal
+    import socket
+
+    reason = _fork_unsafe()
+    if reason:
+        _init_failed("Runtime.TemplateRefused", "not a fork template: " + reason, reason + "\n")
+    # Forks are reaped by the kernel; they report to flick, not to us.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, PROTOCOL_FD)
+    _send({"type": "template_ready"})
+    size = array.array("i").itemsize
+    while True:
+        msg, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(4 * size))
+        if not msg:
+            _exit(0)
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % size])
+        try:
+            h = _loads(msg)
+        except ValueError:
+            h = {}
+        if not isinstance(h, dict) or h.get("type") != "fork" or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            _send({"type": "fork_error"})
+            continue
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        pid = os.fork()
+        if pid == 0:
+            sock.detach()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.dup2(fds[0], PROTOCOL_FD, inheritable=False)
+            os.dup2(fds[1], 1)
+            os.dup2(fds[2], 2)
+            for fd in fds:
+                os.close(fd)
+            env = h.get("env") or {}
+            if isinstance(env, dict):
+                os.environ.update((str(k), str(v)) for k, v in env.items())
+            _reseed()
+            return
+        for fd in fds:
+            os.close(fd)
+        _send({"type": "forked", "pid": pid})
+
+
 # --- start -------------------------------------------------------------------
 
 
@@ -1432,6 +1532,8 @@ def main():
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
     _site_packages()
 
+    # Not for the function to see: a template's forks are its instances.
+    template = os.environ.pop("FLICK_TEMPLATE", None) == "1"
     if os.environ.get("FLICK_STEM"):
         _stem_cell(channel)
 
@@ -1460,6 +1562,8 @@ def main():
             stream.flush()
         except Exception:
             pass
+    if template:
+        _template()
     _send({"type": "ready"})
     _serve(channel, fn, shape, explicit, is_coro, concurrency)
 

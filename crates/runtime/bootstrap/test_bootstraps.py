@@ -1325,6 +1325,80 @@ class PythonBootstrapTest(BootstrapContract, unittest.TestCase):
     code_file = "main.py"
     import_trace_hint = "Traceback"
 
+    def test_fork_template_refuses_bad_requests_and_forks_instances_that_serve(self):
+        # As flick starts a template: FLICK_TEMPLATE=1; it imports once, says
+        # template_ready, then forks on request (crates/runtime/src/template.rs).
+        files = {
+            "main.py": """
+                import os, random, time
+                IMPORTED = time.time()
+                def handler(event, context):
+                    print("from a fork")
+                    return {"pid": os.getpid(), "imported": IMPORTED, "random": random.random(),
+                            "stream": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+                            "template": os.environ.get("FLICK_TEMPLATE")}
+            """
+        }
+        t = Instance("python", files, "main.handler", env={"FLICK_TEMPLATE": "1"})
+        self.addCleanup(t.stop)
+        header, _ = t.read_frame()
+        self.assertEqual(header["type"], "template_ready", t.stderr_text())
+        # What flick would never send: garbage, a fork without descriptors,
+        # a fork with too few. Each is refused; the template goes on.
+        for data, fds in ((b"not json\n", []), (b'{"type":"fork"}\n', []), (b'{"type":"fork"}\n', [0])):
+            socket.send_fds(t.sock, [data], fds) if fds else t.sock.sendall(data)
+            header, _ = t.read_frame()
+            self.assertEqual(header["type"], "fork_error", data)
+        got = []
+        for n in range(2):
+            ours, theirs = socket.socketpair()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            msg = json.dumps({"type": "fork", "env": {"AWS_LAMBDA_LOG_STREAM_NAME": "s%d" % n}}).encode() + b"\n"
+            socket.send_fds(t.sock, [msg], [theirs.fileno(), out_w, err_w])
+            for fd in (out_w, err_w):
+                os.close(fd)
+            theirs.close()
+            header, _ = t.read_frame()
+            self.assertEqual(header["type"], "forked")
+            fork = Instance.__new__(Instance)
+            fork.sock, fork.buf, fork.early = ours, b"", {}
+            self.assertEqual(fork.read_frame()[0]["type"], "ready")
+            reply, body = fork.call("r%d" % n, b"{}")
+            self.assertEqual(reply["type"], "result", body)
+            value = json.loads(body)
+            self.assertEqual(value["pid"], header["pid"])
+            out = os.read(out_r, 4096)
+            self.assertIn(b"from a fork", out)
+            got.append(value)
+            ours.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+        self.assertEqual(got[0]["imported"], got[1]["imported"], "imported once, in the template")
+        self.assertNotEqual(got[0]["random"], got[1]["random"])
+        self.assertEqual([g["stream"] for g in got], ["s0", "s1"])
+        self.assertIsNone(got[0]["template"])
+        # flick closes the channel: the template exits.
+        t.sock.close()
+        self.assertEqual(t.wait_exit(), 0)
+
+    def test_fork_template_refuses_an_import_that_left_a_thread_running(self):
+        files = {
+            "main.py": """
+                import threading, time
+                threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+                def handler(event, context):
+                    return 1
+            """
+        }
+        t = Instance("python", files, "main.handler", env={"FLICK_TEMPLATE": "1"})
+        self.addCleanup(t.stop)
+        header, _ = t.read_frame()
+        self.assertEqual(header["type"], "init_error")
+        self.assertEqual(header["error"]["type"], "Runtime.TemplateRefused")
+        self.assertIn("threads", header["error"]["message"])
+        self.assertEqual(t.wait_exit(), 1)
+
     def test_site_packages_without_their_pth_hooks(self):
         # Started with -S, as flick starts it: the interpreter's own
         # site-packages are importable all the same (what the host installed

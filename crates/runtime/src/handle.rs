@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use flick_sandbox::{Cgroup, Meter, Spawned, Usage};
+use std::os::fd::{AsFd, OwnedFd};
+
+use flick_sandbox::{Adopted, Cgroup, Meter, Spawned, Usage};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -20,6 +22,9 @@ pub struct ProcessHandle {
     exited: Arc<AtomicBool>,
     exit: watch::Receiver<Option<Exit>>,
     metering: Option<Arc<Metering>>,
+    /// A process flick did not fork (a template's fork): signalled through
+    /// its pidfd, its exit seen there (with no status: its parent reaps it).
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 /// An instance's usage counters and how many calls are measuring them.
@@ -164,7 +169,36 @@ impl ProcessHandle {
                 let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
             }
         });
-        Self { pid, cgroup, exited, exit, metering }
+        Self { pid, cgroup, exited, exit, metering, pidfd: None }
+    }
+
+    /// Takes over a process a template forked: its exit is watched on its
+    /// pidfd; then its cgroup is read and removed as for a spawned one.
+    pub fn adopted(adopted: Adopted) -> Self {
+        let Adopted { pid, pidfd, cgroup } = adopted;
+        let pidfd = Arc::new(pidfd);
+        let cgroup = cgroup.map(Arc::new);
+        let metering = cgroup
+            .as_ref()
+            .and_then(|cg| cg.meter())
+            .map(|meter| Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) }));
+        let exited = Arc::new(AtomicBool::new(false));
+        let (tx, exit) = watch::channel(None);
+        let (flag, reaped_cgroup, reaped_metering) = (exited.clone(), cgroup.clone(), metering.clone());
+        let watched = pidfd.clone();
+        tokio::spawn(async move {
+            let _ = flick_sandbox::pidfd_exited(watched).await;
+            flag.store(true, Ordering::SeqCst);
+            let oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+            if let Some(m) = &reaped_metering {
+                m.capture();
+            }
+            let _ = tx.send(Some(Exit { code: None, signal: None, oom }));
+            if let Some(cg) = reaped_cgroup {
+                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
+            }
+        });
+        Self { pid, cgroup, exited, exit, metering, pidfd: Some(pidfd) }
     }
 
     /// Starts measuring one call on a long-lived instance. With
@@ -191,6 +225,14 @@ impl ProcessHandle {
     pub fn kill(&self) {
         // Once reaped the pid may belong to someone else: never signal it then.
         if self.pid == 0 || self.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(pidfd) = &self.pidfd {
+            // Whatever it started went into its cgroup with it.
+            flick_sandbox::kill_pidfd(pidfd.as_fd());
+            if let Some(cg) = &self.cgroup {
+                cg.kill_all_except(0);
+            }
             return;
         }
         // Sandboxed: kill the instance inside and let the outer process

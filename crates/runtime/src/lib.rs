@@ -24,6 +24,7 @@ mod prewarm;
 mod process;
 pub mod protocol;
 mod runtime_api;
+mod template;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub struct RuntimeConfig {
     /// kind that a served function uses (more for a while after a burst);
     /// 0 disables prewarming.
     pub stem_cells: u32,
+    /// python3 cold starts at least this slow leave a fork template behind
+    /// (`template`); `None`: never.
+    pub template_after: Option<std::time::Duration>,
     /// `http` functions may use `network = "host"`: their server listens on
     /// the host's network, where anyone who can reach the port bypasses
     /// flick's authentication. Off unless the operator says so.
@@ -245,6 +249,7 @@ pub struct Launcher {
     host_ports: Arc<http::HostPorts>,
     /// The Python bootstrap's bytecode is there to run.
     python_compiled: bool,
+    templates: Arc<template::Templates>,
 }
 
 impl Launcher {
@@ -258,6 +263,7 @@ impl Launcher {
             stems: prewarm::new_pool(),
             host_ports: Arc::default(),
             python_compiled: compiled,
+            templates: Arc::default(),
         })
     }
 
@@ -289,23 +295,21 @@ impl Launcher {
                 runtime_api::ApiInstance::start(self, spec, deadline).await.map(Instance::Api)
             }
             RuntimeKind::Python3 | RuntimeKind::Node => {
-                if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
-                    && let Some(stem) = self.take_stem_or_wait((m.runtime, m.network), deadline).await
-                {
-                    // The replacement starts once this one is specialised,
-                    // or its start was dropped half-way.
-                    let refill = self.stems_refill_on_drop((m.runtime, m.network));
-                    let specialised = stem.specialise(self, spec, deadline).await;
-                    drop(refill);
-                    match specialised {
+                if let Some(template) = self.templates.get(spec.revision_id) {
+                    match template.fork(self, spec, deadline).await {
                         Ok(instance) => return Ok(Instance::Process(instance)),
-                        Err(process::SpecialiseError::Start(e)) => return Err(e),
-                        Err(process::SpecialiseError::Unusable(why)) => {
-                            tracing::warn!(function = %spec.function, %why, "stem cell unusable; starting afresh");
+                        Err(why) => {
+                            tracing::warn!(function = %spec.function, %why, "fork template unusable; starting afresh");
+                            self.templates.discard(spec.revision_id, &template);
                         }
                     }
                 }
-                process::ProcessInstance::start(self, spec, deadline).await.map(Instance::Process)
+                let began = Instant::now();
+                let started = self.start_process(spec, deadline).await;
+                if started.is_ok() && m.runtime == RuntimeKind::Python3 {
+                    self.templates.consider(self, spec, began.elapsed());
+                }
+                started.map(Instance::Process)
             }
             RuntimeKind::Exec => exec::ExecInstance::new(self, spec).map(Instance::Exec),
             RuntimeKind::Http => http::HttpInstance::start(self, spec, deadline).await.map(Instance::Http),
@@ -320,6 +324,49 @@ impl Launcher {
     /// The environment every instance of `spec` gets: the user's `[env]`,
     /// then what flick defines (which the user cannot override), including
     /// the Lambda variables that Lambda-style code reads.
+    /// A python3 or node instance from a stem cell if one is ready (or
+    /// about to be), otherwise started afresh.
+    async fn start_process(
+        &self,
+        spec: &InstanceSpec,
+        deadline: Instant,
+    ) -> Result<process::ProcessInstance, StartError> {
+        let m = &spec.manifest;
+        if m.tmp_size == Manifest::DEFAULT_TMP_SIZE
+            && let Some(stem) = self.take_stem_or_wait((m.runtime, m.network), deadline).await
+        {
+            // The replacement starts once this one is specialised,
+            // or its start was dropped half-way.
+            let refill = self.stems_refill_on_drop((m.runtime, m.network));
+            let specialised = stem.specialise(self, spec, deadline).await;
+            drop(refill);
+            match specialised {
+                Ok(instance) => return Ok(instance),
+                Err(process::SpecialiseError::Start(e)) => return Err(e),
+                Err(process::SpecialiseError::Unusable(why)) => {
+                    tracing::warn!(function = %spec.function, %why, "stem cell unusable; starting afresh");
+                }
+            }
+        }
+        process::ProcessInstance::start(self, spec, deadline).await
+    }
+
+    /// Keeps the fork templates of `served` revisions (and only while
+    /// used within [`template::TEMPLATE_IDLE`]); told on every reaper pass.
+    pub fn keep_templates(&self, served: &std::collections::HashSet<u64>) {
+        self.templates.keep(served, Instant::now());
+    }
+
+    /// Fork templates ready to make instances.
+    pub fn fork_templates(&self) -> usize {
+        self.templates.ready()
+    }
+
+    /// Stops the templates no instance was forked from (at shutdown).
+    pub fn stop_templates(&self) {
+        self.templates.stop_all();
+    }
+
     fn env(&self, spec: &InstanceSpec) -> Vec<(String, String)> {
         let m = &spec.manifest;
         let code = self.sandbox.code_path(&spec.code_dir).display().to_string();

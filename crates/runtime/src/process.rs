@@ -38,19 +38,22 @@ pub struct ProcessInstance {
     /// Why the protocol channel broke, when it did.
     broken: Arc<Mutex<Option<FrameError>>>,
     prewarmed: bool,
+    /// The template this instance was forked from: pid 1 of the sandbox
+    /// it shares, so it must outlive the instance.
+    _template: Option<Arc<crate::template::Template>>,
 }
 
 /// A bootstrap process that has been spawned but has not said `ready` yet.
-struct Booting {
-    process: ProcessHandle,
-    reader: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-    logs: LogCollector,
+pub(crate) struct Booting {
+    pub(crate) process: ProcessHandle,
+    pub(crate) reader: BufReader<OwnedReadHalf>,
+    pub(crate) write: OwnedWriteHalf,
+    pub(crate) logs: LogCollector,
 }
 
 /// Starts a bootstrap process for `runtime`. `code_dir: None` starts a
 /// stem cell, whose code is attached later.
-async fn spawn_bootstrap(
+pub(crate) async fn spawn_bootstrap(
     launcher: &Launcher,
     runtime: RuntimeKind,
     code_dir: Option<std::path::PathBuf>,
@@ -97,7 +100,7 @@ async fn spawn_bootstrap(
 impl Booting {
     /// Waits for the first frame; anything but `expected` (or a clean
     /// `init_error`) ends the start.
-    async fn first_frame(&mut self, expected: &str, deadline: Instant) -> Result<(), StartError> {
+    pub(crate) async fn first_frame(&mut self, expected: &str, deadline: Instant) -> Result<(), StartError> {
         let first = tokio::time::timeout_at(deadline, protocol::read_frame(&mut self.reader, 64 << 10)).await;
         match first {
             Err(_) => {
@@ -144,7 +147,12 @@ impl Booting {
     }
 
     /// The bootstrap said `ready`: from now on it serves invocations.
-    fn into_instance(self, max_response: usize, prewarmed: bool) -> ProcessInstance {
+    pub(crate) fn into_instance(
+        self,
+        max_response: usize,
+        prewarmed: bool,
+        template: Option<Arc<crate::template::Template>>,
+    ) -> ProcessInstance {
         let Booting { process, reader, mut write, logs } = self;
         let (to_instance, mut outbox) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
@@ -158,7 +166,7 @@ impl Booting {
         let alive = Arc::new(AtomicBool::new(true));
         let broken = Arc::new(Mutex::new(None));
         tokio::spawn(read_responses(reader, max_response, pending.clone(), alive.clone(), broken.clone()));
-        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed }
+        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed, _template: template }
     }
 }
 
@@ -249,7 +257,7 @@ impl Stem {
         bytes.push(b'\n');
         booting.write.write_all(&bytes).await.map_err(|e| unusable("sending specialise", e))?;
         booting.first_frame("ready", deadline).await.map_err(SpecialiseError::Start)?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, true))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None))
     }
 }
 
@@ -264,7 +272,7 @@ impl ProcessInstance {
         )
         .await?;
         booting.first_frame("ready", deadline).await?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, false))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, false, None))
     }
 
     /// This instance was a stem cell before it took on its function.

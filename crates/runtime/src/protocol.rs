@@ -60,12 +60,16 @@ pub struct Header {
     pub len: usize,
     #[serde(default)]
     pub error: Option<FunctionError>,
+    /// A fork template's `forked` reply: the new instance's pid in the
+    /// template's pid namespace.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl Header {
     /// An `error` frame's header, for an answer flick refused on the function's behalf.
     pub fn error(id: String, error: FunctionError) -> Self {
-        Self { kind: "error".into(), id, status: None, headers: vec![], len: 0, error: Some(error) }
+        Self { kind: "error".into(), id, status: None, headers: vec![], len: 0, error: Some(error), pid: None }
     }
 }
 

@@ -17,6 +17,7 @@
 //! `exec` ([`child`]) has to call the kernel directly.
 #![allow(unsafe_code)]
 
+mod adopt;
 mod attach;
 mod cgroup;
 mod child;
@@ -39,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::process::{Child, Command};
 
+pub use adopt::{Adopted, exited as pidfd_exited, kill as kill_pidfd, send_with_fds};
 pub use cgroup::{Cgroup, CgroupLimits, CpuLimit, Hierarchy, Meter, Usage};
 
 /// The file descriptor number the protocol channel gets in the child.
@@ -54,6 +56,8 @@ pub enum SandboxError {
     Unavailable(String),
     #[error("cannot start `{program}`: the spawner thread is not running")]
     SpawnerGone { program: String },
+    #[error("cannot take over a forked instance: {0}")]
+    Adopt(String),
 }
 
 /// How isolated instances are; from flick's config, fixed at start-up.
@@ -350,6 +354,32 @@ impl Sandbox {
         }
         let code_dir = code_dir.to_path_buf();
         tokio::task::spawn_blocking(move || attach::attach_code(pid, &code_dir)).await.map_err(std::io::Error::other)?
+    }
+
+    /// Takes over the process that the template `template` (a spawn's pid)
+    /// forked and that calls itself `ns_pid`: isolated, it joins a cgroup
+    /// of its own with `memory` as its limit (the template's limits and
+    /// counters stay the template's). Blocking file work runs off the
+    /// executor.
+    pub async fn adopt_fork(&self, template: u32, ns_pid: u32, memory: u64) -> Result<Adopted, SandboxError> {
+        let iso = self.isolated.clone();
+        let adopted = tokio::task::spawn_blocking(move || {
+            let pid = adopt::find_fork(template, ns_pid, iso.is_some())?;
+            let cgroup = match &iso {
+                None => None,
+                Some(iso) => {
+                    let cfg = &iso.config;
+                    let name = format!("f{}-{}", std::process::id(), iso.next.fetch_add(1, Ordering::Relaxed));
+                    let limits = CgroupLimits { memory, pids: cfg.pids_max, cpus: cfg.cpus, cpu_limit: cfg.cpu_limit };
+                    Some(iso.cgroups.create(&name, limits)?)
+                }
+            };
+            adopt::adopt(pid, ns_pid, cgroup)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        adopted.map_err(|e| SandboxError::Adopt(format!("fork {ns_pid} of template {template}: {e}")))
     }
 
     /// Connects to `127.0.0.1:port` as seen by the instance whose outer

@@ -130,10 +130,18 @@ impl Scheduler {
 
     /// Tells the launcher which kinds of stem cell the served functions
     /// (every pool not retired) use, so it keeps those and no others.
+    /// The same pass keeps the fork templates of served revisions only.
     fn sync_stems(&self) {
-        let manifests: Vec<Arc<flick_core::Manifest>> =
-            self.pools.lock().values().filter(|p| !p.state.lock().retired).map(|p| p.spec().manifest.clone()).collect();
+        let mut manifests: Vec<Arc<flick_core::Manifest>> = Vec::new();
+        let mut served = std::collections::HashSet::new();
+        for (id, pool) in self.pools.lock().iter() {
+            if !pool.state.lock().retired {
+                manifests.push(pool.spec().manifest.clone());
+                served.insert(*id);
+            }
+        }
         self.launcher.use_stems_for(manifests.iter().map(|m| &**m));
+        self.launcher.keep_templates(&served);
     }
 
     /// Retires every pool of a deleted function.
@@ -246,9 +254,15 @@ impl Scheduler {
         self.launcher.stem_counts()
     }
 
+    /// python3 revisions with a fork template ready.
+    pub fn fork_templates(&self) -> usize {
+        self.launcher.fork_templates()
+    }
+
     /// Stops every instance and stem cell (shutdown).
     pub fn stop_all(&self) {
         self.launcher.stop_stems();
+        self.launcher.stop_templates();
         let pools: Vec<_> = self.pools.lock().drain().map(|(_, p)| p).collect();
         for pool in pools {
             pool.retire();

@@ -192,6 +192,7 @@ async fn list_instances(State(s): State<AppState>, caller: Caller) -> ApiResult 
         "instances": instances,
         "stem_cells": stems,
         "stem_cells_died": died,
+        "fork_templates": scheduler.fork_templates(),
         "budget": { "instances": used, "memory": memory,
                     "max_instances": limits.max_instances, "max_memory": limits.max_memory },
     }))
