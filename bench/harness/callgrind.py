@@ -15,15 +15,18 @@ sequential requests go over one kept-alive connection, `callgrind_control
 -d` dumps; the dump's total instruction count (Ir) divided by the request
 count is the figure. The same zero/dump around as long a time without
 requests gives flick's idle background (timers, the reaper), reported and
-subtracted. Under valgrind flick runs ~50× slower; counts are bounded by
-`callgrind_requests` and every step by a timeout.
+subtracted. All of this is done twice, one `flick up` after the other in the
+same mode: with metrics on (the default) and with `--no-metrics`, so the
+metrics' cost per request is counted side by side. Under valgrind flick runs
+~50× slower; counts are bounded by `callgrind_requests` and every step by a
+timeout.
 """
 
 import http.client
 import subprocess
 import time
 
-from . import deps
+from . import deps, metrics as metrics_section
 from .flick import Flick, make_function
 
 FUNCTIONS = {
@@ -41,40 +44,50 @@ NOFILE = {True: 1024, False: 4096}
 
 def run(ctx):
     deps.ensure_valgrind(ctx)
-    out = {"functions": {}}
-    errors = []
-    for sandbox in (True, False):
-        srv = _flick(ctx, sandbox)
+    out = {"start_errors": [], "metrics_status": {}}
+    modes = (True, False)  # sandboxed if it starts under valgrind; both servers then run alike
+    for metrics in (True, False):
+        srv = _start(ctx, modes, metrics, out["start_errors"])
+        out["sandbox"], modes = srv.sandbox, (srv.sandbox,)
+        on_off = "on" if metrics else "off"
         try:
-            srv.start(timeout=600)
-        except RuntimeError as e:
-            log = (ctx.work / f"flick-{srv.label}.log").read_text(errors="replace")[-800:]
-            errors.append(f"sandbox {'on' if sandbox else 'off'}: {e}: {log}")
+            for kind, manifest in FUNCTIONS.items():
+                srv.deploy(make_function(ctx, kind, f"cg-{kind}", **manifest))
+            counts = {kind: _count(ctx, srv, f"cg-{kind}") for kind in FUNCTIONS}
+            # The server counted is the one claimed: GET /metrics is 200 on, 404 off.
+            try:
+                out["metrics_status"][on_off] = metrics_section._status(srv)
+            except OSError as e:  # a check: it must not cost the counts
+                out["metrics_status"][on_off] = f"no answer ({e})"
+        finally:
             srv.stop()
-            continue
-        out["sandbox"] = sandbox
-        break
-    else:
-        raise RuntimeError("flick up did not start under valgrind: " + " | ".join(errors))
-    out["start_errors"] = errors
-    try:
-        for kind, manifest in FUNCTIONS.items():
-            srv.deploy(make_function(ctx, kind, f"cg-{kind}", **manifest))
-        for kind in FUNCTIONS:
-            out["functions"][kind] = _count(ctx, srv, f"cg-{kind}")
-    finally:
-        srv.stop()
+        # "functions" is the default flick (metrics on), as before --no-metrics was measured too.
+        out["functions" if metrics else "no_metrics"] = counts
     return out
 
 
-def _flick(ctx, sandbox):
-    label = "callgrind" if sandbox else "callgrind-nosandbox"
+def _start(ctx, modes, metrics, errors):
+    """The first `flick up` of `modes` (sandbox on, off) that starts under valgrind."""
+    for sandbox in modes:
+        srv = _flick(ctx, sandbox, metrics)
+        try:
+            return srv.start(timeout=600)
+        except RuntimeError as e:
+            log = (ctx.work / f"flick-{srv.label}.log").read_text(errors="replace")[-800:]
+            errors.append(f"sandbox {'on' if sandbox else 'off'}, metrics {'on' if metrics else 'off'}: {e}: {log}")
+            srv.stop()
+    raise RuntimeError("flick up did not start under valgrind: " + " | ".join(errors))
+
+
+def _flick(ctx, sandbox, metrics):
+    label = ("callgrind" if sandbox else "callgrind-nosandbox") + ("" if metrics else "-nometrics")
     dumps = ctx.work / label
     dumps.mkdir(parents=True, exist_ok=True)
     nofile = NOFILE[sandbox]
     wrapper = ["prlimit", f"--nofile={nofile}:"]  # the soft limit only; it execs, so the pid stays
     wrapper += ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dumps}/callgrind.out.%p"]
-    return Flick(ctx, label, sandbox=sandbox, wrapper=wrapper, config={"instance_nofile": NOFILE[True]})
+    args = [] if metrics else ["--no-metrics"]
+    return Flick(ctx, label, sandbox=sandbox, args=args, wrapper=wrapper, config={"instance_nofile": NOFILE[True]})
 
 
 def _count(ctx, srv, name):

@@ -653,20 +653,21 @@ def _heavy(d):
 
 
 def _callgrind(d):
+    per_req = lambda v: "–" if v is None else f"{v:,.0f}"  # noqa: E731
     rows = []
     for kind, c in d["functions"].items():
         rows.append(
             [
                 kind,
                 f"{c['requests']:,}",
-                "–" if c["per_request"] is None else f"{c['per_request']:,.0f}",
-                "–" if c["per_request_net"] is None else f"{c['per_request_net']:,.0f}",
+                per_req(c["per_request"]),
+                per_req(c["per_request_net"]),
                 "–" if c["idle_instructions"] is None else f"{c['idle_instructions'] / c['seconds']:,.0f}",
                 f"{c['ok']}/{c['requests']}",
             ]
         )
     mode = "sandboxed" if d.get("sandbox") else "with --insecure-no-sandbox (the sandbox did not start under valgrind)"
-    return [
+    out = [
         (
             "8. Instructions per warm request of `flick up` (callgrind)",
             ["function", "requests", "instructions/request", "minus idle background", "idle instructions/s", "200s"],
@@ -677,6 +678,35 @@ def _callgrind(d):
             "requests. A regression figure: it does not move with the machine's load.",
         )
     ]
+    if "no_metrics" in d:
+        rows = []
+        for kind, on in d["functions"].items():
+            off = d["no_metrics"][kind]
+            a, b = on["per_request_net"], off["per_request_net"]
+            rows.append(
+                [
+                    kind,
+                    per_req(a),
+                    per_req(b),
+                    "–" if None in (a, b) else f"{a - b:+,.0f}",
+                    "–" if None in (a, b) else f"×{a / b:.3f}",
+                    f"{off['ok']}/{off['requests']}",
+                ]
+            )
+        status = d.get("metrics_status", {})
+        out.append(
+            (
+                "8b. Instructions per warm request: metrics on vs off (callgrind, same run)",
+                ["function", "metrics on", "--no-metrics", "on − off", "on ÷ off", "200s off"],
+                rows,
+                "Instructions per request minus idle background, as in table 8 (whose figures are the metrics-on "
+                "column), and the same count on a second `flick up` started with `--no-metrics`, one after the "
+                f"other in this run, {mode}. GET /metrics answered {status.get('on', '–')} on the metrics-on "
+                f"flick and {status.get('off', '–')} on the other. Not scraped during the count: this is the "
+                "per-request cost of keeping the metrics, not of serving them.",
+            )
+        )
+    return out
 
 
 # --- targets -------------------------------------------------------------------
