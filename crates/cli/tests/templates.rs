@@ -172,3 +172,23 @@ fn unsandboxed_forks_serve_too() {
     assert_eq!(a["imported"], b["imported"]);
     assert_ne!(a["pid"], b["pid"]);
 }
+
+/// A quick import gets a template too once its revision comes back from
+/// zero a second time: from then on its cold starts are forks.
+#[test]
+fn a_revision_that_keeps_coming_back_from_zero_gets_a_template() {
+    let flick = Flick::start();
+    let code = "import time\nIMPORTED = time.time()\ndef handler(event, context):\n    return {'imported': IMPORTED}\n";
+    flick.deploy_py("quick", "keep_alive = \"1s\"\n", code);
+    let (first, record) = cold_call(&flick, "quick", "{}");
+    assert_eq!(record["prewarmed"], true, "a stem cell: {record}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(templates(&flick), 0, "one quick cold start calls for no template");
+    let (second, _) = cold_call(&flick, "quick", "{}");
+    assert_ne!(second["imported"], first["imported"]);
+    assert!(flick.wait_until(Duration::from_secs(20), || templates(&flick) == 1), "the second one does");
+    let (third, record) = cold_call(&flick, "quick", "{}");
+    let (fourth, _) = cold_call(&flick, "quick", "{}");
+    assert_eq!(third["imported"], fourth["imported"], "both forks of the template: {record}");
+    assert_ne!(third["imported"], second["imported"]);
+}

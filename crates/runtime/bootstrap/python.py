@@ -1547,6 +1547,7 @@ def main():
     except ValueError:
         concurrency = 1
 
+    began = time.monotonic()
     try:
         fn, shape, explicit, is_coro = _load_handler()
     except InitError as e:
@@ -1564,7 +1565,10 @@ def main():
             pass
     if template:
         _template()
-    _send({"type": "ready"})
+        # A fork imported nothing: its ready frame says so by omission.
+        _send({"type": "ready"})
+    else:
+        _send({"type": "ready", "import_s": time.monotonic() - began})
     _serve(channel, fn, shape, explicit, is_coro, concurrency)
 
 

@@ -54,8 +54,8 @@ pub struct RuntimeConfig {
     /// kind that a served function uses (more for a while after a burst);
     /// 0 disables prewarming.
     pub stem_cells: u32,
-    /// python3 cold starts at least this slow leave a fork template behind
-    /// (`template`); `None`: never.
+    /// A python3 cold start whose handler import took at least this long
+    /// leaves a fork template behind (`template`); `None`: never.
     pub template_after: Option<std::time::Duration>,
     /// `http` functions may use `network = "host"`: their server listens on
     /// the host's network, where anyone who can reach the port bypasses
@@ -296,7 +296,7 @@ impl Launcher {
             }
             RuntimeKind::Python3 | RuntimeKind::Node => {
                 if let Some(template) = self.templates.get(spec.revision_id) {
-                    match template.fork(self, spec, deadline).await {
+                    match template.instance(self, spec, deadline).await {
                         Ok(instance) => return Ok(Instance::Process(instance)),
                         Err(why) => {
                             tracing::warn!(function = %spec.function, %why, "fork template unusable; starting afresh");
@@ -304,10 +304,12 @@ impl Launcher {
                         }
                     }
                 }
-                let began = Instant::now();
                 let started = self.start_process(spec, deadline).await;
-                if started.is_ok() && m.runtime == RuntimeKind::Python3 {
-                    self.templates.consider(self, spec, began.elapsed());
+                if let Ok(instance) = &started
+                    && m.runtime == RuntimeKind::Python3
+                    && let Some(import) = instance.import_time()
+                {
+                    self.templates.consider(self, spec, import);
                 }
                 started.map(Instance::Process)
             }

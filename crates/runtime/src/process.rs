@@ -40,7 +40,9 @@ pub struct ProcessInstance {
     prewarmed: bool,
     /// The template this instance was forked from: pid 1 of the sandbox
     /// it shares, so it must outlive the instance.
-    _template: Option<Arc<crate::template::Template>>,
+    template: Option<Arc<crate::template::Template>>,
+    /// How long the bootstrap took to import the handler, as it said.
+    import_time: Option<Duration>,
 }
 
 /// A bootstrap process that has been spawned but has not said `ready` yet.
@@ -100,14 +102,18 @@ pub(crate) async fn spawn_bootstrap(
 impl Booting {
     /// Waits for the first frame; anything but `expected` (or a clean
     /// `init_error`) ends the start.
-    pub(crate) async fn first_frame(&mut self, expected: &str, deadline: Instant) -> Result<(), StartError> {
+    pub(crate) async fn first_frame(
+        &mut self,
+        expected: &str,
+        deadline: Instant,
+    ) -> Result<protocol::Header, StartError> {
         let first = tokio::time::timeout_at(deadline, protocol::read_frame(&mut self.reader, 64 << 10)).await;
         match first {
             Err(_) => {
                 self.process.kill();
                 Err(StartError::Timeout { logs: self.logs.take_idle() })
             }
-            Ok(Ok(frame)) if frame.header.kind == expected => Ok(()),
+            Ok(Ok(frame)) if frame.header.kind == expected => Ok(frame.header),
             Ok(Ok(frame)) if frame.header.kind == "init_error" => {
                 let error = frame.header.error.unwrap_or_else(|| FunctionError {
                     kind: "Runtime.InitError".into(),
@@ -166,7 +172,7 @@ impl Booting {
         let alive = Arc::new(AtomicBool::new(true));
         let broken = Arc::new(Mutex::new(None));
         tokio::spawn(read_responses(reader, max_response, pending.clone(), alive.clone(), broken.clone()));
-        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed, _template: template }
+        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed, template, import_time: None }
     }
 }
 
@@ -256,8 +262,8 @@ impl Stem {
         let mut bytes = serde_json::to_vec(&frame).unwrap_or_default();
         bytes.push(b'\n');
         booting.write.write_all(&bytes).await.map_err(|e| unusable("sending specialise", e))?;
-        booting.first_frame("ready", deadline).await.map_err(SpecialiseError::Start)?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None))
+        let ready = booting.first_frame("ready", deadline).await.map_err(SpecialiseError::Start)?;
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None).imported_in(&ready))
     }
 }
 
@@ -271,8 +277,29 @@ impl ProcessInstance {
             launcher.limits(spec),
         )
         .await?;
-        booting.first_frame("ready", deadline).await?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, false, None))
+        let ready = booting.first_frame("ready", deadline).await?;
+        Ok(booting.into_instance(launcher.config().max_response_bytes, false, None).imported_in(&ready))
+    }
+
+    fn imported_in(mut self, ready: &protocol::Header) -> Self {
+        // From the bootstrap, so from the function's process: any number.
+        self.import_time = ready.import_s.and_then(|s| Duration::try_from_secs_f64(s).ok());
+        self
+    }
+
+    /// How long the handler's import took (not for forks: they import nothing).
+    pub(crate) fn import_time(&self) -> Option<Duration> {
+        self.import_time
+    }
+
+    /// Whether it can still take calls (it may have died while waiting).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.process.has_exited()
+    }
+
+    /// Ties a forked instance to its template, which must outlive it.
+    pub(crate) fn hold(&mut self, template: Arc<crate::template::Template>) {
+        self.template = Some(template);
     }
 
     /// This instance was a stem cell before it took on its function.

@@ -64,12 +64,24 @@ pub struct Header {
     /// template's pid namespace.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// A python3 `ready`: seconds the handler's import took.
+    #[serde(default)]
+    pub import_s: Option<f64>,
 }
 
 impl Header {
     /// An `error` frame's header, for an answer flick refused on the function's behalf.
     pub fn error(id: String, error: FunctionError) -> Self {
-        Self { kind: "error".into(), id, status: None, headers: vec![], len: 0, error: Some(error), pid: None }
+        Self {
+            kind: "error".into(),
+            id,
+            status: None,
+            headers: vec![],
+            len: 0,
+            error: Some(error),
+            pid: None,
+            import_s: None,
+        }
     }
 }
 

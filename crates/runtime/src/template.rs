@@ -4,16 +4,20 @@
 //! whose import takes hundreds of milliseconds (numpy, pandas) scales out
 //! and comes back from zero in a few.
 //!
-//! A template is made in the background after a cold start that took
-//! `template_after` or longer, kept while its revision is served and used
-//! within [`TEMPLATE_IDLE`], and refused (for good, per revision) when the
-//! import left something a fork must not share: running threads or open
-//! connections. Forks share the template's sandbox (namespaces, root,
-//! `/tmp`) and get cgroups of their own (`flick_sandbox::Sandbox::adopt_fork`).
+//! A template is made in the background after a cold start whose import of
+//! the handler took `template_after` or longer, or after a revision's second cold start
+//! within [`TEMPLATE_IDLE`] (it keeps coming back from zero); it is kept
+//! while its revision is served and used within [`TEMPLATE_IDLE`], and
+//! refused (for good, per revision) when the import left something a fork
+//! must not share: running threads or open connections. It keeps one fork
+//! ready (a spare), so a cold start takes that one and a new spare is forked
+//! behind it. Forks share the template's sandbox (namespaces, root, `/tmp`)
+//! and get cgroups of their own (`flick_sandbox::Sandbox::adopt_fork`).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -48,6 +52,10 @@ pub(crate) struct Template {
     /// blocks on a full pipe.
     _logs: LogCollector,
     used: Mutex<Instant>,
+    /// A fork made ahead, ready to serve. Not tied to the template (that
+    /// would be a cycle): it is when taken.
+    spare: Mutex<Option<ProcessInstance>>,
+    refilling: AtomicBool,
 }
 
 struct Channel {
@@ -71,17 +79,52 @@ impl Template {
             channel: tokio::sync::Mutex::new(Channel { reader, write }),
             _logs: logs,
             used: Mutex::new(Instant::now()),
+            spare: Mutex::new(None),
+            refilling: AtomicBool::new(false),
         })
     }
 
-    /// A new instance of the template's revision, forked and ready.
-    pub(crate) async fn fork(
+    /// A new instance of the template's revision: the spare if one is
+    /// ready, else a fork made now; either way a new spare follows.
+    pub(crate) async fn instance(
         self: &Arc<Self>,
         launcher: &Launcher,
         spec: &InstanceSpec,
         deadline: Instant,
     ) -> Result<ProcessInstance, String> {
         *self.used.lock() = Instant::now();
+        let spare = self.spare.lock().take().filter(ProcessInstance::is_alive);
+        let mut instance = match spare {
+            Some(instance) => instance,
+            None => self.fork(launcher, spec, deadline).await?,
+        };
+        instance.hold(self.clone());
+        self.refill(launcher, spec);
+        Ok(instance)
+    }
+
+    /// Forks a spare in the background unless one is ready or on its way.
+    fn refill(self: &Arc<Self>, launcher: &Launcher, spec: &InstanceSpec) {
+        if self.spare.lock().is_some() || self.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (this, launcher, spec) = (self.clone(), launcher.clone(), spec.clone());
+        tokio::spawn(async move {
+            match this.fork(&launcher, &spec, Instant::now() + FORK_REPLY).await {
+                Ok(spare) => *this.spare.lock() = Some(spare),
+                Err(why) => tracing::debug!(function = %spec.function, %why, "no spare fork"),
+            }
+            this.refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// A new instance of the template's revision, forked and ready.
+    async fn fork(
+        &self,
+        launcher: &Launcher,
+        spec: &InstanceSpec,
+        deadline: Instant,
+    ) -> Result<ProcessInstance, String> {
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| io("socketpair", e))?;
         let (out_read, out_write) = std::io::pipe().map_err(|e| io("pipe", e))?;
@@ -135,7 +178,7 @@ impl Template {
         let mut booting = Booting { process, reader: BufReader::with_capacity(64 << 10, read), write, logs };
         let ready_by = deadline.min(Instant::now() + FORK_REPLY);
         booting.first_frame("ready", ready_by).await.map_err(|e| format!("the fork did not start: {e}"))?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, true, Some(self.clone())))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None))
     }
 
     fn idle_since(&self) -> Instant {
@@ -150,6 +193,9 @@ impl Drop for Template {
 }
 
 enum Slot {
+    /// A cold start happened then, too fast to call for a template; a
+    /// second one within [`TEMPLATE_IDLE`] does.
+    Seen(Instant),
     Starting,
     Ready(Arc<Template>),
     /// The revision cannot have one (its import left threads or
@@ -185,19 +231,22 @@ impl Templates {
         }
     }
 
-    /// After a cold start of `spec` that took `took`: starts its template in
+    /// After a cold start of `spec` whose import took `took`: starts its template in
     /// the background if the start was slow and it has none yet.
     pub(crate) fn consider(&self, launcher: &Launcher, spec: &InstanceSpec, took: Duration) {
         let Some(after) = launcher.config().template_after else { return };
-        if took < after {
-            return;
-        }
+        let now = Instant::now();
         {
             let mut slots = self.slots.lock();
-            match slots.get(&spec.revision_id) {
+            let back_soon = match slots.get(&spec.revision_id) {
                 Some(Slot::Ready(t)) if !t.process.has_exited() => return,
                 Some(Slot::Starting | Slot::Refused) => return,
-                _ => {}
+                Some(Slot::Seen(at)) => now.duration_since(*at) < TEMPLATE_IDLE,
+                _ => false,
+            };
+            if took < after && !back_soon {
+                slots.insert(spec.revision_id, Slot::Seen(now));
+                return;
             }
             slots.insert(spec.revision_id, Slot::Starting);
         }
@@ -213,7 +262,9 @@ impl Templates {
             match started {
                 Ok(template) => {
                     tracing::info!(function = %spec.function, revision = spec.revision, "fork template ready");
-                    slots.insert(spec.revision_id, Slot::Ready(Arc::new(template)));
+                    let template = Arc::new(template);
+                    template.refill(&launcher, &spec);
+                    slots.insert(spec.revision_id, Slot::Ready(template));
                 }
                 Err(StartError::Init { error, .. }) => {
                     tracing::info!(function = %spec.function, revision = spec.revision, why = %error.message,
@@ -236,6 +287,7 @@ impl Templates {
             served.contains(id)
                 && match slot {
                     Slot::Ready(t) => !t.process.has_exited() && now.duration_since(t.idle_since()) < TEMPLATE_IDLE,
+                    Slot::Seen(at) => now.duration_since(*at) < TEMPLATE_IDLE,
                     Slot::Starting | Slot::Refused => true,
                 }
         });
