@@ -4,11 +4,15 @@ without the sandbox.
 flick keeps a few started, function-less "stem cells" per interpreter
 (`stem_cells`, default 1) and turns one into an instance on a cold start, so
 a lone cold start of a python3 or node function pays neither interpreter
-start-up nor sandbox set-up. The default servers measure that. Two more
-servers run with `stem_cells = 0` in their config.toml: their python3 and
-node cold starts start the interpreter (and the sandbox) from nothing, which
-is what a cold start costs once the stem cells are used up (e.g. several
-cold starts at once, see the burst section).
+start-up nor sandbox set-up. A python3 revision that comes back from zero a
+second time also gets a fork template (`fork_templates`): from then on its
+cold starts take a fork made ahead. The default servers measure that (their
+python3 samples after the second). Two servers run with
+`fork_templates = "off"`: their python3 cold starts are a stem cell's, a
+revision's first cold start. Two more run with `stem_cells = 0` (and no
+templates): their python3 and node cold starts start the interpreter (and
+the sandbox) from nothing, which is what a cold start costs once the stem
+cells are used up (e.g. several cold starts at once, see the burst section).
 
 All servers run side by side, each with one no-op function per runtime
 (keep_alive = 100ms, max_instances = 1). Samples go round-robin over
@@ -46,13 +50,22 @@ IDLE_RUNTIMES = ("python3", "node", "exec")
 MODES = {
     "sandbox": (True, {}, RUNTIMES),
     "no-sandbox": (False, {}, RUNTIMES),
-    # Stem cells only serve python3 and node.
-    "sandbox, no stem cells": (True, {"stem_cells": 0}, ("python3", "node")),
-    "no-sandbox, no stem cells": (False, {"stem_cells": 0}, ("python3", "node")),
+    # python3 revisions that come back from zero get a fork template (the
+    # default rows measure that from the third sample on): these measure
+    # the stem cell, a revision's first cold start.
+    "sandbox, fork templates off": (True, {"fork_templates": "off"}, ("python3",)),
+    "no-sandbox, fork templates off": (False, {"fork_templates": "off"}, ("python3",)),
+    # Stem cells only serve python3 and node; no templates either: the start from nothing.
+    "sandbox, no stem cells": (True, {"stem_cells": 0, "fork_templates": "off"}, ("python3", "node")),
+    "no-sandbox, no stem cells": (False, {"stem_cells": 0, "fork_templates": "off"}, ("python3", "node")),
 }
 BASELINE = "baseline: sandbox"
 # (with, without) sandbox: the pairs whose difference is the sandbox's cost.
-PAIRS = {"": ("sandbox", "no-sandbox"), "no stem cells": ("sandbox, no stem cells", "no-sandbox, no stem cells")}
+PAIRS = {
+    "": ("sandbox", "no-sandbox"),
+    "fork templates off": ("sandbox, fork templates off", "no-sandbox, fork templates off"),
+    "no stem cells": ("sandbox, no stem cells", "no-sandbox, no stem cells"),
+}
 SETTLE = 0.1
 # Between the after-idleness samples: a used stem cell's replacement has started.
 IDLE_GAP = 0.5

@@ -139,13 +139,20 @@ def _cold(d):
             continue
         for pair, (on_mode, off_mode) in (
             ("default", ("sandbox", "no-sandbox")),
+            ("fork templates off", ("sandbox, fork templates off", "no-sandbox, fork templates off")),
             ("no stem cells", ("sandbox, no stem cells", "no-sandbox, no stem cells")),
         ):
             if on_mode not in r["modes"]:
                 continue
             on, off = r["modes"][on_mode], r["modes"][off_mode]
             cost = r["sandbox_cost"].get(pair, {})
-            stems = "–" if rt in ("exec", "http") else ("1 (default)" if pair == "default" else "0")
+            stems = {
+                "default": "1, fork template (default)" if rt == "python3" else "1 (default)",
+                "fork templates off": "1, templates off",
+                "no stem cells": "0, templates off",
+            }[pair]
+            if rt in ("exec", "http"):
+                stems = "–"
             rows.append(
                 [
                     rt,
@@ -181,7 +188,11 @@ def _cold(d):
     note = (
         "Client-observed, scaled to zero → first response; init_ms is flick's own record of the instance start. "
         "Stem cells: started, function-less interpreters flick keeps ready (config `stem_cells`); "
-        "0 = every cold start starts the interpreter and sandbox from nothing. n = good samples (sandbox/no sandbox)."
+        "0 = every cold start starts the interpreter and sandbox from nothing. Fork template (python3): a "
+        "revision that comes back from zero a second time keeps a process that imported its handler and a "
+        "fork of it ready; its later cold starts take that fork (all samples but the first two of the default "
+        "row); 'templates off' is a revision's first cold start, from a stem cell. "
+        "n = good samples (sandbox/no sandbox)."
     )
     if failures:
         note += " FAILED SAMPLES: " + " | ".join(failures)
