@@ -198,8 +198,8 @@ enum Slot {
     Seen(Instant),
     Starting,
     Ready(Arc<Template>),
-    /// The revision cannot have one (its import left threads or
-    /// connections, or failed): its code never changes, so neither will that.
+    /// The revision gets none: its import left threads or connections, or
+    /// its template failed to start or to fork (its code never changes).
     Refused,
 }
 
@@ -223,11 +223,13 @@ impl Templates {
         }
     }
 
-    /// Forgets `template` (it failed a fork); a later slow start may make another.
+    /// Gives up on `template` (a fork failed) and on templates for its
+    /// revision: a template runs the function's code, and one that failed
+    /// once may have lied; every cold start must not pay for a new try.
     pub(crate) fn discard(&self, revision_id: u64, template: &Arc<Template>) {
         let mut slots = self.slots.lock();
         if matches!(slots.get(&revision_id), Some(Slot::Ready(t)) if Arc::ptr_eq(t, template)) {
-            slots.remove(&revision_id);
+            slots.insert(revision_id, Slot::Refused);
         }
     }
 
@@ -272,8 +274,10 @@ impl Templates {
                     slots.insert(spec.revision_id, Slot::Refused);
                 }
                 Err(e) => {
+                    // Not retried: the template's first frame is the function's
+                    // process speaking, and it may be the cause.
                     tracing::warn!(function = %spec.function, error = %e, "fork template did not start");
-                    slots.remove(&spec.revision_id);
+                    slots.insert(spec.revision_id, Slot::Refused);
                 }
             }
         });
