@@ -153,6 +153,8 @@ def _cold(d):
             }[pair]
             if rt in ("exec", "http"):
                 stems = "–"
+            elif rt != "python3" and pair == "no stem cells":
+                stems = "0"
             rows.append(
                 [
                     rt,

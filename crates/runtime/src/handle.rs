@@ -40,6 +40,12 @@ struct Metering {
 }
 
 impl Metering {
+    /// The counters of `cgroup`, if it has any.
+    fn open(cgroup: Option<&Cgroup>) -> Option<Arc<Self>> {
+        let meter = cgroup?.meter()?;
+        Some(Arc::new(Self { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) }))
+    }
+
     fn capture(&self) {
         let mut at_exit = self.at_exit.lock();
         if at_exit.is_none() {
@@ -115,10 +121,7 @@ impl ProcessHandle {
         let Spawned { mut child, cgroup, exit_report, go: _ } = spawned;
         let pid = child.id().unwrap_or(0);
         let cgroup = cgroup.map(Arc::new);
-        let metering = cgroup
-            .as_ref()
-            .and_then(|cg| cg.meter())
-            .map(|meter| Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) }));
+        let metering = Metering::open(cgroup.as_deref());
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let tx = Arc::new(tx);
@@ -178,10 +181,7 @@ impl ProcessHandle {
         let Adopted { pid, pidfd, cgroup } = adopted;
         let pidfd = Arc::new(pidfd);
         let cgroup = cgroup.map(Arc::new);
-        let metering = cgroup
-            .as_ref()
-            .and_then(|cg| cg.meter())
-            .map(|meter| Arc::new(Metering { meter, busy: AtomicU32::new(0), at_exit: Mutex::new(None) }));
+        let metering = Metering::open(cgroup.as_deref());
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, exit) = watch::channel(None);
         let (flag, reaped_cgroup, reaped_metering) = (exited.clone(), cgroup.clone(), metering.clone());
