@@ -52,8 +52,8 @@ pub struct Adopted {
 
 /// Finds the process that `template` (the pid a spawn returned: the outer
 /// process when `isolated`, the program itself otherwise) forked and that
-/// calls itself `ns_pid` in its own pid namespace.
-pub(crate) fn find_fork(template: u32, ns_pid: u32, isolated: bool) -> Result<u32> {
+/// calls itself `ns_pid` in its own pid namespace: `(its parent, it)`.
+pub(crate) fn find_fork(template: u32, ns_pid: u32, isolated: bool) -> Result<(u32, u32)> {
     let parent = if isolated { crate::attach::inner_pid(template)? } else { template };
     let gone = || Error::new(ErrorKind::NotFound, format!("the template has no child {ns_pid}"));
     for task in std::fs::read_dir(format!("/proc/{parent}/task"))?.flatten() {
@@ -61,26 +61,29 @@ pub(crate) fn find_fork(template: u32, ns_pid: u32, isolated: bool) -> Result<u3
         let children = std::fs::read_to_string(format!("/proc/{parent}/task/{}/children", task.to_string_lossy()))
             .unwrap_or_default();
         for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-            if innermost_pid(child) == Some(ns_pid) {
-                return Ok(child);
+            if identity(child) == Some((parent, ns_pid)) {
+                return Ok((parent, child));
             }
         }
     }
     Err(gone())
 }
 
-/// The pid `pid` has in the innermost pid namespace it belongs to.
-fn innermost_pid(pid: u32) -> Option<u32> {
+/// The parent of `pid` (in flick's namespace) and the pid it has in the
+/// innermost pid namespace it belongs to.
+fn identity(pid: u32) -> Option<(u32, u32)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::split_whitespace);
+    let parent = field("PPid:")?.next()?.parse().ok()?;
+    let innermost = field("NSpid:")?.last()?.parse().ok()?;
+    Some((parent, innermost))
 }
 
 /// Takes the fork `pid` of a template into flick's hands: a pidfd first
 /// (so the pid can no longer be mistaken for another process), a check that
-/// it is still the template's fork `ns_pid`, then `cgroup`, if any, which it
-/// joins whole (every thread).
-pub(crate) fn adopt(pid: u32, ns_pid: u32, cgroup: Option<(Cgroup, Vec<OwnedFd>)>) -> Result<Adopted> {
+/// it is still `parent`'s child `ns_pid` (the pid was not reused before the
+/// pidfd pinned it), then `cgroup`, if any, which it joins whole (every thread).
+pub(crate) fn adopt((parent, pid): (u32, u32), ns_pid: u32, cgroup: Option<(Cgroup, Vec<OwnedFd>)>) -> Result<Adopted> {
     let fail = |cgroup: Option<(Cgroup, Vec<OwnedFd>)>, e: Error| {
         if let Some((cg, _)) = cgroup {
             cg.destroy();
@@ -95,7 +98,7 @@ pub(crate) fn adopt(pid: u32, ns_pid: u32, cgroup: Option<(Cgroup, Vec<OwnedFd>)
         Ok(fd) => fd,
         Err(e) => return fail(cgroup, e.into()),
     };
-    if innermost_pid(pid) != Some(ns_pid) {
+    if identity(pid) != Some((parent, ns_pid)) {
         return fail(cgroup, Error::new(ErrorKind::NotFound, "the fork exited before it was adopted"));
     }
     let Some((cg, procs)) = cgroup else { return Ok(Adopted { pid, pidfd, cgroup: None }) };
@@ -165,13 +168,15 @@ mod tests {
         // Unisolated, a template's fork is its child, known by its own pid.
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let me = std::process::id();
-        assert_eq!(find_fork(me, child.id(), false).unwrap(), child.id());
+        assert_eq!(find_fork(me, child.id(), false).unwrap(), (me, child.id()));
         assert!(find_fork(me, u32::MAX - 1, false).is_err());
-        let adopted = adopt(child.id(), child.id(), None).unwrap();
+        // Not a child of that parent: refused.
+        assert!(adopt((me + 1, child.id()), child.id(), None).is_err());
+        let adopted = adopt((me, child.id()), child.id(), None).unwrap();
         kill(adopted.pidfd.as_fd());
         assert!(!child.wait().unwrap().success());
         // Gone (and reaped): no longer adoptable under that pid.
-        assert!(adopt(child.id(), child.id(), None).is_err());
+        assert!(adopt((me, child.id()), child.id(), None).is_err());
     }
 
     #[test]

@@ -364,7 +364,7 @@ impl Sandbox {
     pub async fn adopt_fork(&self, template: u32, ns_pid: u32, memory: u64) -> Result<Adopted, SandboxError> {
         let iso = self.isolated.clone();
         let adopted = tokio::task::spawn_blocking(move || {
-            let pid = adopt::find_fork(template, ns_pid, iso.is_some())?;
+            let fork = adopt::find_fork(template, ns_pid, iso.is_some())?;
             let cgroup = match &iso {
                 None => None,
                 Some(iso) => {
@@ -374,7 +374,7 @@ impl Sandbox {
                     Some(iso.cgroups.create(&name, limits)?)
                 }
             };
-            adopt::adopt(pid, ns_pid, cgroup)
+            adopt::adopt(fork, ns_pid, cgroup)
         })
         .await
         .map_err(std::io::Error::other)
