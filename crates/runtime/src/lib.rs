@@ -323,9 +323,6 @@ impl Launcher {
         }
     }
 
-    /// The environment every instance of `spec` gets: the user's `[env]`,
-    /// then what flick defines (which the user cannot override), including
-    /// the Lambda variables that Lambda-style code reads.
     /// A python3 or node instance from a stem cell if one is ready (or
     /// about to be), otherwise started afresh.
     async fn start_process(
@@ -369,6 +366,9 @@ impl Launcher {
         self.templates.stop_all();
     }
 
+    /// The environment every instance of `spec` gets: the user's `[env]`,
+    /// then what flick defines (which the user cannot override), including
+    /// the Lambda variables that Lambda-style code reads.
     fn env(&self, spec: &InstanceSpec) -> Vec<(String, String)> {
         let m = &spec.manifest;
         let code = self.sandbox.code_path(&spec.code_dir).display().to_string();
