@@ -196,3 +196,17 @@ fn a_revision_that_keeps_coming_back_from_zero_gets_a_template() {
     assert_eq!(third["imported"], fourth["imported"], "both forks of the template: {record}");
     assert_ne!(third["imported"], second["imported"]);
 }
+
+/// `fork_template = false` in the manifest: however slow the import, every
+/// instance imports it in a sandbox of its own.
+#[test]
+fn a_function_can_turn_its_template_off() {
+    let flick = Flick::start();
+    flick.deploy_py("own", "keep_alive = \"1s\"\nfork_template = false\n", SLOW_IMPORT);
+    let (first, _) = cold_call(&flick, "own", "{}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(templates(&flick), 0);
+    let (second, record) = cold_call(&flick, "own", "{}");
+    assert_ne!(second["imported"], first["imported"], "imported again: {record}");
+    assert!(record["init_ms"].as_f64().unwrap() >= 300.0, "{record}");
+}

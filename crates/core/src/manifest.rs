@@ -174,6 +174,7 @@ struct RawManifest {
     max_queued: Option<i64>,
     web: Option<bool>,
     lambda_ric: Option<bool>,
+    fork_template: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// `[params]`: default parameters (any TOML values but dates).
@@ -285,6 +286,11 @@ pub struct Manifest {
     /// bootstrap.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lambda_ric: bool,
+    /// python3 only, `true` unless the manifest says otherwise: the revision
+    /// may get a fork template, whose forks share one sandbox (`/tmp`
+    /// included); `false` gives every instance a sandbox of its own.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub fork_template: bool,
     /// `[labels]`: the deployer's own key/value tags (OpenFaaS `labels`);
     /// flick keeps and shows them, nothing more.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -292,6 +298,14 @@ pub struct Manifest {
     /// `[annotations]`: like `labels`, for longer values (OpenFaaS `annotations`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_retries() -> u32 {
@@ -367,6 +381,9 @@ impl Manifest {
         let runtime: RuntimeKind = raw.runtime.parse().map_err(|e| invalid("runtime", e))?;
         let triggers = crate::trigger::parse_triggers(std::mem::take(&mut raw.triggers))
             .map_err(|e| ManifestError::Invalid { line: Some(line_at(text, e.at)), key: e.key, message: e.message })?;
+        if raw.fork_template.is_some() && runtime != RuntimeKind::Python3 {
+            return Err(invalid("fork_template", format!("is for python3 handlers, not `{runtime}`")));
+        }
         if raw.lambda_ric == Some(true) && !matches!(runtime, RuntimeKind::Python3 | RuntimeKind::Node) {
             return Err(invalid("lambda_ric", format!("is for python3 and node handlers, not `{runtime}`")));
         }
@@ -503,6 +520,7 @@ impl Manifest {
             params,
             web: raw.web.unwrap_or(false),
             lambda_ric,
+            fork_template: raw.fork_template.unwrap_or(true),
             labels,
             annotations,
         })
@@ -584,6 +602,7 @@ impl Manifest {
             params,
             web: raw.web.unwrap_or(false),
             lambda_ric: false,
+            fork_template: true,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         })
@@ -606,6 +625,9 @@ impl Manifest {
         }
         if self.lambda_ric {
             extra.push_str("lambda_ric = true\n");
+        }
+        if !self.fork_template {
+            extra.push_str("fork_template = false\n");
         }
         let at = out.find("\n[").map_or(out.len(), |i| i + 1);
         out.insert_str(at, &extra);
@@ -1019,6 +1041,17 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "name = \"hello\"\nruntime = \"python3\"\nhandler = \"main.handler\"\n";
+
+    #[test]
+    fn fork_template_is_python3_only_and_on_unless_turned_off() {
+        assert!(Manifest::parse(MINIMAL).unwrap().fork_template);
+        let off = Manifest::parse(&format!("{MINIMAL}fork_template = false\n")).unwrap();
+        assert!(!off.fork_template);
+        assert!(!Manifest::parse(&off.to_toml()).unwrap().fork_template, "{}", off.to_toml());
+        let node = "name = \"n\"\nruntime = \"node\"\nhandler = \"index.handler\"\nfork_template = false\n";
+        let e = Manifest::parse(node).unwrap_err().to_string();
+        assert!(e.contains("fork_template"), "{e}");
+    }
 
     #[test]
     fn provided_and_lambda_ric() {

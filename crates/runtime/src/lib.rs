@@ -295,7 +295,9 @@ impl Launcher {
                 runtime_api::ApiInstance::start(self, spec, deadline).await.map(Instance::Api)
             }
             RuntimeKind::Python3 | RuntimeKind::Node => {
-                if let Some(template) = self.templates.get(spec.revision_id) {
+                if m.fork_template
+                    && let Some(template) = self.templates.get(spec.revision_id)
+                {
                     match template.instance(self, spec, deadline).await {
                         Ok(instance) => return Ok(Instance::Process(instance)),
                         Err(why) => {
@@ -307,6 +309,7 @@ impl Launcher {
                 let started = self.start_process(spec, deadline).await;
                 if let Ok(instance) = &started
                     && m.runtime == RuntimeKind::Python3
+                    && m.fork_template
                     && let Some(import) = instance.import_time()
                 {
                     self.templates.consider(self, spec, import);
