@@ -383,7 +383,7 @@ impl Config {
             stem_cells: file.stem_cells.unwrap_or(1),
             fork_templates: match file.fork_templates.as_deref() {
                 Some("off") => None,
-                other => Some(duration("fork_templates", &other.map(String::from), Duration::from_millis(20))?),
+                _ => Some(duration("fork_templates", &file.fork_templates, Duration::from_millis(20))?),
             },
             allow_host_network_http: file.allow_host_network_http.unwrap_or(false),
             max_connections: file.max_connections.unwrap_or(1024),

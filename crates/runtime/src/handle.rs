@@ -151,7 +151,7 @@ impl ProcessHandle {
         let reaped_cgroup = cgroup.clone();
         let reaped_metering = metering.clone();
         tokio::spawn(async move {
-            let mut exit = match child.wait().await {
+            let exit = match child.wait().await {
                 Ok(status) => Exit::from_status(status),
                 Err(_) => Exit { code: None, signal: None, oom: false },
             };
@@ -161,16 +161,8 @@ impl ProcessHandle {
             if let Some(wait) = reported {
                 let _ = tokio::time::timeout(REPORT_WAIT, wait).await;
             }
-            exit.oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
-            if let Some(m) = &reaped_metering {
-                m.capture();
-            }
             // A reported exit, if any, says more than the sandbox's own.
-            tx.send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
-            // Answer first: removing the cgroup may retry for a while.
-            if let Some(cg) = reaped_cgroup {
-                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
-            }
+            settle(exit, reaped_cgroup, reaped_metering, &tx).await;
         });
         Self { pid, cgroup, exited, exit, metering, pidfd: None }
     }
@@ -189,14 +181,7 @@ impl ProcessHandle {
         tokio::spawn(async move {
             let _ = flick_sandbox::pidfd_exited(watched).await;
             flag.store(true, Ordering::SeqCst);
-            let oom = reaped_cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
-            if let Some(m) = &reaped_metering {
-                m.capture();
-            }
-            let _ = tx.send(Some(Exit { code: None, signal: None, oom }));
-            if let Some(cg) = reaped_cgroup {
-                let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
-            }
+            settle(Exit { code: None, signal: None, oom: false }, reaped_cgroup, reaped_metering, &tx).await;
         });
         Self { pid, cgroup, exited, exit, metering, pidfd: Some(pidfd) }
     }
@@ -278,6 +263,26 @@ impl ProcessHandle {
 impl Drop for ProcessHandle {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The end of a process that has exited: its OOM kill and usage are read
+/// while its cgroup is still there, its exit is told (unless a report told
+/// it already), then the cgroup is removed — after answering, since removal
+/// may retry for a while.
+async fn settle(
+    mut exit: Exit,
+    cgroup: Option<Arc<Cgroup>>,
+    metering: Option<Arc<Metering>>,
+    tx: &watch::Sender<Option<Exit>>,
+) {
+    exit.oom = cgroup.as_ref().is_some_and(|cg| cg.oom_killed());
+    if let Some(m) = &metering {
+        m.capture();
+    }
+    tx.send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
+    if let Some(cg) = cgroup {
+        let _ = tokio::task::spawn_blocking(move || cg.destroy()).await;
     }
 }
 

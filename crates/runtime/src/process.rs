@@ -153,12 +153,7 @@ impl Booting {
     }
 
     /// The bootstrap said `ready`: from now on it serves invocations.
-    pub(crate) fn into_instance(
-        self,
-        max_response: usize,
-        prewarmed: bool,
-        template: Option<Arc<crate::template::Template>>,
-    ) -> ProcessInstance {
+    pub(crate) fn into_instance(self, max_response: usize, prewarmed: bool) -> ProcessInstance {
         let Booting { process, reader, mut write, logs } = self;
         let (to_instance, mut outbox) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
@@ -172,7 +167,17 @@ impl Booting {
         let alive = Arc::new(AtomicBool::new(true));
         let broken = Arc::new(Mutex::new(None));
         tokio::spawn(read_responses(reader, max_response, pending.clone(), alive.clone(), broken.clone()));
-        ProcessInstance { process, to_instance, pending, logs, alive, broken, prewarmed, template, import_time: None }
+        ProcessInstance {
+            process,
+            to_instance,
+            pending,
+            logs,
+            alive,
+            broken,
+            prewarmed,
+            template: None,
+            import_time: None,
+        }
     }
 }
 
@@ -263,7 +268,7 @@ impl Stem {
         bytes.push(b'\n');
         booting.write.write_all(&bytes).await.map_err(|e| unusable("sending specialise", e))?;
         let ready = booting.first_frame("ready", deadline).await.map_err(SpecialiseError::Start)?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None).imported_in(&ready))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true).imported_in(&ready))
     }
 }
 
@@ -278,7 +283,7 @@ impl ProcessInstance {
         )
         .await?;
         let ready = booting.first_frame("ready", deadline).await?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, false, None).imported_in(&ready))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, false).imported_in(&ready))
     }
 
     fn imported_in(mut self, ready: &protocol::Header) -> Self {

@@ -178,7 +178,7 @@ impl Template {
         let mut booting = Booting { process, reader: BufReader::with_capacity(64 << 10, read), write, logs };
         let ready_by = deadline.min(Instant::now() + FORK_REPLY);
         booting.first_frame("ready", ready_by).await.map_err(|e| format!("the fork did not start: {e}"))?;
-        Ok(booting.into_instance(launcher.config().max_response_bytes, true, None))
+        Ok(booting.into_instance(launcher.config().max_response_bytes, true))
     }
 
     fn idle_since(&self) -> Instant {
@@ -203,6 +203,16 @@ enum Slot {
     Refused,
 }
 
+impl Slot {
+    /// The template, if this slot holds one that still runs.
+    fn live(&self) -> Option<&Arc<Template>> {
+        match self {
+            Self::Ready(t) if !t.process.has_exited() => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// Every revision's template, by revision id.
 #[derive(Default)]
 pub(crate) struct Templates {
@@ -217,10 +227,7 @@ impl std::fmt::Debug for Templates {
 
 impl Templates {
     pub(crate) fn get(&self, revision_id: u64) -> Option<Arc<Template>> {
-        match self.slots.lock().get(&revision_id) {
-            Some(Slot::Ready(t)) if !t.process.has_exited() => Some(t.clone()),
-            _ => None,
-        }
+        self.slots.lock().get(&revision_id).and_then(Slot::live).cloned()
     }
 
     /// Gives up on `template` (a fork failed) and on templates for its
@@ -233,15 +240,19 @@ impl Templates {
         }
     }
 
-    /// After a cold start of `spec` whose import took `took`: starts its template in
-    /// the background if the start was slow and it has none yet.
+    /// After a cold start of `spec` whose import took `took`: starts its
+    /// template in the background if it has none yet and the import was
+    /// slow or the revision is back from zero within [`TEMPLATE_IDLE`].
     pub(crate) fn consider(&self, launcher: &Launcher, spec: &InstanceSpec, took: Duration) {
         let Some(after) = launcher.config().template_after else { return };
         let now = Instant::now();
         {
             let mut slots = self.slots.lock();
-            let back_soon = match slots.get(&spec.revision_id) {
-                Some(Slot::Ready(t)) if !t.process.has_exited() => return,
+            let slot = slots.get(&spec.revision_id);
+            if slot.and_then(Slot::live).is_some() {
+                return;
+            }
+            let back_soon = match slot {
                 Some(Slot::Starting | Slot::Refused) => return,
                 Some(Slot::Seen(at)) => now.duration_since(*at) < TEMPLATE_IDLE,
                 _ => false,
@@ -303,6 +314,6 @@ impl Templates {
 
     /// Templates ready to fork.
     pub(crate) fn ready(&self) -> usize {
-        self.slots.lock().values().filter(|s| matches!(s, Slot::Ready(t) if !t.process.has_exited())).count()
+        self.slots.lock().values().filter(|s| s.live().is_some()).count()
     }
 }
