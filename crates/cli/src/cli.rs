@@ -367,6 +367,26 @@ pub struct UpArgs {
     /// No web dashboard. Config file: `[ui] enabled = false`.
     #[arg(long, env = "FLICK_NO_UI")]
     pub no_ui: bool,
+    /// Where functions, revisions, keys and records are kept: `sqlite`
+    /// (default: flick.db in the data dir) or a PostgreSQL URL shared by
+    /// the nodes of a cluster, e.g. postgres://flick@db:5432/flick.
+    /// Config file: `store`.
+    #[arg(long, env = "FLICK_STORE", value_name = "URL", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Where accepted async calls wait: `sqlite` (default: queue.db in the
+    /// data dir) or a NATS JetStream server shared by the nodes, e.g.
+    /// nats://127.0.0.1:4222 (needs --store postgres://…). Config file: `queue`.
+    #[arg(long, env = "FLICK_QUEUE", value_name = "URL", hide_env_values = true)]
+    pub queue: Option<String>,
+    /// This node's name in a cluster: letters, digits, `-`, `_` (default:
+    /// one made at the first start and kept in <data-dir>/node.id).
+    /// Config file: `node_id`.
+    #[arg(long, env = "FLICK_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// The URL other nodes reach this one at (default: http://<--listen>;
+    /// required when --listen is 0.0.0.0 or [::]). Config file: `advertise`.
+    #[arg(long, env = "FLICK_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

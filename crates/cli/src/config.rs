@@ -104,6 +104,127 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The web dashboard (`[ui]`).
     pub ui: UiConfig,
+    /// Where state and async work live, and this node's name among others.
+    pub cluster: ClusterConfig,
+}
+
+/// Where the store and the async queue are, and who this node is. The
+/// embedded default (SQLite files in the data dir) is a cluster of one;
+/// `store = "postgres://…"` with `queue = "nats://…"` lets several nodes
+/// share functions, records and async work.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub store: StoreUrl,
+    pub queue: QueueUrl,
+    /// This node's stable name (`None`: the one kept in `node.id`, made at
+    /// the first start).
+    pub node_id: Option<String>,
+    /// How other nodes reach this one (`None`: `http://<listen>`).
+    pub advertise: Option<url::Url>,
+}
+
+impl ClusterConfig {
+    /// Several nodes may share this store: routes follow other nodes' deploys.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.store, StoreUrl::Postgres(_))
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    /// URLs may carry passwords: only their scheme and host are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("store", &self.store.to_string())
+            .field("queue", &self.queue.to_string())
+            .field("node_id", &self.node_id)
+            .field("advertise", &self.advertise.as_ref().map(url::Url::as_str))
+            .finish()
+    }
+}
+
+/// `store`: the embedded SQLite file or a PostgreSQL server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite,
+    Postgres(String),
+}
+
+/// `queue`: the embedded SQLite file or a NATS JetStream server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum QueueUrl {
+    Sqlite,
+    Nats(String),
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("sqlite"),
+            Self::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("sqlite"),
+            Self::Nats(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+/// A URL without its password, for logs and errors.
+pub fn redacted(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+impl StoreUrl {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        if text == "sqlite" {
+            return Ok(Self::Sqlite);
+        }
+        match url::Url::parse(text) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.host_str().is_some() => {
+                Ok(Self::Postgres(text.to_string()))
+            }
+            _ => bail!(
+                "`store` must be `sqlite` or a PostgreSQL URL such as postgres://user@host:5432/flick, not `{}`",
+                redacted(text)
+            ),
+        }
+    }
+}
+
+impl QueueUrl {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        if text == "sqlite" {
+            return Ok(Self::Sqlite);
+        }
+        match url::Url::parse(text) {
+            Ok(u) if u.scheme() == "nats" && u.host_str().is_some() => Ok(Self::Nats(text.to_string())),
+            _ => {
+                bail!("`queue` must be `sqlite` or a NATS URL such as nats://127.0.0.1:4222, not `{}`", redacted(text))
+            }
+        }
+    }
+}
+
+/// A node id: the characters of a function name (it appears in subjects,
+/// URLs and logs), at most 64.
+pub fn check_node_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        bail!("node id `{id}` must be 1-64 letters, digits, `-` or `_`");
+    }
+    Ok(())
 }
 
 /// `[ui]`: the web dashboard, on a listener of its own.
@@ -263,6 +384,10 @@ struct FileConfig {
     metrics: FileMetrics,
     #[serde(default)]
     ui: FileUi,
+    store: Option<String>,
+    queue: Option<String>,
+    node_id: Option<String>,
+    advertise: Option<String>,
 }
 
 /// `[ui]` in the file.
@@ -443,7 +568,42 @@ impl Config {
                 enabled: !args.no_ui && file.ui.enabled.unwrap_or(true),
                 listen: args.ui_listen.or(file.ui.listen),
             },
+            cluster: ClusterConfig {
+                store: StoreUrl::parse(args.store.as_deref().or(file.store.as_deref()).unwrap_or("sqlite"))?,
+                queue: QueueUrl::parse(args.queue.as_deref().or(file.queue.as_deref()).unwrap_or("sqlite"))?,
+                node_id: args.node_id.clone().or(file.node_id),
+                advertise: match args.advertise.as_deref().or(file.advertise.as_deref()) {
+                    None => None,
+                    Some(text) => Some(
+                        url::Url::parse(text)
+                            .ok()
+                            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                            .ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "`advertise` must be an http:// URL such as http://10.0.0.5:8080, not `{text}`"
+                                )
+                            })?,
+                    ),
+                },
+            },
         };
+        if let Some(id) = &config.cluster.node_id {
+            check_node_id(id).context("`node_id` (--node-id)")?;
+        }
+        if matches!(config.cluster.queue, QueueUrl::Nats(_)) && !config.cluster.is_shared() {
+            bail!(
+                "`queue = \"nats://…\"` needs `store = \"postgres://…\"`: queued calls name functions that every \
+                 node must find in one shared store"
+            );
+        }
+        if config.cluster.is_shared() && config.cluster.advertise.is_none() && config.listen.ip().is_unspecified() {
+            bail!(
+                "with a shared store, other nodes must be able to reach this one: --listen {} is every address, so \
+                 give --advertise http://<this host's address>:{}",
+                config.listen,
+                config.listen.port()
+            );
+        }
         if config.ui.enabled && config.ui.listen.is_some_and(|u| u == config.listen || Some(u) == config.metrics.listen)
         {
             bail!(
@@ -580,6 +740,43 @@ mod tests {
             no_metrics: false,
             ui_listen: None,
             no_ui: false,
+            store: None,
+            queue: None,
+            node_id: None,
+            advertise: None,
+        }
+    }
+
+    #[test]
+    fn cluster_keys_layer_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert!(c.cluster.store == StoreUrl::Sqlite && c.cluster.queue == QueueUrl::Sqlite && !c.cluster.is_shared());
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "store = \"postgres://flick:secret@db:5432/flick\"\nqueue = \"nats://127.0.0.1:4222\"\nnode_id = \"a-1\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args(), dir.path()).unwrap();
+        assert!(c.cluster.is_shared());
+        assert_eq!(c.cluster.node_id.as_deref(), Some("a-1"));
+        let shown = format!("{:?}", c.cluster);
+        assert!(!shown.contains("secret") && shown.contains("db:5432"), "{shown}");
+        let mut a = args();
+        a.node_id = Some("b_2".into());
+        assert_eq!(Config::load(&a, dir.path()).unwrap().cluster.node_id.as_deref(), Some("b_2"), "a flag wins");
+        for (text, key) in [
+            ("store = \"mysql://db/flick\"\n", "store"),
+            ("queue = \"amqp://127.0.0.1\"\n", "queue"),
+            ("queue = \"nats://127.0.0.1:4222\"\n", "needs `store"),
+            ("node_id = \"a.b\"\n", "node id"),
+            ("store = \"postgres://db/f\"\nlisten = \"0.0.0.0:8080\"\n", "--advertise"),
+            ("advertise = \"db:80\"\n", "advertise"),
+        ] {
+            std::fs::write(dir.path().join("config.toml"), text).unwrap();
+            let err = format!("{:#}", Config::load(&args(), dir.path()).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains("secret"), "{err}");
         }
     }
 

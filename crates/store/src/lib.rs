@@ -6,6 +6,7 @@
 //! Code itself is not in the store: [`CodeStore`] keeps uploaded archives and
 //! unpacked code directories on disk, addressed by content hash.
 
+mod cluster;
 mod code;
 mod error;
 mod logcodec;
@@ -14,6 +15,7 @@ mod sqlite;
 use async_trait::async_trait;
 use flick_core::{Activation, ActivationId, CallbackOutcome, Cause, FunctionInfo, Manifest, Revision};
 
+pub use cluster::{Change, NodeRecord};
 pub use code::CodeStore;
 pub use error::{StoreError, is_disk_full};
 pub use sqlite::SqliteStore;
@@ -260,4 +262,61 @@ pub trait Store: Send + Sync + 'static {
         schedule: &str,
         tick_ms: i64,
     ) -> Result<(), StoreError>;
+
+    // ---- Nodes sharing this store (`cluster.rs`) ----
+
+    /// Other nodes may use this store at once: code must be shared through
+    /// it and cached routes must follow [`Store::changes`].
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Notices of what other nodes changed; `None` when nothing else writes
+    /// this store.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+
+    /// Says `node` is alive (its `heartbeat_ms` is set by the store's own
+    /// clock, so nodes' clocks need not agree), forgets members silent for
+    /// longer than `expire_after`, and returns the live members by id.
+    async fn heartbeat(
+        &self,
+        node: &NodeRecord,
+        expire_after: std::time::Duration,
+    ) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// The members as last seen (live or not yet expired), by id.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// A node that stops cleanly leaves at once.
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `ttl` from now
+    /// (the store's clock); `false` while another holder's lease runs.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
+
+    /// Gives a lease up early (only if `holder` holds it).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// A value made once for every node (the admin key, the cluster's id):
+    /// stores `proposed` if `name` has none yet and returns the stored one.
+    async fn setting(&self, name: &str, proposed: &str) -> Result<String, StoreError>;
+
+    /// Keeps a revision's runnable code (a packed archive of the code
+    /// directory, dependencies installed) under its content hash, for
+    /// other nodes. A store that is not shared keeps nothing.
+    async fn put_code(&self, _hash: &str, _archive: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The archive [`Store::put_code`] kept under `hash`.
+    async fn code(&self, _hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Forgets archives no revision references any more; returns how many.
+    async fn sweep_code(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }

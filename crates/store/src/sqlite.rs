@@ -221,6 +221,8 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// Reads of activation records: never queued behind the writer.
     reader: Arc<Mutex<Connection>>,
+    /// Members and leases of a cluster of one.
+    local: Arc<crate::cluster::Local>,
 }
 
 impl SqliteStore {
@@ -263,7 +265,7 @@ impl SqliteStore {
         let reader = Connection::open(path).map_err(open_err)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         reader.pragma_update(None, "query_only", true).map_err(open_err)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), reader: Arc::new(Mutex::new(reader)), local: Arc::default() })
     }
 
     /// A private database that lives as long as the store (for tests).
@@ -274,7 +276,7 @@ impl SqliteStore {
             .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
         let conn = Arc::new(Mutex::new(Self::init_conn(conn, ":memory:")?));
         // A second connection would open a different, empty database.
-        Ok(Self { conn: conn.clone(), reader: conn })
+        Ok(Self { conn: conn.clone(), reader: conn, local: Arc::default() })
     }
 
     fn init_conn(mut conn: Connection, label: &str) -> Result<Connection, StoreError> {
@@ -566,6 +568,36 @@ fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn heartbeat(
+        &self,
+        node: &crate::NodeRecord,
+        expire_after: Duration,
+    ) -> Result<Vec<crate::NodeRecord>, StoreError> {
+        Ok(self.local.heartbeat(node, expire_after))
+    }
+
+    async fn nodes(&self) -> Result<Vec<crate::NodeRecord>, StoreError> {
+        Ok(self.local.nodes())
+    }
+
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError> {
+        self.local.leave(node_id);
+        Ok(())
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.local.acquire_lease(name, holder, ttl))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.local.release_lease(name, holder);
+        Ok(())
+    }
+
+    async fn setting(&self, name: &str, proposed: &str) -> Result<String, StoreError> {
+        Ok(self.local.setting(name, proposed))
+    }
+
     async fn put_revision(&self, new: NewRevision) -> Result<PutOutcome, StoreError> {
         self.with_conn(move |conn| {
             let name = new.manifest.name.as_str().to_string();
