@@ -64,7 +64,7 @@ impl From<flick_queue::QueueError> for PlatformError {
         match e {
             Q::Full { function, queued, limit } => Self::QueueFull { function, queued, limit },
             e if e.is_disk_full() => Self::StorageFull(e.to_string()),
-            e @ (Q::Busy { .. } | Q::Closed { .. }) => Self::Busy(e.to_string()),
+            e @ (Q::Busy { .. } | Q::Closed { .. } | Q::Unavailable { .. }) => Self::Busy(e.to_string()),
             Q::Invalid { what, detail } => Self::BadRequest(format!("invalid {what}: {detail}")),
             e => Self::Internal(format!("queue: {e}")),
         }

@@ -1,5 +1,5 @@
 //! Errors of the queue. Each says what to do about it: the API maps
-//! `Full` to 429, `DiskFull` to 507, `Busy`/`Closed` to 503.
+//! `Full` to 429, `DiskFull` to 507, `Busy`/`Closed`/`Unavailable` to 503.
 
 use std::sync::Arc;
 
@@ -43,6 +43,18 @@ pub enum QueueError {
     /// The writer thread is gone (the queue is shutting down, or it panicked).
     #[error("the queue {path} is closed")]
     Closed { path: String },
+    /// The NATS server did not answer in time, or the connection is down
+    /// (async-nats reconnects by itself). A write that failed this way may
+    /// or may not have been stored (its answer was lost): retrying it is
+    /// safe, an id already queued is refused as `Duplicate`.
+    #[error(
+        "NATS at {url} is not answering ({action}: {detail}): check that nats-server is running with JetStream enabled, then try again"
+    )]
+    Unavailable { url: String, action: &'static str, detail: String },
+    /// JetStream refused a request (a stream missing or misconfigured, a
+    /// permission, a limit of the server).
+    #[error("NATS JetStream at {url} refused {action}: {detail}")]
+    Nats { url: String, action: &'static str, detail: String },
 }
 
 impl QueueError {
@@ -61,7 +73,7 @@ impl QueueError {
     /// the backlog drains, and callers answer it with 429.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::DiskFull { .. } | Self::Busy { .. } | Self::Closed { .. } => true,
+            Self::DiskFull { .. } | Self::Busy { .. } | Self::Closed { .. } | Self::Unavailable { .. } => true,
             Self::Io { .. } => true,
             Self::Database { code, .. } => matches!(
                 code,

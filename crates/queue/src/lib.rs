@@ -1,6 +1,7 @@
 //! The durable queue of accepted async invocations: one trait, [`Queue`],
-//! and its embedded implementation, [`SqliteQueue`] (its own SQLite file,
-//! `queue.db` in the data directory).
+//! its embedded implementation, [`SqliteQueue`] (its own SQLite file,
+//! `queue.db` in the data directory), and [`JetStreamQueue`], a NATS
+//! JetStream work queue that several flick nodes share.
 //!
 //! An item is a stored [`Invocation`] with its delivery state. Whoever
 //! accepts an async call (the API's `X-Flick-Async`, a trigger) enqueues it
@@ -18,6 +19,8 @@
 //! - `error.rs`: [`QueueError`].
 //! - `sqlite.rs`: [`SqliteQueue`]: opening, schema, recovery, reads.
 //! - `writer.rs`: the writer thread: every write, group-committed.
+//! - `jetstream.rs`: [`JetStreamQueue`]: streams, consumers, leases held in
+//!   memory, what is exact across nodes and what is not.
 //! - `conformance.rs`: the trait's contract as checks any implementation runs.
 
 use std::time::Duration;
@@ -28,10 +31,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod conformance;
 mod error;
+mod jetstream;
 mod sqlite;
 mod writer;
 
 pub use error::QueueError;
+pub use jetstream::{JetStreamConfig, JetStreamQueue};
 pub use sqlite::{QueueConfig, SqliteQueue, WriterStats};
 
 /// How an invocation is enqueued.
