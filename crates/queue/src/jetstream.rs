@@ -145,6 +145,8 @@ struct Inner {
     url: String,
     config: JetStreamConfig,
     client: async_nats::Client,
+    /// One context for every publish (each context runs a task of its own).
+    js: jetstream::Context,
     queue: Stream,
     dead: Stream,
     idem: Stream,
@@ -323,8 +325,9 @@ fn is_unavailable(debug: &str) -> bool {
         .any(|k| debug.contains(k))
 }
 
+/// "No such message" (JetStream error 10037), not a missing stream.
 fn not_found(debug: &str) -> bool {
-    debug.contains("NoMessageFound") || debug.contains("NotFound") || debug.contains("10037")
+    debug.contains("NoMessageFound") || debug.contains("ErrorCode(10037)")
 }
 
 impl Inner {
@@ -468,10 +471,7 @@ impl Inner {
 
     async fn publish(&self, subject: String, payload: Bytes, expect_last: u64) -> Result<Option<u64>, QueueError> {
         let msg = PublishMessage::build().payload(payload).expected_last_subject_sequence(expect_last);
-        let ack = jetstream::new(self.client.clone())
-            .send_publish(subject, msg)
-            .await
-            .map_err(|e| self.err("publishing", e))?;
+        let ack = self.js.send_publish(subject, msg).await.map_err(|e| self.err("publishing", e))?;
         match ack.await {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
@@ -482,7 +482,14 @@ impl Inner {
     async fn delete(&self, stream: &Stream, seq: u64) -> Result<bool, QueueError> {
         match stream.delete_message(seq).await {
             Ok(done) => Ok(done),
-            Err(e) if not_found(&format!("{e:?}")) || e.to_string().contains("not found") => Ok(false),
+            // Gone already (acked, or removed by another node).
+            Err(e)
+                if not_found(&format!("{e:?}"))
+                    || (format!("{e:?}").contains("ErrorCode(10057)")
+                        && e.to_string().contains("no message found")) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(self.err("deleting a message", e)),
         }
     }
@@ -737,7 +744,7 @@ impl Inner {
         let payload = encode(&mut item)?;
         // One message per subject: a second death of the id replaces it.
         let msg = PublishMessage::build().payload(payload);
-        jetstream::new(self.client.clone())
+        self.js
             .send_publish(subject, msg)
             .await
             .map_err(|e| self.err("publishing a dead letter", e))?
@@ -855,6 +862,7 @@ impl JetStreamQueue {
             url: url.into(),
             config,
             client: client.clone(),
+            js: js.clone(),
             queue,
             dead,
             idem,
@@ -907,7 +915,7 @@ impl JetStreamQueue {
     /// Deletes this prefix's streams (and so every item, dead letter, key
     /// and consumer): for tests, and for an operator starting over.
     pub async fn delete_streams(&self) -> Result<(), QueueError> {
-        let js = jetstream::new(self.inner.client.clone());
+        let js = &self.inner.js;
         let upper = self.inner.config.prefix.to_uppercase();
         for suffix in ["QUEUE", "DEAD", "IDEM"] {
             js.delete_stream(format!("{upper}_{suffix}")).await.map_err(|e| self.inner.err("deleting a stream", e))?;
@@ -1039,14 +1047,22 @@ impl Queue for JetStreamQueue {
                         errors,
                         enqueued_ms: now,
                     };
-                    q.bury(function, dead).await?;
-                    acker.double_ack().await.map_err(|e| q.err("acking", e))?;
+                    // A failure here leaves it to be fetched (and buried) again.
+                    if let Err(e) = q.bury(function, dead).await {
+                        tracing::warn!(function, seq, error = %e, "queue: burying an unreadable message failed");
+                    } else if let Err(e) = acker.double_ack().await {
+                        tracing::warn!(function, seq, error = %e, "queue: acking a buried message failed");
+                    }
                     continue;
                 }
             };
             if item.not_before_ms > now {
                 let wait = Duration::from_millis((item.not_before_ms - now) as u64);
-                acker.ack_with(AckKind::Nak(Some(wait))).await.map_err(|e| q.err("delaying a retry", e))?;
+                if let Err(e) = acker.ack_with(AckKind::Nak(Some(wait))).await {
+                    // JetStream hands it out again after ack_wait; leased
+                    // then, it is only put off again.
+                    tracing::warn!(function, seq, error = %e, "queue: putting off a retry not yet due failed");
+                }
                 q.local
                     .lock()
                     .delayed
