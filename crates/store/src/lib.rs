@@ -1,16 +1,22 @@
 //! Persistent state of flick behind one trait, [`Store`]: functions, their
 //! immutable revisions and activation records. [`SqliteStore`] is the
-//! embedded implementation `flick up` uses; a PostgreSQL one can be added
-//! later without touching callers, which only ever see `Arc<dyn Store>`.
+//! embedded implementation `flick up` uses; [`PgStore`] keeps the same
+//! state in PostgreSQL, for several nodes sharing it. Callers only ever see
+//! `Arc<dyn Store>`, and [`conformance`] holds both to the same contract.
 //!
 //! Code itself is not in the store: [`CodeStore`] keeps uploaded archives and
 //! unpacked code directories on disk, addressed by content hash.
 
 mod cluster;
 mod code;
+pub mod conformance;
 mod error;
 mod logcodec;
+mod postgres;
+mod rows;
 mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use async_trait::async_trait;
 use flick_core::{Activation, ActivationId, CallbackOutcome, Cause, FunctionInfo, Manifest, Revision};
@@ -18,6 +24,7 @@ use flick_core::{Activation, ActivationId, CallbackOutcome, Cause, FunctionInfo,
 pub use cluster::{Change, NodeRecord};
 pub use code::CodeStore;
 pub use error::{StoreError, is_disk_full};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A trigger that fires rules (OpenWhisk's model: a named channel of

@@ -17,16 +17,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flick_core::{
-    Activation, ActivationId, ActivationStatus, AttemptOutcome, CallbackOutcome, Cause, FunctionInfo, LogLine,
-    Revision, now_ms,
-};
+use flick_core::{Activation, ActivationId, CallbackOutcome, FunctionInfo, Revision, now_ms};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::rows::{
+    ACTIVATION_INSERT_COLUMNS, ACTIVATION_VALUES, ActivationRow, FUNCTION_SELECT, FunctionRow, REVISION_COLUMNS,
+    RULE_SELECT, RULE_TRIGGER_SELECT, RevisionRow, RuleRow, RuleTriggerRow, UsageDelta, activation_row,
+    activation_values, corrupt, effective_limit, record_bytes, rule_trigger_json,
+};
 use crate::{
     ActivationQuery, Inserted, Maintenance, NewRevision, PutOutcome, RecordLimits, Rule, RuleTrigger, Store,
-    StoreError, UsageDay, logcodec,
+    StoreError, UsageDay,
 };
 
 /// Schema migrations in order: entry `i` takes `user_version` from `i` to
@@ -196,9 +198,6 @@ const MIGRATIONS: &[&str] = &[
 /// (e.g. a backup or `sqlite3` shell) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
-
 /// The write-ahead log is checkpointed once it holds this many pages (4 KiB
 /// each: 4 MiB), and cut back to [`WAL_SIZE_LIMIT`] when it restarts.
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 1000;
@@ -210,10 +209,6 @@ const KEEP_FREE_PAGES: i64 = 256;
 /// Pages one maintenance pass vacuums: moved pages go through the WAL, so
 /// this bounds the log's growth per pass (8 MiB at 4 KiB pages).
 const VACUUM_STEP_PAGES: i64 = 2048;
-
-/// Per-record bytes on top of response and logs (columns, index entries),
-/// for estimating how much room a batch needs. Errs high, so a batch fits.
-const RECORD_OVERHEAD: u64 = 512;
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -351,52 +346,31 @@ fn convert_to_incremental_vacuum(conn: &Connection, label: &str) {
     }
 }
 
-const RULE_TRIGGER_SELECT: &str =
-    "SELECT name, params_json, annotations_json, feed_json, created_ms, updated_ms FROM rule_triggers";
-const RULE_SELECT: &str = "SELECT name, trigger, action, active, annotations_json, created_ms, updated_ms FROM rules";
-
-fn json_column(what: &str, text: &str) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })
-}
-
 /// A row of `rule_triggers` (the outer error: SQLite's; the inner: a JSON
 /// column that does not parse).
-fn rule_trigger_row(r: &Row<'_>) -> rusqlite::Result<Result<RuleTrigger, StoreError>> {
-    let name: String = r.get(0)?;
-    let (params, annotations, feed): (String, String, Option<String>) = (r.get(1)?, r.get(2)?, r.get(3)?);
-    let (created_ms, updated_ms) = (r.get(4)?, r.get(5)?);
-    Ok((|| {
-        Ok(RuleTrigger {
-            params: match json_column("trigger parameters", &params)? {
-                serde_json::Value::Object(m) => m,
-                _ => {
-                    return Err(StoreError::Corrupt {
-                        what: "trigger parameters".into(),
-                        detail: "not an object".into(),
-                    });
-                }
-            },
-            annotations: json_column("trigger annotations", &annotations)?,
-            feed: feed.as_deref().map(|f| json_column("trigger feed", f)).transpose()?,
-            name,
-            created_ms,
-            updated_ms,
-        })
-    })())
+fn rule_trigger_row(r: &Row<'_>) -> Decoded<RuleTrigger> {
+    let row = RuleTriggerRow {
+        name: r.get(0)?,
+        params_json: r.get(1)?,
+        annotations_json: r.get(2)?,
+        feed_json: r.get(3)?,
+        created_ms: r.get(4)?,
+        updated_ms: r.get(5)?,
+    };
+    Ok(row.decode())
 }
 
-fn rule_row(r: &Row<'_>) -> rusqlite::Result<Result<Rule, StoreError>> {
-    let annotations: String = r.get(4)?;
-    let rule = Rule {
+fn rule_row(r: &Row<'_>) -> Decoded<Rule> {
+    let row = RuleRow {
         name: r.get(0)?,
         trigger: r.get(1)?,
         action: r.get(2)?,
         active: r.get(3)?,
-        annotations: serde_json::Value::Null,
+        annotations_json: r.get(4)?,
         created_ms: r.get(5)?,
         updated_ms: r.get(6)?,
     };
-    Ok(json_column("rule annotations", &annotations).map(|annotations| Rule { annotations, ..rule }))
+    Ok(row.decode())
 }
 
 fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
@@ -408,10 +382,6 @@ fn migrate(conn: &mut Connection, label: &str) -> Result<(), StoreError> {
     })
 }
 
-fn corrupt(what: String, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt { what, detail: detail.to_string() }
-}
-
 /// Row readers return the conversion result inside the rusqlite one, so a
 /// bad JSON column becomes `Corrupt` naming the record rather than a generic
 /// conversion error.
@@ -421,26 +391,17 @@ fn flatten<T>(r: Decoded<T>) -> Result<T, StoreError> {
     r?
 }
 
-const REVISION_COLUMNS: &str = "id, function, number, hash, manifest_json, created_ms, code_size";
-
 fn read_revision(row: &Row<'_>) -> Decoded<Revision> {
-    let id: i64 = row.get(0)?;
-    let function: String = row.get(1)?;
-    let number: u32 = row.get(2)?;
-    let json: String = row.get(4)?;
-    let manifest = match serde_json::from_str(&json) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(corrupt(format!("manifest of `{function}` revision {number}"), e))),
-    };
-    Ok(Ok(Revision {
-        id: id as u64,
-        function,
-        number,
+    let row = RevisionRow {
+        id: row.get(0)?,
+        function: row.get(1)?,
+        number: row.get(2)?,
         hash: row.get(3)?,
-        manifest,
+        manifest_json: row.get(4)?,
         created_ms: row.get(5)?,
         code_size: row.get(6)?,
-    }))
+    };
+    Ok(row.decode())
 }
 
 fn load_revision(conn: &Connection, name: &str, number: u32) -> Result<Option<Revision>, StoreError> {
@@ -453,117 +414,21 @@ fn load_revision(conn: &Connection, name: &str, number: u32) -> Result<Option<Re
     .transpose()
 }
 
-const FUNCTION_SELECT: &str = "
-    SELECT f.name, f.current_revision, f.created_ms, f.updated_ms,
-           (SELECT MAX(number) FROM revisions WHERE function = f.name),
-           r.hash, r.manifest_json
-    FROM functions f
-    LEFT JOIN revisions r ON r.function = f.name AND r.number = f.current_revision";
-
 fn read_function(row: &Row<'_>) -> Decoded<FunctionInfo> {
-    let name: String = row.get(0)?;
-    let current_revision: u32 = row.get(1)?;
-    let (latest, hash, json): (Option<u32>, Option<String>, Option<String>) = (row.get(4)?, row.get(5)?, row.get(6)?);
-    let (Some(latest_revision), Some(hash), Some(json)) = (latest, hash, json) else {
-        let what = format!("function `{name}`");
-        return Ok(Err(corrupt(what, format!("current revision {current_revision} is missing"))));
-    };
-    let manifest: flick_core::Manifest = match serde_json::from_str(&json) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(corrupt(format!("manifest of `{name}` revision {current_revision}"), e))),
-    };
-    Ok(Ok(FunctionInfo {
-        runtime: manifest.runtime,
-        public: manifest.public,
-        current_revision,
-        latest_revision,
-        hash,
+    let row = FunctionRow {
+        name: row.get(0)?,
+        current_revision: row.get(1)?,
         created_ms: row.get(2)?,
         updated_ms: row.get(3)?,
-        name,
-    }))
+        latest_revision: row.get(4)?,
+        hash: row.get(5)?,
+        manifest_json: row.get(6)?,
+    };
+    Ok(row.decode())
 }
 
-const ACTIVATION_COLUMNS: &str = "seq, id, function, revision, start_ms, end_ms, duration_ms, \
-     init_ms, wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, exec_ms, prewarmed, \
-     revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, caller_gave_up_ms, callback_json, \
-     memory_mb, cpu_ms, memory_peak_bytes, trace_id, span_id, parent_span_id, traceparent";
-
 fn read_activation(row: &Row<'_>) -> Decoded<Activation> {
-    let seq: i64 = row.get(0)?;
-    let id: String = row.get(1)?;
-    let what = || format!("activation {id}");
-    let Some(parsed_id) = ActivationId::parse(&id) else {
-        return Ok(Err(corrupt(what(), "malformed id")));
-    };
-    let status: String = row.get(10)?;
-    let Some(status) = ActivationStatus::parse(&status) else {
-        return Ok(Err(corrupt(what(), format!("unknown status `{status}`"))));
-    };
-    let cause: String = row.get(19)?;
-    let Some(cause) = Cause::parse(&cause) else {
-        return Ok(Err(corrupt(what(), format!("unknown cause `{cause}`"))));
-    };
-    let attempts: String = row.get(23)?;
-    let attempts: Vec<AttemptOutcome> = match serde_json::from_str(&attempts) {
-        Ok(a) => a,
-        Err(e) => return Ok(Err(corrupt(what(), format!("attempts: {e}")))),
-    };
-    let parent = match row.get::<_, Option<String>>(24)? {
-        None => None,
-        Some(p) => match ActivationId::parse(&p) {
-            Some(p) => Some(p),
-            None => return Ok(Err(corrupt(what(), "malformed parent id"))),
-        },
-    };
-    let callback = match row.get::<_, Option<String>>(26)? {
-        None => None,
-        Some(text) => match serde_json::from_str(&text) {
-            Ok(c) => Some(c),
-            Err(e) => return Ok(Err(corrupt(what(), format!("callback: {e}")))),
-        },
-    };
-    let blob: Vec<u8> = row.get(14)?;
-    let logs: Vec<LogLine> = match logcodec::decode(&blob) {
-        Ok(l) => l,
-        Err(e) => return Ok(Err(corrupt(what(), format!("logs: {e}")))),
-    };
-    Ok(Ok(Activation {
-        id: parsed_id,
-        seq,
-        function: row.get(2)?,
-        revision: row.get(3)?,
-        start_ms: row.get(4)?,
-        end_ms: row.get(5)?,
-        duration_ms: row.get(6)?,
-        init_ms: row.get(7)?,
-        wait_ms: row.get(8)?,
-        cold: row.get(9)?,
-        status,
-        http_status: row.get(11)?,
-        response: row.get(12)?,
-        response_truncated: row.get(13)?,
-        logs,
-        logs_truncated: row.get(15)?,
-        exec_ms: row.get(16)?,
-        prewarmed: row.get(17)?,
-        revision_id: row.get::<_, i64>(18)? as u64,
-        cause,
-        trigger: row.get(20)?,
-        attempt: row.get(21)?,
-        max_attempts: row.get(22)?,
-        attempts,
-        parent,
-        caller_gave_up_ms: row.get(25)?,
-        callback,
-        memory_mb: row.get(27)?,
-        cpu_ms: row.get(28)?,
-        memory_peak_bytes: row.get::<_, Option<i64>>(29)?.map(|b| b.max(0) as u64),
-        trace_id: row.get(30)?,
-        span_id: row.get(31)?,
-        parent_span_id: row.get(32)?,
-        traceparent: row.get(33)?,
-    }))
+    Ok(activation_row!(row.get, response = row.get(12)?).decode())
 }
 
 #[async_trait]
@@ -830,7 +695,7 @@ impl Store for SqliteStore {
         let id = id.as_str().to_string();
         self.with_reader(move |conn| {
             conn.query_row(
-                &format!("SELECT {ACTIVATION_COLUMNS} FROM activations WHERE id = ?1"),
+                &format!("SELECT seq, {ACTIVATION_INSERT_COLUMNS} FROM activations WHERE id = ?1"),
                 [&id],
                 read_activation,
             )
@@ -883,13 +748,10 @@ impl Store for SqliteStore {
             }
             let filter = if filters.is_empty() { String::new() } else { format!("WHERE {}", filters.join(" AND ")) };
             let order = if query.after_seq.is_some() { "ASC" } else { "DESC" };
-            let limit = match query.limit {
-                0 => DEFAULT_LIMIT,
-                n => n.min(MAX_LIMIT),
-            };
+            let limit = effective_limit(query.limit);
             args.push(Value::Integer(limit.into()));
             let sql = format!(
-                "SELECT {ACTIVATION_COLUMNS} FROM activations {filter} ORDER BY seq {order} LIMIT ?{}",
+                "SELECT seq, {ACTIVATION_INSERT_COLUMNS} FROM activations {filter} ORDER BY seq {order} LIMIT ?{}",
                 args.len()
             );
             let mut stmt = conn.prepare(&sql)?;
@@ -975,9 +837,7 @@ impl Store for SqliteStore {
     async fn put_rule_trigger(&self, t: &RuleTrigger, overwrite: bool) -> Result<bool, StoreError> {
         let t = t.clone();
         self.with_conn(move |conn| {
-            let params = serde_json::Value::Object(t.params.clone()).to_string();
-            let annotations = t.annotations.to_string();
-            let feed = t.feed.as_ref().map(|f| f.to_string());
+            let (params, annotations, feed) = rule_trigger_json(&t);
             let sql = if overwrite {
                 "INSERT INTO rule_triggers (name, params_json, annotations_json, feed_json, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -1130,12 +990,6 @@ fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(((pages - free).max(0) * page) as u64)
 }
 
-/// About what a record takes in the database.
-fn record_bytes(a: &Activation) -> u64 {
-    let logs: usize = a.logs.iter().map(|l| l.text.len() + 13).sum();
-    (a.response.len() + logs) as u64 + RECORD_OVERHEAD
-}
-
 /// Adds one call to its function's `usage_daily` row of the day it started.
 fn count_usage(conn: &Connection, a: &Activation) -> Result<(), StoreError> {
     let mut usage = conn.prepare_cached(
@@ -1145,16 +999,16 @@ fn count_usage(conn: &Connection, a: &Activation) -> Result<(), StoreError> {
          cold_starts = cold_starts + ?4, billed_ms = billed_ms + ?5, billed_mib_ms = billed_mib_ms + ?6, \
          measured_byte_ms = measured_byte_ms + ?7, cpu_ms = cpu_ms + ?8",
     )?;
-    let billed = a.billed_ms() as i64;
+    let d = UsageDelta::of(a);
     usage.execute(params![
         a.function,
         a.start_ms,
-        a.status != ActivationStatus::Success,
-        a.cold,
-        billed,
-        i64::from(a.memory_mb) * billed,
-        a.memory_peak_bytes.unwrap_or(0) as f64 * billed as f64,
-        a.cpu_ms.unwrap_or(0.0),
+        d.errors,
+        d.cold_starts,
+        d.billed_ms,
+        d.billed_mib_ms,
+        d.measured_byte_ms,
+        d.cpu_ms
     ])?;
     Ok(())
 }
@@ -1176,55 +1030,18 @@ fn insert_batch(
     }
     let mut results = Vec::with_capacity(batch.len());
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-             wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
-             exec_ms, prewarmed, revision_id, cause, trigger, attempt, max_attempts, attempts_json, parent, \
-             caller_gave_up_ms, callback_json, memory_mb, cpu_ms, memory_peak_bytes, trace_id, span_id, \
-             parent_span_id, traceparent) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
-        )?;
+        let mut stmt = tx.prepare_cached(&format!(
+            "INSERT INTO activations ({ACTIVATION_INSERT_COLUMNS}) VALUES ({})",
+            (1..=ACTIVATION_VALUES).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+        ))?;
         // Counted in the same transaction as the record: a stored record
         // is in the bill exactly once, and stays there when it is pruned.
         for a in batch {
             // `seq` is left to SQLite: AUTOINCREMENT never reuses a
             // number, even after pruning, so it stays a valid follow cursor.
-            let inserted = stmt.execute(params![
-                a.id.as_str(),
-                a.function,
-                a.revision,
-                a.start_ms,
-                a.end_ms,
-                a.duration_ms,
-                a.init_ms,
-                a.wait_ms,
-                a.cold,
-                a.status.as_str(),
-                a.http_status,
-                a.response,
-                a.response_truncated,
-                logcodec::encode(&a.logs),
-                a.logs_truncated,
-                a.exec_ms,
-                a.prewarmed,
-                a.revision_id as i64,
-                a.cause.as_str(),
-                a.trigger,
-                a.attempt,
-                a.max_attempts,
-                serde_json::to_string(&a.attempts).unwrap_or_else(|_| "[]".into()),
-                a.parent.as_ref().map(|p| p.as_str()),
-                a.caller_gave_up_ms,
-                a.callback.as_ref().and_then(|c| serde_json::to_string(c).ok()),
-                a.memory_mb,
-                a.cpu_ms,
-                a.memory_peak_bytes.map(|b| b.min(i64::MAX as u64) as i64),
-                a.trace_id,
-                a.span_id,
-                a.parent_span_id,
-                a.traceparent,
-            ]);
+            let row = ActivationRow::encode(a);
+            let values: [&dyn rusqlite::ToSql; ACTIVATION_VALUES] = activation_values!(row, response = &row.response);
+            let inserted = stmt.execute(&values[..]);
             let inserted = inserted.map_err(StoreError::from).and_then(|_| {
                 let seq = tx.last_insert_rowid();
                 count_usage(&tx, a)?;
@@ -1289,86 +1106,22 @@ fn make_room(tx: &Connection, incoming: u64, max_bytes: u64) -> Result<u64, Stor
 
 #[cfg(test)]
 mod tests {
-    use flick_core::{LogStream, Manifest, RuntimeKind};
+    //! What only the SQLite store has to show: files, reopening, old
+    //! schemas, vacuum and the WAL. The trait's contract is `conformance`,
+    //! run here on an in-memory store and in `tests/conformance.rs` on a file.
+
+    use flick_core::{LogLine, LogStream};
 
     use super::*;
-
-    fn manifest(name: &str, runtime: &str, public: bool) -> Manifest {
-        Manifest::parse(&format!(
-            "name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"main.handler\"\npublic = {public}\n"
-        ))
-        .unwrap()
-    }
-
-    fn hash(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
-
-    fn deploy(name: &str, runtime: &str, public: bool, hash_char: char) -> NewRevision {
-        NewRevision {
-            manifest: manifest(name, runtime, public),
-            hash: hash(hash_char),
-            code_size: 1234,
-            archive: Some(format!("{hash_char}{name}")),
-        }
-    }
-
-    fn activation(function: &str, start_ms: i64) -> Activation {
-        Activation {
-            id: ActivationId::generate(),
-            seq: 0,
-            function: function.into(),
-            revision: 1,
-            revision_id: 1,
-            start_ms,
-            end_ms: start_ms + 12,
-            duration_ms: 11.75,
-            init_ms: 0.0,
-            wait_ms: 0.25,
-            exec_ms: 11.5,
-            cold: false,
-            prewarmed: false,
-            status: ActivationStatus::Success,
-            http_status: 200,
-            response: "ok".into(),
-            response_truncated: false,
-            logs: Vec::new(),
-            logs_truncated: false,
-            cause: Cause::Http,
-            trigger: None,
-            attempt: 1,
-            max_attempts: 1,
-            attempts: Vec::new(),
-            parent: None,
-            caller_gave_up_ms: None,
-            callback: None,
-            memory_mb: 0,
-            cpu_ms: None,
-            memory_peak_bytes: None,
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-            traceparent: None,
-        }
-    }
+    use crate::conformance::{big_record as big, created, deploy, hash, manifest, record as activation};
 
     async fn insert(store: &SqliteStore, function: &str, start_ms: i64) -> i64 {
         store.insert_activation(&activation(function, start_ms)).await.unwrap()
     }
 
-    async fn seqs(store: &SqliteStore, query: ActivationQuery) -> Vec<i64> {
-        store.activations(&query).await.unwrap().iter().map(|a| a.seq).collect()
-    }
-
     async fn all_seqs(store: &SqliteStore) -> Vec<i64> {
-        seqs(store, ActivationQuery { after_seq: Some(0), ..Default::default() }).await
-    }
-
-    fn created(outcome: PutOutcome) -> Revision {
-        match outcome {
-            PutOutcome::Created(rev) => rev,
-            other => panic!("expected a new revision, got {other:?}"),
-        }
+        let query = ActivationQuery { after_seq: Some(0), ..Default::default() };
+        store.activations(&query).await.unwrap().iter().map(|a| a.seq).collect()
     }
 
     fn mode(path: &Path) -> u32 {
@@ -1376,16 +1129,48 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
     }
 
+    fn file_size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    fn stored(results: &[Inserted]) -> usize {
+        results.iter().filter(|r| r.is_ok()).count()
+    }
+
     #[tokio::test]
-    async fn activation_counts_per_function() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        assert!(store.activation_counts().await.unwrap().is_empty());
-        for (f, n) in [("b", 3), ("a", 1)] {
-            for i in 0..n {
-                insert(&store, f, i).await;
-            }
+    async fn in_memory_store_keeps_the_store_contract() {
+        crate::conformance::run(Arc::new(SqliteStore::open_in_memory().unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn rule_triggers_and_rules_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flick.db");
+        let t = RuleTrigger {
+            name: "t".into(),
+            params: serde_json::Map::new(),
+            annotations: serde_json::json!([]),
+            feed: Some(serde_json::json!({"cron": "* * * * * *"})),
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        let r = Rule {
+            name: "r".into(),
+            trigger: "t".into(),
+            action: "f".into(),
+            active: false,
+            annotations: serde_json::json!([]),
+            created_ms: 2,
+            updated_ms: 2,
+        };
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert!(store.put_rule_trigger(&t, false).await.unwrap());
+            assert!(store.put_rule(&r, false).await.unwrap());
         }
-        assert_eq!(store.activation_counts().await.unwrap(), vec![("a".to_string(), 1), ("b".to_string(), 3)]);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.rule_trigger("t").await.unwrap(), Some(t));
+        assert_eq!(store.rule("r").await.unwrap(), Some(r));
     }
 
     #[tokio::test]
@@ -1416,382 +1201,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_hash_is_unchanged() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let first = created(store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap());
-        assert_eq!((first.function.as_str(), first.number), ("hello", 1));
-        let again = store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap();
-        assert_eq!(again, PutOutcome::Unchanged(first.clone()));
-        assert_eq!(store.revisions("hello").await.unwrap(), vec![first]);
-    }
-
-    #[tokio::test]
-    async fn new_hash_creates_next_revision_and_rollback_keeps_latest() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let r1 = created(store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap());
-        let r2 = created(store.put_revision(deploy("hello", "exec", true, 'b')).await.unwrap());
-        assert_eq!(r2.number, 2);
-        assert_eq!(store.current_revision("hello").await.unwrap(), Some(r2.clone()));
-        assert_eq!(store.revision("hello", 1).await.unwrap(), Some(r1.clone()));
-        assert_eq!(store.revisions("hello").await.unwrap(), vec![r2.clone(), r1.clone()]);
-
-        let info = store.function("hello").await.unwrap().unwrap();
-        assert_eq!((info.current_revision, info.latest_revision), (2, 2));
-        assert_eq!((info.runtime, info.public, info.hash.as_str()), (RuntimeKind::Exec, true, r2.hash.as_str()));
-
-        assert_eq!(store.set_current("hello", 1).await.unwrap(), r1);
-        let info = store.function("hello").await.unwrap().unwrap();
-        assert_eq!((info.current_revision, info.latest_revision), (1, 2));
-        assert_eq!((info.runtime, info.public, info.hash.as_str()), (RuntimeKind::Python3, false, r1.hash.as_str()));
-        assert!(info.updated_ms >= info.created_ms);
-        assert_eq!(store.current_revision("hello").await.unwrap(), Some(r1));
-
-        // Compared with the current revision, not the latest: redeploying
-        // what revision 2 had is a new deploy after a rollback.
-        let r3 = created(store.put_revision(deploy("hello", "exec", true, 'b')).await.unwrap());
-        assert_eq!(r3.number, 3);
-        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('a'), hash('b')]);
-    }
-
-    #[tokio::test]
-    async fn set_current_errors() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        store.put_revision(deploy("hello", "python3", false, 'a')).await.unwrap();
-        match store.set_current("nope", 1).await {
-            Err(StoreError::FunctionNotFound(name)) => assert_eq!(name, "nope"),
-            other => panic!("expected FunctionNotFound, got {other:?}"),
-        }
-        match store.set_current("hello", 7).await {
-            Err(StoreError::RevisionNotFound { function, number }) => {
-                assert_eq!((function.as_str(), number), ("hello", 7))
-            }
-            other => panic!("expected RevisionNotFound, got {other:?}"),
-        }
-        assert_eq!(store.function("hello").await.unwrap().unwrap().current_revision, 1);
-        assert_eq!(store.function("nope").await.unwrap(), None);
-        assert_eq!(store.current_revision("nope").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn causes_attempts_and_parents_round_trip_and_filter() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let parent = activation("seq", 1_000);
-        let mut a = activation("hello", 1_000);
-        a.cause = Cause::Cron;
-        a.trigger = Some("every-10s".into());
-        a.attempt = 3;
-        a.max_attempts = 3;
-        a.attempts = (1..=2)
-            .map(|n| AttemptOutcome {
-                attempt: n,
-                status: ActivationStatus::Error,
-                http_status: 500,
-                message: format!("boom {n}"),
-                start_ms: 900 + i64::from(n),
-                duration_ms: 1.5,
-            })
-            .collect();
-        a.parent = Some(parent.id.clone());
-        let seq = store.insert_activation(&a).await.unwrap();
-        store.insert_activation(&parent).await.unwrap();
-        assert_eq!(store.activation(&a.id).await.unwrap().unwrap(), Activation { seq, ..a.clone() });
-
-        let ids = |q: ActivationQuery| {
-            let store = &store;
-            async move { store.activations(&q).await.unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>() }
-        };
-        let only_a = vec![a.id.clone()];
-        assert_eq!(ids(ActivationQuery { cause: Some(Cause::Cron), ..Default::default() }).await, only_a);
-        assert_eq!(ids(ActivationQuery { trigger: Some("every-10s".into()), ..Default::default() }).await, only_a);
-        assert_eq!(ids(ActivationQuery { parent: Some(parent.id.clone()), ..Default::default() }).await, only_a);
-        assert_eq!(ids(ActivationQuery { cause: Some(Cause::Http), ..Default::default() }).await, vec![parent.id]);
-        assert!(ids(ActivationQuery { trigger: Some("other".into()), ..Default::default() }).await.is_empty());
-
-        let cb = CallbackOutcome {
-            url: "http://127.0.0.1:9/cb".into(),
-            delivered: false,
-            attempts: 3,
-            http_status: Some(500),
-            error: Some("HTTP 500".into()),
-            end_ms: 2_000,
-        };
-        assert!(store.set_callback(&a.id, &cb).await.unwrap());
-        assert_eq!(store.activation(&a.id).await.unwrap().unwrap().callback, Some(cb.clone()));
-        assert!(store.delete_activation(&a.id).await.unwrap());
-        assert!(!store.delete_activation(&a.id).await.unwrap());
-        assert!(!store.set_callback(&a.id, &cb).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn functions_are_listed_by_name() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        for name in ["zeta", "alpha", "mid"] {
-            store.put_revision(deploy(name, "node", false, 'c')).await.unwrap();
-        }
-        let names: Vec<String> = store.functions().await.unwrap().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, ["alpha", "mid", "zeta"]);
-        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('c')]);
-    }
-
-    #[tokio::test]
-    async fn activation_round_trip() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let mut a = activation("hello", 1_000);
-        a.cold = true;
-        a.init_ms = 87.5;
-        a.status = ActivationStatus::Timeout;
-        a.http_status = 504;
-        a.response = "timed out after 5s".into();
-        a.response_truncated = true;
-        a.logs = vec![
-            LogLine { ts_ms: 1_001, stream: LogStream::Stdout, text: "starting".into() },
-            LogLine { ts_ms: 1_002, stream: LogStream::Stderr, text: "ünïcode \"quoted\"\n".into() },
-        ];
-        a.logs_truncated = true;
-        a.caller_gave_up_ms = Some(250.5);
-        let inv = flick_core::Invocation::post("hello", Cause::Http, vec![]);
-        a = a.traced(inv.trace.as_ref());
-        assert!(a.trace_id.is_some() && a.span_id.is_some() && a.traceparent.is_some());
-        let seq = store.insert_activation(&a).await.unwrap();
-        assert!(seq > 0);
-
-        let stored = store.activation(&a.id).await.unwrap().unwrap();
-        assert_eq!(stored, Activation { seq, ..a.clone() });
-        assert_eq!(store.activation(&ActivationId::generate()).await.unwrap(), None);
-        assert!(store.insert_activation(&a).await.is_err(), "ids are unique");
-    }
-
-    #[tokio::test]
-    async fn listing_order_cursor_filter_and_limit() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let mut s = Vec::new();
-        for (i, f) in ["a", "b", "a", "b", "a"].into_iter().enumerate() {
-            s.push(insert(&store, f, 100 + i as i64).await);
-        }
-        assert!(s.windows(2).all(|w| w[0] < w[1]));
-
-        let all = ActivationQuery::default();
-        assert_eq!(seqs(&store, all.clone()).await, [s[4], s[3], s[2], s[1], s[0]]);
-        let after = ActivationQuery { after_seq: Some(s[1]), ..all.clone() };
-        assert_eq!(seqs(&store, after).await, [s[2], s[3], s[4]]);
-
-        let only_a = ActivationQuery { function: Some("a".into()), ..all.clone() };
-        assert_eq!(seqs(&store, only_a.clone()).await, [s[4], s[2], s[0]]);
-        let a_after = ActivationQuery { after_seq: Some(s[0]), ..only_a.clone() };
-        assert_eq!(seqs(&store, a_after).await, [s[2], s[4]]);
-        let none = ActivationQuery { function: Some("c".into()), ..all.clone() };
-        assert!(seqs(&store, none).await.is_empty());
-
-        let two = ActivationQuery { limit: 2, ..all.clone() };
-        assert_eq!(seqs(&store, two).await, [s[4], s[3]]);
-        let first_two = ActivationQuery { limit: 2, after_seq: Some(0), ..all };
-        assert_eq!(seqs(&store, first_two).await, [s[0], s[1]]);
-    }
-
-    #[tokio::test]
-    async fn limit_defaults_to_100_and_caps_at_1000() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        // Direct inserts: 1001 async round trips would only slow the test.
-        store
-            .with_conn(|conn| {
-                let tx = conn.transaction()?;
-                for i in 0..1001 {
-                    tx.execute(
-                        "INSERT INTO activations (id, function, revision, start_ms, end_ms, duration_ms, init_ms, \
-                         wait_ms, cold, status, http_status, response, response_truncated, logs, logs_truncated, \
-                         exec_ms, prewarmed) VALUES (?1, 'f', 1, ?2, ?2, 0, 0, 0, 0, 'success', 200, '', 0, x'', 0, 0, 0)",
-                        params![format!("{i:032x}"), i],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        let count = |limit| {
-            let store = store.clone();
-            async move { store.activations(&ActivationQuery { limit, ..Default::default() }).await.unwrap().len() }
-        };
-        assert_eq!(count(0).await, 100);
-        assert_eq!(count(5000).await, 1000);
-        assert_eq!(count(1000).await, 1000);
-    }
-
-    #[tokio::test]
-    async fn prune_by_age() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let _old_a = insert(&store, "a", 10).await;
-        let new_a = insert(&store, "a", 50).await;
-        let _old_b = insert(&store, "b", 49).await;
-        let edge_b = insert(&store, "b", 50).await;
-        assert_eq!(store.prune_activations(50, 100).await.unwrap(), 2);
-        assert_eq!(all_seqs(&store).await, [new_a, edge_b]);
-        assert_eq!(store.prune_activations(50, 100).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn prune_by_count_per_function() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        for i in 0..5 {
-            a.push(insert(&store, "a", 1_000 + i).await);
-            if i < 2 {
-                b.push(insert(&store, "b", 1_000 + i).await);
-            }
-        }
-        // Ranked by seq, not start time: the latest-starting record of `c`
-        // was stored first, so it is the one that goes.
-        let late_start_early_seq = store.insert_activation(&activation("c", 9_000)).await.unwrap();
-        let c2 = insert(&store, "c", 1_000).await;
-        let c3 = insert(&store, "c", 1_000).await;
-
-        assert_eq!(store.prune_activations(0, 2).await.unwrap(), 3 + 1);
-        let mut expected = vec![a[3], a[4], b[0], b[1], c2, c3];
-        expected.sort();
-        assert_eq!(all_seqs(&store).await, expected);
-        assert!(!all_seqs(&store).await.contains(&late_start_early_seq));
-
-        // Age and count together in one call.
-        assert_eq!(store.prune_activations(1_001, 1).await.unwrap(), 3 + 1);
-        assert_eq!(all_seqs(&store).await, [b[1], a[4]]);
-    }
-
-    #[tokio::test]
-    async fn usage_is_summed_per_function_and_day_and_survives_pruning() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let day = 86_400_000;
-        let call = |f: &str, start: i64, status, exec_ms: f64| Activation {
-            memory_mb: 256,
-            exec_ms,
-            cpu_ms: Some(exec_ms / 2.0),
-            memory_peak_bytes: Some(100 << 20),
-            cold: status != ActivationStatus::Success,
-            status,
-            ..activation(f, start)
-        };
-        let batch = vec![
-            call("a", day + 5, ActivationStatus::Success, 200.0),
-            call("a", day + 9, ActivationStatus::Error, 199.2),
-            call("a", 2 * day + 1, ActivationStatus::Success, 10.0),
-            call("b", day + 7, ActivationStatus::Success, 1.0),
-        ];
-        for r in store.insert_activations(&batch, RecordLimits::UNLIMITED).await.unwrap() {
-            r.unwrap();
-        }
-        // The same record again is refused, and counted once.
-        assert!(store.insert_activations(&batch[..1], RecordLimits::UNLIMITED).await.unwrap()[0].is_err());
-        let all = store.usage(None, 0).await.unwrap();
-        let days: Vec<_> = all.iter().map(|u| (u.function.as_str(), u.day.as_str())).collect();
-        assert_eq!(days, [("a", "1970-01-02"), ("b", "1970-01-02"), ("a", "1970-01-03")]);
-        let a1 = &all[0];
-        assert_eq!((a1.invocations, a1.errors, a1.cold_starts, a1.billed_ms), (2, 1, 1, 400));
-        assert_eq!(a1.billed_mib_ms, 256 * 400);
-        assert_eq!(a1.measured_byte_ms, (100u64 << 20) as f64 * 400.0);
-        assert!((a1.cpu_ms - 199.6).abs() < 1e-9, "{}", a1.cpu_ms);
-        assert_eq!(store.usage(Some("a"), 2 * day).await.unwrap().len(), 1, "since a day, for one function");
-        assert!(store.usage(Some("nope"), 0).await.unwrap().is_empty());
-        assert_eq!(store.prune_activations(i64::MAX, 0).await.unwrap(), 4);
-        assert_eq!(store.usage(None, 0).await.unwrap(), all, "pruning records keeps the bill");
-        // A call that ran without a record of its own (a retried attempt).
-        store.count_usage(&call("b", day + 8, ActivationStatus::Timeout, 99.5)).await.unwrap();
-        let b1 = store.usage(Some("b"), day).await.unwrap();
-        assert_eq!((b1[0].invocations, b1[0].errors, b1[0].billed_ms), (2, 1, 101), "{b1:?}");
-        assert_eq!(store.activations(&ActivationQuery::default()).await.unwrap().len(), 0, "and stores no record");
-    }
-
-    #[tokio::test]
-    async fn rule_triggers_and_rules_survive_a_reopen_and_overwrite_only_when_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flick.db");
-        let mut params = serde_json::Map::new();
-        params.insert("a".into(), serde_json::json!(1));
-        let t = RuleTrigger {
-            name: "t".into(),
-            params,
-            annotations: serde_json::json!([{"key": "feed", "value": "/whisk.system/alarms/alarm"}]),
-            feed: Some(serde_json::json!({"cron": "* * * * * *"})),
-            created_ms: 1,
-            updated_ms: 1,
-        };
-        let r = Rule {
-            name: "r".into(),
-            trigger: "t".into(),
-            action: "f".into(),
-            active: true,
-            annotations: serde_json::json!([]),
-            created_ms: 2,
-            updated_ms: 2,
-        };
-        {
-            let store = SqliteStore::open(&path).unwrap();
-            assert!(store.put_rule_trigger(&t, false).await.unwrap());
-            let changed = RuleTrigger { feed: None, updated_ms: 5, ..t.clone() };
-            assert!(!store.put_rule_trigger(&changed, false).await.unwrap(), "no overwrite: left alone");
-            assert!(store.put_rule(&r, false).await.unwrap());
-            assert!(!store.put_rule(&Rule { action: "g".into(), ..r.clone() }, false).await.unwrap());
-            assert!(store.set_rule_active("r", false).await.unwrap());
-            assert!(!store.set_rule_active("nope", false).await.unwrap());
-        }
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.rule_trigger("t").await.unwrap(), Some(t.clone()));
-        let got = store.rule("r").await.unwrap().unwrap();
-        assert_eq!((got.action.as_str(), got.active), ("f", false));
-        assert_eq!(store.rules(Some("t")).await.unwrap().len(), 1);
-        assert_eq!(store.rules(Some("other")).await.unwrap().len(), 0);
-        let replaced = RuleTrigger { feed: None, created_ms: 9, updated_ms: 9, ..t.clone() };
-        assert!(store.put_rule_trigger(&replaced, true).await.unwrap());
-        let now = store.rule_trigger("t").await.unwrap().unwrap();
-        assert_eq!((now.feed, now.created_ms, now.updated_ms), (None, 1, 9));
-        assert_eq!(store.rule_triggers().await.unwrap().len(), 1);
-        assert!(store.delete_rule_trigger("t").await.unwrap());
-        assert!(!store.delete_rule_trigger("t").await.unwrap());
-        // Its rule stays, as OpenWhisk's do.
-        assert!(store.rule("r").await.unwrap().is_some());
-        assert!(store.delete_rule("r").await.unwrap());
-        assert_eq!(store.rules(None).await.unwrap(), vec![]);
-    }
-
-    #[tokio::test]
-    async fn trigger_ticks_are_kept_per_trigger_and_go_with_the_function() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        store.put_revision(deploy("cronned", "python3", false, 'a')).await.unwrap();
-        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), None);
-        store.set_trigger_tick("cronned", "tick", "* * * * * * UTC", 1000).await.unwrap();
-        store.set_trigger_tick("cronned", "tick", "* * * * * * UTC", 2000).await.unwrap();
-        store.set_trigger_tick("cronned", "other", "0 * * * * * UTC", 5).await.unwrap();
-        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), Some(("* * * * * * UTC".into(), 2000)));
-        assert!(store.delete_function("cronned").await.unwrap());
-        assert_eq!(store.trigger_tick("cronned", "tick").await.unwrap(), None);
-        assert_eq!(store.trigger_tick("cronned", "other").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn delete_function_removes_revisions_and_activations() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap();
-        store.put_revision(deploy("gone", "python3", false, 'b')).await.unwrap();
-        store.put_revision(deploy("kept", "python3", false, 'c')).await.unwrap();
-        let gone = activation("gone", 1);
-        store.insert_activation(&gone).await.unwrap();
-        let kept = insert(&store, "kept", 2).await;
-
-        assert!(store.delete_function("gone").await.unwrap());
-        assert!(!store.delete_function("gone").await.unwrap());
-        assert_eq!(store.function("gone").await.unwrap(), None);
-        assert!(store.revisions("gone").await.unwrap().is_empty());
-        assert_eq!(store.activation(&gone.id).await.unwrap(), None);
-        assert_eq!(all_seqs(&store).await, [kept]);
-        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('c')]);
-
-        // A new function of the same name starts over at revision 1, but
-        // never at a revision id used before.
-        let again = created(store.put_revision(deploy("gone", "python3", false, 'a')).await.unwrap());
-        assert_eq!(again.number, 1);
-        assert!(again.id > 3, "revision id {} was used before", again.id);
-    }
-
-    #[tokio::test]
     async fn revision_ids_never_repeat_even_when_every_revision_is_gone() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("flick.db");
@@ -1806,38 +1215,6 @@ mod tests {
         assert_eq!((first.number, again.number), (1, 1));
         assert!(again.id > first.id, "{} reused after {}", again.id, first.id);
         assert_eq!(store.current_revision("f").await.unwrap().unwrap().id, again.id);
-    }
-
-    #[tokio::test]
-    async fn prune_revisions_keeps_newest_current_and_rollback_target() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        for c in ['a', 'b', 'c', 'd', 'e', 'f'] {
-            store.put_revision(deploy("p", "python3", false, c)).await.unwrap();
-        }
-        let numbers = |store: SqliteStore| async move {
-            store.revisions("p").await.unwrap().iter().map(|r| r.number).collect::<Vec<_>>()
-        };
-        // Current is 6 (the newest): keep 2 → 6 and 5 (also the rollback target).
-        let gone: Vec<u32> = store.prune_revisions("p", 2).await.unwrap().iter().map(|r| r.number).collect();
-        assert_eq!(gone, [1, 2, 3, 4]);
-        assert_eq!(numbers(store.clone()).await, [6, 5]);
-        assert_eq!(store.referenced_hashes().await.unwrap(), vec![hash('e'), hash('f')]);
-        assert_eq!(store.referenced_archives().await.unwrap(), vec!["ep".to_string(), "fp".to_string()]);
-        let current = store.current_revision("p").await.unwrap().unwrap();
-        assert_eq!(store.revision_archive(current.id).await.unwrap().as_deref(), Some("fp"));
-        assert_eq!(store.revision_archive(u64::MAX >> 1).await.unwrap(), None);
-
-        // After a rollback to 5 and two deploys, current is 8 and the rollback
-        // target 7; with keep 1 only those two stay.
-        store.set_current("p", 5).await.unwrap();
-        store.put_revision(deploy("p", "python3", false, 'g')).await.unwrap();
-        store.put_revision(deploy("p", "python3", false, 'h')).await.unwrap();
-        store.set_current("p", 5).await.unwrap();
-        // Current 5 is old: it and its rollback target (none older) stay with the newest.
-        assert!(store.prune_revisions("p", 1).await.unwrap().iter().map(|r| r.number).eq([6, 7]));
-        assert_eq!(numbers(store.clone()).await, [8, 5]);
-        assert!(store.prune_revisions("nope", 1).await.unwrap().is_empty());
-        store.checkpoint().await.unwrap();
     }
 
     #[tokio::test]
@@ -1908,56 +1285,6 @@ mod tests {
         }
     }
 
-    fn big(function: &str, bytes: usize) -> Activation {
-        let mut a = activation(function, now_ms());
-        a.response = "r".repeat(bytes / 2);
-        a.logs = vec![LogLine { ts_ms: 1, stream: LogStream::Stdout, text: "\u{1}".repeat(bytes / 2) }];
-        a
-    }
-
-    fn file_size(path: &Path) -> u64 {
-        std::fs::metadata(path).map_or(0, |m| m.len())
-    }
-
-    fn stored(results: &[Inserted]) -> usize {
-        results.iter().filter(|r| r.is_ok()).count()
-    }
-
-    #[tokio::test]
-    async fn a_refused_record_does_not_take_its_batch_down() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let first = activation("f", 1);
-        store.insert_activation(&first).await.unwrap();
-        let (a, b) = (activation("f", 2), activation("f", 3));
-        // The middle one reuses an id: the database refuses it alone.
-        let results =
-            store.insert_activations(&[a.clone(), first.clone(), b.clone()], RecordLimits::UNLIMITED).await.unwrap();
-        assert_eq!(results.len(), 3);
-        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-        let err = results[1].as_ref().unwrap_err();
-        assert!(!err.is_transient(), "a duplicate is the record's own fault: {err}");
-        assert!(err.to_string().contains("UNIQUE"), "{err}");
-        for x in [&first, &a, &b] {
-            assert!(store.activation(&x.id).await.unwrap().is_some());
-        }
-    }
-
-    #[tokio::test]
-    async fn inserts_keep_each_function_to_its_count() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let limits = RecordLimits { per_function: 3, max_bytes: u64::MAX };
-        let mut kept = Vec::new();
-        for i in 0..5 {
-            let batch = [activation("a", i), activation("b", i)];
-            let results = store.insert_activations(&batch, limits).await.unwrap();
-            kept.push(*results[0].as_ref().unwrap());
-        }
-        let a = ActivationQuery { function: Some("a".into()), after_seq: Some(0), ..Default::default() };
-        assert_eq!(seqs(&store, a).await, kept[2..]);
-        let b = ActivationQuery { function: Some("b".into()), ..Default::default() };
-        assert_eq!(seqs(&store, b).await.len(), 3);
-    }
-
     #[tokio::test]
     async fn inserts_keep_the_database_under_its_size_budget() {
         let tmp = tempfile::tempdir().unwrap();
@@ -2014,6 +1341,7 @@ mod tests {
 
     /// A database written by flick before logs became a blob and before
     /// auto-vacuum: schema version 1, JSON logs, no auto-vacuum.
+
     #[tokio::test]
     async fn an_old_database_is_migrated_and_converted_to_incremental_vacuum() {
         let tmp = tempfile::tempdir().unwrap();
