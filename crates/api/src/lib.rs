@@ -30,6 +30,7 @@
 //!   `triggers`'), and its mapping to status codes;
 //! - `handshake`: `GET /v1/handshake`, how the CLI recognises the flick of
 //!   its data dir before it sends the key (merged in by the binary);
+//! - `cluster`: `POST /v1/cluster/invoke`, calls forwarded by other nodes;
 //! - `triggers`: `GET /v1/triggers[/{function}]`, the triggers' state
 //!   (merged in by the binary, which runs the triggers manager);
 //! - `lambda`: the AWS Lambda REST API (`/2015-03-31/functions…`, SigV4);
@@ -41,6 +42,7 @@
 
 mod auth;
 mod caller;
+mod cluster;
 mod error;
 mod events;
 pub mod handshake;
@@ -157,6 +159,7 @@ pub fn router(
     let state = AppState { platform, keys, limits };
     let router = Router::new()
         .merge(native::routes())
+        .merge(cluster::routes())
         .route("/events", post(events::post_events))
         .merge(openwhisk::routes())
         .merge(lambda::routes())

@@ -145,6 +145,19 @@ Triggers are declared in flick.toml under [[triggers]] (see README).")]
         #[arg(long)]
         json: bool,
     },
+    /// List the nodes of the cluster: address, load, last heartbeat.
+    #[command(after_help = "Examples:
+  flick nodes                    every live member
+  flick nodes --json             as GET /v1/nodes returns it
+
+With the embedded store the cluster is this one node. Nodes sharing a store
+(`flick up --store postgres://… --queue nats://…`) beat every second; one that
+stops cleanly leaves at once, one silent for 5 s is dropped.")]
+    Nodes {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List recent activations (invocation records), newest first.
     #[command(after_help = "Examples:
   flick activations

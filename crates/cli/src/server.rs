@@ -29,20 +29,19 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // sweep the first one's cgroups and staging and delete its flick.addr.
     let _lock = lock_data_dir(&data)?;
 
-    let (key, new_key) =
-        AdminKey::load_or_create(&data, random_key).context("creating the admin key").map_err(|e| full(e, &data))?;
-    let store = SqliteStore::open(&data.join("flick.db")).context("opening the store").map_err(|e| full(e, &data))?;
-    // Accepted async calls: their own file, so a flood of them never
-    // competes with records for flick.db's writer. Opening it makes the
-    // leases a killed flick held ready again.
-    let queue_config = flick_queue::QueueConfig {
-        max_bytes: Some(config.queue_max_size),
-        max_dead_per_function: config.dead_letters_per_function,
-        ..flick_queue::QueueConfig::default()
+    let node_id = node_id(&config, &data)?;
+    let store = open_store(&config, &data).await?;
+    let (key, new_key) = admin_key(&store, &data).await?;
+    // Tells this flick's broker clients and queue streams from another's:
+    // with a shared store, one id for the whole cluster (made by the first
+    // node), so the node that takes a trigger over resumes the same broker
+    // session, and every node uses the same JetStream streams.
+    let cluster_id = if store.is_shared() {
+        store.setting("cluster_id", &random_key()[4..16]).await.context("reading the cluster's id")?
+    } else {
+        instance_id(&data)
     };
-    let queue = flick_queue::SqliteQueue::open_with(&data.join("queue.db"), queue_config)
-        .context("opening the async queue")
-        .map_err(|e| full(e, &data))?;
+    let queue = open_queue(&config, &data, &cluster_id).await?;
     let code = CodeStore::open(&data).context("opening the code store").map_err(|e| full(e, &data))?;
     let interpreters = Interpreters::resolve(&config).await?;
     let runtime_dir = data.join("runtime");
@@ -75,8 +74,8 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         },
     );
     let platform = Platform::new(
-        Arc::new(store),
-        Arc::new(queue),
+        store.clone(),
+        queue,
         code,
         scheduler,
         sandbox_for_installs,
@@ -144,7 +143,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // their state.
     let triggers = flick_triggers::Manager::new(
         flick_triggers::PlatformSink::new(platform.clone()),
-        flick_triggers::ManagerConfig { instance: instance_id(&data), stop_grace: TRIGGER_STOP_GRACE },
+        flick_triggers::ManagerConfig { instance: cluster_id.clone(), stop_grace: TRIGGER_STOP_GRACE },
     );
     let keys = flick_api::Keys::new(&key);
     let router = router.merge(flick_api::triggers::router(triggers.clone(), platform.clone(), keys.clone()));
@@ -206,7 +205,57 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let trigger_task = {
+    // Membership: this node's heartbeat, and the members every node ranks
+    // functions over.
+    let advertise = match &config.cluster.advertise {
+        Some(url) => url.as_str().trim_end_matches('/').to_string(),
+        None => format!("http://{addr}"),
+    };
+    let me = flick_store::NodeRecord {
+        id: node_id.clone(),
+        address: advertise,
+        started_ms: flick_core::now_ms(),
+        heartbeat_ms: 0,
+        inflight: 0,
+        instances: 0,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let membership = flick_cluster::Membership::join(store.clone(), flick_cluster::MembershipConfig::new(me))
+        .await
+        .context("joining the cluster (the first heartbeat)")?;
+    if store.is_shared() {
+        // Sync calls go to their function's home node (`forward.rs`).
+        let secret = store.setting("cluster_secret", &random_key()).await.context("reading the cluster's secret")?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the client that forwards calls to other nodes")?;
+        platform.join_cluster(flick_platform::forward::Placement { membership: membership.clone(), secret, client });
+    }
+    let membership_task = {
+        let s = platform.scheduler().clone();
+        let load = move || {
+            let pools = s.status();
+            flick_cluster::Load {
+                inflight: pools.iter().map(|p| u64::from(p.inflight)).sum(),
+                instances: pools.iter().map(|p| p.instances as u64).sum(),
+            }
+        };
+        tokio::spawn(membership.clone().run(load, wait_for(stop_rx.clone())))
+    };
+    let follow_task = tokio::spawn(platform.clone().follow_store(wait_for(stop_rx.clone())));
+    let trigger_task = if store.is_shared() {
+        // One node at a time runs each trigger: the one holding its lease.
+        let leases = flick_cluster::Leases::new(store.clone(), flick_cluster::LeaseConfig::new(node_id.clone()));
+        let p = platform.clone();
+        let wanted = move || trigger_leases(&flick_triggers::wanted_from_routes(&p));
+        tokio::spawn(leases.clone().run(wanted, platform.route_changes(), wait_for(stop_rx.clone())));
+        let changes = merged_changes(platform.route_changes(), leases.held());
+        let (p, held) = (platform.clone(), leases.held());
+        let snapshot = move || held_triggers(flick_triggers::wanted_from_routes(&p), &held.borrow());
+        tokio::spawn(triggers.run(changes, snapshot, wait_for(stop_rx.clone())))
+    } else {
         let p = platform.clone();
         tokio::spawn(triggers.run(
             platform.route_changes(),
@@ -245,6 +294,9 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     // acked to their brokers) first; broker sessions stay for the restart.
     let _ = trigger_task.await;
     let _ = alarm_task.await;
+    let _ = follow_task.await;
+    // Leaves the cluster: other nodes stop ranking this one at once.
+    let _ = membership_task.await;
     let _ = background.await;
     platform.shutdown().await;
     // Instances are stopped; remove their cgroups now rather than leave
@@ -255,6 +307,150 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.join(SECRET_FILE));
     say!("flick stopped");
     Ok(())
+}
+
+/// The lease that lets one node of a cluster run a trigger.
+fn trigger_lease(function: &str, trigger: &str) -> String {
+    format!("trigger/{function}/{trigger}")
+}
+
+/// The leases the deployed triggers need: every kind but CloudEvents,
+/// which is matched by whichever node the event is posted to.
+fn trigger_leases(wanted: &[flick_triggers::Wanted]) -> std::collections::BTreeSet<String> {
+    wanted
+        .iter()
+        .flat_map(|w| {
+            w.triggers
+                .iter()
+                .filter(|t| !matches!(t.kind, flick_core::trigger::TriggerKind::CloudEvents { .. }))
+                .map(|t| trigger_lease(&w.function, &t.name))
+        })
+        .collect()
+}
+
+/// The triggers this node runs: those whose lease it holds, and the
+/// passive ones.
+fn held_triggers(
+    wanted: Vec<flick_triggers::Wanted>,
+    held: &std::collections::BTreeSet<String>,
+) -> Vec<flick_triggers::Wanted> {
+    wanted
+        .into_iter()
+        .map(|mut w| {
+            w.triggers.retain(|t| {
+                matches!(t.kind, flick_core::trigger::TriggerKind::CloudEvents { .. })
+                    || held.contains(&trigger_lease(&w.function, &t.name))
+            });
+            w
+        })
+        .collect()
+}
+
+/// One watch that moves when either of two does.
+fn merged_changes(
+    mut a: watch::Receiver<u64>,
+    mut b: watch::Receiver<Arc<std::collections::BTreeSet<String>>>,
+) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = a.changed() => if r.is_err() { break },
+                r = b.changed() => if r.is_err() { break },
+                _ = tx.closed() => break,
+            }
+            tx.send_modify(|v| *v += 1);
+        }
+    });
+    rx
+}
+
+/// This node's id: the configured one, else the one kept in `node.id`
+/// (made at the first start, so restarts keep it).
+fn node_id(config: &Config, data: &Path) -> anyhow::Result<String> {
+    if let Some(id) = &config.cluster.node_id {
+        return Ok(id.clone());
+    }
+    let path = data.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if crate::config::check_node_id(text.trim()).is_ok() => return Ok(text.trim().to_string()),
+        Ok(_) => anyhow::bail!(
+            "{} does not hold a node id (1-64 letters, digits, `-`, `_`): fix or remove it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("node-{}", &random_key()[4..16]);
+    write_private(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+/// The store `store` names: the embedded SQLite file, or PostgreSQL.
+async fn open_store(config: &Config, data: &Path) -> anyhow::Result<Arc<dyn flick_store::Store>> {
+    Ok(match &config.cluster.store {
+        crate::config::StoreUrl::Sqlite => {
+            Arc::new(SqliteStore::open(&data.join("flick.db")).context("opening the store").map_err(|e| full(e, data))?)
+        }
+        crate::config::StoreUrl::Postgres(url) => Arc::new(
+            flick_store::PgStore::connect(url)
+                .await
+                .with_context(|| format!("opening the store at {}", crate::config::redacted(url)))?,
+        ),
+    })
+}
+
+/// The async queue `queue` names: its own SQLite file (so a flood of
+/// accepts never competes with records for flick.db's writer; opening it
+/// makes the leases a killed flick held ready again), or NATS JetStream.
+async fn open_queue(config: &Config, data: &Path, cluster_id: &str) -> anyhow::Result<Arc<dyn flick_queue::Queue>> {
+    Ok(match &config.cluster.queue {
+        crate::config::QueueUrl::Sqlite => {
+            let queue_config = flick_queue::QueueConfig {
+                max_bytes: Some(config.queue_max_size),
+                max_dead_per_function: config.dead_letters_per_function,
+                ..flick_queue::QueueConfig::default()
+            };
+            Arc::new(
+                flick_queue::SqliteQueue::open_with(&data.join("queue.db"), queue_config)
+                    .context("opening the async queue")
+                    .map_err(|e| full(e, data))?,
+            )
+        }
+        crate::config::QueueUrl::Nats(url) => {
+            let js = flick_queue::JetStreamConfig {
+                prefix: format!("flick_{cluster_id}"),
+                max_dead_per_function: config.dead_letters_per_function,
+                ..flick_queue::JetStreamConfig::default()
+            };
+            Arc::new(
+                flick_queue::JetStreamQueue::connect(url, js)
+                    .await
+                    .with_context(|| format!("opening the async queue at {}", crate::config::redacted(url)))?,
+            )
+        }
+    })
+}
+
+/// The admin key: `admin.key` in the data dir; with a shared store, the
+/// one key of the whole cluster (the first node's, kept in the store), so
+/// every node takes the same key. Returns it and whether it is new.
+async fn admin_key(store: &Arc<dyn flick_store::Store>, data: &Path) -> anyhow::Result<(AdminKey, bool)> {
+    if !store.is_shared() {
+        return AdminKey::load_or_create(data, random_key).context("creating the admin key").map_err(|e| full(e, data));
+    }
+    let path = data.join("admin.key");
+    let local = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    let proposed = local.clone().unwrap_or_else(random_key);
+    let key = store.setting("admin_key", &proposed).await.context("reading the cluster's admin key")?;
+    if local.as_deref() != Some(key.as_str()) {
+        if local.is_some() {
+            tracing::warn!("{} differs from the cluster's admin key; replacing it with the cluster's", path.display());
+        }
+        write_private(&path, format!("{key}\n").as_bytes())?;
+    }
+    let new = local.is_none() && key == proposed;
+    Ok((AdminKey::new(key), new))
 }
 
 /// How long stopping waits for a trigger source to hand over the event in hand.

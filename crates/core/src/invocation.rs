@@ -189,7 +189,8 @@ impl Invocation {
 }
 
 /// The body as standard base64 in JSON (bodies are bytes, not text).
-mod body_base64 {
+/// Bytes as a base64 string in JSON (`#[serde(with = "…")]`).
+pub mod body_base64 {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

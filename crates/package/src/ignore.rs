@@ -33,6 +33,11 @@ enum Token {
 }
 
 impl IgnoreRules {
+    /// Leaves nothing out.
+    pub(crate) fn none() -> Self {
+        Self { rules: Vec::new() }
+    }
+
     pub(crate) fn builtin() -> Self {
         let mut rules = Self { rules: Vec::new() };
         for line in BUILTIN {

@@ -31,7 +31,7 @@ use std::fs;
 use std::path::Path;
 
 pub use error::PackageError;
-pub use pack::{PackedFile, pack_dir, pack_files};
+pub use pack::{PackedFile, pack_dir, pack_files, pack_installed};
 pub use unpack::{UnpackLimits, Unpacked, unpack};
 
 /// Size in bytes of all regular files under `dir` (after dependency install).

@@ -91,6 +91,17 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     write_archive(dir, &items)
 }
 
+/// Packs a revision's code directory as it runs, dependencies installed,
+/// for another node to unpack: the same deterministic tar.gz as
+/// [`pack_dir`], but nothing is left out (no built-in ignores, no
+/// `.flickignore`: what was ignored at deploy is not there, and what the
+/// installers wrote, compiled `.pyc` files included, must all arrive).
+pub fn pack_installed(dir: &Path) -> Result<Vec<u8>, PackageError> {
+    check_manifest(dir)?;
+    let items = collect(dir, &IgnoreRules::none())?;
+    write_archive(dir, &items)
+}
+
 /// Packs files held in memory into a package, the same deterministic
 /// tar.gz `pack_dir` writes (sorted, fixed metadata, parent directories
 /// listed), so surfaces that receive code in another form (a Lambda zip,
@@ -342,6 +353,20 @@ mod tests {
         assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("lib/util.py"));
         assert_eq!(fs::read_to_string(&link).unwrap(), "X = 1\n");
+    }
+
+    #[test]
+    fn installed_code_travels_whole_ignored_names_included() {
+        let src = function_dir();
+        fs::write(src.path().join(".flickignore"), "*.so\n").unwrap();
+        fs::create_dir_all(src.path().join("__pycache__")).unwrap();
+        fs::write(src.path().join("__pycache__/main.cpython-311.pyc"), b"pyc").unwrap();
+        fs::write(src.path().join("native.so"), b"ELF").unwrap();
+        let (dest, _) = unpack_fresh(&pack_installed(src.path()).unwrap());
+        assert_eq!(fs::read(dest.path().join("native.so")).unwrap(), b"ELF");
+        assert_eq!(fs::read(dest.path().join("__pycache__/main.cpython-311.pyc")).unwrap(), b"pyc");
+        let (plain, _) = unpack_fresh(&pack_dir(src.path()).unwrap());
+        assert!(!plain.path().join("native.so").exists(), "pack_dir still honours .flickignore");
     }
 
     #[test]

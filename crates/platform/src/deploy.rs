@@ -147,6 +147,7 @@ impl Platform {
         hash: &str,
     ) -> Result<PutOutcome, PlatformError> {
         self.code.commit_code(staging, hash)?;
+        self.share_code(hash).await?;
         let archive_hex = self.code.save_archive(archive)?;
         let code_dir = self.code.code_dir(hash);
         let code_size = tokio::task::spawn_blocking(move || flick_package::dir_size(&code_dir))

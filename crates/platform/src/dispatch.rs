@@ -376,7 +376,7 @@ impl Platform {
     async fn lease_round(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<bool, PlatformError> {
         let mut blocked = false;
         for (function, due) in self.queue.ready_functions().await? {
-            let route = self.route(&function);
+            let route = self.resolve(&function).await;
             let (limit, lease_for) = match &route {
                 Some(r) => {
                     let m = &r.revision.manifest;
@@ -429,7 +429,7 @@ impl Platform {
                 return;
             }
         }
-        let Some(route) = self.route(&function) else {
+        let Some(route) = self.resolve(&function).await else {
             tracing::warn!(activation = %id, function, "queued call of a function that no longer exists: dropped");
             self.settle(self.queue.ack(&id).await, &id, "ack");
             return;

@@ -150,6 +150,19 @@ impl Platform {
         caller: Caller,
         inv: Invocation,
     ) -> Result<InvokeResponse, PlatformError> {
+        match self.place(&route, caller, &inv).await {
+            Some(answered) => answered,
+            None => self.invoke_here(route, caller, inv).await,
+        }
+    }
+
+    /// [`Platform::invoke`] on this node, wherever the function's home is.
+    pub(crate) async fn invoke_here(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        caller: Caller,
+        inv: Invocation,
+    ) -> Result<InvokeResponse, PlatformError> {
         let span = call_span(&inv);
         if route.revision.manifest.runtime == flick_core::RuntimeKind::Sequence {
             // Its steps are calls of their own (`sequence.rs`); boxed, as

@@ -32,6 +32,7 @@ mod deploy;
 mod dispatch;
 mod error;
 mod events;
+pub mod forward;
 mod install;
 mod invoke;
 pub mod live;
@@ -40,6 +41,7 @@ mod outcome;
 mod records;
 mod rules;
 mod sequence;
+mod sharing;
 mod usage;
 
 use std::collections::{HashMap, HashSet};
@@ -159,6 +161,8 @@ pub struct Platform {
     /// Live log lines and statistics (`live.rs`).
     live: Arc<live::Live>,
     metrics: metrics::Metrics,
+    /// Set when this node is one of several (`forward.rs`).
+    placement: std::sync::OnceLock<forward::Placement>,
     config: PlatformConfig,
 }
 
@@ -213,10 +217,16 @@ impl Platform {
             records,
             live: Arc::new(live::Live::new(config.live.clone())),
             metrics,
+            placement: std::sync::OnceLock::new(),
             config,
         });
         for f in platform.store.functions().await? {
             if let Some(rev) = platform.store.current_revision(&f.name).await? {
+                // Another node's revision: its code comes from the store.
+                if let Err(e) = platform.ensure_code(&rev).await {
+                    tracing::error!(function = %f.name, revision = rev.number, error = %e, "not serving this function");
+                    continue;
+                }
                 platform.set_route(rev);
             }
         }
@@ -253,6 +263,13 @@ impl Platform {
         })
         .await
         .map_err(|e| PlatformError::Internal(format!("garbage collection: {e}")))??;
+        // Shared code no revision refers to (any node's), once it is old
+        // enough that no deploy is between sharing it and recording it.
+        match self.store.sweep_code().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(archives = n, "removed shared code no revision refers to"),
+            Err(e) => tracing::warn!(error = %e, "sweeping shared code"),
+        }
         if code_swept + archives_swept > 0 {
             tracing::info!(
                 code = code_swept,
@@ -363,6 +380,17 @@ impl Platform {
         route
     }
 
+    /// Removes a deleted function's route: calls in flight finish, its
+    /// instances go, its live statistics and metrics are forgotten.
+    /// Callers hold the function's change lock.
+    fn forget_route(&self, name: &str) {
+        self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+        self.route_changes.send_modify(|v| *v += 1);
+        self.scheduler.retire_function(name);
+        self.live.forget(name);
+        self.metrics.forget(name);
+    }
+
     /// A receiver that sees a new value after every deploy, rollback and
     /// delete (once the route table shows it).
     pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -445,11 +473,7 @@ impl Platform {
                 deleted.insert(route.revision.id);
             }
         }
-        self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
-        self.route_changes.send_modify(|v| *v += 1);
-        self.scheduler.retire_function(name);
-        self.live.forget(name);
-        self.metrics.forget(name);
+        self.forget_route(name);
         // Its queued calls and dead letters go with it (a call running now
         // finds its item gone when it acks).
         let removed = self.queue.remove_function(name).await?;

@@ -620,6 +620,16 @@ impl Inner {
         info.num_pending.saturating_sub(unfetched) + fetched_due + released
     }
 
+    /// A function's items another node has fetched (leased, or waiting
+    /// there for a retry): any of them may be handed out again at any
+    /// moment (its node died and its ack wait ran out), and JetStream only
+    /// redelivers to a node that asks, so they count as possibly due.
+    fn held_elsewhere(&self, info: &consumer::Info, now: i64) -> u64 {
+        let (_, fetched, _, released) = self.notes(&info.name, now);
+        let held = self.local.lock().held.values().filter(|h| h.function == info.name).count() as u64;
+        (info.num_ack_pending as u64).saturating_sub(fetched + released + held)
+    }
+
     fn depth_of(&self, info: &consumer::Info, dead: u64) -> Depth {
         let total = info.num_pending + info.num_ack_pending as u64;
         let (_, fetched, _, released) = self.notes(&info.name, now_ms());
@@ -1093,7 +1103,7 @@ impl Queue for JetStreamQueue {
             .all_consumers(&q.queue)
             .await?
             .iter()
-            .map(|info| (info.name.clone(), q.due(info, now).min(READY_COUNT_CAP)))
+            .map(|info| (info.name.clone(), (q.due(info, now) + q.held_elsewhere(info, now)).min(READY_COUNT_CAP)))
             .filter(|(_, n)| *n > 0)
             .collect();
         out.sort();
@@ -1115,10 +1125,8 @@ impl Queue for JetStreamQueue {
                 next = Some(now);
                 break;
             }
-            let total = info.num_pending + info.num_ack_pending as u64;
-            let (unfetched, fetched, _, released) = q.notes(&info.name, now);
-            let held = q.local.lock().held.values().filter(|h| h.function == info.name).count() as u64;
-            if total > unfetched + fetched + released + held {
+            let (unfetched, _, _, _) = q.notes(&info.name, now);
+            if info.num_pending > unfetched || q.held_elsewhere(&info, now) > 0 {
                 // Held by other nodes (or waiting there): poll for them.
                 next = Some(next.map_or(now + REMOTE_POLL_MS, |n| n.min(now + REMOTE_POLL_MS)));
             }

@@ -122,6 +122,18 @@ impl Pool {
         &self.spec
     }
 
+    /// No instance has room for another request and no new one may start
+    /// (the function is at its `max_instances`, or the pool was retired):
+    /// a call would have to wait. A cluster spills such calls to the next
+    /// node.
+    pub fn saturated(&self) -> bool {
+        let m = &self.spec.manifest;
+        let st = self.state.lock();
+        st.retired
+            || (st.slots.iter().all(|s| s.inflight >= m.concurrency)
+                && st.slots.len() as u32 + st.starting >= m.max_instances)
+    }
+
     /// A slot for one request, starting an instance if needed and allowed,
     /// otherwise waiting in this function's queue — at most until the
     /// request's deadline or the queue timeout, whichever comes first.

@@ -11,6 +11,9 @@
 //! migration) is left to its own tests.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest as _;
 
 use flick_core::{
     Activation, ActivationId, ActivationStatus, AttemptOutcome, CallbackOutcome, Cause, LogLine, LogStream, Manifest,
@@ -48,6 +51,71 @@ pub async fn run(store: Arc<dyn Store>) {
     check!(rule_triggers_and_rules_overwrite_only_when_asked);
     check!(trigger_ticks_are_kept_per_trigger);
     check!(maintenance_answers);
+    check!(heartbeats_list_live_members_and_drop_silent_ones);
+    check!(a_lease_has_one_holder_until_it_runs_out_or_is_released);
+    check!(a_setting_is_made_once);
+    check!(shared_code_round_trips_with_its_digest);
+}
+
+async fn heartbeats_list_live_members_and_drop_silent_ones(store: &dyn Store) {
+    let node = |id: &str, inflight| crate::NodeRecord {
+        id: id.into(),
+        address: format!("http://{id}:8080"),
+        started_ms: 1,
+        heartbeat_ms: 0,
+        inflight,
+        instances: 2,
+        version: "v".into(),
+    };
+    let long = Duration::from_secs(60);
+    store.heartbeat(&node("cf-b", 1), long).await.unwrap();
+    let live = store.heartbeat(&node("cf-a", 3), long).await.unwrap();
+    let ids: Vec<&str> = live.iter().map(|n| n.id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids.contains(&"cf-a") && ids.contains(&"cf-b"), "{ids:?}");
+    let a = live.iter().find(|n| n.id == "cf-a").unwrap();
+    assert_eq!((a.inflight, a.instances, a.address.as_str()), (3, 2, "http://cf-a:8080"));
+    assert!(a.heartbeat_ms > 0, "the store stamps heartbeats");
+    // A member silent longer than the timeout is dropped by the next beat.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let live = store.heartbeat(&node("cf-a", 0), Duration::from_millis(50)).await.unwrap();
+    assert!(!live.iter().any(|n| n.id == "cf-b"), "a silent member stayed: {live:?}");
+    store.leave("cf-a").await.unwrap();
+    assert!(!store.nodes().await.unwrap().iter().any(|n| n.id == "cf-a"), "a member that left is listed");
+}
+
+async fn a_lease_has_one_holder_until_it_runs_out_or_is_released(store: &dyn Store) {
+    let ttl = Duration::from_millis(300);
+    assert!(store.acquire_lease("cf-lease", "one", ttl).await.unwrap());
+    assert!(!store.acquire_lease("cf-lease", "two", ttl).await.unwrap(), "taken while held");
+    assert!(store.acquire_lease("cf-lease", "one", ttl).await.unwrap(), "the holder renews");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.acquire_lease("cf-lease", "two", ttl).await.unwrap(), "a lease that ran out is free");
+    store.release_lease("cf-lease", "one").await.unwrap();
+    assert!(!store.acquire_lease("cf-lease", "one", ttl).await.unwrap(), "only its holder releases a lease");
+    store.release_lease("cf-lease", "two").await.unwrap();
+    assert!(store.acquire_lease("cf-lease", "one", ttl).await.unwrap(), "released: free at once");
+}
+
+async fn a_setting_is_made_once(store: &dyn Store) {
+    assert_eq!(store.setting("cf-setting", "first").await.unwrap(), "first");
+    assert_eq!(store.setting("cf-setting", "second").await.unwrap(), "first");
+}
+
+async fn shared_code_round_trips_with_its_digest(store: &dyn Store) {
+    let archive: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    store.put_code("sha256:cfcode", &archive).await.unwrap();
+    match store.code("sha256:cfcode").await.unwrap() {
+        Some((digest, bytes)) => {
+            assert!(store.is_shared(), "a store that is not shared keeps no code");
+            assert_eq!(bytes, archive);
+            assert_eq!(digest, hex::encode(sha2::Sha256::digest(&archive)));
+        }
+        None => assert!(!store.is_shared(), "a shared store lost the code it was given"),
+    }
+    assert_eq!(store.code("sha256:none").await.unwrap(), None);
+    // Unreferenced but new: kept (a deploy shares code before recording it).
+    store.sweep_code().await.unwrap();
+    assert_eq!(store.code("sha256:cfcode").await.unwrap().is_some(), store.is_shared());
 }
 
 /// A manifest of `name` (`runtime`: `python3`, `node`, `exec`).

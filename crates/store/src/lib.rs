@@ -317,8 +317,10 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The archive [`Store::put_code`] kept under `hash`.
-    async fn code(&self, _hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The archive [`Store::put_code`] kept under `hash`, with the hex
+    /// sha256 the store computed when it was put (for the reader to check
+    /// what arrived).
+    async fn code(&self, _hash: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         Ok(None)
     }
 

@@ -37,13 +37,13 @@ fn sink_error(e: PlatformError) -> SinkError {
 #[async_trait]
 impl Sink for PlatformSink {
     async fn submit(&self, inv: Invocation, idempotency_key: Option<String>) -> Result<ActivationId, SinkError> {
-        let route = self.platform.route(&inv.function).ok_or_else(|| SinkError::Gone(inv.function.clone()))?;
+        let route = self.platform.resolve(&inv.function).await.ok_or_else(|| SinkError::Gone(inv.function.clone()))?;
         let submitted = self.platform.submit(route, Caller::Admin, inv, idempotency_key).await.map_err(sink_error)?;
         Ok(submitted.id)
     }
 
     async fn call(&self, inv: Invocation) -> Result<Reply, SinkError> {
-        let route = self.platform.route(&inv.function).ok_or_else(|| SinkError::Gone(inv.function.clone()))?;
+        let route = self.platform.resolve(&inv.function).await.ok_or_else(|| SinkError::Gone(inv.function.clone()))?;
         let out = self.platform.invoke(route, Caller::Admin, inv).await.map_err(sink_error)?;
         let response = out.native_response();
         Ok(Reply {

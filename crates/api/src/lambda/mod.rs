@@ -798,8 +798,10 @@ async fn invoke(
     let signed = authenticate(&state, req, limit, operation).await?;
     let target = target(&raw, &query)?;
     let platform = &state.platform;
-    let route =
-        platform.route(&target.name).ok_or_else(|| LambdaError::not_found(platform.lambda_identity(), &target.name))?;
+    let route = platform
+        .resolve(&target.name)
+        .await
+        .ok_or_else(|| LambdaError::not_found(platform.lambda_identity(), &target.name))?;
     let version = resolve_version(&route.revision, target.qualifier.as_deref())?;
     let client_context = match header(&signed.parts.headers, "x-amz-client-context") {
         None => None,
@@ -907,8 +909,10 @@ async fn invoke_async(
     let signed = authenticate(&state, req, ASYNC_PAYLOAD, "InvokeAsync").await?;
     let target = target(&raw, &QualifierQuery::default())?;
     let platform = &state.platform;
-    let route =
-        platform.route(&target.name).ok_or_else(|| LambdaError::not_found(platform.lambda_identity(), &target.name))?;
+    let route = platform
+        .resolve(&target.name)
+        .await
+        .ok_or_else(|| LambdaError::not_found(platform.lambda_identity(), &target.name))?;
     let trace = crate::trace_of(&signed.parts.headers);
     let id = enqueue(platform, route, signed.body, None, trace).await?;
     let mut resp = (StatusCode::ACCEPTED, axum::Json(json!({ "Status": 202 }))).into_response();

@@ -45,7 +45,7 @@ pub(crate) async fn invoke(
     let (parts, body) = req.into_parts();
     // The route is resolved once: the key check and the call are against
     // the same revision, whatever deploys land during the body upload.
-    let route = state.platform.route(&name);
+    let route = state.platform.resolve(&name).await;
     // A public function needs no key, but a caller who sends it is the admin.
     let caller = crate::caller::Caller::of(&state.keys, &parts.headers).who;
     if !route.as_ref().is_some_and(|r| r.revision.manifest.public) && caller != Caller::Admin {

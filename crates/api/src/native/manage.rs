@@ -27,6 +27,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
         .route("/v1/activations", get(list_activations))
         .route("/v1/activations/{id}", get(get_activation))
         .route("/v1/instances", get(list_instances))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/dlq", get(list_dead).delete(purge_dead))
         .route("/v1/dlq/redrive", post(redrive_all))
         .route("/v1/dlq/{id}", get(get_dead))
@@ -171,6 +172,23 @@ async fn list_activations(State(s): State<AppState>, caller: Caller, Query(p): Q
 async fn get_activation(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
     admin(&caller)?;
     Ok(Json(s.platform.activation(&id).await?).into_response())
+}
+
+/// `GET /v1/nodes`: the members of the cluster as their latest heartbeats
+/// described them (one, this node, with the embedded store).
+async fn list_nodes(State(s): State<AppState>, caller: Caller) -> ApiResult {
+    admin(&caller)?;
+    let nodes = s.platform.store().nodes().await.map_err(flick_platform::PlatformError::from)?;
+    let now = flick_core::now_ms();
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|n| {
+            json!({ "id": n.id, "address": n.address, "started_ms": n.started_ms, "heartbeat_ms": n.heartbeat_ms,
+                    "heartbeat_age_ms": (now - n.heartbeat_ms).max(0), "inflight": n.inflight,
+                    "instances": n.instances, "version": n.version })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })).into_response())
 }
 
 async fn list_instances(State(s): State<AppState>, caller: Caller) -> ApiResult {

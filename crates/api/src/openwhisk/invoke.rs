@@ -48,7 +48,7 @@ pub(crate) async fn invoke(
         }
     };
     let name = function_name(&name)?;
-    let route = s.platform.route(&name).ok_or(OwError::NotFound)?;
+    let route = s.platform.resolve(&name).await.ok_or(OwError::NotFound)?;
     let body = crate::read_body(body, s.limits.max_body_bytes, &s.limits).await?;
     let params = params_object(&body)?;
     let mut inv = invocation(&route, params, if blocking { Cause::Http } else { Cause::Async })?;

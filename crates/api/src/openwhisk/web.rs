@@ -70,7 +70,7 @@ pub(crate) async fn web(
     }
     let (name, ext, rest) = split_action(&action)?;
     let name = function_name(name).map_err(|_| OwError::NotFound)?;
-    let route = s.platform.route(&name).filter(|r| r.revision.manifest.web).ok_or(OwError::NotFound)?;
+    let route = s.platform.resolve(&name).await.filter(|r| r.revision.manifest.web).ok_or(OwError::NotFound)?;
     let (parts, body) = req.into_parts();
     // A browser's preflight is answered here, as OpenWhisk does, without a call.
     if parts.method == Method::OPTIONS {

@@ -6,6 +6,7 @@ mod dlq;
 mod doctor;
 mod functions;
 mod invoke;
+mod nodes;
 mod top;
 mod triggers;
 mod usage;
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     activations::list(&client, &filter, limit).await
                 }
+                Command::Nodes { json } => nodes::list(&client, json).await,
                 Command::Triggers { name, json } => triggers::list(&client, name.as_deref(), json).await,
                 Command::Activation { id, json, raw } => activations::show(&client, &id, json, raw).await,
                 Command::Logs { name, follow, limit, raw } => {

@@ -27,6 +27,7 @@
 //!   ours to truncate, so [`Store::maintain`] and [`Store::checkpoint`] do
 //!   nothing.
 
+mod cluster;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -81,6 +82,8 @@ pub struct PgStore {
     pool: Pool,
     /// `host:port/database`, for errors (never the password).
     target: Arc<str>,
+    /// Other nodes' changes, as the database notifies them (`cluster.rs`).
+    notices: Arc<cluster::Notices>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -107,6 +110,7 @@ impl PgStore {
         // A connection the server closed is noticed (and replaced) at
         // checkout; a round trip per checkout is not worth it.
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let notices = Arc::new(cluster::Notices::start(config.clone(), target.clone()));
         let manager = Manager::from_config(config, NoTls, manager_config);
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
@@ -115,7 +119,7 @@ impl PgStore {
             .wait_timeout(Some(WAIT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Connect { target: target.to_string(), detail: e.to_string() })?;
-        let store = Self { pool, target };
+        let store = Self { pool, target, notices };
         let mut client = store.client().await?;
         schema::migrate(&mut client, &store.target).await?;
         Ok(store)
@@ -392,6 +396,54 @@ async fn make_room(tx: &impl GenericClient, incoming: u64, max_bytes: u64) -> Re
 
 #[async_trait]
 impl Store for PgStore {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Change>> {
+        Some(self.notices.subscribe())
+    }
+
+    async fn heartbeat(
+        &self,
+        node: &crate::NodeRecord,
+        expire_after: Duration,
+    ) -> Result<Vec<crate::NodeRecord>, StoreError> {
+        self.pg_heartbeat(node, expire_after).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<crate::NodeRecord>, StoreError> {
+        self.pg_nodes().await
+    }
+
+    async fn leave(&self, node_id: &str) -> Result<(), StoreError> {
+        self.pg_leave(node_id).await
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.pg_acquire_lease(name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.pg_release_lease(name, holder).await
+    }
+
+    async fn setting(&self, name: &str, proposed: &str) -> Result<String, StoreError> {
+        self.pg_setting(name, proposed).await
+    }
+
+    async fn put_code(&self, hash: &str, archive: &[u8]) -> Result<(), StoreError> {
+        self.pg_put_code(hash, archive).await
+    }
+
+    async fn code(&self, hash: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.pg_code(hash).await
+    }
+
+    async fn sweep_code(&self) -> Result<u64, StoreError> {
+        self.pg_sweep_code().await
+    }
+
     async fn put_revision(&self, new: NewRevision) -> Result<PutOutcome, StoreError> {
         let name = new.manifest.name.as_str().to_string();
         let manifest_json =

@@ -142,6 +142,48 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rules_trigger ON rules(trigger);
     "#,
+    // 2: what nodes sharing the store coordinate (`cluster.rs`): members
+    // and their heartbeats, leases, settings made once for all (the admin
+    // key), every revision's installed code, and a notice on each change
+    // of a function's current revision, sent at commit (NOTIFY is
+    // transactional), which every node LISTENs for.
+    r#"
+    CREATE TABLE nodes (
+        id           TEXT COLLATE "C" PRIMARY KEY,
+        address      TEXT NOT NULL,
+        started_ms   BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL,
+        inflight     BIGINT NOT NULL,
+        instances    BIGINT NOT NULL,
+        version      TEXT NOT NULL
+    );
+    CREATE TABLE leases (
+        name     TEXT COLLATE "C" PRIMARY KEY,
+        holder   TEXT COLLATE "C" NOT NULL,
+        until_ms BIGINT NOT NULL
+    );
+    CREATE TABLE settings (
+        name  TEXT COLLATE "C" PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE code (
+        hash       TEXT COLLATE "C" PRIMARY KEY,
+        sha256     TEXT NOT NULL,
+        archive    BYTEA NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE FUNCTION flick_function_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM pg_notify('flick_changes', OLD.name);
+        ELSE
+            PERFORM pg_notify('flick_changes', NEW.name);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER functions_changed AFTER INSERT OR UPDATE OR DELETE ON functions
+        FOR EACH ROW EXECUTE FUNCTION flick_function_changed();
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -139,3 +139,47 @@ async fn the_size_budget_counts_live_records_only() {
     store.prune_activations(i64::MAX, 0).await.unwrap();
     assert_eq!(total(store.clone()).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_hear_of_every_change_of_a_current_revision() {
+    let db = fresh_postgres().await;
+    let (a, b) = (PgStore::connect(&db.url).await.unwrap(), PgStore::connect(&db.url).await.unwrap());
+    let mut heard = b.changes().expect("a shared store sends notices");
+    // The listener connects in the background: wait until it hears one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.put_revision(crate::conformance::deploy("warmup", "exec", false, if n % 2 == 0 { 'a' } else { 'b' }))
+            .await
+            .unwrap();
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no notice within 10 s");
+    }
+    while heard.try_recv().is_ok() {}
+    a.put_revision(crate::conformance::deploy("noticed", "exec", false, 'a')).await.unwrap();
+    assert_eq!(recv(&mut heard).await, crate::Change::Function("noticed".into()));
+    a.put_revision(crate::conformance::deploy("noticed", "exec", false, 'b')).await.unwrap();
+    assert_eq!(recv(&mut heard).await, crate::Change::Function("noticed".into()));
+    a.set_current("noticed", 1).await.unwrap();
+    assert_eq!(recv(&mut heard).await, crate::Change::Function("noticed".into()));
+    assert!(a.delete_function("noticed").await.unwrap());
+    assert_eq!(recv(&mut heard).await, crate::Change::Function("noticed".into()));
+    // A transaction that rolls back notifies no one.
+    let mut client = a.client().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO functions (name, current_revision, created_ms, updated_ms) VALUES ('ghost', 1, 0, 0)", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), heard.recv()).await.is_err(),
+        "a rolled back change was heard"
+    );
+}
+
+async fn recv(heard: &mut tokio::sync::broadcast::Receiver<crate::Change>) -> crate::Change {
+    tokio::time::timeout(Duration::from_secs(5), heard.recv()).await.expect("a notice within 5 s").unwrap()
+}
