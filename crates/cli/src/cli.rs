@@ -76,6 +76,8 @@ pub enum Command {
   FLICK_METRICS_TOKEN=$(openssl rand -hex 24) flick up --metrics-listen 127.0.0.1:9100
                                              Prometheus scrapes :9100/metrics with that token
   flick up --ui-listen 127.0.0.1:9001        the web dashboard at http://127.0.0.1:9001/ui
+  flick up --listen 10.0.0.5:8080 --store postgres://flick@db/flick --queue nats://nats:4222
+                                             one node of a cluster (see README, Cluster mode)
 
 Settings come from flags, then FLICK_* environment variables, then
 <data-dir>/config.toml (or --config FILE), then defaults. See README.")]

@@ -245,6 +245,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         tokio::spawn(membership.clone().run(load, wait_for(stop_rx.clone())))
     };
     let follow_task = tokio::spawn(platform.clone().follow_store(wait_for(stop_rx.clone())));
+    let shares_task = tokio::spawn(platform.clone().follow_members(wait_for(stop_rx.clone())));
     let trigger_task = if store.is_shared() {
         // One node at a time runs each trigger: the one holding its lease.
         let leases = flick_cluster::Leases::new(store.clone(), flick_cluster::LeaseConfig::new(node_id.clone()));
@@ -295,6 +296,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let _ = trigger_task.await;
     let _ = alarm_task.await;
     let _ = follow_task.await;
+    let _ = shares_task.await;
     // Leaves the cluster: other nodes stop ranking this one at once.
     let _ = membership_task.await;
     let _ = background.await;

@@ -39,6 +39,9 @@ impl Cluster {
             let node = c.start_node(&format!("node-{i}"), config);
             c.nodes.push(Some(node));
         }
+        // Each node learns of members that joined after it at its next
+        // heartbeat (every second).
+        std::thread::sleep(Duration::from_millis(1500));
         c
     }
 
@@ -134,6 +137,9 @@ fn deployed_through_one_node_callable_through_another_at_once() {
             assert!(seen, "node {j} does not show the record of {id}");
         }
     }
+    // Its warm instance lives on one node, its home, whichever node was called.
+    let with_instances: Vec<usize> = (0..3).filter(|i| c.node(*i).instances("hello") > 0).collect();
+    assert_eq!(with_instances.len(), 1, "instances on nodes {with_instances:?}");
     // A caller without the key is refused on every node (the function is
     // not public), whichever node would run it.
     for i in 0..3 {
@@ -307,4 +313,257 @@ fn the_node_to_node_endpoint_is_closed_to_everyone_else() {
         assert_eq!(r.status().as_u16(), 404, "secret {secret:?}: {}", r.text().unwrap());
     }
     assert!(activations(c.node(0), "function=secret").is_empty(), "a forged forward ran the function");
+}
+
+#[test]
+fn max_instances_holds_across_the_cluster_and_calls_spill_past_a_busy_home() {
+    let c = Cluster::start(3, "");
+    deploy_sh(c.node(0), "narrow", "max_instances = 2\nconcurrency = 1\n", "sleep 1; cat\n");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let watcher = {
+            let (peak, done, c) = (peak.clone(), done.clone(), &c);
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let total: u64 = (0..3).map(|i| c.node(i).instances("narrow")).sum();
+                    peak.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let calls: Vec<_> = (0..6)
+            .map(|k| {
+                let c = &c;
+                s.spawn(move || c.node(k % 3).invoke("narrow", &format!("call-{k}")))
+            })
+            .collect();
+        for (k, call) in calls.into_iter().enumerate() {
+            let r = call.join().unwrap();
+            assert_eq!(r.status, 200, "call {k}: {}", r.text());
+            assert_eq!(r.text().trim(), format!("call-{k}"));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap();
+    });
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak <= 2, "{peak} instances at once across the cluster (max_instances = 2)");
+    // Both shares were used: the home's busy instance made calls spill.
+    let with_instances = (0..3).filter(|i| c.node(*i).instances("narrow") > 0).count();
+    assert_eq!(with_instances, 2, "two nodes hold one instance each");
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}{}-{nanos}", std::process::id())
+}
+
+#[test]
+fn an_mqtt_trigger_delivers_each_message_once_with_three_nodes() {
+    let c = Cluster::start(3, "");
+    let topic = unique("flick-cluster/");
+    deploy_sh(
+        c.node(0),
+        "sensor",
+        &format!(
+            "[[triggers]]\ntype = \"mqtt\"\nname = \"temps\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopic = \"{topic}\"\nqos = 1\n"
+        ),
+        "cat\n",
+    );
+    // One node holds the subscription, and it is connected.
+    let ok = c.node(0).wait_until(Duration::from_secs(30), || {
+        let held = holders(&c, "sensor");
+        held.len() == 1 && {
+            let r = c.node(held[0]).get("/v1/triggers/sensor");
+            r.json()["triggers"][0]["state"] == "connected"
+        }
+    });
+    assert!(ok, "no node holds the MQTT subscription: {:?}", holders(&c, "sensor"));
+    let n = 40;
+    let mut args = vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), "1883".into(), "-q".into(), "1".into()];
+    args.extend(["-t".into(), topic.clone(), "-l".into()]);
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (mosquitto-clients)");
+    {
+        use std::io::Write as _;
+        let stdin = publisher.stdin.as_mut().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "{{\"i\":{i}}}").unwrap();
+        }
+    }
+    drop(publisher.stdin.take());
+    assert!(publisher.wait().unwrap().success());
+    let seen = |c: &Cluster| -> Vec<i64> {
+        activations(c.node(1), "function=sensor&cause=mqtt")
+            .iter()
+            .filter(|a| a["status"] == "success")
+            .map(|a| {
+                let e: Value = serde_json::from_str(a["response"].as_str().unwrap().trim()).unwrap();
+                e["payload"]["i"].as_i64().unwrap()
+            })
+            .collect()
+    };
+    let ok = c.node(1).wait_until(Duration::from_secs(60), || seen(&c).len() >= n);
+    assert!(ok, "{} of {n} messages delivered", seen(&c).len());
+    // Stragglers (a second subscriber's copies) would arrive by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut got = seen(&c);
+    got.sort();
+    assert_eq!(got, (0..n as i64).collect::<Vec<_>>(), "each message once");
+}
+
+/// A nats-server of the test's own (JetStream, its own store dir), so it can
+/// be stopped and started without disturbing other tests.
+struct PrivateNats {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_on(port, dir)
+    }
+
+    fn start_on(port: u16, dir: tempfile::TempDir) -> Self {
+        let server = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nats-server is installed (CI installs it)");
+        let child = std::process::Command::new(server)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGKILL: the harshest restart) and starts it again on the
+    /// same port and store after `down`.
+    fn restart(mut self, down: Duration) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(down);
+        let (port, dir) = (self.port, std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()));
+        Self::start_on(port, dir)
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ends every connection to the cluster's database and refuses new ones for
+/// `down`: what the nodes see when PostgreSQL restarts.
+fn bounce_postgres(c: &Cluster, down: Duration) {
+    let name = c.db.as_ref().unwrap().name.clone();
+    let admin = flick_store::testing::DEFAULT_POSTGRES;
+    c.rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"), &[]).await.unwrap();
+        client
+            .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[&name])
+            .await
+            .unwrap();
+        tokio::time::sleep(down).await;
+        client.execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"), &[]).await.unwrap();
+    });
+}
+
+#[test]
+fn restarting_nats_and_postgresql_under_load_loses_no_accepted_work() {
+    let nats = PrivateNats::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let db = rt.block_on(flick_store::testing::fresh_postgres());
+    let mut c = Cluster { nodes: Vec::new(), store: db.url.clone(), db: Some(db), rt };
+    for i in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "retry_base = \"50ms\"\nretry_cap = \"500ms\"\n").unwrap();
+        let node =
+            Flick::start_in(dir, &["--store", &c.store, "--queue", &nats.url(), "--node-id", &format!("node-{i}")]);
+        c.nodes.push(Some(node));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    deploy_sh(c.node(0), "steady", "", "sleep 0.02; cat\n");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut submit = |c: &Cluster, k: usize| {
+        let r = send(c.node(k % 3), "steady", &format!("job-{k}"), &[("x-flick-async", "true")]);
+        match r.status {
+            202 => accepted.push((r.activation_id(), format!("job-{k}"))),
+            // Refused while a server was down: not accepted, nothing promised.
+            500..=599 => refused += 1,
+            s => panic!("job-{k}: {s} {}", r.text()),
+        }
+    };
+    for k in 0..30 {
+        submit(&c, k);
+    }
+    let nats = nats.restart(Duration::from_secs(2));
+    for k in 30..60 {
+        submit(&c, k);
+    }
+    bounce_postgres(&c, Duration::from_secs(2));
+    for k in 60..90 {
+        submit(&c, k);
+    }
+    assert!(accepted.len() >= 60, "only {} of 90 accepted ({refused} refused)", accepted.len());
+    let reader = c.node(1);
+    for (id, body) in &accepted {
+        let mut last = Value::Null;
+        let done = reader.wait_until(Duration::from_secs(120), || {
+            let r = reader.get(&format!("/v1/activations/{id}"));
+            if r.status != 200 {
+                return false;
+            }
+            last = r.json();
+            last["status"] == "success"
+        });
+        if !done {
+            let state = c.rt.block_on(async {
+                use flick_queue::Queue as _;
+                use flick_store::Store as _;
+                let store = flick_store::PgStore::connect(&c.store).await.unwrap();
+                let cid = store.setting("cluster_id", "none").await.unwrap();
+                let config = flick_queue::JetStreamConfig { prefix: format!("flick_{cid}"), ..Default::default() };
+                let q = flick_queue::JetStreamQueue::connect(&nats.url(), config).await.unwrap();
+                let parsed = flick_core::ActivationId::parse(id).unwrap();
+                format!(
+                    "record: {:?}\nitem: {:?}\ndepth: {:?}",
+                    store.activation(&parsed).await.map(|a| a.map(|a| a.status)),
+                    q.item(&parsed).await,
+                    q.depth("steady").await
+                )
+            });
+            panic!("accepted call {id} never completed after the restarts: {last}\n{state}");
+        }
+        assert_eq!(last["response"].as_str().unwrap().trim(), body);
+    }
+    // The nodes reconnected by themselves: a new deploy reaches them all.
+    deploy_sh(c.node(2), "after", "", "echo after\n");
+    for i in 0..3 {
+        assert_eq!(c.node(i).invoke("after", "").text().trim(), "after", "node {i}");
+    }
+    drop(c);
+    drop(nats);
 }

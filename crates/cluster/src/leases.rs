@@ -70,14 +70,24 @@ impl Leases {
             }
             let mut failed = None;
             for name in &want {
-                match self.store.acquire_lease(name, &self.config.holder, self.config.ttl).await {
-                    Ok(true) => {
-                        renewed.insert(name.clone(), Instant::now());
+                // A store that hangs must not keep this pass from giving up
+                // leases it can no longer prove it holds.
+                let asked = Instant::now();
+                let acquired = tokio::time::timeout(
+                    self.config.renew_every,
+                    self.store.acquire_lease(name, &self.config.holder, self.config.ttl),
+                )
+                .await;
+                match acquired {
+                    // Held from when it was asked for, not from the answer.
+                    Ok(Ok(true)) => {
+                        renewed.insert(name.clone(), asked);
                     }
-                    Ok(false) => {
+                    Ok(Ok(false)) => {
                         renewed.remove(name);
                     }
-                    Err(e) => failed = Some(e),
+                    Ok(Err(e)) => failed = Some(e.to_string()),
+                    Err(_) => failed = Some("the store did not answer in time".into()),
                 }
             }
             if let Some(e) = failed {

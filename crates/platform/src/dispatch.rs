@@ -58,6 +58,11 @@ pub struct AsyncConfig {
     pub shutdown_grace: Duration,
 }
 
+/// How long a dispatcher retries the check for an earlier record of a
+/// leased call while the store is unreachable, before leaving the call to
+/// its lease.
+const RECORD_CHECK_PATIENCE: Duration = Duration::from_secs(30);
+
 impl Default for AsyncConfig {
     fn default() -> Self {
         Self {
@@ -416,17 +421,27 @@ impl Platform {
     async fn deliver(self: Arc<Self>, item: Item, slot: Slot) {
         let id = item.id().clone();
         let function = item.invocation.function.clone();
-        // Ran before a crash, up to its record: only finish it.
-        match self.store.activation(&id).await {
-            Ok(Some(record)) => {
-                drop(slot);
-                return self.finish_queued(&item, record, None).await;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Left leased: handed out again when the lease runs out.
-                tracing::warn!(activation = %id, function, error = %e, "could not check for an earlier record; the call waits for its lease to run out");
-                return;
+        // Ran before a crash, up to its record: only finish it. A store
+        // that is down for a moment (a restart) is waited for, a while.
+        let mut pause = Duration::from_millis(100);
+        let checking_since = tokio::time::Instant::now();
+        loop {
+            match self.store.activation(&id).await {
+                Ok(Some(record)) => {
+                    drop(slot);
+                    return self.finish_queued(&item, record, None).await;
+                }
+                Ok(None) => break,
+                Err(e) if e.is_transient() && checking_since.elapsed() < RECORD_CHECK_PATIENCE => {
+                    tracing::debug!(activation = %id, function, error = %e, "checking for an earlier record; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // Left leased: handed out again when the lease runs out.
+                    tracing::warn!(activation = %id, function, error = %e, "could not check for an earlier record; the call waits for its lease to run out");
+                    return;
+                }
             }
         }
         let Some(route) = self.resolve(&function).await else {

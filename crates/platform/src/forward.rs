@@ -202,6 +202,37 @@ impl Platform {
         self.placement.get().map(|p| p.secret.as_str())
     }
 
+    /// Keeps every pool at this node's share of its function's
+    /// `max_instances` (`flick_cluster::share`: the home node's is the
+    /// largest, all shares sum to the bound), following membership and
+    /// route changes until `shutdown`. So the bound holds across the
+    /// cluster: a node never starts more than its share, and calls beyond
+    /// the home's share spill to the nodes that hold the rest.
+    pub async fn follow_members(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let Some(p) = self.placement.get() else { return };
+        let mut members = p.membership.watch();
+        let mut routes = self.route_changes();
+        tokio::pin!(shutdown);
+        loop {
+            let now = members.borrow_and_update().clone();
+            routes.borrow_and_update();
+            for route in self.routes_snapshot() {
+                let ranked = flick_cluster::rank(&route.revision.function, &now);
+                let position = ranked.iter().position(|n| n.id == p.membership.id()).unwrap_or(ranked.len());
+                route.pool.set_share(flick_cluster::share(
+                    route.revision.manifest.max_instances,
+                    ranked.len(),
+                    position,
+                ));
+            }
+            tokio::select! {
+                r = members.changed() => if r.is_err() { return },
+                r = routes.changed() => if r.is_err() { return },
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
     /// Answers a call elsewhere when its function's home is another node:
     /// `None` means run it here.
     pub(crate) async fn place(
@@ -219,8 +250,16 @@ impl Platform {
             return None;
         }
         let ranked = flick_cluster::rank(&route.revision.function, &members);
-        let last = ranked.len() - 1;
-        for (i, node) in ranked.iter().enumerate() {
+        // Only nodes with a share of `max_instances` can take the call.
+        let max = route.revision.manifest.max_instances;
+        let candidates: Vec<_> = ranked
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| flick_cluster::share(max, ranked.len(), *i) > 0)
+            .map(|(_, n)| *n)
+            .collect();
+        let last = candidates.len().saturating_sub(1);
+        for (i, node) in candidates.iter().enumerate() {
             if node.id == p.membership.id() {
                 if i == last || !route.pool.saturated() {
                     return None;

@@ -99,6 +99,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// `next_due_ms` when other nodes hold items this node cannot time.
 const REMOTE_POLL_MS: i64 = 1000;
+/// Longest a fetch may take, end to end (see `lease`).
+const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a NATS request may take before it counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -692,9 +694,11 @@ impl Inner {
     ) -> Result<Vec<Item>, QueueError> {
         let mut out = Vec::new();
         if state != Some(ItemState::Dead) {
-            let delivered = self.consumer_info(&self.queue, function).await?.map_or(0, |i| i.delivered.stream_sequence);
+            let info = self.consumer_info(&self.queue, function).await?;
+            let delivered = info.as_ref().map_or(0, |i| i.delivered.stream_sequence);
+            let acked = info.as_ref().map_or(0, |i| i.ack_floor.stream_sequence);
             let filter = self.q_filter(function);
-            let mut seq = 1;
+            let mut seq = acked + 1;
             while out.len() < limit {
                 let Some(m) = self.next(&self.queue, &filter, seq).await? else { break };
                 seq = m.sequence + 1;
@@ -1000,14 +1004,32 @@ impl Queue for JetStreamQueue {
         }
         q.sweep().await;
         let consumer = q.consumer(function).await?;
+        // A pull request the server lost (it restarted while answering) is
+        // never ended by it: the batch is bounded by a deadline of ours, so
+        // a dispatcher never waits forever on a fetch.
+        let deadline = tokio::time::Instant::now() + FETCH_DEADLINE;
         let mut batch =
-            consumer.fetch().max_messages(n.min(10_000)).messages().await.map_err(|e| q.err("fetching", e))?;
+            match tokio::time::timeout_at(deadline, consumer.fetch().max_messages(n.min(10_000)).messages()).await {
+                Ok(batch) => batch.map_err(|e| q.err("fetching", e))?,
+                Err(_) => {
+                    return Err(QueueError::Unavailable {
+                        url: q.url.clone(),
+                        action: "fetching",
+                        detail: format!("no answer within {} s", FETCH_DEADLINE.as_secs()),
+                    });
+                }
+            };
         let mut items = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
+        loop {
+            let m = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
                     tracing::warn!(function, error = %e, "queue: fetch ended early");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(function, "queue: a fetch got no end from the server in time; keeping what arrived");
                     break;
                 }
             };
@@ -1236,8 +1258,18 @@ impl Queue for JetStreamQueue {
         }
         if let Some(m) = q.find(&q.queue, "q", id).await? {
             let Some((function, _)) = split_subject(&m.subject) else { return Ok(None) };
-            let delivered = q.consumer_info(&q.queue, function).await?.map_or(0, |i| i.delivered.stream_sequence);
-            return q.classify(function, &m, delivered).map(Some);
+            let info = q.consumer_info(&q.queue, function).await?;
+            let acked = info.as_ref().map_or(0, |i| i.ack_floor.stream_sequence);
+            if m.sequence > acked {
+                let delivered = info.as_ref().map_or(0, |i| i.delivered.stream_sequence);
+                return q.classify(function, &m, delivered).map(Some);
+            }
+            // Acked, yet still in the stream: a server that died just after
+            // an ack can come back with the consumer's ack recorded and the
+            // message not yet removed. It is done; tidy it away.
+            if let Err(e) = q.delete(&q.queue, m.sequence).await {
+                tracing::debug!(seq = m.sequence, error = %e, "queue: removing an acked message left by a restart failed");
+            }
         }
         match q.find(&q.dead, "dead", id).await? {
             Some(m) => decode(&m.payload, ItemState::Dead).map(Some),

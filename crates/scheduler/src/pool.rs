@@ -62,6 +62,9 @@ pub struct Pool {
     pub(crate) state: Mutex<PoolState>,
     /// Woken whenever a slot frees up or an instance start ends.
     changed: Notify,
+    /// This node's share of the function's `max_instances` when several
+    /// nodes serve it (`set_share`); the manifest's bound otherwise.
+    share: std::sync::atomic::AtomicU32,
 }
 
 /// A claim on one slot of one instance; dropping it gives the slot back.
@@ -115,11 +118,34 @@ enum Next {
 
 impl Pool {
     pub(crate) fn new(spec: InstanceSpec, launcher: Launcher, budget: Arc<Budget>, queue: QueuePolicy) -> Self {
-        Self { spec, launcher, budget, queue, state: Mutex::default(), changed: Notify::new() }
+        Self {
+            spec,
+            launcher,
+            budget,
+            queue,
+            state: Mutex::default(),
+            changed: Notify::new(),
+            share: std::sync::atomic::AtomicU32::new(u32::MAX),
+        }
     }
 
     pub fn spec(&self) -> &InstanceSpec {
         &self.spec
+    }
+
+    /// The most instances this pool may have: the function's
+    /// `max_instances`, or this node's share of it in a cluster.
+    pub fn max_instances(&self) -> u32 {
+        self.spec.manifest.max_instances.min(self.share.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets this node's share of a cluster-wide `max_instances` (the shares
+    /// of all nodes sum to it). Instances beyond a lowered share are not
+    /// stopped: they idle out, and no new one starts meanwhile.
+    pub fn set_share(&self, share: u32) {
+        if self.share.swap(share, std::sync::atomic::Ordering::Relaxed) != share {
+            self.changed.notify_waiters();
+        }
     }
 
     /// No instance has room for another request and no new one may start
@@ -131,7 +157,7 @@ impl Pool {
         let st = self.state.lock();
         st.retired
             || (st.slots.iter().all(|s| s.inflight >= m.concurrency)
-                && st.slots.len() as u32 + st.starting >= m.max_instances)
+                && st.slots.len() as u32 + st.starting >= self.max_instances())
     }
 
     /// A slot for one request, starting an instance if needed and allowed,
@@ -177,7 +203,9 @@ impl Pool {
                         prewarmed: false,
                         discard: false,
                     })
-                } else if (st.slots.len() as u32 + st.starting) < m.max_instances && self.budget.try_reserve(m.memory) {
+                } else if (st.slots.len() as u32 + st.starting) < self.max_instances()
+                    && self.budget.try_reserve(m.memory)
+                {
                     st.starting += 1;
                     Next::Start
                 } else if queued.is_none() && st.waiting >= self.queue.max_waiting {
@@ -215,12 +243,12 @@ impl Pool {
                         // Below its own bound, the pool was held back by the host's budget.
                         let below_max = {
                             let st = self.state.lock();
-                            st.slots.len() as u32 + st.starting < m.max_instances
+                            st.slots.len() as u32 + st.starting < self.max_instances()
                         };
                         return Err(if below_max {
                             AcquireError::HostFull
                         } else {
-                            AcquireError::Overloaded { max: m.max_instances, waited: began.elapsed() }
+                            AcquireError::Overloaded { max: self.max_instances(), waited: began.elapsed() }
                         });
                     }
                 }
@@ -304,7 +332,7 @@ impl Pool {
             instances: st.slots.len() as u32 + st.starting,
             concurrency: m.concurrency,
             min_instances: m.min_instances,
-            max_instances: m.max_instances,
+            max_instances: self.max_instances(),
             in_panic,
         };
         let decision = autoscale::decide(&snap, policy);
@@ -374,7 +402,7 @@ impl Pool {
         {
             let mut st = self.state.lock();
             let have = st.slots.len() as u32 + st.starting;
-            let want = want.max(m.min_instances).min(m.max_instances);
+            let want = want.max(m.min_instances).min(self.max_instances());
             let backing_off = st.prewarm_failed_at.is_some_and(|t| now < t + PREWARM_BACKOFF);
             if st.retired || backing_off || have >= want {
                 return;
