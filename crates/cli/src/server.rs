@@ -265,7 +265,15 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         ))
     };
     // Alarm feeds of rule triggers (the OpenWhisk API's) follow their changes.
-    let alarm_task = tokio::spawn(flick_triggers::alarms::run(platform.clone(), wait_for(stop_rx.clone())));
+    let alarm_task = if store.is_shared() {
+        // One node runs every alarm feed: the one holding their lease.
+        let leases = flick_cluster::Leases::new(store.clone(), flick_cluster::LeaseConfig::new(node_id.clone()));
+        let (_never, no_changes) = watch::channel(0u64);
+        tokio::spawn(leases.clone().run(|| [ALARMS_LEASE.to_string()].into(), no_changes, wait_for(stop_rx.clone())));
+        tokio::spawn(run_alarms_while_held(platform.clone(), leases.held(), stop_rx.clone()))
+    } else {
+        tokio::spawn(flick_triggers::alarms::run(platform.clone(), wait_for(stop_rx.clone())))
+    };
 
     say!("flick is up on http://{addr}  (data: {})", data.display());
     match ui_addr {
@@ -309,6 +317,37 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.join(SECRET_FILE));
     say!("flick stopped");
     Ok(())
+}
+
+/// The lease that lets one node of a cluster run the alarm feeds of rule
+/// triggers (OpenWhisk's `/whisk.system/alarms`).
+const ALARMS_LEASE: &str = "feeds/alarms";
+
+/// Runs the alarm feeds whenever this node holds their lease, until stopped.
+async fn run_alarms_while_held(
+    platform: Arc<Platform>,
+    mut held: watch::Receiver<Arc<std::collections::BTreeSet<String>>>,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        let mut stopped = stop.clone();
+        tokio::select! {
+            r = held.wait_for(|h| h.contains(ALARMS_LEASE)) => if r.is_err() { return },
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let mut lost = held.clone();
+        let mut stopped = stop.clone();
+        let until = async move {
+            tokio::select! {
+                _ = lost.wait_for(|h| !h.contains(ALARMS_LEASE)) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        };
+        flick_triggers::alarms::run(platform.clone(), until).await;
+        if *stop.borrow() {
+            return;
+        }
+    }
 }
 
 /// The lease that lets one node of a cluster run a trigger.
@@ -458,9 +497,6 @@ async fn admin_key(store: &Arc<dyn flick_store::Store>, data: &Path) -> anyhow::
 /// How long stopping waits for a trigger source to hand over the event in hand.
 const TRIGGER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Tells this data dir's broker clients from another flick's on the same
-/// broker (part of every MQTT client id): FNV-1a of the data dir's path,
-/// stable across restarts and builds.
 /// The dashboard's listener: where `[ui] listen` says, or beside the main
 /// one (the next port, else any free port: an unchosen default must not
 /// stop flick from starting).
@@ -481,6 +517,10 @@ async fn bind_dashboard(config: &Config, main: std::net::SocketAddr) -> anyhow::
     }
 }
 
+/// Tells this data dir's broker clients from another flick's on the same
+/// broker (part of every MQTT client id) when there is no shared store (and
+/// so no cluster id): FNV-1a of the data dir's path, stable across restarts
+/// and builds.
 fn instance_id(data: &Path) -> String {
     let hash = data
         .as_os_str()

@@ -91,7 +91,11 @@ impl Platform {
             };
             match change {
                 Ok(Change::Function(name)) => self.reload(&name).await,
+                Ok(Change::Rules) => {
+                    self.rule_changes.send_modify(|v| *v += 1);
+                }
                 Ok(Change::Everything) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.rule_changes.send_modify(|v| *v += 1);
                     self.reload_all().await
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

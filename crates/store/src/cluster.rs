@@ -35,6 +35,8 @@ pub struct NodeRecord {
 pub enum Change {
     /// The function's current revision changed, or it was deleted.
     Function(String),
+    /// A rule trigger or rule changed (their alarm feeds follow).
+    Rules,
     /// Notices may have been missed (the listener reconnected): reload all.
     Everything,
 }

@@ -22,6 +22,9 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// The channel `functions`' trigger notifies (schema migration 2).
 const CHANNEL: &str = "flick_changes";
 
+/// The notice of a change of rule triggers or rules.
+const RULES: &str = "#rules";
+
 /// Shared code stays at least this long unreferenced before a sweep takes
 /// it: a deploy puts its code first and records its revision after.
 const CODE_GRACE_MS: i64 = 10 * 60 * 1000;
@@ -222,7 +225,7 @@ async fn listen(config: tokio_postgres::Config, target: Arc<str>, sender: Weak<b
                             }
                         };
                         let (Some(name), Some(s)) = (name, sender.upgrade()) else { break };
-                        let _ = s.send(Change::Function(name));
+                        let _ = s.send(if name == RULES { Change::Rules } else { Change::Function(name) });
                     }
                 }
                 driver.abort();

@@ -183,6 +183,17 @@ const MIGRATIONS: &[&str] = &[
     END $$;
     CREATE TRIGGER functions_changed AFTER INSERT OR UPDATE OR DELETE ON functions
         FOR EACH ROW EXECUTE FUNCTION flick_function_changed();
+    -- Rule triggers and rules (their alarm feeds): one notice per statement,
+    -- named `#rules` (no function name starts with `#`).
+    CREATE FUNCTION flick_rules_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('flick_changes', '#rules');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER rule_triggers_changed AFTER INSERT OR UPDATE OR DELETE ON rule_triggers
+        FOR EACH STATEMENT EXECUTE FUNCTION flick_rules_changed();
+    CREATE TRIGGER rules_changed AFTER INSERT OR UPDATE OR DELETE ON rules
+        FOR EACH STATEMENT EXECUTE FUNCTION flick_rules_changed();
     "#,
 ];
 
