@@ -187,7 +187,7 @@ def wrk(nodes, name, connections, seconds, extra_headers=()):
     per = max(1, connections // len(nodes))
     procs = []
     for n in nodes:
-        cmd = ["wrk", "-t", "1", "-c", str(per), "-d", f"{seconds}s", "--latency", "-s", str(BENCH / "wrk" / "post.lua"),
+        cmd = ["wrk", "-t", "1", "-c", str(per), "-d", f"{max(1, round(seconds))}s", "--latency", "-s", str(BENCH / "wrk" / "post.lua"),
                "-H", f"Authorization: Bearer {n.key}"]
         for h in extra_headers:
             cmd += ["-H", h]

@@ -154,8 +154,11 @@ struct Inner {
     idem: Stream,
     consumers: Mutex<HashMap<String, PullConsumer>>,
     dead_counters: Mutex<std::collections::HashSet<String>>,
-    /// Per-function enqueue gates (count, then publish): held across awaits.
+    /// Per-function gates of enqueues with an idempotency key (check the
+    /// key, then publish): held across awaits.
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per-function backlog estimates for `max_queued` (see `Backlog`).
+    backlogs: Mutex<HashMap<String, Backlog>>,
     local: Mutex<Local>,
     changes: watch::Sender<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -168,6 +171,26 @@ impl Drop for Inner {
         }
     }
 }
+
+/// A function's backlog as this node counts it for `max_queued`, without
+/// a round trip per enqueue: `known` is the consumer's count (ready +
+/// leased) at the last refresh, `added` the publishes this node finished
+/// since that refresh was asked for, `in_flight` those not yet answered.
+/// Their sum never undercounts this node's own enqueues, so `max_queued`
+/// is exact on one node; enqueues by other nodes since the refresh are
+/// missed, so across nodes it can be overshot by what they accept within
+/// `BACKLOG_REFRESH`. Acks, nacks and removals done here force a refresh,
+/// so a slot freed here is seen by the next enqueue here.
+#[derive(Default)]
+struct Backlog {
+    known: u64,
+    added: u64,
+    in_flight: u64,
+    refreshed: Option<std::time::Instant>,
+}
+
+/// How old a backlog estimate may be before an enqueue asks JetStream again.
+const BACKLOG_REFRESH: Duration = Duration::from_millis(100);
 
 /// What this node knows that JetStream does not say.
 #[derive(Default)]
@@ -382,6 +405,59 @@ impl Inner {
         }
     }
 
+    /// Counts one more enqueue of `function` against `max`, or refuses it
+    /// (see `Backlog`). Refreshes a stale estimate first.
+    async fn reserve(&self, function: &str, max: u64) -> Result<(), QueueError> {
+        let stale = self
+            .backlogs
+            .lock()
+            .get(function)
+            .is_none_or(|b| b.refreshed.is_none_or(|at| at.elapsed() >= BACKLOG_REFRESH));
+        if stale {
+            // Publishes finished before the request are in its answer.
+            let before = {
+                let mut all = self.backlogs.lock();
+                let b = all.entry(function.to_owned()).or_default();
+                b.refreshed = Some(std::time::Instant::now());
+                b.added
+            };
+            let info = self.consumer_info(&self.queue, function).await?;
+            let known = info.map_or(0, |i| i.num_pending + i.num_ack_pending as u64);
+            let mut all = self.backlogs.lock();
+            let b = all.entry(function.to_owned()).or_default();
+            b.known = known;
+            b.added = b.added.saturating_sub(before);
+        }
+        let mut all = self.backlogs.lock();
+        let b = all.entry(function.to_owned()).or_default();
+        let queued = b.known + b.added + b.in_flight;
+        if queued >= max {
+            // The next enqueue asks again: room may have been made elsewhere.
+            b.refreshed = None;
+            return Err(QueueError::Full { function: function.to_owned(), queued, limit: max });
+        }
+        b.in_flight += 1;
+        Ok(())
+    }
+
+    /// Ends a reservation: the publish was stored (`added`) or not.
+    fn settle_reservation(&self, function: &str, stored: bool) {
+        let mut all = self.backlogs.lock();
+        let b = all.entry(function.to_owned()).or_default();
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if stored {
+            b.added += 1;
+        }
+    }
+
+    /// Room was made for `function` here (ack, nack, dead, removal): the
+    /// next enqueue counts afresh.
+    fn recount(&self, function: &str) {
+        if let Some(b) = self.backlogs.lock().get_mut(function) {
+            b.refreshed = None;
+        }
+    }
+
     fn gate(&self, function: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.gates.lock().entry(function.to_owned()).or_default().clone()
     }
@@ -512,6 +588,7 @@ impl Inner {
     /// Removes the message a [`Live`] came from (ack if held, else delete).
     async fn remove(&self, live: &Live) -> Result<(), QueueError> {
         self.forget(&live.function, live.seq);
+        self.recount(&live.function);
         match &live.acker {
             Some(acker) => acker.double_ack().await.map_err(|e| self.err("acking", e)),
             None => self.delete(&self.queue, live.seq).await.map(drop),
@@ -788,6 +865,8 @@ impl Inner {
     async fn redrive_message(&self, m: &StreamMessage) -> Result<bool, QueueError> {
         let Some((function, _)) = split_subject(&m.subject) else { return Ok(false) };
         let function = function.to_owned();
+        // Not bounded by `max_queued`, but counted by the next enqueue.
+        self.recount(&function);
         let mut item = decode(&m.payload, ItemState::Ready)?;
         let now = now_ms();
         item.invocation.attempt = 1;
@@ -883,6 +962,7 @@ impl JetStreamQueue {
             consumers: Mutex::default(),
             dead_counters: Mutex::default(),
             gates: Mutex::default(),
+            backlogs: Mutex::default(),
             local: Mutex::default(),
             changes: watch::Sender::new(0),
             tasks: Mutex::default(),
@@ -953,21 +1033,22 @@ impl Queue for JetStreamQueue {
             check_key(key)?;
         }
         let function = inv.function.clone();
-        let gate = q.gate(&function);
-        let _gate = gate.lock().await;
+        // Only a keyed enqueue takes turns (the key's check and claim must
+        // not interleave with another's); plain ones run side by side.
+        let gate = opts.idempotency.as_ref().map(|_| q.gate(&function));
+        let _gate = match &gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        };
         if let Some((key, _)) = &opts.idempotency
             && let (Some(first), _) = q.key_holder(&q.idem_subject(&function, key)).await?
         {
             return Ok(Enqueued::Existing(first));
         }
         q.consumer(&function).await?;
-        if opts.max_queued < u64::MAX
-            && let Some(info) = q.consumer_info(&q.queue, &function).await?
-        {
-            let queued = info.num_pending + info.num_ack_pending as u64;
-            if queued >= opts.max_queued {
-                return Err(QueueError::Full { function, queued, limit: opts.max_queued });
-            }
+        let counted = opts.max_queued < u64::MAX;
+        if counted {
+            q.reserve(&function, opts.max_queued).await?;
         }
         let now = now_ms();
         let id = inv.id.clone();
@@ -982,7 +1063,14 @@ impl Queue for JetStreamQueue {
             errors: Vec::new(),
             enqueued_ms: now,
         };
-        let Some(seq) = q.publish(q.q_subject(&function, &id), encode(&mut item)?, 0).await? else {
+        let published = match encode(&mut item) {
+            Ok(payload) => q.publish(q.q_subject(&function, &id), payload, 0).await,
+            Err(e) => Err(e),
+        };
+        if counted {
+            q.settle_reservation(&function, matches!(published, Ok(Some(_))));
+        }
+        let Some(seq) = published? else {
             return Err(QueueError::Duplicate { id });
         };
         if let Some((key, window)) = &opts.idempotency
@@ -1329,6 +1417,7 @@ impl Queue for JetStreamQueue {
             let stream = stream.clone();
             async move { stream.purge().filter(filter).await }
         };
+        q.backlogs.lock().remove(function);
         let items = purge(&q.queue, q.q_filter(function)).await.map_err(|e| q.err("purging items", e))?.purged;
         let dead = purge(&q.dead, q.dead_filter(function)).await.map_err(|e| q.err("purging dead letters", e))?.purged;
         purge(&q.idem, format!("{}.idem.{function}.*", q.p()))
