@@ -89,8 +89,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{
-    AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, MAX_ERROR_BYTES, MAX_ERRORS, MAX_KEY_BYTES, Queue,
-    QueueError, READY_COUNT_CAP,
+    AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, MAX_ERRORS, Queue, QueueError, READY_COUNT_CAP,
 };
 
 /// How often held leases are checked (expiry, progress).
@@ -305,32 +304,9 @@ fn check_function(function: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
-fn check_key(key: &str) -> Result<(), QueueError> {
-    if key.is_empty() {
-        return Err(QueueError::Invalid { what: "idempotency key", detail: "it is empty".into() });
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(QueueError::Invalid {
-            what: "idempotency key",
-            detail: format!("it is {} bytes long, more than {MAX_KEY_BYTES}", key.len()),
-        });
-    }
-    Ok(())
-}
-
 /// Appends `error` (its attempt filled in) keeping the newest [`MAX_ERRORS`].
-fn push_error(errors: &mut Vec<AttemptError>, mut error: AttemptError, attempt: u32) {
-    if error.attempt == 0 {
-        error.attempt = attempt;
-    }
-    if error.message.len() > MAX_ERROR_BYTES {
-        let mut cut = MAX_ERROR_BYTES;
-        while !error.message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        error.message.truncate(cut);
-    }
-    errors.push(error);
+fn push_error(errors: &mut Vec<AttemptError>, error: AttemptError, attempt: u32) {
+    errors.push(error.kept(attempt));
     if errors.len() > MAX_ERRORS {
         let excess = errors.len() - MAX_ERRORS;
         errors.drain(..excess);
@@ -1030,7 +1006,7 @@ impl Queue for JetStreamQueue {
             });
         }
         if let Some((key, _)) = &opts.idempotency {
-            check_key(key)?;
+            crate::check_key(key)?;
         }
         let function = inv.function.clone();
         // Only a keyed enqueue takes turns (the key's check and claim must
@@ -1450,7 +1426,7 @@ impl Queue for JetStreamQueue {
         window: Duration,
     ) -> Result<Option<ActivationId>, QueueError> {
         check_function(function)?;
-        check_key(key)?;
+        crate::check_key(key)?;
         self.inner.claim(function, key, id, window).await
     }
 

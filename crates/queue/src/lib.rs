@@ -146,6 +146,39 @@ pub struct AttemptError {
     pub duration_ms: f64,
 }
 
+impl AttemptError {
+    /// As kept with an item: `attempt` filled in when it is `0`, the
+    /// message cut to [`MAX_ERROR_BYTES`] at a character boundary.
+    pub(crate) fn kept(mut self, attempt: u32) -> Self {
+        if self.attempt == 0 {
+            self.attempt = attempt;
+        }
+        if self.message.len() > MAX_ERROR_BYTES {
+            let mut cut = MAX_ERROR_BYTES;
+            while !self.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.message.truncate(cut);
+        }
+        self
+    }
+}
+
+/// Idempotency keys are stored as given: bounded, so a caller cannot make
+/// each one cost more than a small row.
+pub(crate) fn check_key(key: &str) -> Result<(), QueueError> {
+    if key.is_empty() {
+        return Err(QueueError::Invalid { what: "idempotency key", detail: "it is empty".into() });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(QueueError::Invalid {
+            what: "idempotency key",
+            detail: format!("it is {} bytes long, more than {MAX_KEY_BYTES}", key.len()),
+        });
+    }
+    Ok(())
+}
+
 /// Errors kept per item (the oldest go first).
 pub const MAX_ERRORS: usize = 32;
 /// An error message is cut to this many bytes (at a character boundary).

@@ -29,9 +29,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::writer::{Answer, Op, Request, Writer};
-use crate::{
-    AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, MAX_KEY_BYTES, Queue, QueueError, READY_COUNT_CAP,
-};
+use crate::{AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, Queue, QueueError, READY_COUNT_CAP};
 
 /// Schema migrations in order: entry `i` takes `user_version` from `i` to
 /// `i + 1`. Append only; never edit a migration that has shipped.
@@ -455,21 +453,6 @@ pub(crate) fn decode_item_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Resul
     }))
 }
 
-/// Idempotency keys are stored as given: bounded, so a caller cannot make
-/// each one cost more than a small row.
-fn check_key(key: &str) -> Result<(), QueueError> {
-    if key.is_empty() {
-        return Err(QueueError::Invalid { what: "idempotency key", detail: "it is empty".into() });
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(QueueError::Invalid {
-            what: "idempotency key",
-            detail: format!("it is {} bytes long, more than {MAX_KEY_BYTES}", key.len()),
-        });
-    }
-    Ok(())
-}
-
 fn db<T>(path: &str, r: rusqlite::Result<T>) -> Result<T, QueueError> {
     r.map_err(|e| QueueError::sqlite(path, &e))
 }
@@ -485,7 +468,7 @@ impl Queue for SqliteQueue {
             return Err(QueueError::Invalid { what: "function name", detail: "it is empty".into() });
         }
         if let Some((key, _)) = &opts.idempotency {
-            check_key(key)?;
+            crate::check_key(key)?;
         }
         // Serialised here, on the caller's task, so the writer thread only
         // writes: it is the one thread every enqueue waits on.
@@ -635,7 +618,7 @@ impl Queue for SqliteQueue {
         id: &ActivationId,
         window: Duration,
     ) -> Result<Option<ActivationId>, QueueError> {
-        check_key(key)?;
+        crate::check_key(key)?;
         let op = Op::Claim { function: function.into(), key: key.into(), id: id.clone(), window };
         match self.write(op).await? {
             Answer::Claimed(first) => Ok(first),

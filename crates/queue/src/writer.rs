@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sqlite::{ITEM_COLUMNS, QueueConfig, Shared, decode_item_at};
-use crate::{AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, MAX_ERROR_BYTES, MAX_ERRORS, QueueError};
+use crate::{AttemptError, Depth, EnqueueOptions, Enqueued, Item, ItemState, MAX_ERRORS, QueueError};
 
 /// The longest the writer waits for more requests before a commit, and
 /// the step it waits in (see `Writer::run`).
@@ -645,17 +645,8 @@ fn from_state(state: i64, sign: i64) -> Delta {
 }
 
 /// `error` as stored: its attempt filled in, its message cut to size.
-fn error_json(mut error: AttemptError, attempt: u32) -> String {
-    if error.attempt == 0 {
-        error.attempt = attempt;
-    }
-    if error.message.len() > MAX_ERROR_BYTES {
-        let mut cut = MAX_ERROR_BYTES;
-        while !error.message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        error.message.truncate(cut);
-    }
+fn error_json(error: AttemptError, attempt: u32) -> String {
+    let mut error = error.kept(attempt);
     if !error.duration_ms.is_finite() {
         error.duration_ms = 0.0;
     }
