@@ -246,12 +246,20 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
     };
     let follow_task = tokio::spawn(platform.clone().follow_store(wait_for(stop_rx.clone())));
     let shares_task = tokio::spawn(platform.clone().follow_members(wait_for(stop_rx.clone())));
-    let trigger_task = if store.is_shared() {
-        // One node at a time runs each trigger: the one holding its lease.
+    // With a shared store, one node at a time runs each trigger and the
+    // alarm feeds: the one holding its lease. One lease loop keeps them all.
+    let leases = store.is_shared().then(|| {
         let leases = flick_cluster::Leases::new(store.clone(), flick_cluster::LeaseConfig::new(node_id.clone()));
         let p = platform.clone();
-        let wanted = move || trigger_leases(&flick_triggers::wanted_from_routes(&p));
+        let wanted = move || {
+            let mut names = trigger_leases(&flick_triggers::wanted_from_routes(&p));
+            names.insert(ALARMS_LEASE.to_string());
+            names
+        };
         tokio::spawn(leases.clone().run(wanted, platform.route_changes(), wait_for(stop_rx.clone())));
+        leases
+    });
+    let trigger_task = if let Some(leases) = &leases {
         let changes = merged_changes(platform.route_changes(), leases.held());
         let (p, held) = (platform.clone(), leases.held());
         let snapshot = move || held_triggers(flick_triggers::wanted_from_routes(&p), &held.borrow());
@@ -265,11 +273,7 @@ pub async fn up(config: Config, with_examples: bool) -> anyhow::Result<()> {
         ))
     };
     // Alarm feeds of rule triggers (the OpenWhisk API's) follow their changes.
-    let alarm_task = if store.is_shared() {
-        // One node runs every alarm feed: the one holding their lease.
-        let leases = flick_cluster::Leases::new(store.clone(), flick_cluster::LeaseConfig::new(node_id.clone()));
-        let (_never, no_changes) = watch::channel(0u64);
-        tokio::spawn(leases.clone().run(|| [ALARMS_LEASE.to_string()].into(), no_changes, wait_for(stop_rx.clone())));
+    let alarm_task = if let Some(leases) = &leases {
         tokio::spawn(run_alarms_while_held(platform.clone(), leases.held(), stop_rx.clone()))
     } else {
         tokio::spawn(flick_triggers::alarms::run(platform.clone(), wait_for(stop_rx.clone())))

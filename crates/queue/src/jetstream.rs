@@ -361,6 +361,14 @@ impl Inner {
         format!("{}.dead.{function}.*", self.p())
     }
 
+    /// The dead letters of `function`, or of every function.
+    fn dead_filter_of(&self, function: Option<&str>) -> String {
+        match function {
+            Some(f) => self.dead_filter(f),
+            None => format!("{}.dead.>", self.p()),
+        }
+    }
+
     fn idem_subject(&self, function: &str, key: &str) -> String {
         format!("{}.idem.{function}.{}", self.p(), hex::encode(Sha256::digest(key.as_bytes())))
     }
@@ -1283,10 +1291,7 @@ impl Queue for JetStreamQueue {
     /// Walks the dead letters (one request each) and redrives them.
     async fn redrive_all(&self, function: Option<&str>) -> Result<u64, QueueError> {
         let q = &self.inner;
-        let filter = match function {
-            Some(f) => q.dead_filter(f),
-            None => format!("{}.dead.>", q.p()),
-        };
+        let filter = q.dead_filter_of(function);
         let mut seq = 1;
         let mut n = 0;
         while let Some(m) = q.next(&q.dead, &filter, seq).await? {
@@ -1301,10 +1306,7 @@ impl Queue for JetStreamQueue {
 
     async fn purge_dead(&self, function: Option<&str>) -> Result<u64, QueueError> {
         let q = &self.inner;
-        let filter = match function {
-            Some(f) => q.dead_filter(f),
-            None => format!("{}.dead.>", q.p()),
-        };
+        let filter = q.dead_filter_of(function);
         let purged = q.dead.purge().filter(filter).await.map_err(|e| q.err("purging dead letters", e))?;
         Ok(purged.purged)
     }
