@@ -60,6 +60,8 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0, help="length of each wrk run")
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--only", choices=["embedded", "one", "three"], action="append",
+                   help="measure only these set-ups (repeatable; default: all three)")
     return p.parse_args()
 
 
@@ -314,7 +316,8 @@ def med(rows, *path):
 
 
 def table(results):
-    emb, one, three = results["embedded"], results["one"], results["three"]
+    none = {"rounds": []}
+    emb, one, three = (results.get(k, none) for k in ("embedded", "one", "three"))
     f = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
     lines = [
         "| measurement | 1 node, embedded (SQLite) | 1 node, PostgreSQL + JetStream | 3 nodes, one machine | 3 ÷ 1 (shared) |",
@@ -352,9 +355,9 @@ def main():
                "settings": vars(args)}
     nats = Nats()
     try:
-        results["embedded"] = measure(args, 1, nats, False)
-        results["one"] = measure(args, 1, nats, True)
-        results["three"] = measure(args, 3, nats, True)
+        for key, count, shared in (("embedded", 1, False), ("one", 1, True), ("three", 3, True)):
+            if not args.only or key in args.only:
+                results[key] = measure(args, count, nats, shared)
     finally:
         nats.stop()
     out = BENCH / "results"

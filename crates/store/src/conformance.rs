@@ -42,6 +42,7 @@ pub async fn run(store: Arc<dyn Store>) {
     check!(limit_defaults_to_100_and_caps_at_1000);
     check!(activation_counts_per_function);
     check!(a_refused_record_does_not_take_its_batch_down);
+    check!(a_large_batch_gives_each_record_its_own_seq);
     check!(inserts_keep_each_function_to_its_count);
     check!(inserts_keep_records_under_the_size_budget);
     check!(concurrent_inserts_are_followed_without_gaps);
@@ -482,6 +483,28 @@ async fn limit_defaults_to_100_and_caps_at_1000(store: &dyn Store) {
     assert_eq!(count(5000).await, 1000, "no listing is longer than 1000");
     assert_eq!(count(1000).await, 1000);
     assert_eq!(count(7).await, 7);
+}
+
+/// Stores may write a batch in pieces (PostgreSQL: multi-row inserts):
+/// every record gets the seq it is read back with, a refused one in a
+/// large batch leaves only itself out, and usage counts what was stored.
+async fn a_large_batch_gives_each_record_its_own_seq(store: &dyn Store) {
+    let f = "cf-large";
+    let mut batch: Vec<Activation> = (0..301).map(|i| record(f, 1_000 + i)).collect();
+    batch[250].id = batch[17].id.clone();
+    let results = store.insert_activations(&batch, RecordLimits::UNLIMITED).await.unwrap();
+    assert_eq!(results.len(), 301);
+    assert!(results[250].is_err(), "a reused id is refused");
+    assert_eq!(stored(&results), 300);
+    let mut seen = std::collections::HashSet::new();
+    for (a, r) in batch.iter().zip(&results).filter(|(_, r)| r.is_ok()) {
+        let seq = *r.as_ref().unwrap();
+        assert!(seen.insert(seq), "seq {seq} given twice");
+        let back = store.activation(&a.id).await.unwrap().expect("stored");
+        assert_eq!((back.seq, back.start_ms), (seq, a.start_ms), "{}", a.id);
+    }
+    let usage = store.usage(Some(f), 0).await.unwrap();
+    assert_eq!(usage.iter().map(|u| u.invocations).sum::<u64>(), 300);
 }
 
 async fn activation_counts_per_function(store: &dyn Store) {

@@ -247,15 +247,26 @@ fn number_u32(function: &str, number: i64) -> Result<u32, StoreError> {
     u32::try_from(number).map_err(|_| corrupt(format!("function `{function}`"), format!("revision {number}")))
 }
 
-/// Adds one call to its function's `usage_daily` row of the day it started.
-async fn count_usage(c: &impl GenericClient, a: &Activation) -> Result<(), StoreError> {
+/// Adds the calls of `records` to their functions' `usage_daily` rows of
+/// the days they started: one statement, grouped in the database so that
+/// no row is touched twice by it.
+async fn count_usage(c: &impl GenericClient, records: &[&Activation]) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
     let stmt = c
         .prepare_cached(concat!(
             "INSERT INTO usage_daily (function, day, invocations, errors, cold_starts, billed_ms, billed_mib_ms, \
-             measured_byte_ms, cpu_ms) VALUES ($1, ",
-            day_of!("$2"),
-            ", 1, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (function, day) DO UPDATE SET invocations = usage_daily.invocations + 1, \
+             measured_byte_ms, cpu_ms) \
+             SELECT function, ",
+            day_of!("start_ms"),
+            ", COUNT(*), SUM(errors), SUM(cold_starts), SUM(billed_ms), SUM(billed_mib_ms), \
+             SUM(measured_byte_ms), SUM(cpu_ms) \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                         $7::float8[], $8::float8[]) \
+                  AS u(function, start_ms, errors, cold_starts, billed_ms, billed_mib_ms, measured_byte_ms, cpu_ms) \
+             GROUP BY 1, 2 \
+             ON CONFLICT (function, day) DO UPDATE SET invocations = usage_daily.invocations + EXCLUDED.invocations, \
              errors = usage_daily.errors + EXCLUDED.errors, cold_starts = usage_daily.cold_starts + EXCLUDED.cold_starts, \
              billed_ms = usage_daily.billed_ms + EXCLUDED.billed_ms, \
              billed_mib_ms = usage_daily.billed_mib_ms + EXCLUDED.billed_mib_ms, \
@@ -263,47 +274,78 @@ async fn count_usage(c: &impl GenericClient, a: &Activation) -> Result<(), Store
              cpu_ms = usage_daily.cpu_ms + EXCLUDED.cpu_ms"
         ))
         .await?;
-    let d = UsageDelta::of(a);
-    let start = a.start_ms.clamp(DAY_MS_RANGE.0, DAY_MS_RANGE.1);
-    c.execute(
-        &stmt,
-        &[
-            &a.function,
-            &start,
-            &d.errors,
-            &d.cold_starts,
-            &d.billed_ms,
-            &d.billed_mib_ms,
-            &d.measured_byte_ms,
-            &d.cpu_ms,
-        ],
-    )
-    .await?;
+    let deltas: Vec<UsageDelta> = records.iter().map(|a| UsageDelta::of(a)).collect();
+    let functions: Vec<&str> = records.iter().map(|a| a.function.as_str()).collect();
+    let starts: Vec<i64> = records.iter().map(|a| a.start_ms.clamp(DAY_MS_RANGE.0, DAY_MS_RANGE.1)).collect();
+    let column = |f: fn(&UsageDelta) -> i64| deltas.iter().map(f).collect::<Vec<i64>>();
+    let (errors, colds, billed, mib) =
+        (column(|d| d.errors), column(|d| d.cold_starts), column(|d| d.billed_ms), column(|d| d.billed_mib_ms));
+    let measured: Vec<f64> = deltas.iter().map(|d| d.measured_byte_ms).collect();
+    let cpu: Vec<f64> = deltas.iter().map(|d| d.cpu_ms).collect();
+    c.execute(&stmt, &[&functions, &starts, &errors, &colds, &billed, &mib, &measured, &cpu]).await?;
     Ok(())
 }
 
-/// Stores one record and counts it in `usage`; its `seq`.
-async fn insert_one(c: &impl GenericClient, a: &Activation) -> Result<i64, StoreError> {
-    let placeholders = (1..=ACTIVATION_VALUES + 1).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-    let sql =
-        format!("INSERT INTO activations ({ACTIVATION_INSERT_COLUMNS}, bytes) VALUES ({placeholders}) RETURNING seq");
+/// The most records one `INSERT` carries: 128 × 34 parameters stays far
+/// under PostgreSQL's 65,535.
+const INSERT_ROWS: usize = 128;
+
+/// Stores `records` in as few statements as it can: one multi-row
+/// `INSERT` per [`INSERT_ROWS`], the remainder in power-of-two pieces, so
+/// that a handful of prepared statements serve every batch size. (One
+/// statement per record cost a round trip and a run of the byte-count
+/// trigger each, and capped a node at ~2,000 records/s.) The `seq` of
+/// each, in order.
+async fn insert_rows(c: &impl GenericClient, records: &[Activation]) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = Vec::with_capacity(records.len());
+    let mut rest = records;
+    while !rest.is_empty() {
+        let n = if rest.len() >= INSERT_ROWS { INSERT_ROWS } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(n);
+        seqs.extend(insert_chunk(c, chunk).await?);
+        rest = tail;
+    }
+    Ok(seqs)
+}
+
+async fn insert_chunk(c: &impl GenericClient, chunk: &[Activation]) -> Result<Vec<i64>, StoreError> {
+    let per_row = ACTIVATION_VALUES + 1;
+    let tuples: Vec<String> = (0..chunk.len())
+        .map(|r| {
+            let cells: Vec<String> = (1..=per_row).map(|i| format!("${}", r * per_row + i)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO activations ({ACTIVATION_INSERT_COLUMNS}, bytes) VALUES {} RETURNING id, seq",
+        tuples.join(", ")
+    );
     let stmt = c.prepare_cached(&sql).await?;
-    let row = ActivationRow::encode(a);
-    let response = row.response.as_bytes();
-    let bytes = record_bytes(a).min(i64::MAX as u64) as i64;
-    let values: [&(dyn ToSql + Sync); ACTIVATION_VALUES] = activation_values!(row, response = &response);
-    let mut params = values.to_vec();
-    params.push(&bytes);
-    let seq = c.query_one(&stmt, &params).await?.try_get(0)?;
-    count_usage(c, a).await?;
-    Ok(seq)
+    let rows: Vec<ActivationRow> = chunk.iter().map(ActivationRow::encode).collect();
+    let bytes: Vec<i64> = chunk.iter().map(|a| record_bytes(a).min(i64::MAX as u64) as i64).collect();
+    let responses: Vec<&[u8]> = rows.iter().map(|r| r.response.as_bytes()).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * per_row);
+    for ((row, response), bytes) in rows.iter().zip(&responses).zip(&bytes) {
+        let values: [&(dyn ToSql + Sync); ACTIVATION_VALUES] = activation_values!(row, response = response);
+        params.extend(values);
+        params.push(bytes);
+    }
+    // `RETURNING` order is not promised to follow `VALUES` order: match by id.
+    let returned = c.query(&stmt, &params).await?;
+    let mut seq_of = std::collections::HashMap::with_capacity(returned.len());
+    for r in &returned {
+        seq_of.insert(r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?);
+    }
+    rows.iter()
+        .map(|r| seq_of.get(&r.id).copied().ok_or_else(|| corrupt(format!("activation {}", r.id), "no seq returned")))
+        .collect()
 }
 
 /// One batch in the caller's transaction: take the activations lock (the
 /// cursor guarantee, see the module doc) before any `seq` is allocated,
-/// make room under the size budget, insert each record (one the database
-/// refuses alone is reported, not fatal to the others), then cut each
-/// touched function back to its record count.
+/// make room under the size budget, insert the records (one the database
+/// refuses alone is reported, not fatal to the others), count them in
+/// usage, then cut each touched function back to its record count.
 pub(crate) async fn insert_batch(
     tx: &impl GenericClient,
     batch: &[Activation],
@@ -318,52 +360,47 @@ pub(crate) async fn insert_batch(
     // under a savepoint: all at once first; if one is refused, again one
     // savepoint each, so that only it is left out.
     tx.batch_execute("SAVEPOINT batch").await?;
-    let mut results = Vec::with_capacity(batch.len());
-    let mut refused = false;
-    for a in batch {
-        match insert_one(tx, a).await {
-            Ok(seq) => results.push(Ok(seq)),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(_) => {
-                refused = true;
-                break;
-            }
-        }
-    }
-    if refused {
-        tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
-        results.clear();
-        for a in batch {
-            tx.batch_execute("SAVEPOINT record").await?;
-            match insert_one(tx, a).await {
-                Ok(seq) => {
-                    tx.batch_execute("RELEASE SAVEPOINT record").await?;
-                    results.push(Ok(seq));
-                }
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT record").await?;
-                    results.push(Err(e));
+    let results: Vec<Inserted> = match insert_rows(tx, batch).await {
+        Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+        Err(e) if e.is_transient() => return Err(e),
+        Err(_) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
+            let mut results = Vec::with_capacity(batch.len());
+            for a in batch {
+                tx.batch_execute("SAVEPOINT record").await?;
+                match insert_rows(tx, std::slice::from_ref(a)).await {
+                    Ok(seqs) => {
+                        tx.batch_execute("RELEASE SAVEPOINT record").await?;
+                        results.push(Ok(seqs[0]));
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT record").await?;
+                        results.push(Err(e));
+                    }
                 }
             }
+            results
         }
-    }
+    };
     tx.batch_execute("RELEASE SAVEPOINT batch").await?;
+    let stored: Vec<&Activation> = batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(a, _)| a).collect();
+    count_usage(tx, &stored).await?;
     if limits.per_function != u32::MAX {
-        let mut functions: Vec<&str> = batch.iter().map(|a| a.function.as_str()).collect();
+        let mut functions: Vec<&str> = stored.iter().map(|a| a.function.as_str()).collect();
         functions.sort_unstable();
         functions.dedup();
+        let keep = i64::from(limits.per_function);
         let stmt = tx
             .prepare_cached(
-                "DELETE FROM activations WHERE function = $1 AND seq <= (
-                     SELECT seq FROM activations WHERE function = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2
-                 )",
+                "DELETE FROM activations a USING (
+                     SELECT f, (SELECT seq FROM activations WHERE function = f ORDER BY seq DESC LIMIT 1 OFFSET $2)
+                         AS cut
+                     FROM UNNEST($1::text[]) AS f
+                 ) c WHERE a.function = c.f AND a.seq <= c.cut",
             )
             .await?;
-        let keep = i64::from(limits.per_function);
-        for function in functions {
-            tx.execute(&stmt, &[&function, &keep]).await?;
-        }
+        tx.execute(&stmt, &[&functions, &keep]).await?;
     }
     Ok(results)
 }
@@ -758,7 +795,7 @@ impl Store for PgStore {
 
     async fn count_usage(&self, activation: &Activation) -> Result<(), StoreError> {
         let client = self.client().await?;
-        count_usage(&client, activation).await
+        count_usage(&client, &[activation]).await
     }
 
     async fn put_rule_trigger(&self, t: &RuleTrigger, overwrite: bool) -> Result<bool, StoreError> {
