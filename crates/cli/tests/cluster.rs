@@ -259,6 +259,78 @@ fn a_one_second_cron_fires_once_per_tick_and_moves_when_its_holder_is_killed() {
     assert_eq!(distinct.len(), all.len(), "a tick fired twice: {all:?}");
 }
 
+/// The start times of `function`'s calls made by rule trigger `trigger`,
+/// one per fire (a fire's calls share their parent, the trigger's record).
+fn fires(flick: &Flick, function: &str, trigger: &str) -> Vec<i64> {
+    let mut by_parent: HashMap<String, i64> = HashMap::new();
+    for a in activations(flick, &format!("function={function}&trigger={trigger}")) {
+        let parent = a["parent"].as_str().unwrap_or_default().to_string();
+        let start = a["start_ms"].as_i64().unwrap();
+        let first = by_parent.entry(parent).or_insert(start);
+        *first = (*first).min(start);
+    }
+    let mut starts: Vec<i64> = by_parent.into_values().collect();
+    starts.sort_unstable();
+    starts
+}
+
+/// The node id holding lease `name`, as the shared database has it.
+fn lease_holder(c: &Cluster, name: &str) -> Option<String> {
+    let url = c.db.as_ref().unwrap().url.clone();
+    c.rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let row = client.query_opt("SELECT holder FROM leases WHERE name = $1", &[&name]).await.unwrap();
+        row.map(|r| r.get(0))
+    })
+}
+
+/// An OpenWhisk alarm feed set through one node fires its trigger once per
+/// tick across three nodes (the node holding the `feeds/alarms` lease runs
+/// it), and goes on firing from another node when that one is killed.
+#[test]
+fn an_alarm_feed_fires_once_per_tick_across_the_cluster_and_survives_its_holder() {
+    let mut c = Cluster::start(3, "");
+    deploy_sh(c.node(0), "woken", "", "cat\n");
+    let ow = |i: usize, method: &str, path: &str, body: Value| {
+        let r = c.node(i).request(method, &format!("/api/v1/namespaces/{path}"), body.to_string(), true);
+        assert!(r.status < 300, "{method} {path} through node {i}: {} {}", r.status, r.text());
+    };
+    ow(1, "PUT", "_/triggers/tick", serde_json::json!({}));
+    ow(2, "PUT", "_/rules/tick-rule", serde_json::json!({"trigger": "/_/tick", "action": "/_/woken"}));
+    ow(
+        0,
+        "POST",
+        "whisk.system/actions/alarms/alarm?blocking=true",
+        serde_json::json!({"lifecycleEvent": "CREATE", "triggerName": "/_/tick", "cron": "* * * * * *",
+                           "trigger_payload": {"from": "alarm"}}),
+    );
+    let ok = c.node(2).wait_until(Duration::from_secs(30), || fires(c.node(2), "woken", "tick").len() >= 6);
+    assert!(ok, "the alarm did not fire through the cluster");
+    let seen = fires(c.node(2), "woken", "tick");
+    // One fire per second: three nodes each firing would make three.
+    let span_s = (seen[seen.len() - 1] - seen[0]) / 1000;
+    assert!(seen.len() as i64 <= span_s + 2, "{} fires in {span_s} s: {seen:?}", seen.len());
+    let any = activations(c.node(2), "function=woken&trigger=tick");
+    assert!(any.iter().all(|a| a["response"].as_str().unwrap_or_default().contains("alarm")), "{any:?}");
+
+    let holder = lease_holder(&c, "feeds/alarms").expect("a node holds the alarm feeds' lease");
+    let holder: usize = holder.strip_prefix("node-").unwrap().parse().unwrap();
+    let killed_at = flick_core_now_ms();
+    drop(c.nodes[holder].take().unwrap().kill9());
+    let survivor = (0..3).find(|i| *i != holder).unwrap();
+    let after = |c: &Cluster| {
+        fires(c.node(survivor), "woken", "tick").into_iter().filter(|t| *t > killed_at + 1000).collect::<Vec<_>>()
+    };
+    let ok = c.node(survivor).wait_until(Duration::from_secs(40), || after(&c).len() >= 4);
+    assert!(ok, "no fires after the holder (node-{holder}) was killed");
+    let later = after(&c);
+    let span_s = (later[later.len() - 1] - later[0]) / 1000;
+    assert!(later.len() as i64 <= span_s + 2, "{} fires in {span_s} s after the kill: {later:?}", later.len());
+    let now = lease_holder(&c, "feeds/alarms").unwrap();
+    assert_ne!(now, format!("node-{holder}"), "the killed node still holds the lease");
+}
+
 fn flick_core_now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -313,6 +385,79 @@ fn the_node_to_node_endpoint_is_closed_to_everyone_else() {
         assert_eq!(r.status().as_u16(), 404, "secret {secret:?}: {}", r.text().unwrap());
     }
     assert!(activations(c.node(0), "function=secret").is_empty(), "a forged forward ran the function");
+}
+
+/// An attacker calling name after unknown name makes a node look each one
+/// up in the shared database. With those lookups stalled (the test holds
+/// the `functions` table locked), at most two are in the database at a
+/// time, the rest are answered 404 without waiting on it, and known
+/// functions keep answering; a name that was sprayed is still callable at
+/// once once it is deployed elsewhere (no miss is remembered).
+#[test]
+fn a_spray_of_unknown_names_cannot_tie_up_the_shared_database() {
+    let c = Cluster::start(2, "");
+    deploy_sh(c.node(0), "known", "", "echo known\n");
+    assert_eq!(c.node(1).invoke("known", "").status, 200);
+    let db = c.db.as_ref().unwrap().url.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (mut client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let tx = client.transaction().await.unwrap();
+            tx.batch_execute("LOCK TABLE functions IN ACCESS EXCLUSIVE MODE").await.unwrap();
+            locked_tx.send(()).unwrap();
+            // The most of the nodes' queries seen waiting on the lock at once.
+            let mut most = 0i64;
+            while done_rx.try_recv().is_err() {
+                let row = tx
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                most = most.max(row.get(0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tx.rollback().await.unwrap();
+            most
+        })
+    });
+    locked_rx.recv().unwrap();
+    let base = c.node(1).base.clone();
+    let key = c.node(1).key.clone();
+    let spray: Vec<_> = (0..40)
+        .map(|i| {
+            let (base, key) = (base.clone(), key.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build();
+                let r = http.unwrap().post(format!("{base}/fn/ghost-{i}")).bearer_auth(key).body("x").send();
+                r.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Known functions are served from the route table meanwhile.
+    let r = c.node(1).invoke("known", "");
+    assert_eq!(r.status, 200, "a known function while the spray waits: {}", r.text());
+    // Most of the spray was answered without waiting for the database.
+    let answered_early = spray.iter().filter(|t| t.is_finished()).count();
+    assert!(answered_early >= 30, "only {answered_early} of 40 unknown names answered while the lookups stalled");
+    std::thread::sleep(Duration::from_millis(1000));
+    done_tx.send(()).unwrap();
+    let most = holder.join().unwrap();
+    let statuses: Vec<u16> = spray.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 404), "unknown names: {statuses:?}");
+    assert!((1..=2).contains(&most), "{most} lookups of unknown names waited in the database at once");
+    // A sprayed name deployed through the other node is callable here at once.
+    deploy_sh(c.node(0), "ghost-3", "", "echo real\n");
+    let r = c.node(1).invoke("ghost-3", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("real"), "{}", r.text());
 }
 
 #[test]

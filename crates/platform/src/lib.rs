@@ -163,6 +163,8 @@ pub struct Platform {
     metrics: metrics::Metrics,
     /// Set when this node is one of several (`forward.rs`).
     placement: std::sync::OnceLock<forward::Placement>,
+    /// Turns for looking up route misses in a shared store (`sharing.rs`).
+    miss_lookups: tokio::sync::Semaphore,
     config: PlatformConfig,
 }
 
@@ -218,6 +220,7 @@ impl Platform {
             live: Arc::new(live::Live::new(config.live.clone())),
             metrics,
             placement: std::sync::OnceLock::new(),
+            miss_lookups: tokio::sync::Semaphore::new(sharing::MISS_LOOKUPS),
             config,
         });
         for f in platform.store.functions().await? {

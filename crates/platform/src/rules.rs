@@ -230,7 +230,7 @@ impl Platform {
         let mut fired = Vec::with_capacity(rules.len());
         let mut refusal = None;
         for rule in rules {
-            let result = match self.route(&rule.action) {
+            let result = match self.resolve(&rule.action).await {
                 None => Err(format!("function `{}` not found", rule.action)),
                 Some(route) => {
                     let mut merged: Map<String, Value> = route.revision.manifest.params.clone().into_iter().collect();

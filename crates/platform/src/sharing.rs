@@ -20,6 +20,12 @@ use crate::{Platform, PlatformError};
 const INSTALLED_LIMITS: UnpackLimits =
     UnpackLimits { max_archive_bytes: 2 << 30, max_unpacked_bytes: 8 << 30, max_entries: 1_000_000 };
 
+/// Store lookups of route misses that may run at once (see
+/// [`Platform::resolve`]), of the store's pool of 8 connections.
+pub(crate) const MISS_LOOKUPS: usize = 2;
+/// How long a route miss waits for its turn to look in the store.
+const MISS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Platform {
     /// Puts a deployed revision's code (as installed) into a shared store,
     /// before the revision itself is recorded: a node that learns of the
@@ -113,6 +119,21 @@ impl Platform {
         }
         if !self.store.is_shared() || flick_core::FunctionName::new(name).is_err() {
             return None;
+        }
+        // Every unknown name costs a query of the shared database: a
+        // caller spraying names must not be able to turn that into load on
+        // it (or take the pool's connections from the node's record
+        // writes). At most `MISS_LOOKUPS` run at once; a miss that waits
+        // longer than `MISS_WAIT` for its turn is answered as not found.
+        // (Caching misses would save the queries, but a name cached as
+        // absent would stay absent until its deploy's notice arrived, and a
+        // deploy through another node must be callable here at once.)
+        let Ok(Ok(_turn)) = tokio::time::timeout(MISS_WAIT, self.miss_lookups.acquire()).await else {
+            tracing::debug!(function = name, "route miss not looked up: too many lookups waiting");
+            return None;
+        };
+        if let Some(route) = self.route(name) {
+            return Some(route);
         }
         self.reload(name).await;
         self.route(name)
