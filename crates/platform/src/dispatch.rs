@@ -103,6 +103,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(60);
 /// The dispatcher looks at the queue at least this often when idle (a
 /// safety net: it is woken by every enqueue, finish and due retry).
 const IDLE_WAKE: Duration = Duration::from_secs(30);
+/// How long after a look at the queue new work waits for more to gather
+/// before the next look (see `run_dispatcher`).
+const NEW_WORK_GATHER: Duration = Duration::from_millis(5);
 /// While a function is at its async share, look again this often at latest
 /// (a finishing call wakes the dispatcher sooner).
 const BLOCKED_WAKE: Duration = Duration::from_secs(1);
@@ -350,12 +353,23 @@ impl Platform {
                     BLOCKED_WAKE
                 }
             };
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = self.dispatch.finished.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
-                Some(_) = tasks.join_next() => {}
+            let looked = tokio::time::Instant::now();
+            let new_work = tokio::select! {
+                _ = changes.changed() => true,
+                _ = self.dispatch.finished.notified() => false,
+                _ = tokio::time::sleep(wait) => false,
+                _ = stop.changed() => false,
+                Some(_) = tasks.join_next() => false,
+            };
+            // Every accepted call moves `changes`: under a burst of accepts
+            // the enqueues of a few ms share one look at the queue, which
+            // (JetStream: one request counting every function's backlog)
+            // would otherwise be made once per accept.
+            if new_work {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(looked + NEW_WORK_GATHER) => {}
+                    _ = stop.changed() => {}
+                }
             }
         }
         let grace = self.config.asynchronous.shutdown_grace;
