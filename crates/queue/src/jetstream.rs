@@ -53,9 +53,15 @@
 //! Exact on every node: enqueue, duplicate refusal, ack/nack/dead/redrive,
 //! idempotency keys, dead-letter counts and the total of a function's
 //! ready plus leased items (the consumer's pending plus ack-pending).
-//! `max_queued` is exact among the enqueues of one node (a per-function
-//! gate around count and publish); nodes enqueueing to one function at the
-//! same moment can overshoot it by at most one item per other node.
+//! `max_queued` is exact among the enqueues of one node (its own enqueues
+//! are counted as they go; see `Backlog`); nodes enqueueing to one function
+//! can overshoot it by what the others accepted since this node's last
+//! count (every 100 ms, or 20 times what the last count took).
+//!
+//! `ready_functions` is an estimate between counts (see `Census`): a
+//! function may be listed with more than a lease then finds, and a retry
+//! that comes due on a function whose last fetch came back short is listed
+//! at the next count.
 //!
 //! What a node cannot see is another node's memory: which of the messages
 //! JetStream counts as "ack pending" are leases, retries waiting for their

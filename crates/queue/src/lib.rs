@@ -264,7 +264,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn lease(&self, function: &str, n: usize, lease_for: Duration) -> Result<Vec<Item>, QueueError>;
 
     /// Functions with due items and how many (capped at [`READY_COUNT_CAP`]).
-    /// Read from the last commit: may lag a concurrent write.
+    /// Read from the last commit: may lag a concurrent write. (JetStream:
+    /// an estimate between its counts, which a lease may find short.)
     async fn ready_functions(&self) -> Result<Vec<(String, u64)>, QueueError>;
 
     /// When the next item becomes due (its retry time, or when a lease runs
