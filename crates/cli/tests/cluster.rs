@@ -364,6 +364,16 @@ fn async_work_accepted_anywhere_completes_when_a_node_is_killed_under_load() {
         assert!(done, "accepted call {id} never completed: {last}");
         assert_eq!(last["response"].as_str().unwrap().trim(), body);
     }
+    // One record per accepted call: a call the killed node was running ran
+    // again elsewhere under its id, and no call left two outcomes.
+    let mut records: HashMap<String, usize> = HashMap::new();
+    for a in activations(reader, "function=work") {
+        *records.entry(a["id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for (id, _) in &ids {
+        assert_eq!(records.get(id.as_str()), Some(&1), "records of {id}: {records:?}");
+    }
+    assert_eq!(records.len(), ids.len(), "records of calls nobody made: {records:?}");
 }
 
 #[test]
