@@ -3,9 +3,10 @@
 //! and the machine's NATS JetStream. Deploy through one node and call
 //! through another; a rollback reaches every node's routes; membership
 //! (`flick nodes`), clean leaves and dead nodes; a cron trigger fires once
-//! per tick across the cluster and moves when its holder is killed; async
-//! work survives a node's SIGKILL; the attacker's side of the node-to-node
-//! endpoint.
+//! per tick across the cluster and moves when its holder is killed (so do
+//! an alarm feed and an MQTT subscription, its broker session resumed);
+//! async work survives a node's SIGKILL with one record per call; the
+//! attacker's side of the node-to-node endpoint and of route misses.
 //!
 //! Needs PostgreSQL on 127.0.0.1:5432 (`FLICK_TEST_POSTGRES`) and NATS on
 //! 127.0.0.1:4222 (`FLICK_TEST_NATS`); CI starts both.
@@ -514,8 +515,8 @@ fn unique(prefix: &str) -> String {
 }
 
 #[test]
-fn an_mqtt_trigger_delivers_each_message_once_with_three_nodes() {
-    let c = Cluster::start(3, "");
+fn an_mqtt_trigger_delivers_each_message_once_and_its_session_moves_when_its_holder_dies() {
+    let mut c = Cluster::start(3, "");
     let topic = unique("flick-cluster/");
     deploy_sh(
         c.node(0),
@@ -526,48 +527,62 @@ fn an_mqtt_trigger_delivers_each_message_once_with_three_nodes() {
         "cat\n",
     );
     // One node holds the subscription, and it is connected.
-    let ok = c.node(0).wait_until(Duration::from_secs(30), || {
-        let held = holders(&c, "sensor");
-        held.len() == 1 && {
-            let r = c.node(held[0]).get("/v1/triggers/sensor");
-            r.json()["triggers"][0]["state"] == "connected"
-        }
-    });
+    let connected_holder = |c: &Cluster| {
+        let held = holders(c, "sensor");
+        (held.len() == 1 && c.node(held[0]).get("/v1/triggers/sensor").json()["triggers"][0]["state"] == "connected")
+            .then(|| held[0])
+    };
+    let ok = c.node(0).wait_until(Duration::from_secs(30), || connected_holder(&c).is_some());
     assert!(ok, "no node holds the MQTT subscription: {:?}", holders(&c, "sensor"));
-    let n = 40;
-    let mut args = vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), "1883".into(), "-q".into(), "1".into()];
-    args.extend(["-t".into(), topic.clone(), "-l".into()]);
-    let mut publisher = std::process::Command::new("mosquitto_pub")
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub (mosquitto-clients)");
-    {
-        use std::io::Write as _;
-        let stdin = publisher.stdin.as_mut().unwrap();
-        for i in 0..n {
-            writeln!(stdin, "{{\"i\":{i}}}").unwrap();
+    let publish = |range: std::ops::Range<i64>| {
+        let mut args = vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), "1883".into(), "-q".into(), "1".into()];
+        args.extend(["-t".into(), topic.clone(), "-l".into()]);
+        let mut publisher = std::process::Command::new("mosquitto_pub")
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (mosquitto-clients)");
+        {
+            use std::io::Write as _;
+            let stdin = publisher.stdin.as_mut().unwrap();
+            for i in range {
+                writeln!(stdin, "{{\"i\":{i}}}").unwrap();
+            }
         }
-    }
-    drop(publisher.stdin.take());
-    assert!(publisher.wait().unwrap().success());
-    let seen = |c: &Cluster| -> Vec<i64> {
-        activations(c.node(1), "function=sensor&cause=mqtt")
+        drop(publisher.stdin.take());
+        assert!(publisher.wait().unwrap().success());
+    };
+    let seen = |c: &Cluster, via: usize| -> Vec<i64> {
+        let mut got: Vec<i64> = activations(c.node(via), "function=sensor&cause=mqtt")
             .iter()
             .filter(|a| a["status"] == "success")
             .map(|a| {
                 let e: Value = serde_json::from_str(a["response"].as_str().unwrap().trim()).unwrap();
                 e["payload"]["i"].as_i64().unwrap()
             })
-            .collect()
+            .collect();
+        got.sort();
+        got
     };
-    let ok = c.node(1).wait_until(Duration::from_secs(60), || seen(&c).len() >= n);
-    assert!(ok, "{} of {n} messages delivered", seen(&c).len());
+    let n = 40;
+    publish(0..n);
+    let ok = c.node(1).wait_until(Duration::from_secs(60), || seen(&c, 1).len() >= n as usize);
+    assert!(ok, "{} of {n} messages delivered", seen(&c, 1).len());
     // Stragglers (a second subscriber's copies) would arrive by now.
     std::thread::sleep(Duration::from_secs(2));
-    let mut got = seen(&c);
-    got.sort();
-    assert_eq!(got, (0..n as i64).collect::<Vec<_>>(), "each message once");
+    assert_eq!(seen(&c, 1), (0..n).collect::<Vec<_>>(), "each message once");
+
+    // The holder dies; what is published meanwhile waits in the broker's
+    // session, which the node taking the lease over resumes.
+    let holder = connected_holder(&c).expect("a connected holder");
+    drop(c.nodes[holder].take().unwrap().kill9());
+    publish(n..n + 20);
+    let survivor = (0..3).find(|i| *i != holder).unwrap();
+    let ok = c.node(survivor).wait_until(Duration::from_secs(60), || seen(&c, survivor).len() >= n as usize + 20);
+    assert!(ok, "after the holder died: {:?}", seen(&c, survivor));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(seen(&c, survivor), (0..n + 20).collect::<Vec<_>>(), "each message once, across the hand-over");
+    assert_eq!(holders(&c, "sensor").len(), 1, "one node holds the subscription again");
 }
 
 /// A nats-server of the test's own (JetStream, its own store dir), so it can
