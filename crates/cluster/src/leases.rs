@@ -68,28 +68,31 @@ impl Leases {
                 renewed.remove(&gone);
                 let _ = self.store.release_lease(&gone, &self.config.holder).await;
             }
-            let mut failed = None;
-            for name in &want {
-                // A store that hangs must not keep this pass from giving up
-                // leases it can no longer prove it holds.
-                let asked = Instant::now();
-                let acquired = tokio::time::timeout(
-                    self.config.renew_every,
-                    self.store.acquire_lease(name, &self.config.holder, self.config.ttl),
-                )
-                .await;
-                match acquired {
-                    // Held from when it was asked for, not from the answer.
-                    Ok(Ok(true)) => {
-                        renewed.insert(name.clone(), asked);
+            // All in one request. A store that hangs must not keep this
+            // pass from giving up leases it can no longer prove it holds.
+            let names: Vec<String> = want.iter().cloned().collect();
+            let asked = Instant::now();
+            let acquired = tokio::time::timeout(
+                self.config.renew_every,
+                self.store.acquire_leases(&names, &self.config.holder, self.config.ttl),
+            )
+            .await;
+            let failed = match acquired {
+                Ok(Ok(held)) => {
+                    let held: BTreeSet<String> = held.into_iter().collect();
+                    for name in names {
+                        if held.contains(&name) {
+                            // Held from when it was asked for, not from the answer.
+                            renewed.insert(name, asked);
+                        } else {
+                            renewed.remove(&name);
+                        }
                     }
-                    Ok(Ok(false)) => {
-                        renewed.remove(name);
-                    }
-                    Ok(Err(e)) => failed = Some(e.to_string()),
-                    Err(_) => failed = Some("the store did not answer in time".into()),
+                    None
                 }
-            }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("the store did not answer in time".to_string()),
+            };
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "renewing trigger leases failed");
             }

@@ -95,6 +95,18 @@ async fn a_lease_has_one_holder_until_it_runs_out_or_is_released(store: &dyn Sto
     assert!(!store.acquire_lease("cf-lease", "one", ttl).await.unwrap(), "only its holder releases a lease");
     store.release_lease("cf-lease", "two").await.unwrap();
     assert!(store.acquire_lease("cf-lease", "one", ttl).await.unwrap(), "released: free at once");
+
+    // Many at once: each name has one holder, whoever asks with which set.
+    let names = |list: &[&str]| list.iter().map(|n| format!("cf-many-{n}")).collect::<Vec<_>>();
+    let mut got = store.acquire_leases(&names(&["c", "a", "b"]), "one", ttl).await.unwrap();
+    got.sort();
+    assert_eq!(got, names(&["a", "b", "c"]));
+    let got = store.acquire_leases(&names(&["b", "d"]), "two", ttl).await.unwrap();
+    assert_eq!(got, names(&["d"]), "only what nobody holds");
+    let mut got = store.acquire_leases(&names(&["a", "b", "c", "d"]), "one", ttl).await.unwrap();
+    got.sort();
+    assert_eq!(got, names(&["a", "b", "c"]), "renewed, and not another's");
+    assert!(store.acquire_leases(&[], "one", ttl).await.unwrap().is_empty());
 }
 
 async fn a_setting_is_made_once(store: &dyn Store) {

@@ -301,7 +301,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes or renews the lease `name` for `holder` until `ttl` from now
     /// (the store's clock); `false` while another holder's lease runs.
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(self.acquire_leases(&[name.to_string()], holder, ttl).await?.iter().any(|n| n == name))
+    }
+
+    /// [`Store::acquire_lease`] for many leases at once (one statement: a
+    /// node renews all its trigger leases every second); the names now
+    /// held by `holder`.
+    async fn acquire_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Gives a lease up early (only if `holder` holds it).
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;

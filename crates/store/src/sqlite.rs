@@ -450,8 +450,8 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        Ok(self.local.acquire_lease(name, holder, ttl))
+    async fn acquire_leases(&self, names: &[String], holder: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
+        Ok(names.iter().filter(|n| self.local.acquire_lease(n, holder, ttl)).cloned().collect())
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {

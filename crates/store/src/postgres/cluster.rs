@@ -90,21 +90,35 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let row = self
+    pub(super) async fn pg_acquire_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Sorted, so that nodes renewing overlapping sets lock the rows in
+        // one order and never deadlock.
+        let mut sorted: Vec<&str> = names.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let rows = self
             .client()
             .await?
-            .query_opt(
+            .query(
                 &format!(
-                    "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, {NOW_MS} + $3)
+                    "INSERT INTO leases (name, holder, until_ms)
+                     SELECT name, $2, {NOW_MS} + $3 FROM UNNEST($1::text[]) WITH ORDINALITY AS u(name, i) ORDER BY i
                      ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
                      WHERE leases.holder = EXCLUDED.holder OR leases.until_ms < {NOW_MS}
-                     RETURNING holder"
+                     RETURNING name"
                 ),
-                &[&name, &holder, &ms(ttl)],
+                &[&sorted, &holder, &ms(ttl)],
             )
             .await?;
-        Ok(row.is_some())
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
     pub(super) async fn pg_release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {

@@ -457,8 +457,8 @@ impl Store for PgStore {
         self.pg_leave(node_id).await
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.pg_acquire_lease(name, holder, ttl).await
+    async fn acquire_leases(&self, names: &[String], holder: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
+        self.pg_acquire_leases(names, holder, ttl).await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
