@@ -1147,6 +1147,10 @@ impl JetStreamQueue {
                 // The sender's id, then the functions with new work, one a
                 // line (`*`: any function).
                 let named = names.lock().replace(std::collections::BTreeSet::new());
+                if named.as_ref().is_some_and(|set| set.is_empty()) {
+                    // Its names went out in the last message.
+                    continue;
+                }
                 let mut payload = id.to_vec();
                 match named {
                     Some(set) => set.iter().for_each(|f| {
