@@ -23,19 +23,51 @@ fn nats_url() -> String {
     std::env::var("FLICK_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// At most this many clusters run at once: the test harness runs every
+/// test of this file in parallel, and eleven clusters of three nodes on two
+/// cores starve heartbeats past the 5 s that drops a member.
+const CLUSTERS_AT_ONCE: usize = 3;
+
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A place among the clusters running, held until its cluster is dropped.
+struct Turn;
+
+impl Turn {
+    fn take() -> Self {
+        let (count, freed) = &RUNNING;
+        let mut n = count.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *n >= CLUSTERS_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *n += 1;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        *count.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        freed.notify_one();
+    }
+}
+
 struct Cluster {
     nodes: Vec<Option<Flick>>,
     store: String,
     db: Option<flick_store::testing::FreshPostgres>,
     rt: tokio::runtime::Runtime,
+    _turn: Turn,
 }
 
 impl Cluster {
     fn start(n: usize, config: &str) -> Self {
+        let turn = Turn::take();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let db = rt.block_on(flick_store::testing::fresh_postgres());
         let store = db.url.clone();
-        let mut c = Cluster { nodes: Vec::new(), store, db: Some(db), rt };
+        let mut c = Cluster { nodes: Vec::new(), store, db: Some(db), rt, _turn: turn };
         for i in 0..n {
             let node = c.start_node(&format!("node-{i}"), config);
             c.nodes.push(Some(node));
@@ -662,10 +694,11 @@ fn bounce_postgres(c: &Cluster, down: Duration) {
 
 #[test]
 fn restarting_nats_and_postgresql_under_load_loses_no_accepted_work() {
+    let turn = Turn::take();
     let nats = PrivateNats::start();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let db = rt.block_on(flick_store::testing::fresh_postgres());
-    let mut c = Cluster { nodes: Vec::new(), store: db.url.clone(), db: Some(db), rt };
+    let mut c = Cluster { nodes: Vec::new(), store: db.url.clone(), db: Some(db), rt, _turn: turn };
     for i in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), "retry_base = \"50ms\"\nretry_cap = \"500ms\"\n").unwrap();
