@@ -409,6 +409,45 @@ fn async_work_accepted_anywhere_completes_when_a_node_is_killed_under_load() {
     assert_eq!(records.len(), ids.len(), "records of calls nobody made: {records:?}");
 }
 
+/// A call running on a node that is SIGKILLed runs again on another node
+/// once JetStream's ack wait (30 s) has passed, under the same id, and its
+/// record shows the delivery that did not finish.
+#[test]
+fn a_call_cut_off_by_its_nodes_death_runs_again_and_says_so() {
+    let mut c = Cluster::start(2, "");
+    deploy_sh(c.node(0), "long", "", "sleep 4; cat\n");
+    let r = send(c.node(0), "long", "once", &[("x-flick-async", "true")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.activation_id();
+    // The node whose dispatcher leased it runs it there.
+    let mut runner = None;
+    let found = c.node(0).wait_until(Duration::from_secs(20), || {
+        runner = (0..2).find(|i| c.node(*i).instances("long") > 0);
+        runner.is_some()
+    });
+    assert!(found, "the call never started");
+    let runner = runner.unwrap();
+    drop(c.nodes[runner].take().unwrap().kill9());
+    let other = 1 - runner;
+    let mut last = Value::Null;
+    let done = c.node(other).wait_until(Duration::from_secs(90), || {
+        let r = c.node(other).get(&format!("/v1/activations/{id}"));
+        if r.status != 200 {
+            return false;
+        }
+        last = r.json();
+        last["status"] == "success"
+    });
+    assert!(done, "the call cut off by node-{runner}'s death never completed: {last}");
+    assert_eq!(last["response"].as_str().unwrap().trim(), "once");
+    assert_eq!(last["attempt"].as_u64(), Some(1), "a redelivery is not a new attempt: {last}");
+    let earlier = last["attempts"].as_array().unwrap();
+    assert!(
+        earlier.iter().any(|a| a["message"].as_str().unwrap_or_default().contains("did not finish")),
+        "the record does not show the lost delivery: {last}"
+    );
+}
+
 #[test]
 fn the_node_to_node_endpoint_is_closed_to_everyone_else() {
     let c = Cluster::start(2, "");

@@ -207,6 +207,27 @@ fn attempt_outcome(e: &AttemptError) -> AttemptOutcome {
     }
 }
 
+/// A call handed out more often than it has had attempts was delivered
+/// before and never finished there (its node stopped mid-call, or its lease
+/// ran out; a finished one would have left its record): shown among the
+/// earlier tries, so that a call run again after a crash is visibly so.
+fn lost_delivery(item: &Item) -> Option<AttemptOutcome> {
+    let attempt = item.invocation.attempt.max(1);
+    let lost = item.deliveries.saturating_sub(attempt);
+    (lost > 0).then(|| AttemptOutcome {
+        attempt,
+        status: ActivationStatus::PlatformError,
+        http_status: 0,
+        message: format!(
+            "delivered {} times for this attempt: an earlier delivery did not finish (its node stopped, or its lease \
+             ran out); run again under the same id",
+            item.deliveries
+        ),
+        start_ms: 0,
+        duration_ms: 0.0,
+    })
+}
+
 fn attempt_error(a: &Activation) -> AttemptError {
     AttemptError {
         attempt: a.attempt,
@@ -466,7 +487,9 @@ impl Platform {
         if route.revision.manifest.runtime == flick_core::RuntimeKind::Sequence {
             return self.deliver_sequence(route, item, slot).await;
         }
-        let tries = Tries { max: item.max_attempts, earlier: item.errors.iter().map(attempt_outcome).collect() };
+        let mut earlier: Vec<AttemptOutcome> = item.errors.iter().map(attempt_outcome).collect();
+        earlier.extend(lost_delivery(&item));
+        let tries = Tries { max: item.max_attempts, earlier };
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         let result = loop {
