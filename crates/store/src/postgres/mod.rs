@@ -289,6 +289,7 @@ async fn count_usage(c: &impl GenericClient, records: &[&Activation]) -> Result<
 /// The most records one `INSERT` carries: 128 × 34 parameters stays far
 /// under PostgreSQL's 65,535.
 const INSERT_ROWS: usize = 128;
+const _: () = assert!(INSERT_ROWS.is_power_of_two(), "insert_sql makes one text per power of two");
 
 /// Stores `records` in as few statements as it can: one multi-row
 /// `INSERT` per [`INSERT_ROWS`], the remainder in power-of-two pieces, so
@@ -308,19 +309,34 @@ async fn insert_rows(c: &impl GenericClient, records: &[Activation]) -> Result<V
     Ok(seqs)
 }
 
+/// The `INSERT` of `rows` records (a power of two up to [`INSERT_ROWS`]),
+/// each text made once: a 128-row one has 4,352 placeholders.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let per_row = ACTIVATION_VALUES + 1;
+    let all = SQL.get_or_init(|| {
+        (0..=INSERT_ROWS.ilog2())
+            .map(|power| {
+                let tuples: Vec<String> = (0..1usize << power)
+                    .map(|r| {
+                        let cells: Vec<String> = (1..=per_row).map(|i| format!("${}", r * per_row + i)).collect();
+                        format!("({})", cells.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO activations ({ACTIVATION_INSERT_COLUMNS}, bytes) VALUES {} RETURNING id, seq",
+                    tuples.join(", ")
+                )
+            })
+            .collect()
+    });
+    debug_assert!(rows.is_power_of_two() && rows <= INSERT_ROWS);
+    &all[rows.ilog2() as usize]
+}
+
 async fn insert_chunk(c: &impl GenericClient, chunk: &[Activation]) -> Result<Vec<i64>, StoreError> {
     let per_row = ACTIVATION_VALUES + 1;
-    let tuples: Vec<String> = (0..chunk.len())
-        .map(|r| {
-            let cells: Vec<String> = (1..=per_row).map(|i| format!("${}", r * per_row + i)).collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO activations ({ACTIVATION_INSERT_COLUMNS}, bytes) VALUES {} RETURNING id, seq",
-        tuples.join(", ")
-    );
-    let stmt = c.prepare_cached(&sql).await?;
+    let stmt = c.prepare_cached(insert_sql(chunk.len())).await?;
     let rows: Vec<ActivationRow> = chunk.iter().map(ActivationRow::encode).collect();
     let bytes: Vec<i64> = chunk.iter().map(|a| record_bytes(a).min(i64::MAX as u64) as i64).collect();
     let responses: Vec<&[u8]> = rows.iter().map(|r| r.response.as_bytes()).collect();
