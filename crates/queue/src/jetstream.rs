@@ -456,19 +456,21 @@ impl Inner {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Bumps this node's watch and has the other nodes told (by the wake
-    /// task, once for however many wakes came in `WAKE_COALESCE`: one
-    /// message per enqueue doubled what the server carried per accept).
-    async fn wake_all<'a>(&self, functions: impl Iterator<Item = &'a str>) {
+    /// [`Inner::wake`] for each of `functions` once.
+    fn wake_all<'a>(&self, functions: impl Iterator<Item = &'a str>) {
         let mut functions: Vec<&str> = functions.collect();
         functions.sort_unstable();
         functions.dedup();
         for f in functions {
-            self.wake(Some(f)).await;
+            self.wake(Some(f));
         }
     }
 
-    async fn wake(&self, function: Option<&str>) {
+    /// Work was added to `function` (`None`: to any): marks it in the
+    /// census, bumps this node's watch and has the other nodes told (by the
+    /// wake task, once for however many wakes came in `WAKE_COALESCE`: one
+    /// message per enqueue doubled what the server carried per accept).
+    fn wake(&self, function: Option<&str>) {
         self.census.lock().added(function);
         self.bump();
         {
@@ -517,14 +519,14 @@ impl Inner {
     /// Asks JetStream for `function`'s backlog (ready + leased).
     async fn refresh_backlog(&self, function: &str) -> Result<(), QueueError> {
         // Publishes finished before the request are in its answer.
+        let asked = std::time::Instant::now();
         let before = {
             let mut all = self.backlogs.lock();
             let b = all.entry(function.to_owned()).or_default();
-            b.refreshed = Some(std::time::Instant::now());
+            b.refreshed = Some(asked);
             b.freed = false;
             b.added
         };
-        let asked = std::time::Instant::now();
         let info = self.consumer_info(&self.queue_counts, function).await?;
         *self.count_took.lock() = asked.elapsed();
         let known = info.map_or(0, |i| i.num_pending + i.num_ack_pending as u64);
@@ -741,7 +743,7 @@ impl Inner {
                 tracing::warn!(function, seq, error = %e, "queue: releasing an expired lease failed");
             }
         }
-        self.wake_all(expired.iter().map(|(f, _, _)| f.as_str())).await;
+        self.wake_all(expired.iter().map(|(f, _, _)| f.as_str()));
     }
 
     /// Tells JetStream the held messages are still being worked on.
@@ -1266,7 +1268,7 @@ impl Queue for JetStreamQueue {
             return Ok(Enqueued::Existing(first));
         }
         drop(_gate);
-        q.wake(Some(&function)).await;
+        q.wake(Some(&function));
         Ok(Enqueued::New(id))
     }
 
@@ -1482,7 +1484,7 @@ impl Queue for JetStreamQueue {
                 .insert(seq, Delay { due_ms: retry_at_ms, fetched: false });
         }
         q.remove(&live).await?;
-        q.wake(Some(&live.function)).await;
+        q.wake(Some(&live.function));
         Ok(true)
     }
 
@@ -1502,7 +1504,7 @@ impl Queue for JetStreamQueue {
         let Some(m) = q.find(&q.dead, "dead", id).await? else { return Ok(false) };
         let done = q.redrive_message(&m).await?;
         if done {
-            q.wake(None).await;
+            q.wake(None);
         }
         Ok(done)
     }
@@ -1518,7 +1520,7 @@ impl Queue for JetStreamQueue {
             n += u64::from(q.redrive_message(&m).await?);
         }
         if n > 0 {
-            q.wake(None).await;
+            q.wake(None);
         }
         Ok(n)
     }
