@@ -127,6 +127,12 @@ impl Platform {
         self.rule_changes.subscribe()
     }
 
+    /// Moves [`Platform::rule_changes`]: a rule trigger changed, here or
+    /// (with a shared store) on another node.
+    pub(crate) fn rules_changed(&self) {
+        self.rule_changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     /// Creates (or with `overwrite`, replaces) a rule trigger.
     pub async fn put_rule_trigger(&self, trigger: RuleTrigger, overwrite: bool) -> Result<Saved, PlatformError> {
         check_name("trigger", &trigger.name)?;
@@ -137,7 +143,7 @@ impl Platform {
         if !self.store.put_rule_trigger(&trigger, overwrite).await? {
             return Ok(Saved::Exists);
         }
-        self.rule_changes.send_modify(|v| *v += 1);
+        self.rules_changed();
         Ok(if existed { Saved::Replaced } else { Saved::Created })
     }
 
@@ -155,7 +161,7 @@ impl Platform {
         if !self.store.delete_rule_trigger(name).await? {
             return Err(not_found("trigger", name));
         }
-        self.rule_changes.send_modify(|v| *v += 1);
+        self.rules_changed();
         Ok(trigger)
     }
 
@@ -167,7 +173,7 @@ impl Platform {
         let trigger = self.rule_trigger(name).await?;
         let trigger = RuleTrigger { feed: alarm.map(|a| a.to_json()), updated_ms: now_ms(), ..trigger };
         self.store.put_rule_trigger(&trigger, true).await?;
-        self.rule_changes.send_modify(|v| *v += 1);
+        self.rules_changed();
         Ok(trigger)
     }
 

@@ -97,11 +97,9 @@ impl Platform {
             };
             match change {
                 Ok(Change::Function(name)) => self.reload(&name).await,
-                Ok(Change::Rules) => {
-                    self.rule_changes.send_modify(|v| *v += 1);
-                }
+                Ok(Change::Rules) => self.rules_changed(),
                 Ok(Change::Everything) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    self.rule_changes.send_modify(|v| *v += 1);
+                    self.rules_changed();
                     self.reload_all().await
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
